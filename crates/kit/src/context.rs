@@ -1,0 +1,123 @@
+//! Per-request context: request id, trace id, path and the authenticated user, visible to every
+//! piece of code that runs while the request is being handled.
+//!
+//! The [`middleware::request_context`](crate::middleware::request_context) layer creates the
+//! context and runs the rest of the stack inside a task-local scope, so problem bodies and log
+//! lines can carry the request id without threading it through every function.
+
+use std::sync::{Arc, OnceLock};
+
+use http::HeaderMap;
+
+tokio::task_local! {
+    static CURRENT: Arc<RequestContext>;
+}
+
+/// What is known about the request being served.
+#[derive(Debug)]
+pub struct RequestContext {
+    /// The caller's `X-Request-ID` when well-formed, else a generated one. Echoed everywhere.
+    pub request_id: String,
+    /// W3C trace id: from a valid incoming `traceparent`, else freshly generated.
+    pub trace_id: String,
+    /// Request path without the query, used as the problem `instance`.
+    pub path: String,
+    /// Set once by authentication so the access log can name the caller.
+    pub user_id: OnceLock<String>,
+}
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+impl RequestContext {
+    pub fn from_headers(headers: &HeaderMap, path: &str) -> Self {
+        let request_id = headers
+            .get(REQUEST_ID_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .filter(|id| is_valid_request_id(id))
+            .map(str::to_owned)
+            .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
+        let trace_id = headers
+            .get("traceparent")
+            .and_then(|value| value.to_str().ok())
+            .and_then(trace_id_from_traceparent)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        Self { request_id, trace_id, path: path.to_owned(), user_id: OnceLock::new() }
+    }
+
+    /// Runs `future` with this context as the current one.
+    pub async fn scope<F: Future>(self: Arc<Self>, future: F) -> F::Output {
+        CURRENT.scope(self, future).await
+    }
+
+    /// The context of the request being served, if any.
+    pub fn current() -> Option<Arc<RequestContext>> {
+        CURRENT.try_with(Arc::clone).ok()
+    }
+
+    /// Records the authenticated user for the access log.
+    pub fn record_user(user_id: &str) {
+        if let Some(context) = Self::current() {
+            let _ = context.user_id.set(user_id.to_owned());
+        }
+    }
+}
+
+/// `[A-Za-z0-9._-]{1,128}`: anything else is replaced, so ids are always safe to log and echo.
+pub fn is_valid_request_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Extracts the trace id from a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
+fn trace_id_from_traceparent(value: &str) -> Option<String> {
+    let mut parts = value.trim().split('-');
+    let (version, trace_id, parent_id, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let lower_hex = |s: &str, len: usize| {
+        s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let valid = lower_hex(version, 2)
+        && version != "ff"
+        && lower_hex(trace_id, 32)
+        && trace_id.bytes().any(|b| b != b'0')
+        && lower_hex(parent_id, 16)
+        && parent_id.bytes().any(|b| b != b'0')
+        && lower_hex(flags, 2)
+        && (version != "00" || parts.next().is_none());
+    valid.then(|| trace_id.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_outside_the_safe_alphabet_are_rejected() {
+        assert!(is_valid_request_id("abc-DEF_1.2"));
+        assert!(is_valid_request_id(&"a".repeat(128)));
+        assert!(!is_valid_request_id(""));
+        assert!(!is_valid_request_id(&"a".repeat(129)));
+        assert!(!is_valid_request_id("has space"));
+        assert!(!is_valid_request_id("new\nline"));
+        assert!(!is_valid_request_id("ünï"));
+    }
+
+    #[test]
+    fn traceparent_is_parsed_only_when_well_formed() {
+        let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(
+            trace_id_from_traceparent(valid).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        for invalid in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+        ] {
+            assert_eq!(trace_id_from_traceparent(invalid), None, "{invalid}");
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! HTTP API mechanics shared by every Orderly endpoint.
+//!
+//! This crate knows nothing about orders, users or products. It owns the conventions that must
+//! hold identically on every endpoint: RFC 9457 problem responses, per-request context (request
+//! id, trace id), strict body and query parsing that reports every offending field, signed
+//! keyset cursors, `fields=` selection, strong ETags with conditional requests, and the
+//! middleware that bounds, times and logs each request.
+
+pub mod conditional;
+pub mod context;
+pub mod cursor;
+pub mod docs;
+pub mod extract;
+pub mod fields;
+pub mod middleware;
+pub mod pagination;
+pub mod problem;
+pub mod validation;
+
+pub use problem::{FieldError, Problem};

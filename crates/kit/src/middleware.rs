@@ -1,0 +1,103 @@
+//! Middleware every request passes through, outermost first:
+//!
+//! 1. [`request_context`]: request id and trace id, a tracing span, the `X-Request-ID`
+//!    response header and exactly one access-log line per request.
+//! 2. [`finalize`]: turns bodiless error responses produced by the router (404, 405 with
+//!    `Allow`, 413, …) into problems, and marks anything without a cache policy `no-store`.
+//! 3. [`deadline`]: answers 503 `deadline_exceeded` when a request runs past its budget.
+//! 4. [`panic_response`]: a panic becomes an opaque 500 problem, never a dropped connection.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use tracing::Instrument;
+
+use crate::context::{REQUEST_ID_HEADER, RequestContext};
+use crate::problem::Problem;
+
+pub async fn request_context(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let context = Arc::new(RequestContext::from_headers(request.headers(), request.uri().path()));
+    let method = request.method().clone();
+    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let span = tracing::info_span!("request", request_id = %context.request_id, trace_id = %context.trace_id);
+
+    let mut response = Arc::clone(&context).scope(next.run(request)).instrument(span).await;
+
+    let request_id = HeaderValue::from_str(&context.request_id).expect("request ids are validated header values");
+    response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
+    let status = response.status().as_u16();
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let route = route.as_deref().unwrap_or("unmatched");
+    let user_id = context.user_id.get().map(String::as_str).unwrap_or("");
+    tracing::info!(
+        target: "orderly::access",
+        request_id = %context.request_id,
+        trace_id = %context.trace_id,
+        method = %method,
+        route,
+        status,
+        latency_ms,
+        user_id,
+        "request handled"
+    );
+    response
+}
+
+pub async fn finalize(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let status = response.status();
+    if (status.is_client_error() || status.is_server_error()) && !response.headers().contains_key(header::CONTENT_TYPE) {
+        let mut problem = bare_status_problem(status);
+        if let Some(allow) = response.headers().get(header::ALLOW) {
+            problem = problem.with_header(header::ALLOW, allow.clone());
+        }
+        response = problem.into_response();
+    }
+    response
+        .headers_mut()
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
+fn bare_status_problem(status: StatusCode) -> Problem {
+    let (code, detail) = match status {
+        StatusCode::NOT_FOUND => ("not_found", "No resource exists at this path."),
+        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "This method is not allowed here; see the `Allow` header."),
+        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "The request body is larger than the server accepts."),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", "The request body's media type is not supported."),
+        StatusCode::REQUEST_TIMEOUT => ("request_timeout", "The request took too long to arrive."),
+        status if status.is_server_error() => ("internal_error", "An unexpected error occurred."),
+        _ => ("bad_request", "The request could not be processed."),
+    };
+    Problem::new(status, code, detail)
+}
+
+/// Bounds how long a request may run; past the deadline the client gets 503 and the work is
+/// dropped (cancelled at its next await point; database transactions roll back on drop).
+pub async fn deadline(budget: Duration, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(budget, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(budget_ms = budget.as_millis() as u64, "request exceeded its deadline");
+            Problem::unavailable("deadline_exceeded", "The request did not complete within its deadline.", 1)
+                .into_response()
+        }
+    }
+}
+
+/// Handler for `tower_http::catch_panic::CatchPanicLayer::custom`.
+pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    tracing::error!(panic = %message, "request handler panicked");
+    Problem::internal().into_response()
+}

@@ -1,0 +1,97 @@
+//! The list envelope and its `Link` header.
+//!
+//! Every list is keyset-paginated: a page is `limit` rows after the cursor's position in a
+//! total order (ties broken by id). Handlers fetch `limit + 1` rows; the extra row only tells
+//! whether another page exists.
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, Uri, header};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::conditional::CacheControl;
+use crate::validation::{Invalid, query};
+
+pub const DEFAULT_LIMIT: i64 = 20;
+pub const MAX_LIMIT: i64 = 100;
+
+/// Parses the `limit` query parameter: 1–100.
+pub fn parse_limit(raw: &str) -> Result<i64, Invalid> {
+    query::integer(raw, 1, MAX_LIMIT)
+}
+
+/// A page of rows fetched with `limit + 1`.
+pub struct Page<T> {
+    pub rows: Vec<T>,
+    pub has_more: bool,
+}
+
+impl<T> Page<T> {
+    /// Splits the over-fetched row off: `rows` had up to `limit + 1` elements.
+    pub fn from_overfetch(mut rows: Vec<T>, limit: i64) -> Self {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let has_more = rows.len() > limit;
+        rows.truncate(limit);
+        Self { rows, has_more }
+    }
+}
+
+/// `{"data": [...], "next_cursor": ..., "has_more": ...}`.
+#[derive(Serialize)]
+pub struct ListBody {
+    pub data: Vec<Value>,
+    pub next_cursor: Option<String>,
+    pub has_more: bool,
+}
+
+/// Responds with a list envelope, a `Link: rel="next"` header built from the request URI, and
+/// the given cache policy.
+pub fn list_response(uri: &Uri, body: ListBody, cache: CacheControl) -> Response {
+    let link = body.next_cursor.as_deref().map(|cursor| next_link(uri, cursor));
+    let mut response = axum::Json(body).into_response();
+    if let Some(link) = link.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        response.headers_mut().insert(header::LINK, link);
+    }
+    cache.apply(response.headers_mut());
+    response
+}
+
+/// The request URI with `cursor` replaced by the next one.
+fn next_link(uri: &Uri, cursor: &str) -> String {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    for (name, value) in form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()) {
+        if name != "cursor" {
+            query.append_pair(&name, &value);
+        }
+    }
+    query.append_pair("cursor", cursor);
+    format!("<{}?{}>; rel=\"next\"", uri.path(), query.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_link_replaces_the_cursor_and_keeps_other_parameters() {
+        let uri: Uri = "/api/v1/products?limit=2&cursor=old&q=a%20b".parse().unwrap();
+        assert_eq!(next_link(&uri, "new.tag"), "</api/v1/products?limit=2&q=a+b&cursor=new.tag>; rel=\"next\"");
+    }
+
+    #[test]
+    fn overfetch_reveals_whether_more_rows_exist() {
+        let page = Page::from_overfetch(vec![1, 2, 3], 2);
+        assert_eq!((page.rows, page.has_more), (vec![1, 2], true));
+        let page = Page::from_overfetch(vec![1, 2], 2);
+        assert_eq!((page.rows, page.has_more), (vec![1, 2], false));
+    }
+
+    #[test]
+    fn limit_must_be_between_one_and_one_hundred() {
+        assert_eq!(parse_limit("1"), Ok(1));
+        assert_eq!(parse_limit("100"), Ok(100));
+        assert!(parse_limit("0").is_err());
+        assert!(parse_limit("101").is_err());
+        assert!(parse_limit("ten").is_err());
+    }
+}

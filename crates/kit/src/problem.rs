@@ -1,0 +1,163 @@
+//! RFC 9457 problem details: the one error body every endpoint returns.
+//!
+//! A [`Problem`] carries a stable snake_case `code` that clients can branch on, a human
+//! `detail`, and per-field `errors` for validation failures. It never carries internals: the
+//! constructor for unexpected failures takes no detail at all.
+
+use std::borrow::Cow;
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use serde::Serialize;
+
+use crate::context::RequestContext;
+
+pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
+
+/// One offending input field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct FieldError {
+    /// Where the problem is: a body field (`email`, `items[2].quantity`), a query parameter or a
+    /// header.
+    pub field: String,
+    /// Stable snake_case reason, e.g. `required`, `too_long`, `unknown_field`.
+    pub code: String,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+/// An error response in the RFC 9457 format.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    status: StatusCode,
+    code: Cow<'static, str>,
+    detail: String,
+    errors: Vec<FieldError>,
+    headers: HeaderMap,
+}
+
+/// The serialized form; `type`, `title`, `instance` and `request_id` are derived.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Problem)]
+pub struct ProblemBody {
+    /// URI reference identifying the problem type: `/problems/<code>`.
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    /// Short summary of the problem type (the status reason phrase).
+    pub title: String,
+    /// HTTP status code.
+    pub status: u16,
+    /// Explanation specific to this occurrence.
+    pub detail: String,
+    /// The request path this occurrence concerns.
+    pub instance: String,
+    /// Stable snake_case error code.
+    pub code: String,
+    /// The request id, also sent as `X-Request-ID`.
+    pub request_id: String,
+    /// Every offending field, on validation failures.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, code: impl Into<Cow<'static, str>>, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            code: code.into(),
+            detail: detail.into(),
+            errors: Vec::new(),
+            headers: HeaderMap::new(),
+        }
+    }
+
+    /// 422 `validation_failed` listing every offending field.
+    pub fn validation(errors: Vec<FieldError>) -> Self {
+        let detail = match errors.len() {
+            1 => format!("`{}`: {}", errors[0].field, errors[0].message),
+            n => format!("{n} fields are invalid; see `errors`"),
+        };
+        Self { errors, ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", detail) }
+    }
+
+    pub fn bad_request(code: impl Into<Cow<'static, str>>, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, detail)
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "The requested resource does not exist.")
+    }
+
+    pub fn conflict(code: impl Into<Cow<'static, str>>, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, detail)
+    }
+
+    pub fn precondition_failed() -> Self {
+        Self::new(
+            StatusCode::PRECONDITION_FAILED,
+            "precondition_failed",
+            "The resource has changed: its current ETag does not match `If-Match`.",
+        )
+    }
+
+    /// 500 with no detail: the cause is logged by the caller, never sent.
+    pub fn internal() -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "An unexpected error occurred.")
+    }
+
+    /// 503 with `Retry-After`.
+    pub fn unavailable(code: impl Into<Cow<'static, str>>, detail: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, detail).with_header(header::RETRY_AFTER, retry_after_secs.into())
+    }
+
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+
+    pub fn errors(&self) -> &[FieldError] {
+        &self.errors
+    }
+
+    pub fn body(&self) -> ProblemBody {
+        let context = RequestContext::current();
+        ProblemBody {
+            problem_type: format!("/problems/{}", self.code),
+            title: self.status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: self.status.as_u16(),
+            detail: self.detail.clone(),
+            instance: context.as_ref().map(|c| c.path.clone()).unwrap_or_default(),
+            code: self.code.to_string(),
+            request_id: context.map(|c| c.request_id.clone()).unwrap_or_default(),
+            errors: self.errors.clone(),
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&self.body()).expect("a problem body always serializes");
+        let mut response = (self.status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.extend(self.headers);
+        response
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.detail)
+    }
+}
+
+impl std::error::Error for Problem {}

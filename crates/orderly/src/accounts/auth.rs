@@ -1,0 +1,93 @@
+//! Who is calling: the [`Principal`] extractor accepts a JWT access token or an API key as
+//! `Authorization: Bearer …`; [`Admin`] additionally requires the admin role.
+//!
+//! Failures are 401 with `WWW-Authenticate: Bearer` (RFC 6750), or 403 for a caller whose role
+//! is not enough. Credentials are never logged.
+
+use axum::extract::FromRequestParts;
+use http::{HeaderValue, StatusCode, header, request::Parts};
+use orderly_kit::Problem;
+use orderly_kit::context::RequestContext;
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::error::AppError;
+
+use super::domain::Role;
+use super::store;
+use super::tokens::hash_secret;
+
+/// API keys start with this prefix; anything else presented as a bearer token is a JWT.
+pub const API_KEY_PREFIX: &str = "sk_";
+
+/// An authenticated caller.
+#[derive(Debug, Clone, Copy)]
+pub struct Principal {
+    pub user_id: Uuid,
+    pub role: Role,
+}
+
+impl Principal {
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+            return Err(unauthorized(None).into());
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .filter(|token| !token.is_empty())
+            .ok_or_else(|| unauthorized(Some("The Authorization header must be `Bearer <token>`.")))?;
+        let principal = if token.starts_with(API_KEY_PREFIX) {
+            let owner = store::find_api_key_owner(state.db.read(), &hash_secret(token)).await?;
+            let owner = owner.ok_or_else(|| unauthorized(Some("The API key is unknown or revoked.")))?;
+            Principal { user_id: owner.id, role: Role::parse(&owner.role).map_err(|_| AppError::internal("stored role is invalid"))? }
+        } else {
+            let claims = state
+                .keys
+                .verify_access_token(token)
+                .ok_or_else(|| unauthorized(Some("The access token is invalid or expired.")))?;
+            let role = Role::parse(&claims.role).map_err(|_| unauthorized(Some("The access token is invalid.")))?;
+            Principal { user_id: claims.sub, role }
+        };
+        RequestContext::record_user(&principal.user_id.to_string());
+        Ok(principal)
+    }
+}
+
+/// A caller with the admin role.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin(pub Principal);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let principal = Principal::from_request_parts(parts, state).await?;
+        if principal.is_admin() {
+            Ok(Self(principal))
+        } else {
+            Err(Problem::new(StatusCode::FORBIDDEN, "forbidden", "This endpoint requires the admin role.").into())
+        }
+    }
+}
+
+/// 401 with the RFC 6750 challenge; `error="invalid_token"` when a credential was presented.
+fn unauthorized(invalid: Option<&str>) -> Problem {
+    let (challenge, detail) = match invalid {
+        None => ("Bearer realm=\"orderly\"".to_owned(), "Authentication is required: send `Authorization: Bearer <token>`."),
+        Some(detail) => (format!("Bearer realm=\"orderly\", error=\"invalid_token\", error_description=\"{detail}\""), detail),
+    };
+    Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+        .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_str(&challenge).expect("ascii challenge"))
+}

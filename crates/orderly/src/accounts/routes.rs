@@ -1,0 +1,556 @@
+//! Account endpoints: registration, the token endpoint, logout, users and API keys.
+//! Handlers parse, call the service or store, and respond.
+
+use axum::extract::{OriginalUri, Request, State};
+use axum::response::IntoResponse;
+use chrono::{DateTime, Utc};
+use http::{HeaderMap, StatusCode};
+use orderly_kit::conditional::{CacheControl, check_if_match, conditional_response};
+use orderly_kit::docs::{BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, PreconditionFailed, Unauthorized, UnsupportedMediaType, ValidationFailed};
+use orderly_kit::extract::{BodyKind, Id, JsonBody, Query, parse_json_object, query_pairs, read_body};
+use orderly_kit::fields::select;
+use orderly_kit::validation::{json, text};
+use orderly_kit::Problem;
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::error::ApiResult;
+use crate::listing::{ListParams, read_fields};
+use crate::responses::{Attempt, created, optimistic_update, written};
+
+use super::auth::{Admin, Principal};
+use super::domain::{Email, Password, Role, UserName};
+use super::service::{self, OAuthError, Registration, TokenGrant, TokenOutcome};
+use super::store::{self, ApiKey, User, UserChanges, UserFilter};
+use super::tokens::generate_secret;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(token))
+        .routes(routes!(logout))
+        .routes(routes!(get_me, patch_me))
+        .routes(routes!(list_users))
+        .routes(routes!(get_user, patch_user))
+        .routes(routes!(create_api_key, list_api_keys))
+        .routes(routes!(get_api_key, delete_api_key))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Representations
+
+/// A user account.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserBody {
+    pub id: Uuid,
+    pub email: String,
+    pub name: String,
+    pub role: Role,
+    /// Incremented on every change; the ETag changes with it.
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+pub const USER_FIELDS: &[&str] = &["id", "email", "name", "role", "version", "created_at", "updated_at"];
+const USER_SORTS: &[&str] = &["-created_at", "created_at"];
+
+fn user_value(user: &User) -> Value {
+    let body = UserBody {
+        id: user.id,
+        email: user.email.clone(),
+        name: user.name.clone(),
+        role: Role::parse(&user.role).unwrap_or(Role::Customer),
+        version: user.version,
+        created_at: user.created_at,
+        updated_at: user.updated_at,
+    };
+    serde_json::to_value(body).expect("representations serialize")
+}
+
+/// An API key. The secret is shown only in the response that creates it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKeyBody {
+    pub id: Uuid,
+    pub name: String,
+    /// The first characters of the secret, to tell keys apart.
+    pub prefix: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A newly created API key, with its secret.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NewApiKeyBody {
+    pub id: Uuid,
+    pub name: String,
+    pub prefix: String,
+    pub created_at: DateTime<Utc>,
+    /// Use as `Authorization: Bearer <secret>`. Shown once; only a digest is stored.
+    pub secret: String,
+}
+
+const API_KEY_FIELDS: &[&str] = &["id", "name", "prefix", "created_at"];
+const API_KEY_SORTS: &[&str] = &["-created_at", "created_at"];
+
+fn api_key_value(key: &ApiKey) -> Value {
+    let body = ApiKeyBody { id: key.id, name: key.name.clone(), prefix: key.prefix.clone(), created_at: key.created_at };
+    serde_json::to_value(body).expect("representations serialize")
+}
+
+/// The list envelope, as documented.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documents the response shape; lists are rendered by `listing::respond`.
+pub struct UserList {
+    data: Vec<UserBody>,
+    next_cursor: Option<String>,
+    has_more: bool,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documents the response shape; lists are rendered by `listing::respond`.
+pub struct ApiKeyList {
+    data: Vec<ApiKeyBody>,
+    next_cursor: Option<String>,
+    has_more: bool,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registration and tokens
+
+/// Body of `POST /auth/register`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documents the body; it is parsed field by field in `register`.
+pub struct RegisterRequest {
+    /// Normalised to lower case; must be unique.
+    #[schema(example = "ada@example.com", max_length = 254)]
+    email: String,
+    #[schema(min_length = 8, max_length = 128, format = Password)]
+    password: String,
+    #[schema(example = "Ada Lovelace", min_length = 1, max_length = 100)]
+    name: String,
+}
+
+/// Create a customer account.
+#[utoipa::path(
+    post, path = "/auth/register", tag = "accounts",
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "Account created", body = UserBody, headers(("Location" = String, description = "URL of the new user"))),
+        (status = 400, response = BadRequest),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn register(State(app): State<AppState>, JsonBody(mut body): JsonBody) -> ApiResult {
+    let email = body.required("email", Email::from_json);
+    let password = body.required("password", Password::from_json);
+    let name = body.required("name", UserName::from_json);
+    let (email, password, name) = body.finish((email, password, name))?;
+    let user = service::register(&app, Registration { email, password, name }, Role::Customer).await?;
+    Ok(created(format!("/api/v1/users/{}", user.id), &user_value(&user), user.updated_at))
+}
+
+/// Body of `POST /auth/token` (form-encoded or JSON).
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documents the body; it is parsed in `token`.
+pub struct TokenRequest {
+    /// `password` or `refresh_token`.
+    #[schema(example = "password")]
+    grant_type: String,
+    /// The account email, with `grant_type=password`.
+    username: Option<String>,
+    /// With `grant_type=password`.
+    #[schema(format = Password)]
+    password: Option<String>,
+    /// With `grant_type=refresh_token`.
+    refresh_token: Option<String>,
+}
+
+/// OAuth 2.0 token endpoint (RFC 6749): password and refresh-token grants.
+///
+/// Refresh tokens rotate on every use; presenting an already-used refresh token revokes every
+/// token descending from the same login. Unrecognised parameters are ignored, as RFC 6749
+/// requires. Errors use the RFC 6749 §5.2 body.
+#[utoipa::path(
+    post, path = "/auth/token", tag = "accounts",
+    request_body(content(
+        (TokenRequest = "application/x-www-form-urlencoded"),
+        (TokenRequest = "application/json"),
+    )),
+    responses(
+        (status = 200, description = "Tokens issued", body = TokenGrant),
+        (status = 400, description = "RFC 6749 error: `invalid_request`, `invalid_grant`, `unsupported_grant_type`", body = OAuthError),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, description = "The body is neither form-encoded nor JSON", body = OAuthError),
+    )
+)]
+async fn token(State(app): State<AppState>, request: Request) -> ApiResult {
+    let kind = BodyKind::of(request.headers());
+    let body = read_body(request).await?;
+    let params = match kind {
+        Some(BodyKind::Form) => Ok(query_pairs(std::str::from_utf8(&body).ok())),
+        Some(BodyKind::Json) => token_params_from_json(&body),
+        _ => Err(OAuthError {
+            status: 415,
+            error: "invalid_request",
+            error_description: "send the parameters as application/x-www-form-urlencoded or application/json".into(),
+        }),
+    };
+    let params = match params {
+        Ok(params) => params,
+        Err(error) => return Ok(error.into_response()),
+    };
+    let outcome = match token_request(&params) {
+        Err(error) => TokenOutcome::Refused(error),
+        Ok(TokenGrantRequest::Password { username, password }) => service::grant_password(&app, &username, password).await?,
+        Ok(TokenGrantRequest::Refresh { refresh_token }) => service::grant_refresh(&app, &refresh_token).await?,
+    };
+    Ok(match outcome {
+        TokenOutcome::Granted(grant) => grant.into_response(),
+        TokenOutcome::Refused(error) => error.into_response(),
+    })
+}
+
+enum TokenGrantRequest {
+    Password { username: String, password: String },
+    Refresh { refresh_token: String },
+}
+
+fn token_params_from_json(body: &[u8]) -> Result<Vec<(String, String)>, OAuthError> {
+    let object = parse_json_object(body).map_err(|_| OAuthError::invalid_request("the body must be a JSON object"))?;
+    object
+        .into_iter()
+        .map(|(name, value)| match value {
+            Value::String(value) => Ok((name, value)),
+            _ => Err(OAuthError::invalid_request(format!("`{name}` must be a string"))),
+        })
+        .collect()
+}
+
+fn token_request(params: &[(String, String)]) -> Result<TokenGrantRequest, OAuthError> {
+    let param = |name: &str| -> Result<Option<String>, OAuthError> {
+        let mut values = params.iter().filter(|(n, _)| n == name).map(|(_, v)| v);
+        match (values.next(), values.next()) {
+            (_, Some(_)) => Err(OAuthError::invalid_request(format!("`{name}` must be given at most once"))),
+            (value, None) => Ok(value.filter(|v| !v.is_empty()).cloned()),
+        }
+    };
+    let required = |name: &str| param(name)?.ok_or_else(|| OAuthError::invalid_request(format!("`{name}` is required")));
+    match required("grant_type")?.as_str() {
+        "password" => Ok(TokenGrantRequest::Password { username: required("username")?, password: required("password")? }),
+        "refresh_token" => Ok(TokenGrantRequest::Refresh { refresh_token: required("refresh_token")? }),
+        _ => Err(OAuthError::unsupported_grant_type()),
+    }
+}
+
+/// Body of `POST /auth/logout`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documents the body; it is parsed field by field in `logout`.
+pub struct LogoutRequest {
+    refresh_token: String,
+}
+
+/// Revoke a refresh token and every token of the same login.
+#[utoipa::path(
+    post, path = "/auth/logout", tag = "accounts",
+    request_body = LogoutRequest,
+    responses(
+        (status = 204, description = "Revoked (also when the token was unknown)"),
+        (status = 400, response = BadRequest),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn logout(State(app): State<AppState>, JsonBody(mut body): JsonBody) -> ApiResult {
+    let refresh_token = body.required("refresh_token", |v| text(json::string(v)?, 1, 512));
+    let (refresh_token,) = body.finish((refresh_token,))?;
+    service::logout(&app, &refresh_token).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Users
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Documents the query; it is parsed field by field.
+pub struct FieldsQuery {
+    /// Comma-separated top-level fields to return, e.g. `id,name`.
+    fields: Option<String>,
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Documents the query; it is parsed field by field in `list_users`.
+pub struct UserListQuery {
+    /// Page size, 1–100.
+    #[param(minimum = 1, maximum = 100, default = 20)]
+    limit: Option<i64>,
+    /// Opaque cursor from `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// `-created_at` (default) or `created_at`.
+    sort: Option<String>,
+    /// Comma-separated top-level fields to return.
+    fields: Option<String>,
+    /// Only users with this role.
+    role: Option<Role>,
+    /// Only the user with this email (case-insensitive).
+    email: Option<String>,
+}
+
+/// The caller's own account.
+#[utoipa::path(
+    get, path = "/users/me", tag = "users", params(FieldsQuery), security(("bearer" = [])),
+    responses(
+        (status = 200, body = UserBody, description = "The caller", headers(("ETag" = String), ("Last-Modified" = String))),
+        (status = 304, description = "Not modified"),
+        (status = 401, response = Unauthorized),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn get_me(State(app): State<AppState>, principal: Principal, headers: HeaderMap, Query(mut query): Query) -> ApiResult {
+    let fields = read_fields(&mut query, USER_FIELDS);
+    let (fields,) = query.finish((fields,))?;
+    let user = store::find_user(app.db.write(), principal.user_id).await?.ok_or_else(Problem::not_found)?;
+    Ok(conditional_response(&headers, &select(fields.as_ref(), user_value(&user)), user.updated_at, CacheControl::Private))
+}
+
+/// Body of `PATCH /users/me`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documents the body; it is parsed field by field.
+pub struct UpdateMeRequest {
+    #[schema(min_length = 1, max_length = 100)]
+    name: Option<String>,
+}
+
+/// Change the caller's own name. Honours `If-Match`.
+#[utoipa::path(
+    patch, path = "/users/me", tag = "users", request_body = UpdateMeRequest, security(("bearer" = [])),
+    params(("If-Match" = Option<String>, Header, description = "Apply only if the user's current ETag matches")),
+    responses(
+        (status = 200, body = UserBody, description = "Updated"),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 412, response = PreconditionFailed),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn patch_me(State(app): State<AppState>, principal: Principal, headers: HeaderMap, JsonBody(mut body): JsonBody) -> ApiResult {
+    let name = body.optional("name", UserName::from_json);
+    let (name,) = body.finish((name,))?;
+    let changes = UserChanges { name: name.map(UserName::into_inner), role: None };
+    update_user(&app, &headers, principal.user_id, changes).await
+}
+
+/// List users (admin).
+#[utoipa::path(
+    get, path = "/users", tag = "users", params(UserListQuery), security(("bearer" = [])),
+    responses(
+        (status = 200, body = UserList, description = "A page of users", headers(("Link" = String, description = "`rel=\"next\"` page"))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn list_users(State(app): State<AppState>, _admin: Admin, OriginalUri(uri): OriginalUri, Query(mut query): Query) -> ApiResult {
+    let params = ListParams::read(&mut query, USER_FIELDS, USER_SORTS);
+    let role = query.optional("role", |v| Role::parse(v));
+    let email = query.optional("email", |v| Email::parse(v));
+    let (params, role, email) = query.finish((params, role, email))?;
+    let filter = UserFilter { role: role.map(Role::as_str), email: email.map(|e| e.as_str().to_owned()) };
+    let scope = ("users", &params.sort, &filter);
+    let after = params.position(&app.cursors, &scope)?;
+    let page = store::list_users(app.db.read(), &filter, &params, after).await?;
+    Ok(crate::listing::respond(
+        &uri,
+        page,
+        &params,
+        user_value,
+        |last| app.cursors.encode(&scope, &(last.created_at, last.id)),
+        CacheControl::Private,
+    ))
+}
+
+/// Get a user (admin).
+#[utoipa::path(
+    get, path = "/users/{id}", tag = "users", security(("bearer" = [])),
+    params(("id" = Uuid, Path), FieldsQuery),
+    responses(
+        (status = 200, body = UserBody, description = "The user", headers(("ETag" = String), ("Last-Modified" = String))),
+        (status = 304, description = "Not modified"),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn get_user(State(app): State<AppState>, _admin: Admin, Id(id): Id, headers: HeaderMap, Query(mut query): Query) -> ApiResult {
+    let fields = read_fields(&mut query, USER_FIELDS);
+    let (fields,) = query.finish((fields,))?;
+    let user = store::find_user(app.db.read(), id).await?.ok_or_else(Problem::not_found)?;
+    Ok(conditional_response(&headers, &select(fields.as_ref(), user_value(&user)), user.updated_at, CacheControl::Private))
+}
+
+/// Body of `PATCH /users/{id}`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documents the body; it is parsed field by field.
+pub struct UpdateUserRequest {
+    #[schema(min_length = 1, max_length = 100)]
+    name: Option<String>,
+    role: Option<Role>,
+}
+
+/// Change a user's name or role (admin). Honours `If-Match`.
+#[utoipa::path(
+    patch, path = "/users/{id}", tag = "users", request_body = UpdateUserRequest, security(("bearer" = [])),
+    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header, description = "Apply only if the user's current ETag matches")),
+    responses(
+        (status = 200, body = UserBody, description = "Updated"),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 412, response = PreconditionFailed),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn patch_user(State(app): State<AppState>, _admin: Admin, Id(id): Id, headers: HeaderMap, JsonBody(mut body): JsonBody) -> ApiResult {
+    let name = body.optional("name", UserName::from_json);
+    let role = body.optional("role", Role::from_json);
+    let (name, role) = body.finish((name, role))?;
+    let changes = UserChanges { name: name.map(UserName::into_inner), role: role.map(Role::as_str) };
+    update_user(&app, &headers, id, changes).await
+}
+
+async fn update_user(app: &AppState, headers: &HeaderMap, id: Uuid, changes: UserChanges) -> ApiResult {
+    let user = optimistic_update(headers, || async {
+        let current = store::find_user(app.db.write(), id).await?.ok_or_else(Problem::not_found)?;
+        check_if_match(headers, &user_value(&current))?;
+        let unchanged = changes.name.as_ref().is_none_or(|n| *n == current.name) && changes.role.is_none_or(|r| r == current.role);
+        if unchanged {
+            return Ok(Attempt::Done(current));
+        }
+        let changes = UserChanges { name: changes.name.clone(), role: changes.role };
+        Ok(match store::update_user(app.db.write(), &current, changes).await? {
+            Some(updated) => Attempt::Done(updated),
+            None => Attempt::LostRace,
+        })
+    })
+    .await?;
+    Ok(written(&user_value(&user), user.updated_at))
+}
+
+// ---------------------------------------------------------------------------------------------
+// API keys
+
+/// Body of `POST /api-keys`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documents the body; it is parsed field by field.
+pub struct CreateApiKeyRequest {
+    #[schema(example = "CI deploys", min_length = 1, max_length = 100)]
+    name: String,
+}
+
+/// Create an API key for the caller. The secret is in this response only.
+#[utoipa::path(
+    post, path = "/api-keys", tag = "api-keys", request_body = CreateApiKeyRequest, security(("bearer" = [])),
+    responses(
+        (status = 201, body = NewApiKeyBody, description = "Created", headers(("Location" = String))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn create_api_key(State(app): State<AppState>, principal: Principal, JsonBody(mut body): JsonBody) -> ApiResult {
+    let name = body.required("name", |v| text(json::string(v)?, 1, 100));
+    let (name,) = body.finish((name,))?;
+    let secret = generate_secret(super::auth::API_KEY_PREFIX);
+    let prefix: String = secret.chars().take(8).collect();
+    let key = store::insert_api_key(app.db.write(), principal.user_id, name, prefix, super::tokens::hash_secret(&secret)).await?;
+    let mut value = api_key_value(&key);
+    value["secret"] = Value::String(secret);
+    Ok(created(format!("/api/v1/api-keys/{}", key.id), &value, key.created_at))
+}
+
+/// The caller's API keys.
+#[utoipa::path(
+    get, path = "/api-keys", tag = "api-keys", security(("bearer" = [])),
+    params(
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Page size, 1–100 (default 20)"),
+        ("cursor" = Option<String>, Query, description = "Opaque cursor from the previous page"),
+        ("sort" = Option<String>, Query, description = "`-created_at` (default) or `created_at`"),
+        FieldsQuery,
+    ),
+    responses(
+        (status = 200, body = ApiKeyList, description = "A page of keys"),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn list_api_keys(State(app): State<AppState>, principal: Principal, OriginalUri(uri): OriginalUri, Query(mut query): Query) -> ApiResult {
+    let params = ListParams::read(&mut query, API_KEY_FIELDS, API_KEY_SORTS);
+    let (params,) = query.finish((params,))?;
+    let scope = ("api_keys", principal.user_id, &params.sort);
+    let after = params.position(&app.cursors, &scope)?;
+    let page = store::list_api_keys(app.db.read(), principal.user_id, &params, after).await?;
+    Ok(crate::listing::respond(
+        &uri,
+        page,
+        &params,
+        api_key_value,
+        |last| app.cursors.encode(&scope, &(last.created_at, last.id)),
+        CacheControl::Private,
+    ))
+}
+
+/// One of the caller's API keys.
+#[utoipa::path(
+    get, path = "/api-keys/{id}", tag = "api-keys", security(("bearer" = [])),
+    params(("id" = Uuid, Path), FieldsQuery),
+    responses(
+        (status = 200, body = ApiKeyBody, description = "The key", headers(("ETag" = String))),
+        (status = 304, description = "Not modified"),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn get_api_key(State(app): State<AppState>, principal: Principal, Id(id): Id, headers: HeaderMap, Query(mut query): Query) -> ApiResult {
+    let fields = read_fields(&mut query, API_KEY_FIELDS);
+    let (fields,) = query.finish((fields,))?;
+    let key = store::find_api_key(app.db.read(), principal.user_id, id).await?.ok_or_else(Problem::not_found)?;
+    Ok(conditional_response(&headers, &select(fields.as_ref(), api_key_value(&key)), key.created_at, CacheControl::Private))
+}
+
+/// Revoke one of the caller's API keys. Honours `If-Match`.
+#[utoipa::path(
+    delete, path = "/api-keys/{id}", tag = "api-keys", security(("bearer" = [])),
+    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header, description = "Delete only if the key's current ETag matches")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 412, response = PreconditionFailed),
+    )
+)]
+async fn delete_api_key(State(app): State<AppState>, principal: Principal, Id(id): Id, headers: HeaderMap) -> ApiResult {
+    let key = store::find_api_key(app.db.write(), principal.user_id, id).await?.ok_or_else(Problem::not_found)?;
+    check_if_match(&headers, &api_key_value(&key))?;
+    store::delete_api_key(app.db.write(), key).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+

@@ -1,0 +1,166 @@
+//! Account logic: registration, the OAuth 2.0 token grants with refresh-token rotation and
+//! reuse detection, and logout.
+
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use http::{HeaderValue, StatusCode, header};
+use orderly_kit::Problem;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::app::App;
+use crate::error::{AppError, conflict_on_unique};
+
+use super::domain::{Email, Password, Role, UserName};
+use super::passwords;
+use super::store::{self, NewUser, Rotation, User};
+use super::tokens::{generate_secret, hash_secret};
+
+const REFRESH_TOKEN_PREFIX: &str = "rt_";
+
+pub struct Registration {
+    pub email: Email,
+    pub password: Password,
+    pub name: UserName,
+}
+
+/// Creates a customer account (409 `email_taken` when the address is in use).
+pub async fn register(app: &App, registration: Registration, role: Role) -> Result<User, AppError> {
+    if store::find_user_by_email(app.db.write(), registration.email.as_str()).await?.is_some() {
+        return Err(email_taken().into());
+    }
+    let password_hash = passwords::hash(registration.password).await?;
+    let new = NewUser {
+        email: registration.email.as_str().to_owned(),
+        name: registration.name.into_inner(),
+        role: role.as_str(),
+        password_hash,
+    };
+    store::insert_user(app.db.write(), new).await.map_err(|error| conflict_on_unique(error, email_taken))
+}
+
+fn email_taken() -> Problem {
+    Problem::conflict("email_taken", "An account with this email already exists.")
+}
+
+/// A successful token response (RFC 6749 §5.1).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TokenGrant {
+    /// JWT access token, Ed25519-signed.
+    pub access_token: String,
+    /// Always `Bearer`.
+    #[schema(example = "Bearer")]
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+    /// Single-use refresh token; each use returns a new one.
+    pub refresh_token: String,
+}
+
+impl IntoResponse for TokenGrant {
+    fn into_response(self) -> Response {
+        let mut response = axum::Json(self).into_response();
+        no_store(&mut response);
+        response
+    }
+}
+
+/// An error response of the token endpoint (RFC 6749 §5.2).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OAuthError {
+    #[serde(skip)]
+    pub status: u16,
+    /// `invalid_request`, `invalid_grant`, `unsupported_grant_type`, …
+    pub error: &'static str,
+    pub error_description: String,
+}
+
+impl OAuthError {
+    pub fn invalid_request(description: impl Into<String>) -> Self {
+        Self { status: 400, error: "invalid_request", error_description: description.into() }
+    }
+
+    pub fn invalid_grant(description: impl Into<String>) -> Self {
+        Self { status: 400, error: "invalid_grant", error_description: description.into() }
+    }
+
+    pub fn unsupported_grant_type() -> Self {
+        Self {
+            status: 400,
+            error: "unsupported_grant_type",
+            error_description: "grant_type must be `password` or `refresh_token`".into(),
+        }
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_REQUEST);
+        let mut response = (status, axum::Json(self)).into_response();
+        no_store(&mut response);
+        response
+    }
+}
+
+fn no_store(response: &mut Response) {
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+}
+
+/// The token endpoint's outcome: a grant, a protocol error, or an internal failure.
+pub enum TokenOutcome {
+    Granted(TokenGrant),
+    Refused(OAuthError),
+}
+
+/// `grant_type=password`: verifies the credentials and starts a new refresh-token family.
+pub async fn grant_password(app: &App, username: &str, password: String) -> Result<TokenOutcome, AppError> {
+    let user = match Email::parse(username) {
+        Ok(email) => store::find_user_by_email(app.db.write(), email.as_str()).await?,
+        Err(_) => None,
+    };
+    let stored = user.as_ref().map(|u| u.password_hash.clone());
+    let verified = passwords::verify(password, stored).await?;
+    let (Some(user), true) = (user, verified) else {
+        return Ok(TokenOutcome::Refused(OAuthError::invalid_grant("The email or password is incorrect.")));
+    };
+    let refresh_token = generate_secret(REFRESH_TOKEN_PREFIX);
+    store::insert_refresh_token(app.db.write(), Uuid::now_v7(), user.id, hash_secret(&refresh_token), refresh_expiry(app))
+        .await?;
+    Ok(TokenOutcome::Granted(grant(app, &user, refresh_token)?))
+}
+
+/// `grant_type=refresh_token`: rotates the token; a replayed (already rotated) token revokes
+/// its whole family, so a stolen token stops working for thief and victim alike.
+pub async fn grant_refresh(app: &App, presented: &str) -> Result<TokenOutcome, AppError> {
+    let successor = generate_secret(REFRESH_TOKEN_PREFIX);
+    let rotation = store::rotate_refresh_token(app.db.write(), &hash_secret(presented), hash_secret(&successor), refresh_expiry(app)).await?;
+    let refused = |description: &str| Ok(TokenOutcome::Refused(OAuthError::invalid_grant(description)));
+    match rotation {
+        Rotation::Rejected => refused("The refresh token is invalid, expired or revoked."),
+        Rotation::ReplayDetected => {
+            tracing::warn!("refresh token reuse detected; the token family was revoked");
+            refused("The refresh token was already used; every token of this login has been revoked.")
+        }
+        Rotation::Rotated { user_id } => match store::find_user(app.db.write(), user_id).await? {
+            Some(user) => Ok(TokenOutcome::Granted(grant(app, &user, successor)?)),
+            None => refused("The account no longer exists."),
+        },
+    }
+}
+
+/// Revokes the family of a refresh token. Unknown tokens are accepted silently (RFC 7009 §2.2).
+pub async fn logout(app: &App, refresh_token: &str) -> Result<(), AppError> {
+    store::revoke_family_of(app.db.write(), &hash_secret(refresh_token)).await.map_err(Into::into)
+}
+
+fn grant(app: &App, user: &User, refresh_token: String) -> Result<TokenGrant, AppError> {
+    let role = Role::parse(&user.role).map_err(|_| AppError::internal("stored role is invalid"))?;
+    let (access_token, expires_in) = app.keys.issue_access_token(user.id, role);
+    Ok(TokenGrant { access_token, token_type: "Bearer", expires_in, refresh_token })
+}
+
+fn refresh_expiry(app: &App) -> chrono::DateTime<Utc> {
+    let ttl = chrono::TimeDelta::from_std(app.refresh_token_ttl).unwrap_or(chrono::TimeDelta::days(30));
+    crate::db::now() + ttl
+}

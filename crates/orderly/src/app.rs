@@ -1,0 +1,169 @@
+//! The composition root: wires configuration to components, builds the router with every
+//! cross-cutting layer, binds the listener and runs until told to stop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use orderly_kit::cursor::CursorCodec;
+use orderly_kit::middleware;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
+use tower_http::compression::CompressionLayer;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::accounts::tokens::SigningKeys;
+use crate::config::{ConfigError, HttpConfig, ServeConfig};
+use crate::db::Database;
+use crate::{accounts, catalog, ops};
+
+/// Shared, cheaply cloneable application state.
+#[derive(Clone)]
+pub struct AppState(Arc<App>);
+
+impl std::ops::Deref for AppState {
+    type Target = App;
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}
+
+/// Everything a request may need. Holds no per-request or per-user state: any instance can
+/// serve any request.
+pub struct App {
+    pub db: Database,
+    pub keys: SigningKeys,
+    pub cursors: CursorCodec,
+    pub refresh_token_ttl: Duration,
+    /// `max-age` of public catalog reads.
+    pub catalog_max_age: u32,
+    /// Set when shutdown begins so `/readyz` fails at once while in-flight requests finish.
+    shutting_down: AtomicBool,
+}
+
+impl App {
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+}
+
+/// A built server: listener bound, migrations applied, ready to run.
+pub struct Application {
+    listener: tokio::net::TcpListener,
+    router: Router,
+    state: AppState,
+    shutdown_grace: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("database migration failed: {0}")]
+    Migration(sea_orm::DbErr),
+}
+
+impl Application {
+    pub async fn build(config: ServeConfig) -> Result<Self, StartError> {
+        let embedded = config.database.database_url.starts_with("sqlite:");
+        let keys = SigningKeys::load(&config.auth, embedded)?;
+        let db = Database::connect(&config.database).await?;
+        if config.migrate_on_start {
+            db.migrate().await.map_err(StartError::Migration)?;
+        }
+        let state = AppState(Arc::new(App {
+            cursors: CursorCodec::new(keys.cursor_secret()),
+            keys,
+            db,
+            refresh_token_ttl: config.auth.refresh_token_ttl,
+            catalog_max_age: config.http.catalog_max_age,
+            shutting_down: AtomicBool::new(false),
+        }));
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|error| ConfigError::new("ORDERLY_LISTEN", format!("cannot listen on {}: {error}", config.listen)))?;
+        Ok(Self { listener, router: router(state.clone(), &config.http), state, shutdown_grace: config.http.shutdown_grace })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    /// Serves until `shutdown` completes, then fails readiness, stops accepting connections and
+    /// lets in-flight requests finish within the grace period.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
+        let server = axum::serve(self.listener, service).with_graceful_shutdown(async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        });
+        let mut server = tokio::spawn(server.into_future());
+        tokio::select! {
+            result = &mut server => return result.map_err(std::io::Error::other)?,
+            () = shutdown => {}
+        }
+        tracing::info!(grace_secs = self.shutdown_grace.as_secs(), "shutting down: readiness is now failing");
+        self.state.shutting_down.store(true, Ordering::Relaxed);
+        let _ = stop.send(true);
+        match tokio::time::timeout(self.shutdown_grace, server).await {
+            Ok(result) => result.map_err(std::io::Error::other)?,
+            Err(_) => {
+                tracing::warn!("grace period over with requests still in flight; stopping anyway");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The whole HTTP surface with its layers, outermost last.
+pub fn router(state: AppState, http: &HttpConfig) -> Router {
+    let (api, openapi) = OpenApiRouter::with_openapi(ops::api_doc())
+        .nest("/api/v1", accounts::router().merge(catalog::router()))
+        .merge(ops::router())
+        .split_for_parts();
+    let deadline = http.request_timeout;
+    let body_limit = usize::try_from(http.max_body_bytes).unwrap_or(usize::MAX);
+    let compress = SizeAbove::new(1024)
+        .and(NotForContentType::GRPC)
+        .and(NotForContentType::IMAGES)
+        .and(NotForContentType::SSE);
+    Router::new()
+        .merge(api)
+        .merge(ops::docs_router(openapi))
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(move |request, next| middleware::deadline(deadline, request, next)))
+        .layer(CatchPanicLayer::custom(middleware::panic_response))
+        .layer(axum::middleware::from_fn(middleware::finalize))
+        .layer(CompressionLayer::new().compress_when(compress))
+        .layer(axum::middleware::from_fn(middleware::request_context))
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,330 @@
+//! Catalog endpoints: public product reads, admin writes.
+
+use axum::extract::{OriginalUri, State};
+use axum::response::IntoResponse;
+use chrono::{DateTime, Utc};
+use http::{HeaderMap, StatusCode};
+use orderly_kit::Problem;
+use orderly_kit::conditional::{CacheControl, check_if_match, conditional_response};
+use orderly_kit::docs::{BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, PreconditionFailed, Unauthorized, UnsupportedMediaType, ValidationFailed};
+use orderly_kit::extract::{Id, JsonBody, Query};
+use orderly_kit::fields::select;
+use orderly_kit::validation::{Fields, json, query, text};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::accounts::auth::Admin;
+use crate::app::AppState;
+use crate::error::{ApiResult, conflict_on_unique};
+use crate::listing::{ListParams, read_fields};
+use crate::responses::{Attempt, created, optimistic_update, written};
+
+use super::domain::{Currency, MAX_STOCK, MAX_UNIT_PRICE, Sku};
+use super::store::{self, After, NewProduct, Product, ProductChanges, ProductFilter};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_products, create_product))
+        .routes(routes!(get_product, patch_product, delete_product))
+}
+
+/// A product in the catalog.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProductBody {
+    pub id: Uuid,
+    pub sku: String,
+    pub name: String,
+    pub description: String,
+    /// Price of one unit in minor units of `currency` (cents for USD).
+    pub unit_price: i64,
+    /// ISO 4217 code, upper case.
+    #[schema(example = "USD")]
+    pub currency: String,
+    pub stock: i64,
+    /// Archived products are inactive and cannot be ordered.
+    pub active: bool,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documents the response shape; lists are rendered by `listing::respond`.
+pub struct ProductList {
+    data: Vec<ProductBody>,
+    next_cursor: Option<String>,
+    has_more: bool,
+}
+
+const PRODUCT_FIELDS: &[&str] = &[
+    "id", "sku", "name", "description", "unit_price", "currency", "stock", "active", "version", "created_at", "updated_at",
+];
+const PRODUCT_SORTS: &[&str] = &["-created_at", "created_at", "unit_price", "-unit_price"];
+
+fn product_value(product: &Product) -> Value {
+    let body = ProductBody {
+        id: product.id,
+        sku: product.sku.clone(),
+        name: product.name.clone(),
+        description: product.description.clone(),
+        unit_price: product.unit_price,
+        currency: product.currency.clone(),
+        stock: product.stock,
+        active: product.active,
+        version: product.version,
+        created_at: product.created_at,
+        updated_at: product.updated_at,
+    };
+    serde_json::to_value(body).expect("representations serialize")
+}
+
+fn sku_taken() -> Problem {
+    Problem::conflict("sku_taken", "A product with this SKU already exists.")
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Documents the query; it is parsed field by field in `list_products`.
+pub struct ProductListQuery {
+    /// Page size, 1–100.
+    #[param(minimum = 1, maximum = 100, default = 20)]
+    limit: Option<i64>,
+    /// Opaque cursor from `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// `-created_at` (default), `created_at`, `unit_price` or `-unit_price`.
+    sort: Option<String>,
+    /// Comma-separated top-level fields to return.
+    fields: Option<String>,
+    /// Only active (`true`) or archived (`false`) products.
+    active: Option<bool>,
+    /// Only products priced in this ISO 4217 currency.
+    currency: Option<String>,
+    /// Minimum unit price, inclusive, in minor units.
+    #[param(minimum = 0)]
+    min_price: Option<i64>,
+    /// Maximum unit price, inclusive, in minor units.
+    #[param(minimum = 0)]
+    max_price: Option<i64>,
+    /// Case-insensitive search in name and SKU.
+    q: Option<String>,
+}
+
+/// List products (public).
+#[utoipa::path(
+    get, path = "/products", tag = "catalog", params(ProductListQuery),
+    responses(
+        (status = 200, body = ProductList, description = "A page of products", headers(("Link" = String, description = "`rel=\"next\"` page"))),
+        (status = 400, response = BadRequest),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn list_products(State(app): State<AppState>, OriginalUri(uri): OriginalUri, Query(mut query): Query) -> ApiResult {
+    let params = ListParams::read(&mut query, PRODUCT_FIELDS, PRODUCT_SORTS);
+    let active = query.optional("active", |v| query::boolean(v));
+    let currency = query.optional("currency", |v| Currency::parse(v));
+    let min_price = query.optional("min_price", |v| query::integer(v, 0, MAX_UNIT_PRICE));
+    let max_price = query.optional("max_price", |v| query::integer(v, 0, MAX_UNIT_PRICE));
+    let q = query.optional("q", |v| text(v, 1, 100));
+    if let (Some(Some(min)), Some(Some(max))) = (min_price, max_price)
+        && min > max
+    {
+        query.push("max_price", "out_of_range", "must not be less than min_price");
+    }
+    let (params, active, currency, min_price, max_price, q) = query.finish((params, active, currency, min_price, max_price, q))?;
+    let filter = ProductFilter { active, currency: currency.map(Currency::code), min_price, max_price, q };
+    let scope = ("products", &params.sort, &filter);
+    let after = match params.sort.key {
+        "unit_price" => params.position::<(i64, Uuid)>(&app.cursors, &scope)?.map(|(p, id)| After::UnitPrice(p, id)),
+        _ => params.position::<(DateTime<Utc>, Uuid)>(&app.cursors, &scope)?.map(|(t, id)| After::CreatedAt(t, id)),
+    };
+    let page = store::list_products(app.db.read(), &filter, &params, after).await?;
+    let by_price = params.sort.key == "unit_price";
+    Ok(crate::listing::respond(
+        &uri,
+        page,
+        &params,
+        product_value,
+        |last| {
+            if by_price {
+                app.cursors.encode(&scope, &(last.unit_price, last.id))
+            } else {
+                app.cursors.encode(&scope, &(last.created_at, last.id))
+            }
+        },
+        CacheControl::Public { max_age: app.catalog_max_age },
+    ))
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Documents the query; it is parsed field by field.
+pub struct FieldsQuery {
+    /// Comma-separated top-level fields to return, e.g. `id,name`.
+    fields: Option<String>,
+}
+
+/// Get a product (public).
+#[utoipa::path(
+    get, path = "/products/{id}", tag = "catalog", params(("id" = Uuid, Path), FieldsQuery),
+    responses(
+        (status = 200, body = ProductBody, description = "The product", headers(("ETag" = String), ("Last-Modified" = String), ("Cache-Control" = String))),
+        (status = 304, description = "Not modified"),
+        (status = 404, response = NotFound),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn get_product(State(app): State<AppState>, Id(id): Id, headers: HeaderMap, Query(mut query): Query) -> ApiResult {
+    let fields = read_fields(&mut query, PRODUCT_FIELDS);
+    let (fields,) = query.finish((fields,))?;
+    let product = store::find_product(app.db.read(), id).await?.ok_or_else(Problem::not_found)?;
+    let value = select(fields.as_ref(), product_value(&product));
+    Ok(conditional_response(&headers, &value, product.updated_at, CacheControl::Public { max_age: app.catalog_max_age }))
+}
+
+/// Body of `POST /products`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documents the body; it is parsed field by field in `create_product`.
+pub struct CreateProductRequest {
+    #[schema(example = "TSHIRT-RED-L", pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+    sku: String,
+    #[schema(example = "Red T-shirt, L", min_length = 1, max_length = 200)]
+    name: String,
+    #[schema(max_length = 2000)]
+    description: Option<String>,
+    #[schema(example = 1999, minimum = 0, maximum = 1_000_000_000_000_i64)]
+    unit_price: i64,
+    #[schema(example = "USD")]
+    currency: String,
+    #[schema(example = 100, minimum = 0, maximum = 1_000_000_000)]
+    stock: i64,
+    /// Defaults to `true`.
+    active: Option<bool>,
+}
+
+/// Body of `PATCH /products/{id}`: any subset of the fields.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documents the body; it is parsed field by field in `patch_product`.
+pub struct UpdateProductRequest {
+    sku: Option<String>,
+    name: Option<String>,
+    description: Option<String>,
+    unit_price: Option<i64>,
+    currency: Option<String>,
+    stock: Option<i64>,
+    active: Option<bool>,
+}
+
+/// Reads the product fields of a body; `required` marks the ones a create must have.
+fn read_product_fields(body: &mut Fields<Value>, required: bool) -> Option<ProductChanges> {
+    macro_rules! field {
+        ($name:literal, $parse:expr) => {
+            if required { body.required($name, $parse).map(Some) } else { body.optional($name, $parse) }
+        };
+    }
+    let sku = field!("sku", |v| Sku::from_json(v).map(Sku::into_inner));
+    let name = field!("name", |v| json::text(v, 1, 200));
+    let description = body.optional("description", |v| json::text(v, 0, 2000));
+    let unit_price = field!("unit_price", |v| json::integer(v, 0, MAX_UNIT_PRICE));
+    let currency = field!("currency", |v| Currency::from_json(v).map(Currency::code));
+    let stock = field!("stock", |v| json::integer(v, 0, MAX_STOCK));
+    let active = body.optional("active", json::boolean);
+    Some(ProductChanges {
+        sku: sku?,
+        name: name?,
+        description: description?,
+        unit_price: unit_price?,
+        currency: currency?,
+        stock: stock?,
+        active: active?,
+    })
+}
+
+/// Create a product (admin).
+#[utoipa::path(
+    post, path = "/products", tag = "catalog", request_body = CreateProductRequest, security(("bearer" = [])),
+    responses(
+        (status = 201, body = ProductBody, description = "Created", headers(("Location" = String))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn create_product(State(app): State<AppState>, _admin: Admin, JsonBody(mut body): JsonBody) -> ApiResult {
+    let fields = read_product_fields(&mut body, true);
+    let (fields,) = body.finish((fields,))?;
+    let new = NewProduct {
+        sku: fields.sku.expect("required"),
+        name: fields.name.expect("required"),
+        description: fields.description.unwrap_or_default(),
+        unit_price: fields.unit_price.expect("required"),
+        currency: fields.currency.expect("required"),
+        stock: fields.stock.expect("required"),
+        active: fields.active.unwrap_or(true),
+    };
+    let product = store::insert_product(app.db.write(), new).await.map_err(|error| conflict_on_unique(error, sku_taken))?;
+    Ok(created(format!("/api/v1/products/{}", product.id), &product_value(&product), product.updated_at))
+}
+
+/// Update a product (admin). Honours `If-Match`.
+#[utoipa::path(
+    patch, path = "/products/{id}", tag = "catalog", request_body = UpdateProductRequest, security(("bearer" = [])),
+    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header, description = "Apply only if the product's current ETag matches")),
+    responses(
+        (status = 200, body = ProductBody, description = "Updated"),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 412, response = PreconditionFailed),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn patch_product(State(app): State<AppState>, _admin: Admin, Id(id): Id, headers: HeaderMap, JsonBody(mut body): JsonBody) -> ApiResult {
+    let changes = read_product_fields(&mut body, false);
+    let (changes,) = body.finish((changes,))?;
+    let product = change_product(&app, &headers, id, &changes).await?;
+    Ok(written(&product_value(&product), product.updated_at))
+}
+
+/// Archive a product (admin): it becomes inactive; past orders keep their snapshot.
+#[utoipa::path(
+    delete, path = "/products/{id}", tag = "catalog", security(("bearer" = [])),
+    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header, description = "Archive only if the product's current ETag matches")),
+    responses(
+        (status = 204, description = "Archived (also when it already was)"),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 412, response = PreconditionFailed),
+    )
+)]
+async fn delete_product(State(app): State<AppState>, _admin: Admin, Id(id): Id, headers: HeaderMap) -> ApiResult {
+    let archive = ProductChanges { active: Some(false), ..ProductChanges::default() };
+    change_product(&app, &headers, id, &archive).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn change_product(app: &AppState, headers: &HeaderMap, id: Uuid, changes: &ProductChanges) -> Result<Product, crate::error::AppError> {
+    optimistic_update(headers, || async {
+        let current = store::find_product(app.db.write(), id).await?.ok_or_else(Problem::not_found)?;
+        check_if_match(headers, &product_value(&current))?;
+        let desired = changes.applied_to(&current);
+        if desired == current {
+            return Ok(Attempt::Done(current));
+        }
+        let updated = store::update_product(app.db.write(), &current, desired).await.map_err(|e| conflict_on_unique(e, sku_taken))?;
+        Ok(updated.map_or(Attempt::LostRace, Attempt::Done))
+    })
+    .await
+}
+

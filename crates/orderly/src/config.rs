@@ -1,0 +1,251 @@
+//! Configuration: command-line flags with `ORDERLY_*` environment fallbacks (and an optional
+//! env-style config file), parsed once at start.
+//!
+//! Bad configuration stops the process with one line naming the setting; nothing starts
+//! half-configured. Secret values are never echoed, not even by `--help`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "orderly", version, about = "Orders-and-payments HTTP API")]
+pub struct Cli {
+    /// Read settings from an env-style file (`ORDERLY_X=value` lines); real environment
+    /// variables and flags take precedence.
+    #[arg(long, env = "ORDERLY_CONFIG", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API (applies migrations first unless told not to).
+    Serve(Box<ServeConfig>),
+    /// Apply database migrations and exit.
+    Migrate(DatabaseConfig),
+    /// Administrative tasks.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// Fill a database with demo users and products.
+    Seed(SeedArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Create a user. The password is read from ORDERLY_ADMIN_PASSWORD or, when unset, from the
+    /// first line of standard input; never from the command line.
+    CreateUser(CreateUserArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateUserArgs {
+    #[arg(long)]
+    pub email: String,
+    #[arg(long, default_value = "Administrator")]
+    pub name: String,
+    #[arg(long, value_enum, default_value = "admin")]
+    pub role: RoleArg,
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    Admin,
+    Customer,
+}
+
+#[derive(Debug, Args)]
+pub struct SeedArgs {
+    /// Insert the demo data set (users admin@example.com and customer@example.com, products).
+    #[arg(long, required = true)]
+    pub demo: bool,
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseConfig {
+    /// Primary database: `sqlite://path/to/file.db` (embedded) or `postgres://…`.
+    #[arg(long, env = "ORDERLY_DATABASE_URL", default_value = "sqlite://data/orderly.db", hide_env_values = true)]
+    pub database_url: String,
+
+    /// Optional read replica (PostgreSQL); list and read endpoints use it, writes never do.
+    #[arg(long, env = "ORDERLY_DATABASE_READ_URL", hide_env_values = true)]
+    pub database_read_url: Option<String>,
+
+    /// Maximum connections per pool.
+    #[arg(long, env = "ORDERLY_DATABASE_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub database_max_connections: u32,
+
+    /// How long a request waits for a free connection before answering 503.
+    #[arg(long, env = "ORDERLY_DATABASE_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub database_acquire_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "ORDERLY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+
+    /// Apply pending migrations when the server starts.
+    #[arg(long, env = "ORDERLY_MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate_on_start: bool,
+
+    #[command(flatten)]
+    pub auth: AuthConfig,
+
+    #[command(flatten)]
+    pub http: HttpConfig,
+
+    /// Log format: `json` (one object per line), `text`, or `auto` (text on a terminal).
+    #[arg(long, env = "ORDERLY_LOG_FORMAT", value_enum, default_value = "auto")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AuthConfig {
+    /// Folder for embedded-mode state: the generated signing key lives here.
+    #[arg(long, env = "ORDERLY_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+
+    /// Ed25519 private key (PKCS#8 PEM) that signs access tokens. Required with PostgreSQL;
+    /// in embedded mode one is generated in the data folder when unset.
+    #[arg(long, env = "ORDERLY_JWT_PRIVATE_KEY", hide_env_values = true, conflicts_with = "jwt_private_key_file")]
+    pub jwt_private_key: Option<String>,
+
+    /// File holding the Ed25519 private key (PKCS#8 PEM), instead of ORDERLY_JWT_PRIVATE_KEY.
+    #[arg(long, env = "ORDERLY_JWT_PRIVATE_KEY_FILE")]
+    pub jwt_private_key_file: Option<PathBuf>,
+
+    /// Retired Ed25519 public keys (SPKI PEM, concatenated) still accepted for verification
+    /// during a key rotation, and published in the JWKS.
+    #[arg(long, env = "ORDERLY_JWT_PREVIOUS_PUBLIC_KEYS", hide_env_values = true)]
+    pub jwt_previous_public_keys: Option<String>,
+
+    /// Lifetime of access tokens.
+    #[arg(long, env = "ORDERLY_ACCESS_TOKEN_TTL", default_value = "15m", value_parser = parse_duration)]
+    pub access_token_ttl: Duration,
+
+    /// Lifetime of refresh tokens (each use rotates the token).
+    #[arg(long, env = "ORDERLY_REFRESH_TOKEN_TTL", default_value = "30d", value_parser = parse_duration)]
+    pub refresh_token_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HttpConfig {
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "ORDERLY_MAX_BODY_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=64 * 1024 * 1024))]
+    pub max_body_bytes: u64,
+
+    /// Deadline for handling one request.
+    #[arg(long, env = "ORDERLY_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// `max-age` of public catalog reads, in seconds.
+    #[arg(long, env = "ORDERLY_CATALOG_MAX_AGE", default_value_t = 60)]
+    pub catalog_max_age: u32,
+
+    /// How long in-flight requests may run after SIGTERM before the server stops anyway.
+    #[arg(long, env = "ORDERLY_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Auto,
+    Json,
+    Text,
+}
+
+/// Parses `500ms`, `10s`, `15m`, `24h`, `30d`.
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (number, unit) = raw.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("`{raw}` is not a duration like 500ms, 10s, 15m, 24h or 30d"))?;
+    let seconds = match unit {
+        "ms" => return Ok(Duration::from_millis(number)),
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("`{raw}` has no unit; use ms, s, m, h or d")),
+    };
+    number.checked_mul(seconds).map(Duration::from_secs).ok_or_else(|| format!("`{raw}` is too large"))
+}
+
+/// A setting that failed validation after parsing.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {setting}: {reason}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(setting: &'static str, reason: impl Into<String>) -> Self {
+        Self { setting, reason: reason.into() }
+    }
+}
+
+/// Loads `ORDERLY_*` lines from an env-style file into the environment, without overriding
+/// variables that are already set. Must run before any thread starts.
+pub fn load_config_file(path: &std::path::Path) -> Result<(), ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| ConfigError::new("ORDERLY_CONFIG", format!("cannot read {}: {error}", path.display())))?;
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (key, value) = line.split_once('=').ok_or_else(|| {
+            ConfigError::new("ORDERLY_CONFIG", format!("{} line {}: expected KEY=value", path.display(), number + 1))
+        })?;
+        let key = key.trim().trim_start_matches("export ").trim();
+        if !key.starts_with("ORDERLY_") {
+            return Err(ConfigError::new(
+                "ORDERLY_CONFIG",
+                format!("{} line {}: `{key}` is not an ORDERLY_ setting", path.display(), number + 1),
+            ));
+        }
+        let value = value.trim().trim_matches('"');
+        if std::env::var_os(key).is_none() {
+            // SAFETY: called from `main` before the runtime or any other thread exists.
+            unsafe { std::env::set_var(key, value) };
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_need_a_unit() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86400)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("10y").is_err());
+    }
+}

@@ -1,0 +1,17 @@
+//! Orderly: an orders-and-payments HTTP API.
+//!
+//! [`app`] is the composition root; each capability (accounts, catalog, …) is a module that
+//! owns its routes, logic and storage. Cross-cutting HTTP mechanics live in `orderly-kit`.
+
+pub mod accounts;
+pub mod app;
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod listing;
+pub mod migrations;
+pub mod ops;
+pub mod responses;
+pub mod telemetry;

@@ -1,0 +1,112 @@
+//! Keyset-paginated lists on top of the kit's cursors: the shared query parameters (`limit`,
+//! `cursor`, `sort`, `fields`), the `WHERE (key, id) > (…)` seek condition and the response.
+//!
+//! Every sort is made total by the id as a tie-breaker and is backed by an index on
+//! `(key, id)`, so a page costs one index range scan however deep it is.
+
+use axum::response::Response;
+use http::Uri;
+use orderly_kit::conditional::CacheControl;
+use orderly_kit::cursor::CursorCodec;
+use orderly_kit::fields::{FieldSelection, select};
+use orderly_kit::pagination::{DEFAULT_LIMIT, ListBody, Page, list_response, parse_limit};
+use orderly_kit::validation::{Fields, Invalid, query};
+use orderly_kit::Problem;
+use sea_orm::sea_query::{Expr, SimpleExpr};
+use sea_orm::{ColumnTrait, EntityTrait, Order, QueryFilter, QueryOrder, QuerySelect, Select};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// A sort order as named in `sort=`: a key, descending when prefixed with `-`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Sort {
+    pub key: &'static str,
+    pub descending: bool,
+}
+
+impl Sort {
+    /// Parses `raw` against the sort values a list documents (`created_at`, `-created_at`, …).
+    pub fn parse(raw: &str, allowed: &[&'static str]) -> Result<Self, Invalid> {
+        let name = query::one_of(raw, allowed)?;
+        Ok(match name.strip_prefix('-') {
+            Some(key) => Self { key, descending: true },
+            None => Self { key: name, descending: false },
+        })
+    }
+}
+
+/// The parameters every list takes.
+#[derive(Debug)]
+pub struct ListParams {
+    pub limit: i64,
+    pub cursor: Option<String>,
+    pub sort: Sort,
+    pub fields: Option<FieldSelection>,
+}
+
+impl ListParams {
+    /// Reads `limit`, `cursor`, `sort` (first of `sorts` is the default) and `fields`. Errors
+    /// are recorded in `query`; `None` means at least one was invalid.
+    pub fn read(query: &mut Fields<String>, available_fields: &[&'static str], sorts: &[&'static str]) -> Option<Self> {
+        let limit = query.optional("limit", |v| parse_limit(v));
+        let cursor = query.optional("cursor", |v| Ok(v.clone()));
+        let sort = query.optional("sort", |v| Sort::parse(v, sorts));
+        let fields = read_fields(query, available_fields);
+        Some(Self {
+            limit: limit?.unwrap_or(DEFAULT_LIMIT),
+            cursor: cursor?,
+            sort: sort?.unwrap_or(Sort::parse(sorts[0], sorts).expect("the default sort is allowed")),
+            fields: fields?,
+        })
+    }
+
+    /// Decodes the cursor, if any, for a list whose filters and sort are `scope`.
+    pub fn position<P: DeserializeOwned>(&self, codec: &CursorCodec, scope: &impl Serialize) -> Result<Option<P>, Problem> {
+        self.cursor.as_deref().map(|cursor| codec.decode(cursor, scope)).transpose()
+    }
+}
+
+/// Reads the optional `fields` parameter of a single-resource GET or a list.
+pub fn read_fields(query: &mut Fields<String>, available: &[&'static str]) -> Option<Option<FieldSelection>> {
+    query.optional("fields", |v| FieldSelection::parse(v, available))
+}
+
+/// Adds the seek condition `(key, id) > (after)` (or `<` when descending), the total order and
+/// the `limit + 1` over-fetch to `select`.
+pub fn seek<E: EntityTrait>(
+    select: Select<E>,
+    key: E::Column,
+    id: E::Column,
+    descending: bool,
+    after: Option<(SimpleExpr, uuid::Uuid)>,
+    limit: i64,
+) -> Select<E> {
+    let select = match after {
+        Some((key_value, id_value)) => {
+            let columns = Expr::tuple([Expr::col(key.as_column_ref()).into(), Expr::col(id.as_column_ref()).into()]);
+            let bound = Expr::tuple([key_value, Expr::value(id_value)]);
+            select.filter(if descending { columns.lt(bound) } else { columns.gt(bound) })
+        }
+        None => select,
+    };
+    let order = if descending { Order::Desc } else { Order::Asc };
+    select.order_by(key, order.clone()).order_by(id, order).limit(u64::try_from(limit + 1).unwrap_or(101))
+}
+
+/// Builds the list envelope: each row rendered, field-selected, and a cursor after the last.
+pub fn respond<T>(
+    uri: &Uri,
+    page: Page<T>,
+    params: &ListParams,
+    render: impl Fn(&T) -> Value,
+    next_cursor: impl FnOnce(&T) -> String,
+    cache: CacheControl,
+) -> Response {
+    let next_cursor = match (page.has_more, page.rows.last()) {
+        (true, Some(last)) => Some(next_cursor(last)),
+        _ => None,
+    };
+    let data = page.rows.iter().map(|row| select(params.fields.as_ref(), render(row))).collect();
+    list_response(uri, ListBody { data, next_cursor, has_more: page.has_more }, cache)
+}

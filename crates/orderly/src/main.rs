@@ -1,0 +1,49 @@
+//! The `orderly` binary: parses the command line and hands over to the library.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    if let Some(path) = config_file_argument()
+        && let Err(error) = orderly::config::load_config_file(&path)
+    {
+        eprintln!("orderly: {error}");
+        return ExitCode::from(2);
+    }
+    let cli = match orderly::cli::parse() {
+        Ok(cli) => cli,
+        Err(line) => {
+            eprintln!("orderly: {line}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("orderly: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(orderly::cli::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("orderly: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `--config FILE` (or `--config=FILE`) from argv, else `ORDERLY_CONFIG`. Read before clap
+/// parses so the file can supply values for every other setting.
+fn config_file_argument() -> Option<std::path::PathBuf> {
+    let mut args = std::env::args_os().skip(1);
+    while let Some(arg) = args.next() {
+        let arg = arg.to_string_lossy().into_owned();
+        if arg == "--config" {
+            return args.next().map(Into::into);
+        }
+        if let Some(path) = arg.strip_prefix("--config=") {
+            return Some(path.into());
+        }
+    }
+    std::env::var_os("ORDERLY_CONFIG").map(Into::into)
+}

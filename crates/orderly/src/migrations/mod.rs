@@ -1,0 +1,16 @@
+//! Schema migrations, written once with the schema builder and applied on SQLite and
+//! PostgreSQL alike. Migrations are append-only: a landed migration is never edited.
+
+use sea_orm_migration::prelude::*;
+
+mod m0001_accounts;
+mod m0002_catalog;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m0001_accounts::Migration), Box::new(m0002_catalog::Migration)]
+    }
+}

@@ -1,0 +1,128 @@
+//! Operations endpoints outside `/api/v1`: liveness, readiness, the JWKS, the OpenAPI
+//! document and the interactive docs page (served from the binary; no CDN).
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use orderly_kit::FieldError;
+use orderly_kit::docs::{
+    BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, PreconditionFailed, ServiceUnavailable, Unauthorized,
+    UnsupportedMediaType, ValidationFailed,
+};
+use orderly_kit::problem::ProblemBody;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::app::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Orderly",
+        description = "Orders-and-payments HTTP API.\n\nAll API paths are under `/api/v1`. Errors are RFC 9457 \
+            `application/problem+json` bodies with a stable `code`. Lists are cursor-paginated (`limit`, `cursor`, \
+            `next_cursor`, `Link: rel=\"next\"`). Every GET accepts `fields=` to select top-level fields. Single-resource \
+            reads carry strong `ETag`s and honour `If-None-Match`; `PATCH`/`DELETE` honour `If-Match`.\n\n\
+            Authenticate with `Authorization: Bearer <token>`: an access token from `POST /api/v1/auth/token`, or an \
+            API key from `POST /api/v1/api-keys`."
+    ),
+    components(
+        schemas(ProblemBody, FieldError),
+        responses(BadRequest, Unauthorized, Forbidden, NotFound, Conflict, PreconditionFailed, PayloadTooLarge, UnsupportedMediaType, ValidationFailed, ServiceUnavailable)
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "accounts", description = "Registration, tokens and logout"),
+        (name = "users", description = "User accounts"),
+        (name = "api-keys", description = "API keys for programmatic access"),
+        (name = "catalog", description = "Products"),
+        (name = "operations", description = "Health, readiness and keys"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT or API key")
+                    .description(Some("An access token from `POST /api/v1/auth/token`, or an API key (`sk_…`)."))
+                    .build(),
+            ),
+        );
+    }
+}
+
+pub fn api_doc() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+/// The documented operations routes.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(jwks))
+}
+
+/// The OpenAPI document and the interactive docs page.
+pub fn docs_router(openapi: utoipa::openapi::OpenApi) -> axum::Router<AppState> {
+    axum::Router::from(SwaggerUi::new("/docs").url("/openapi.json", openapi))
+}
+
+#[derive(Serialize, ToSchema)]
+struct Health {
+    /// `ok`, `ready`, `unavailable` or `shutting_down`.
+    status: &'static str,
+    /// Per-dependency result, on readiness checks.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    checks: BTreeMap<&'static str, String>,
+}
+
+/// Liveness: the process is up. Checks no dependency.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok", checks: BTreeMap::new() })
+}
+
+/// Readiness: 200 only when the database answers and migrations are applied; 503 with
+/// per-check detail otherwise, and at once when shutdown has begun.
+#[utoipa::path(
+    get, path = "/readyz", tag = "operations",
+    responses((status = 200, body = Health, description = "Ready"), (status = 503, body = Health, description = "Not ready"))
+)]
+async fn readyz(State(app): State<AppState>) -> Response {
+    if app.is_shutting_down() {
+        return not_ready(Health { status: "shutting_down", checks: BTreeMap::new() });
+    }
+    let database = app.db.check().await;
+    let ready = database.is_ok();
+    let checks = BTreeMap::from([("database", database.map(|()| "ok".to_owned()).unwrap_or_else(|e| e))]);
+    if ready { Json(Health { status: "ready", checks }).into_response() } else { not_ready(Health { status: "unavailable", checks }) }
+}
+
+fn not_ready(health: Health) -> Response {
+    let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(health)).into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    response
+}
+
+/// The public keys that verify access tokens (RFC 7517), selected by the token's `kid`.
+#[utoipa::path(
+    get, path = "/.well-known/jwks.json", tag = "operations",
+    responses((status = 200, description = "JSON Web Key Set", content_type = "application/json", body = Object))
+)]
+async fn jwks(State(app): State<AppState>) -> Response {
+    let mut response = Json(app.keys.jwks().clone()).into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+    response
+}
