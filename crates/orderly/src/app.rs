@@ -56,6 +56,7 @@ pub struct Application {
     router: Router,
     state: AppState,
     shutdown_grace: Duration,
+    shutdown_drain_delay: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +86,13 @@ impl Application {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|error| ConfigError::new("ORDERLY_LISTEN", format!("cannot listen on {}: {error}", config.listen)))?;
-        Ok(Self { listener, router: router(state.clone(), &config.http), state, shutdown_grace: config.http.shutdown_grace })
+        Ok(Self {
+            listener,
+            router: router(state.clone(), &config.http),
+            state,
+            shutdown_grace: config.http.shutdown_grace,
+            shutdown_drain_delay: config.http.shutdown_drain_delay,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -96,8 +103,8 @@ impl Application {
         self.local_addr().port()
     }
 
-    /// Serves until `shutdown` completes, then fails readiness, stops accepting connections and
-    /// lets in-flight requests finish within the grace period.
+    /// Serves until `shutdown` completes, then fails readiness, waits out the drain delay,
+    /// stops accepting connections and lets in-flight requests finish within the grace period.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
@@ -111,6 +118,7 @@ impl Application {
         }
         tracing::info!(grace_secs = self.shutdown_grace.as_secs(), "shutting down: readiness is now failing");
         self.state.shutting_down.store(true, Ordering::Relaxed);
+        tokio::time::sleep(self.shutdown_drain_delay).await;
         let _ = stop.send(true);
         match tokio::time::timeout(self.shutdown_grace, server).await {
             Ok(result) => result.map_err(std::io::Error::other)?,

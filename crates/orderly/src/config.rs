@@ -157,6 +157,11 @@ pub struct HttpConfig {
     #[arg(long, env = "ORDERLY_CATALOG_MAX_AGE", default_value_t = 60)]
     pub catalog_max_age: u32,
 
+    /// After SIGTERM, how long to keep accepting requests while `/readyz` already fails, so
+    /// load balancers stop routing here before connections are refused.
+    #[arg(long, env = "ORDERLY_SHUTDOWN_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub shutdown_drain_delay: Duration,
+
     /// How long in-flight requests may run after SIGTERM before the server stops anyway.
     #[arg(long, env = "ORDERLY_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,

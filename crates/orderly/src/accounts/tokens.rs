@@ -208,7 +208,7 @@ pub fn hash_secret(secret: &str) -> String {
 mod tests {
     use super::*;
 
-    fn keys() -> SigningKeys {
+    fn new_keys() -> SigningKeys {
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
         let public = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap().public_key().as_ref().to_vec();
         SigningKeys::from_parts(pkcs8.as_ref(), &[public], Duration::from_secs(60))
@@ -216,7 +216,7 @@ mod tests {
 
     #[test]
     fn an_issued_token_verifies_and_a_tampered_one_does_not() {
-        let keys = keys();
+        let keys = new_keys();
         let user = Uuid::now_v7();
         let (token, _) = keys.issue_access_token(user, Role::Admin);
         let claims = keys.verify_access_token(&token).unwrap();
@@ -225,12 +225,12 @@ mod tests {
         let mut tampered = token.clone();
         tampered.insert(tampered.len() - 5, 'x');
         assert!(keys.verify_access_token(&tampered).is_none());
-        assert!(keys().verify_access_token(&token).is_none(), "another key must not verify it");
+        assert!(new_keys().verify_access_token(&token).is_none(), "another key must not verify it");
     }
 
     #[test]
     fn the_jwks_publishes_the_signing_key_under_its_kid() {
-        let keys = keys();
+        let keys = new_keys();
         let (token, _) = keys.issue_access_token(Uuid::now_v7(), Role::Customer);
         let kid = jsonwebtoken::decode_header(&token).unwrap().kid.unwrap();
         assert_eq!(keys.jwks()["keys"][0]["kid"], kid.as_str());

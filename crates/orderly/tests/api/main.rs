@@ -1,0 +1,9 @@
+//! HTTP tests against the real application on a random port. Every scenario runs once on
+//! SQLite and once on PostgreSQL (`ORDERLY_TEST_DATABASE_URL`), each on a fresh database.
+
+mod accounts;
+mod catalog;
+mod conventions;
+mod helpers;
+mod operations;
+mod pagination;

@@ -1,0 +1,89 @@
+//! Operations endpoints: health, readiness (including during shutdown), OpenAPI and docs.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::{Backend, TestApp};
+
+async fn liveness_and_readiness_report_ok(app: TestApp) {
+    let health = app.get("/healthz", None).await;
+    assert_eq!(health.status(), StatusCode::OK);
+    let ready = app.get("/readyz", None).await;
+    assert_eq!(ready.status(), StatusCode::OK);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["checks"]["database"], "ok");
+}
+
+async fn the_openapi_document_describes_every_endpoint(app: TestApp) {
+    let response = app.get("/openapi.json", None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let document: Value = response.json().await.unwrap();
+    assert!(document["openapi"].as_str().unwrap().starts_with("3.1"));
+    let expected = [
+        ("/api/v1/auth/register", "post"),
+        ("/api/v1/auth/token", "post"),
+        ("/api/v1/auth/logout", "post"),
+        ("/api/v1/users/me", "get"),
+        ("/api/v1/users/me", "patch"),
+        ("/api/v1/users", "get"),
+        ("/api/v1/users/{id}", "get"),
+        ("/api/v1/users/{id}", "patch"),
+        ("/api/v1/api-keys", "post"),
+        ("/api/v1/api-keys", "get"),
+        ("/api/v1/api-keys/{id}", "get"),
+        ("/api/v1/api-keys/{id}", "delete"),
+        ("/api/v1/products", "get"),
+        ("/api/v1/products", "post"),
+        ("/api/v1/products/{id}", "get"),
+        ("/api/v1/products/{id}", "patch"),
+        ("/api/v1/products/{id}", "delete"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/.well-known/jwks.json", "get"),
+    ];
+    for (path, method) in expected {
+        let operation = &document["paths"][path][method];
+        assert!(operation.is_object(), "{method} {path} is documented");
+        assert!(operation["responses"].as_object().is_some_and(|r| !r.is_empty()), "{method} {path} documents responses");
+    }
+    let documented: usize = document["paths"].as_object().unwrap().values().map(|p| p.as_object().unwrap().len()).sum();
+    assert_eq!(documented, expected.len(), "every documented operation is listed here");
+    assert_eq!(document["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    assert!(document["components"]["schemas"]["Problem"].is_object());
+}
+
+async fn the_docs_page_is_served_from_the_binary(app: TestApp) {
+    let page = app.get("/docs/", None).await;
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("swagger-ui"));
+    for asset in ["/docs/swagger-ui-bundle.js", "/docs/swagger-ui.css", "/docs/swagger-initializer.js"] {
+        let response = app.get(asset, None).await;
+        assert_eq!(response.status(), StatusCode::OK, "{asset} is served locally");
+    }
+}
+
+crate::on_every_backend!(liveness_and_readiness_report_ok, the_openapi_document_describes_every_endpoint, the_docs_page_is_served_from_the_binary);
+
+#[tokio::test]
+async fn readiness_fails_as_soon_as_shutdown_begins_while_liveness_holds() {
+    let mut app = TestApp::spawn_with(Backend::Sqlite, &["--shutdown-drain-delay", "3s"]).await.unwrap();
+    assert_eq!(app.get("/readyz", None).await.status(), StatusCode::OK);
+
+    app.begin_shutdown();
+    let mut ready = app.get("/readyz", None).await;
+    for _ in 0..50 {
+        if ready.status() != StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        ready = app.get("/readyz", None).await;
+    }
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(ready.json::<Value>().await.unwrap()["status"], "shutting_down");
+    assert_eq!(app.get("/healthz", None).await.status(), StatusCode::OK);
+
+    let stopped = app.wait_stopped(std::time::Duration::from_secs(10)).await;
+    assert!(stopped, "the server stops after the drain delay");
+    assert!(app.client.get(app.url("/healthz")).send().await.is_err(), "no new connections after shutdown");
+}
