@@ -41,7 +41,12 @@ impl RequestContext {
             .and_then(|value| value.to_str().ok())
             .and_then(trace_id_from_traceparent)
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-        Self { request_id, trace_id, path: path.to_owned(), user_id: OnceLock::new() }
+        Self {
+            request_id,
+            trace_id,
+            path: path.to_owned(),
+            user_id: OnceLock::new(),
+        }
     }
 
     /// Runs `future` with this context as the current one.
@@ -65,7 +70,9 @@ impl RequestContext {
 /// `[A-Za-z0-9._-]{1,128}`: anything else is replaced, so ids are always safe to log and echo.
 pub fn is_valid_request_id(id: &str) -> bool {
     (1..=128).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Extracts the trace id from a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
@@ -74,7 +81,9 @@ fn trace_id_from_traceparent(value: &str) -> Option<String> {
     let (version, trace_id, parent_id, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let lower_hex = |s: &str, len: usize| {
-        s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
     let valid = lower_hex(version, 2)
         && version != "ff"

@@ -21,7 +21,12 @@ pub enum BodyKind {
 impl BodyKind {
     pub fn of(headers: &http::HeaderMap) -> Option<Self> {
         let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
-        let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+        let essence = value
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
         Some(match essence.as_str() {
             "application/json" => Self::Json,
             media if media.starts_with("application/") && media.ends_with("+json") => Self::Json,
@@ -41,23 +46,33 @@ pub fn unsupported_media_type(expected: &str) -> Problem {
 
 /// Reads the whole body, honouring the router's body limit (413 when exceeded).
 pub async fn read_body(request: Request) -> Result<Bytes, Problem> {
-    Bytes::from_request(request, &()).await.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            payload_too_large()
-        } else {
-            Problem::bad_request("invalid_body", "The request body could not be read.")
-        }
-    })
+    Bytes::from_request(request, &())
+        .await
+        .map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                payload_too_large()
+            } else {
+                Problem::bad_request("invalid_body", "The request body could not be read.")
+            }
+        })
 }
 
 pub fn payload_too_large() -> Problem {
-    Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "The request body is larger than the server accepts.")
+    Problem::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        "The request body is larger than the server accepts.",
+    )
 }
 
 /// Parses JSON text; syntax errors are 400 `invalid_json`, a non-object is 422.
 pub fn parse_json_object(bytes: &[u8]) -> Result<Map<String, Value>, Problem> {
-    let value: Value = serde_json::from_slice(bytes)
-        .map_err(|error| Problem::bad_request("invalid_json", format!("The body is not valid JSON: {error}.")))?;
+    let value: Value = serde_json::from_slice(bytes).map_err(|error| {
+        Problem::bad_request(
+            "invalid_json",
+            format!("The body is not valid JSON: {error}."),
+        )
+    })?;
     match value {
         Value::Object(object) => Ok(object),
         _ => Err(Problem::validation(vec![FieldError {
@@ -98,7 +113,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Query {
 }
 
 pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
-    form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect()
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect()
 }
 
 /// A resource id from the last path segment. Anything that is not an id names no resource: 404.
@@ -108,9 +125,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Id {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
-        let axum::extract::Path(raw) = axum::extract::Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|_| Problem::not_found())?;
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| Problem::not_found())?;
         parse_id(&raw).map(Self)
     }
 }

@@ -26,9 +26,12 @@ pub struct FieldError {
     pub message: String,
 }
 
-/// An error response in the RFC 9457 format.
+/// An error response in the RFC 9457 format. Boxed so `Result<T, Problem>` stays small.
 #[derive(Debug, Clone)]
-pub struct Problem {
+pub struct Problem(Box<Details>);
+
+#[derive(Debug, Clone)]
+struct Details {
     status: StatusCode,
     code: Cow<'static, str>,
     detail: String,
@@ -61,14 +64,18 @@ pub struct ProblemBody {
 }
 
 impl Problem {
-    pub fn new(status: StatusCode, code: impl Into<Cow<'static, str>>, detail: impl Into<String>) -> Self {
-        Self {
+    pub fn new(
+        status: StatusCode,
+        code: impl Into<Cow<'static, str>>,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self(Box::new(Details {
             status,
             code: code.into(),
             detail: detail.into(),
             errors: Vec::new(),
             headers: HeaderMap::new(),
-        }
+        }))
     }
 
     /// 422 `validation_failed` listing every offending field.
@@ -77,7 +84,13 @@ impl Problem {
             1 => format!("`{}`: {}", errors[0].field, errors[0].message),
             n => format!("{n} fields are invalid; see `errors`"),
         };
-        Self { errors, ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", detail) }
+        let mut problem = Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            detail,
+        );
+        problem.0.errors = errors;
+        problem
     }
 
     pub fn bad_request(code: impl Into<Cow<'static, str>>, detail: impl Into<String>) -> Self {
@@ -85,7 +98,11 @@ impl Problem {
     }
 
     pub fn not_found() -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", "The requested resource does not exist.")
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "The requested resource does not exist.",
+        )
     }
 
     pub fn conflict(code: impl Into<Cow<'static, str>>, detail: impl Into<String>) -> Self {
@@ -102,42 +119,56 @@ impl Problem {
 
     /// 500 with no detail: the cause is logged by the caller, never sent.
     pub fn internal() -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "An unexpected error occurred.")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "An unexpected error occurred.",
+        )
     }
 
     /// 503 with `Retry-After`.
-    pub fn unavailable(code: impl Into<Cow<'static, str>>, detail: impl Into<String>, retry_after_secs: u64) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, detail).with_header(header::RETRY_AFTER, retry_after_secs.into())
+    pub fn unavailable(
+        code: impl Into<Cow<'static, str>>,
+        detail: impl Into<String>,
+        retry_after_secs: u64,
+    ) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, detail)
+            .with_header(header::RETRY_AFTER, retry_after_secs.into())
     }
 
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        self.headers.insert(name, value);
+        self.0.headers.insert(name, value);
         self
     }
 
     pub fn status(&self) -> StatusCode {
-        self.status
+        self.0.status
     }
 
     pub fn code(&self) -> &str {
-        &self.code
+        &self.0.code
     }
 
     pub fn errors(&self) -> &[FieldError] {
-        &self.errors
+        &self.0.errors
     }
 
     pub fn body(&self) -> ProblemBody {
         let context = RequestContext::current();
+        let problem = &self.0;
         ProblemBody {
-            problem_type: format!("/problems/{}", self.code),
-            title: self.status.canonical_reason().unwrap_or("Error").to_owned(),
-            status: self.status.as_u16(),
-            detail: self.detail.clone(),
+            problem_type: format!("/problems/{}", problem.code),
+            title: problem
+                .status
+                .canonical_reason()
+                .unwrap_or("Error")
+                .to_owned(),
+            status: problem.status.as_u16(),
+            detail: problem.detail.clone(),
             instance: context.as_ref().map(|c| c.path.clone()).unwrap_or_default(),
-            code: self.code.to_string(),
+            code: problem.code.to_string(),
             request_id: context.map(|c| c.request_id.clone()).unwrap_or_default(),
-            errors: self.errors.clone(),
+            errors: problem.errors.clone(),
         }
     }
 }
@@ -145,18 +176,27 @@ impl Problem {
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let body = serde_json::to_vec(&self.body()).expect("a problem body always serializes");
-        let mut response = (self.status, body).into_response();
+        let mut response = (self.0.status, body).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
+        );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        headers.extend(self.headers);
+        headers.extend(self.0.headers);
         response
     }
 }
 
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.detail)
+        write!(
+            f,
+            "{} {}: {}",
+            self.0.status.as_u16(),
+            self.0.code,
+            self.0.detail
+        )
     }
 }
 

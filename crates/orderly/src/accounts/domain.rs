@@ -12,7 +12,12 @@ pub struct Email(String);
 impl Email {
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
         let email = raw.trim().to_lowercase();
-        let invalid = || Invalid::new("invalid_email", "must be an email address like name@example.com");
+        let invalid = || {
+            Invalid::new(
+                "invalid_email",
+                "must be an email address like name@example.com",
+            )
+        };
         if email.len() > 254 {
             return Err(Invalid::new("too_long", "must be at most 254 characters"));
         }
@@ -25,9 +30,17 @@ impl Email {
             && !domain.ends_with('.')
             && !domain.contains("..")
             && !domain.contains('@')
-            && email.chars().all(|c| !c.is_whitespace() && !c.is_control() && !"<>()[]\\,;:\"".contains(c))
-            && domain.chars().all(|c| c.is_alphanumeric() || c == '-' || c == '.');
-        if valid { Ok(Self(email)) } else { Err(invalid()) }
+            && email
+                .chars()
+                .all(|c| !c.is_whitespace() && !c.is_control() && !"<>()[]\\,;:\"".contains(c))
+            && domain
+                .chars()
+                .all(|c| c.is_alphanumeric() || c == '-' || c == '.');
+        if valid {
+            Ok(Self(email))
+        } else {
+            Err(invalid())
+        }
     }
 
     pub fn from_json(value: &Value) -> Result<Self, Invalid> {
@@ -98,7 +111,10 @@ impl Role {
         match raw {
             "customer" => Ok(Self::Customer),
             "admin" => Ok(Self::Admin),
-            _ => Err(Invalid::new("invalid_value", "must be one of: customer, admin")),
+            _ => Err(Invalid::new(
+                "invalid_value",
+                "must be one of: customer, admin",
+            )),
         }
     }
 
@@ -120,12 +136,26 @@ mod tests {
 
     #[test]
     fn emails_are_normalised_to_lower_case() {
-        assert_eq!(Email::parse("  Ada@Example.COM ").unwrap().as_str(), "ada@example.com");
+        assert_eq!(
+            Email::parse("  Ada@Example.COM ").unwrap().as_str(),
+            "ada@example.com"
+        );
     }
 
     #[test]
     fn implausible_emails_are_rejected() {
-        for bad in ["", "ada", "@example.com", "ada@", "ada@example", "ada@.com", "ada@example..com", "a b@example.com", "ada@exa mple.com", "a@b@example.com"] {
+        for bad in [
+            "",
+            "ada",
+            "@example.com",
+            "ada@",
+            "ada@example",
+            "ada@.com",
+            "ada@example..com",
+            "a b@example.com",
+            "ada@exa mple.com",
+            "a@b@example.com",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad:?} should be rejected");
         }
         assert!(Email::parse(&format!("{}@example.com", "a".repeat(250))).is_err());
@@ -148,6 +178,9 @@ mod tests {
 
     #[test]
     fn password_debug_output_hides_the_secret() {
-        assert_eq!(format!("{:?}", Password::parse("hunter2hunter2").unwrap()), "Password(***)");
+        assert_eq!(
+            format!("{:?}", Password::parse("hunter2hunter2").unwrap()),
+            "Password(***)"
+        );
     }
 }

@@ -3,8 +3,10 @@
 
 use std::sync::OnceLock;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
 use argon2::Argon2;
+use argon2::password_hash::{
+    PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng,
+};
 
 use crate::error::AppError;
 
@@ -29,11 +31,18 @@ pub async fn verify(password: String, stored: Option<String>) -> Result<bool, Ap
 
 pub fn hash_blocking(password: &str) -> String {
     let salt = SaltString::generate(&mut OsRng);
-    Argon2::default().hash_password(password.as_bytes(), &salt).expect("Argon2id hashing with default parameters succeeds").to_string()
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .expect("Argon2id hashing with default parameters succeeds")
+        .to_string()
 }
 
 fn verify_blocking(password: &str, stored: &str) -> bool {
-    PasswordHash::new(stored).is_ok_and(|hash| Argon2::default().verify_password(password.as_bytes(), &hash).is_ok())
+    PasswordHash::new(stored).is_ok_and(|hash| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &hash)
+            .is_ok()
+    })
 }
 
 fn dummy_hash() -> &'static str {

@@ -5,12 +5,17 @@ use axum::extract::{OriginalUri, Request, State};
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use http::{HeaderMap, StatusCode};
+use orderly_kit::Problem;
 use orderly_kit::conditional::{CacheControl, check_if_match, conditional_response};
-use orderly_kit::docs::{BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, PreconditionFailed, Unauthorized, UnsupportedMediaType, ValidationFailed};
-use orderly_kit::extract::{BodyKind, Id, JsonBody, Query, parse_json_object, query_pairs, read_body};
+use orderly_kit::docs::{
+    BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, PreconditionFailed, Unauthorized,
+    UnsupportedMediaType, ValidationFailed,
+};
+use orderly_kit::extract::{
+    BodyKind, Id, JsonBody, Query, parse_json_object, query_pairs, read_body,
+};
 use orderly_kit::fields::select;
 use orderly_kit::validation::{json, text};
-use orderly_kit::Problem;
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -57,7 +62,15 @@ pub struct UserBody {
     pub updated_at: DateTime<Utc>,
 }
 
-pub const USER_FIELDS: &[&str] = &["id", "email", "name", "role", "version", "created_at", "updated_at"];
+pub const USER_FIELDS: &[&str] = &[
+    "id",
+    "email",
+    "name",
+    "role",
+    "version",
+    "created_at",
+    "updated_at",
+];
 const USER_SORTS: &[&str] = &["-created_at", "created_at"];
 
 fn user_value(user: &User) -> Value {
@@ -98,7 +111,12 @@ const API_KEY_FIELDS: &[&str] = &["id", "name", "prefix", "created_at"];
 const API_KEY_SORTS: &[&str] = &["-created_at", "created_at"];
 
 fn api_key_value(key: &ApiKey) -> Value {
-    let body = ApiKeyBody { id: key.id, name: key.name.clone(), prefix: key.prefix.clone(), created_at: key.created_at };
+    let body = ApiKeyBody {
+        id: key.id,
+        name: key.name.clone(),
+        prefix: key.prefix.clone(),
+        created_at: key.created_at,
+    };
     serde_json::to_value(body).expect("representations serialize")
 }
 
@@ -153,8 +171,21 @@ async fn register(State(app): State<AppState>, JsonBody(mut body): JsonBody) -> 
     let password = body.required("password", Password::from_json);
     let name = body.required("name", UserName::from_json);
     let (email, password, name) = body.finish((email, password, name))?;
-    let user = service::register(&app, Registration { email, password, name }, Role::Customer).await?;
-    Ok(created(format!("/api/v1/users/{}", user.id), &user_value(&user), user.updated_at))
+    let user = service::register(
+        &app,
+        Registration {
+            email,
+            password,
+            name,
+        },
+        Role::Customer,
+    )
+    .await?;
+    Ok(created(
+        format!("/api/v1/users/{}", user.id),
+        &user_value(&user),
+        user.updated_at,
+    ))
 }
 
 /// Body of `POST /auth/token` (form-encoded or JSON).
@@ -200,7 +231,9 @@ async fn token(State(app): State<AppState>, request: Request) -> ApiResult {
         _ => Err(OAuthError {
             status: 415,
             error: "invalid_request",
-            error_description: "send the parameters as application/x-www-form-urlencoded or application/json".into(),
+            error_description:
+                "send the parameters as application/x-www-form-urlencoded or application/json"
+                    .into(),
         }),
     };
     let params = match params {
@@ -209,8 +242,12 @@ async fn token(State(app): State<AppState>, request: Request) -> ApiResult {
     };
     let outcome = match token_request(&params) {
         Err(error) => TokenOutcome::Refused(error),
-        Ok(TokenGrantRequest::Password { username, password }) => service::grant_password(&app, &username, password).await?,
-        Ok(TokenGrantRequest::Refresh { refresh_token }) => service::grant_refresh(&app, &refresh_token).await?,
+        Ok(TokenGrantRequest::Password { username, password }) => {
+            service::grant_password(&app, &username, password).await?
+        }
+        Ok(TokenGrantRequest::Refresh { refresh_token }) => {
+            service::grant_refresh(&app, &refresh_token).await?
+        }
     };
     Ok(match outcome {
         TokenOutcome::Granted(grant) => grant.into_response(),
@@ -224,12 +261,15 @@ enum TokenGrantRequest {
 }
 
 fn token_params_from_json(body: &[u8]) -> Result<Vec<(String, String)>, OAuthError> {
-    let object = parse_json_object(body).map_err(|_| OAuthError::invalid_request("the body must be a JSON object"))?;
+    let object = parse_json_object(body)
+        .map_err(|_| OAuthError::invalid_request("the body must be a JSON object"))?;
     object
         .into_iter()
         .map(|(name, value)| match value {
             Value::String(value) => Ok((name, value)),
-            _ => Err(OAuthError::invalid_request(format!("`{name}` must be a string"))),
+            _ => Err(OAuthError::invalid_request(format!(
+                "`{name}` must be a string"
+            ))),
         })
         .collect()
 }
@@ -238,14 +278,23 @@ fn token_request(params: &[(String, String)]) -> Result<TokenGrantRequest, OAuth
     let param = |name: &str| -> Result<Option<String>, OAuthError> {
         let mut values = params.iter().filter(|(n, _)| n == name).map(|(_, v)| v);
         match (values.next(), values.next()) {
-            (_, Some(_)) => Err(OAuthError::invalid_request(format!("`{name}` must be given at most once"))),
+            (_, Some(_)) => Err(OAuthError::invalid_request(format!(
+                "`{name}` must be given at most once"
+            ))),
             (value, None) => Ok(value.filter(|v| !v.is_empty()).cloned()),
         }
     };
-    let required = |name: &str| param(name)?.ok_or_else(|| OAuthError::invalid_request(format!("`{name}` is required")));
+    let required = |name: &str| {
+        param(name)?.ok_or_else(|| OAuthError::invalid_request(format!("`{name}` is required")))
+    };
     match required("grant_type")?.as_str() {
-        "password" => Ok(TokenGrantRequest::Password { username: required("username")?, password: required("password")? }),
-        "refresh_token" => Ok(TokenGrantRequest::Refresh { refresh_token: required("refresh_token")? }),
+        "password" => Ok(TokenGrantRequest::Password {
+            username: required("username")?,
+            password: required("password")?,
+        }),
+        "refresh_token" => Ok(TokenGrantRequest::Refresh {
+            refresh_token: required("refresh_token")?,
+        }),
         _ => Err(OAuthError::unsupported_grant_type()),
     }
 }
@@ -316,11 +365,23 @@ pub struct UserListQuery {
         (status = 422, response = ValidationFailed),
     )
 )]
-async fn get_me(State(app): State<AppState>, principal: Principal, headers: HeaderMap, Query(mut query): Query) -> ApiResult {
+async fn get_me(
+    State(app): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    Query(mut query): Query,
+) -> ApiResult {
     let fields = read_fields(&mut query, USER_FIELDS);
     let (fields,) = query.finish((fields,))?;
-    let user = store::find_user(app.db.write(), principal.user_id).await?.ok_or_else(Problem::not_found)?;
-    Ok(conditional_response(&headers, &select(fields.as_ref(), user_value(&user)), user.updated_at, CacheControl::Private))
+    let user = store::find_user(app.db.write(), principal.user_id)
+        .await?
+        .ok_or_else(Problem::not_found)?;
+    Ok(conditional_response(
+        &headers,
+        &select(fields.as_ref(), user_value(&user)),
+        user.updated_at,
+        CacheControl::Private,
+    ))
 }
 
 /// Body of `PATCH /users/me`.
@@ -344,10 +405,18 @@ pub struct UpdateMeRequest {
         (status = 422, response = ValidationFailed),
     )
 )]
-async fn patch_me(State(app): State<AppState>, principal: Principal, headers: HeaderMap, JsonBody(mut body): JsonBody) -> ApiResult {
+async fn patch_me(
+    State(app): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    JsonBody(mut body): JsonBody,
+) -> ApiResult {
     let name = body.optional("name", UserName::from_json);
     let (name,) = body.finish((name,))?;
-    let changes = UserChanges { name: name.map(UserName::into_inner), role: None };
+    let changes = UserChanges {
+        name: name.map(UserName::into_inner),
+        role: None,
+    };
     update_user(&app, &headers, principal.user_id, changes).await
 }
 
@@ -362,12 +431,20 @@ async fn patch_me(State(app): State<AppState>, principal: Principal, headers: He
         (status = 422, response = ValidationFailed),
     )
 )]
-async fn list_users(State(app): State<AppState>, _admin: Admin, OriginalUri(uri): OriginalUri, Query(mut query): Query) -> ApiResult {
+async fn list_users(
+    State(app): State<AppState>,
+    _admin: Admin,
+    OriginalUri(uri): OriginalUri,
+    Query(mut query): Query,
+) -> ApiResult {
     let params = ListParams::read(&mut query, USER_FIELDS, USER_SORTS);
     let role = query.optional("role", |v| Role::parse(v));
     let email = query.optional("email", |v| Email::parse(v));
     let (params, role, email) = query.finish((params, role, email))?;
-    let filter = UserFilter { role: role.map(Role::as_str), email: email.map(|e| e.as_str().to_owned()) };
+    let filter = UserFilter {
+        role: role.map(Role::as_str),
+        email: email.map(|e| e.as_str().to_owned()),
+    };
     let scope = ("users", &params.sort, &filter);
     let after = params.position(&app.cursors, &scope)?;
     let page = store::list_users(app.db.read(), &filter, &params, after).await?;
@@ -394,11 +471,24 @@ async fn list_users(State(app): State<AppState>, _admin: Admin, OriginalUri(uri)
         (status = 422, response = ValidationFailed),
     )
 )]
-async fn get_user(State(app): State<AppState>, _admin: Admin, Id(id): Id, headers: HeaderMap, Query(mut query): Query) -> ApiResult {
+async fn get_user(
+    State(app): State<AppState>,
+    _admin: Admin,
+    Id(id): Id,
+    headers: HeaderMap,
+    Query(mut query): Query,
+) -> ApiResult {
     let fields = read_fields(&mut query, USER_FIELDS);
     let (fields,) = query.finish((fields,))?;
-    let user = store::find_user(app.db.read(), id).await?.ok_or_else(Problem::not_found)?;
-    Ok(conditional_response(&headers, &select(fields.as_ref(), user_value(&user)), user.updated_at, CacheControl::Private))
+    let user = store::find_user(app.db.read(), id)
+        .await?
+        .ok_or_else(Problem::not_found)?;
+    Ok(conditional_response(
+        &headers,
+        &select(fields.as_ref(), user_value(&user)),
+        user.updated_at,
+        CacheControl::Private,
+    ))
 }
 
 /// Body of `PATCH /users/{id}`.
@@ -425,27 +515,49 @@ pub struct UpdateUserRequest {
         (status = 422, response = ValidationFailed),
     )
 )]
-async fn patch_user(State(app): State<AppState>, _admin: Admin, Id(id): Id, headers: HeaderMap, JsonBody(mut body): JsonBody) -> ApiResult {
+async fn patch_user(
+    State(app): State<AppState>,
+    _admin: Admin,
+    Id(id): Id,
+    headers: HeaderMap,
+    JsonBody(mut body): JsonBody,
+) -> ApiResult {
     let name = body.optional("name", UserName::from_json);
     let role = body.optional("role", Role::from_json);
     let (name, role) = body.finish((name, role))?;
-    let changes = UserChanges { name: name.map(UserName::into_inner), role: role.map(Role::as_str) };
+    let changes = UserChanges {
+        name: name.map(UserName::into_inner),
+        role: role.map(Role::as_str),
+    };
     update_user(&app, &headers, id, changes).await
 }
 
-async fn update_user(app: &AppState, headers: &HeaderMap, id: Uuid, changes: UserChanges) -> ApiResult {
+async fn update_user(
+    app: &AppState,
+    headers: &HeaderMap,
+    id: Uuid,
+    changes: UserChanges,
+) -> ApiResult {
     let user = optimistic_update(headers, || async {
-        let current = store::find_user(app.db.write(), id).await?.ok_or_else(Problem::not_found)?;
+        let current = store::find_user(app.db.write(), id)
+            .await?
+            .ok_or_else(Problem::not_found)?;
         check_if_match(headers, &user_value(&current))?;
-        let unchanged = changes.name.as_ref().is_none_or(|n| *n == current.name) && changes.role.is_none_or(|r| r == current.role);
+        let unchanged = changes.name.as_ref().is_none_or(|n| *n == current.name)
+            && changes.role.is_none_or(|r| r == current.role);
         if unchanged {
             return Ok(Attempt::Done(current));
         }
-        let changes = UserChanges { name: changes.name.clone(), role: changes.role };
-        Ok(match store::update_user(app.db.write(), &current, changes).await? {
-            Some(updated) => Attempt::Done(updated),
-            None => Attempt::LostRace,
-        })
+        let changes = UserChanges {
+            name: changes.name.clone(),
+            role: changes.role,
+        };
+        Ok(
+            match store::update_user(app.db.write(), &current, changes).await? {
+                Some(updated) => Attempt::Done(updated),
+                None => Attempt::LostRace,
+            },
+        )
     })
     .await?;
     Ok(written(&user_value(&user), user.updated_at))
@@ -474,15 +586,30 @@ pub struct CreateApiKeyRequest {
         (status = 422, response = ValidationFailed),
     )
 )]
-async fn create_api_key(State(app): State<AppState>, principal: Principal, JsonBody(mut body): JsonBody) -> ApiResult {
+async fn create_api_key(
+    State(app): State<AppState>,
+    principal: Principal,
+    JsonBody(mut body): JsonBody,
+) -> ApiResult {
     let name = body.required("name", |v| text(json::string(v)?, 1, 100));
     let (name,) = body.finish((name,))?;
     let secret = generate_secret(super::auth::API_KEY_PREFIX);
     let prefix: String = secret.chars().take(8).collect();
-    let key = store::insert_api_key(app.db.write(), principal.user_id, name, prefix, super::tokens::hash_secret(&secret)).await?;
+    let key = store::insert_api_key(
+        app.db.write(),
+        principal.user_id,
+        name,
+        prefix,
+        super::tokens::hash_secret(&secret),
+    )
+    .await?;
     let mut value = api_key_value(&key);
     value["secret"] = Value::String(secret);
-    Ok(created(format!("/api/v1/api-keys/{}", key.id), &value, key.created_at))
+    Ok(created(
+        format!("/api/v1/api-keys/{}", key.id),
+        &value,
+        key.created_at,
+    ))
 }
 
 /// The caller's API keys.
@@ -501,7 +628,12 @@ async fn create_api_key(State(app): State<AppState>, principal: Principal, JsonB
         (status = 422, response = ValidationFailed),
     )
 )]
-async fn list_api_keys(State(app): State<AppState>, principal: Principal, OriginalUri(uri): OriginalUri, Query(mut query): Query) -> ApiResult {
+async fn list_api_keys(
+    State(app): State<AppState>,
+    principal: Principal,
+    OriginalUri(uri): OriginalUri,
+    Query(mut query): Query,
+) -> ApiResult {
     let params = ListParams::read(&mut query, API_KEY_FIELDS, API_KEY_SORTS);
     let (params,) = query.finish((params,))?;
     let scope = ("api_keys", principal.user_id, &params.sort);
@@ -529,11 +661,24 @@ async fn list_api_keys(State(app): State<AppState>, principal: Principal, Origin
         (status = 422, response = ValidationFailed),
     )
 )]
-async fn get_api_key(State(app): State<AppState>, principal: Principal, Id(id): Id, headers: HeaderMap, Query(mut query): Query) -> ApiResult {
+async fn get_api_key(
+    State(app): State<AppState>,
+    principal: Principal,
+    Id(id): Id,
+    headers: HeaderMap,
+    Query(mut query): Query,
+) -> ApiResult {
     let fields = read_fields(&mut query, API_KEY_FIELDS);
     let (fields,) = query.finish((fields,))?;
-    let key = store::find_api_key(app.db.read(), principal.user_id, id).await?.ok_or_else(Problem::not_found)?;
-    Ok(conditional_response(&headers, &select(fields.as_ref(), api_key_value(&key)), key.created_at, CacheControl::Private))
+    let key = store::find_api_key(app.db.read(), principal.user_id, id)
+        .await?
+        .ok_or_else(Problem::not_found)?;
+    Ok(conditional_response(
+        &headers,
+        &select(fields.as_ref(), api_key_value(&key)),
+        key.created_at,
+        CacheControl::Private,
+    ))
 }
 
 /// Revoke one of the caller's API keys. Honours `If-Match`.
@@ -547,10 +692,16 @@ async fn get_api_key(State(app): State<AppState>, principal: Principal, Id(id): 
         (status = 412, response = PreconditionFailed),
     )
 )]
-async fn delete_api_key(State(app): State<AppState>, principal: Principal, Id(id): Id, headers: HeaderMap) -> ApiResult {
-    let key = store::find_api_key(app.db.write(), principal.user_id, id).await?.ok_or_else(Problem::not_found)?;
+async fn delete_api_key(
+    State(app): State<AppState>,
+    principal: Principal,
+    Id(id): Id,
+    headers: HeaderMap,
+) -> ApiResult {
+    let key = store::find_api_key(app.db.write(), principal.user_id, id)
+        .await?
+        .ok_or_else(Problem::not_found)?;
     check_if_match(&headers, &api_key_value(&key))?;
     store::delete_api_key(app.db.write(), key).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
-

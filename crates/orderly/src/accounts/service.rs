@@ -26,7 +26,10 @@ pub struct Registration {
 
 /// Creates a customer account (409 `email_taken` when the address is in use).
 pub async fn register(app: &App, registration: Registration, role: Role) -> Result<User, AppError> {
-    if store::find_user_by_email(app.db.write(), registration.email.as_str()).await?.is_some() {
+    if store::find_user_by_email(app.db.write(), registration.email.as_str())
+        .await?
+        .is_some()
+    {
         return Err(email_taken().into());
     }
     let password_hash = passwords::hash(registration.password).await?;
@@ -36,7 +39,9 @@ pub async fn register(app: &App, registration: Registration, role: Role) -> Resu
         role: role.as_str(),
         password_hash,
     };
-    store::insert_user(app.db.write(), new).await.map_err(|error| conflict_on_unique(error, email_taken))
+    store::insert_user(app.db.write(), new)
+        .await
+        .map_err(|error| conflict_on_unique(error, email_taken))
 }
 
 fn email_taken() -> Problem {
@@ -77,11 +82,19 @@ pub struct OAuthError {
 
 impl OAuthError {
     pub fn invalid_request(description: impl Into<String>) -> Self {
-        Self { status: 400, error: "invalid_request", error_description: description.into() }
+        Self {
+            status: 400,
+            error: "invalid_request",
+            error_description: description.into(),
+        }
     }
 
     pub fn invalid_grant(description: impl Into<String>) -> Self {
-        Self { status: 400, error: "invalid_grant", error_description: description.into() }
+        Self {
+            status: 400,
+            error: "invalid_grant",
+            error_description: description.into(),
+        }
     }
 
     pub fn unsupported_grant_type() -> Self {
@@ -103,8 +116,12 @@ impl IntoResponse for OAuthError {
 }
 
 fn no_store(response: &mut Response) {
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+        .headers_mut()
+        .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
 }
 
 /// The token endpoint's outcome: a grant, a protocol error, or an internal failure.
@@ -114,7 +131,11 @@ pub enum TokenOutcome {
 }
 
 /// `grant_type=password`: verifies the credentials and starts a new refresh-token family.
-pub async fn grant_password(app: &App, username: &str, password: String) -> Result<TokenOutcome, AppError> {
+pub async fn grant_password(
+    app: &App,
+    username: &str,
+    password: String,
+) -> Result<TokenOutcome, AppError> {
     let user = match Email::parse(username) {
         Ok(email) => store::find_user_by_email(app.db.write(), email.as_str()).await?,
         Err(_) => None,
@@ -122,11 +143,19 @@ pub async fn grant_password(app: &App, username: &str, password: String) -> Resu
     let stored = user.as_ref().map(|u| u.password_hash.clone());
     let verified = passwords::verify(password, stored).await?;
     let (Some(user), true) = (user, verified) else {
-        return Ok(TokenOutcome::Refused(OAuthError::invalid_grant("The email or password is incorrect.")));
+        return Ok(TokenOutcome::Refused(OAuthError::invalid_grant(
+            "The email or password is incorrect.",
+        )));
     };
     let refresh_token = generate_secret(REFRESH_TOKEN_PREFIX);
-    store::insert_refresh_token(app.db.write(), Uuid::now_v7(), user.id, hash_secret(&refresh_token), refresh_expiry(app))
-        .await?;
+    store::insert_refresh_token(
+        app.db.write(),
+        Uuid::now_v7(),
+        user.id,
+        hash_secret(&refresh_token),
+        refresh_expiry(app),
+    )
+    .await?;
     Ok(TokenOutcome::Granted(grant(app, &user, refresh_token)?))
 }
 
@@ -134,13 +163,25 @@ pub async fn grant_password(app: &App, username: &str, password: String) -> Resu
 /// its whole family, so a stolen token stops working for thief and victim alike.
 pub async fn grant_refresh(app: &App, presented: &str) -> Result<TokenOutcome, AppError> {
     let successor = generate_secret(REFRESH_TOKEN_PREFIX);
-    let rotation = store::rotate_refresh_token(app.db.write(), &hash_secret(presented), hash_secret(&successor), refresh_expiry(app)).await?;
-    let refused = |description: &str| Ok(TokenOutcome::Refused(OAuthError::invalid_grant(description)));
+    let rotation = store::rotate_refresh_token(
+        app.db.write(),
+        &hash_secret(presented),
+        hash_secret(&successor),
+        refresh_expiry(app),
+    )
+    .await?;
+    let refused = |description: &str| {
+        Ok(TokenOutcome::Refused(OAuthError::invalid_grant(
+            description,
+        )))
+    };
     match rotation {
         Rotation::Rejected => refused("The refresh token is invalid, expired or revoked."),
         Rotation::ReplayDetected => {
             tracing::warn!("refresh token reuse detected; the token family was revoked");
-            refused("The refresh token was already used; every token of this login has been revoked.")
+            refused(
+                "The refresh token was already used; every token of this login has been revoked.",
+            )
         }
         Rotation::Rotated { user_id } => match store::find_user(app.db.write(), user_id).await? {
             Some(user) => Ok(TokenOutcome::Granted(grant(app, &user, successor)?)),
@@ -151,16 +192,24 @@ pub async fn grant_refresh(app: &App, presented: &str) -> Result<TokenOutcome, A
 
 /// Revokes the family of a refresh token. Unknown tokens are accepted silently (RFC 7009 §2.2).
 pub async fn logout(app: &App, refresh_token: &str) -> Result<(), AppError> {
-    store::revoke_family_of(app.db.write(), &hash_secret(refresh_token)).await.map_err(Into::into)
+    store::revoke_family_of(app.db.write(), &hash_secret(refresh_token))
+        .await
+        .map_err(Into::into)
 }
 
 fn grant(app: &App, user: &User, refresh_token: String) -> Result<TokenGrant, AppError> {
     let role = Role::parse(&user.role).map_err(|_| AppError::internal("stored role is invalid"))?;
     let (access_token, expires_in) = app.keys.issue_access_token(user.id, role);
-    Ok(TokenGrant { access_token, token_type: "Bearer", expires_in, refresh_token })
+    Ok(TokenGrant {
+        access_token,
+        token_type: "Bearer",
+        expires_in,
+        refresh_token,
+    })
 }
 
 fn refresh_expiry(app: &App) -> chrono::DateTime<Utc> {
-    let ttl = chrono::TimeDelta::from_std(app.refresh_token_ttl).unwrap_or(chrono::TimeDelta::days(30));
+    let ttl =
+        chrono::TimeDelta::from_std(app.refresh_token_ttl).unwrap_or(chrono::TimeDelta::days(30));
     crate::db::now() + ttl
 }

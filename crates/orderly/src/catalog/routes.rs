@@ -6,7 +6,10 @@ use chrono::{DateTime, Utc};
 use http::{HeaderMap, StatusCode};
 use orderly_kit::Problem;
 use orderly_kit::conditional::{CacheControl, check_if_match, conditional_response};
-use orderly_kit::docs::{BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, PreconditionFailed, Unauthorized, UnsupportedMediaType, ValidationFailed};
+use orderly_kit::docs::{
+    BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, PreconditionFailed, Unauthorized,
+    UnsupportedMediaType, ValidationFailed,
+};
 use orderly_kit::extract::{Id, JsonBody, Query};
 use orderly_kit::fields::select;
 use orderly_kit::validation::{Fields, json, query, text};
@@ -61,7 +64,17 @@ pub struct ProductList {
 }
 
 const PRODUCT_FIELDS: &[&str] = &[
-    "id", "sku", "name", "description", "unit_price", "currency", "stock", "active", "version", "created_at", "updated_at",
+    "id",
+    "sku",
+    "name",
+    "description",
+    "unit_price",
+    "currency",
+    "stock",
+    "active",
+    "version",
+    "created_at",
+    "updated_at",
 ];
 const PRODUCT_SORTS: &[&str] = &["-created_at", "created_at", "unit_price", "-unit_price"];
 
@@ -122,7 +135,11 @@ pub struct ProductListQuery {
         (status = 422, response = ValidationFailed),
     )
 )]
-async fn list_products(State(app): State<AppState>, OriginalUri(uri): OriginalUri, Query(mut query): Query) -> ApiResult {
+async fn list_products(
+    State(app): State<AppState>,
+    OriginalUri(uri): OriginalUri,
+    Query(mut query): Query,
+) -> ApiResult {
     let params = ListParams::read(&mut query, PRODUCT_FIELDS, PRODUCT_SORTS);
     let active = query.optional("active", |v| query::boolean(v));
     let currency = query.optional("currency", |v| Currency::parse(v));
@@ -132,14 +149,29 @@ async fn list_products(State(app): State<AppState>, OriginalUri(uri): OriginalUr
     if let (Some(Some(min)), Some(Some(max))) = (min_price, max_price)
         && min > max
     {
-        query.push("max_price", "out_of_range", "must not be less than min_price");
+        query.push(
+            "max_price",
+            "out_of_range",
+            "must not be less than min_price",
+        );
     }
-    let (params, active, currency, min_price, max_price, q) = query.finish((params, active, currency, min_price, max_price, q))?;
-    let filter = ProductFilter { active, currency: currency.map(Currency::code), min_price, max_price, q };
+    let (params, active, currency, min_price, max_price, q) =
+        query.finish((params, active, currency, min_price, max_price, q))?;
+    let filter = ProductFilter {
+        active,
+        currency: currency.map(Currency::code),
+        min_price,
+        max_price,
+        q,
+    };
     let scope = ("products", &params.sort, &filter);
     let after = match params.sort.key {
-        "unit_price" => params.position::<(i64, Uuid)>(&app.cursors, &scope)?.map(|(p, id)| After::UnitPrice(p, id)),
-        _ => params.position::<(DateTime<Utc>, Uuid)>(&app.cursors, &scope)?.map(|(t, id)| After::CreatedAt(t, id)),
+        "unit_price" => params
+            .position::<(i64, Uuid)>(&app.cursors, &scope)?
+            .map(|(p, id)| After::UnitPrice(p, id)),
+        _ => params
+            .position::<(DateTime<Utc>, Uuid)>(&app.cursors, &scope)?
+            .map(|(t, id)| After::CreatedAt(t, id)),
     };
     let page = store::list_products(app.db.read(), &filter, &params, after).await?;
     let by_price = params.sort.key == "unit_price";
@@ -155,7 +187,9 @@ async fn list_products(State(app): State<AppState>, OriginalUri(uri): OriginalUr
                 app.cursors.encode(&scope, &(last.created_at, last.id))
             }
         },
-        CacheControl::Public { max_age: app.catalog_max_age },
+        CacheControl::Public {
+            max_age: app.catalog_max_age,
+        },
     ))
 }
 
@@ -177,19 +211,36 @@ pub struct FieldsQuery {
         (status = 422, response = ValidationFailed),
     )
 )]
-async fn get_product(State(app): State<AppState>, Id(id): Id, headers: HeaderMap, Query(mut query): Query) -> ApiResult {
+async fn get_product(
+    State(app): State<AppState>,
+    Id(id): Id,
+    headers: HeaderMap,
+    Query(mut query): Query,
+) -> ApiResult {
     let fields = read_fields(&mut query, PRODUCT_FIELDS);
     let (fields,) = query.finish((fields,))?;
-    let product = store::find_product(app.db.read(), id).await?.ok_or_else(Problem::not_found)?;
+    let product = store::find_product(app.db.read(), id)
+        .await?
+        .ok_or_else(Problem::not_found)?;
     let value = select(fields.as_ref(), product_value(&product));
-    Ok(conditional_response(&headers, &value, product.updated_at, CacheControl::Public { max_age: app.catalog_max_age }))
+    Ok(conditional_response(
+        &headers,
+        &value,
+        product.updated_at,
+        CacheControl::Public {
+            max_age: app.catalog_max_age,
+        },
+    ))
 }
 
 /// Body of `POST /products`.
 #[derive(ToSchema)]
 #[allow(dead_code)] // Documents the body; it is parsed field by field in `create_product`.
 pub struct CreateProductRequest {
-    #[schema(example = "TSHIRT-RED-L", pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+    #[schema(
+        example = "TSHIRT-RED-L",
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+    )]
     sku: String,
     #[schema(example = "Red T-shirt, L", min_length = 1, max_length = 200)]
     name: String,
@@ -222,7 +273,11 @@ pub struct UpdateProductRequest {
 fn read_product_fields(body: &mut Fields<Value>, required: bool) -> Option<ProductChanges> {
     macro_rules! field {
         ($name:literal, $parse:expr) => {
-            if required { body.required($name, $parse).map(Some) } else { body.optional($name, $parse) }
+            if required {
+                body.required($name, $parse).map(Some)
+            } else {
+                body.optional($name, $parse)
+            }
         };
     }
     let sku = field!("sku", |v| Sku::from_json(v).map(Sku::into_inner));
@@ -257,7 +312,11 @@ fn read_product_fields(body: &mut Fields<Value>, required: bool) -> Option<Produ
         (status = 422, response = ValidationFailed),
     )
 )]
-async fn create_product(State(app): State<AppState>, _admin: Admin, JsonBody(mut body): JsonBody) -> ApiResult {
+async fn create_product(
+    State(app): State<AppState>,
+    _admin: Admin,
+    JsonBody(mut body): JsonBody,
+) -> ApiResult {
     let fields = read_product_fields(&mut body, true);
     let (fields,) = body.finish((fields,))?;
     let new = NewProduct {
@@ -269,8 +328,14 @@ async fn create_product(State(app): State<AppState>, _admin: Admin, JsonBody(mut
         stock: fields.stock.expect("required"),
         active: fields.active.unwrap_or(true),
     };
-    let product = store::insert_product(app.db.write(), new).await.map_err(|error| conflict_on_unique(error, sku_taken))?;
-    Ok(created(format!("/api/v1/products/{}", product.id), &product_value(&product), product.updated_at))
+    let product = store::insert_product(app.db.write(), new)
+        .await
+        .map_err(|error| conflict_on_unique(error, sku_taken))?;
+    Ok(created(
+        format!("/api/v1/products/{}", product.id),
+        &product_value(&product),
+        product.updated_at,
+    ))
 }
 
 /// Update a product (admin). Honours `If-Match`.
@@ -289,7 +354,13 @@ async fn create_product(State(app): State<AppState>, _admin: Admin, JsonBody(mut
         (status = 422, response = ValidationFailed),
     )
 )]
-async fn patch_product(State(app): State<AppState>, _admin: Admin, Id(id): Id, headers: HeaderMap, JsonBody(mut body): JsonBody) -> ApiResult {
+async fn patch_product(
+    State(app): State<AppState>,
+    _admin: Admin,
+    Id(id): Id,
+    headers: HeaderMap,
+    JsonBody(mut body): JsonBody,
+) -> ApiResult {
     let changes = read_product_fields(&mut body, false);
     let (changes,) = body.finish((changes,))?;
     let product = change_product(&app, &headers, id, &changes).await?;
@@ -308,23 +379,39 @@ async fn patch_product(State(app): State<AppState>, _admin: Admin, Id(id): Id, h
         (status = 412, response = PreconditionFailed),
     )
 )]
-async fn delete_product(State(app): State<AppState>, _admin: Admin, Id(id): Id, headers: HeaderMap) -> ApiResult {
-    let archive = ProductChanges { active: Some(false), ..ProductChanges::default() };
+async fn delete_product(
+    State(app): State<AppState>,
+    _admin: Admin,
+    Id(id): Id,
+    headers: HeaderMap,
+) -> ApiResult {
+    let archive = ProductChanges {
+        active: Some(false),
+        ..ProductChanges::default()
+    };
     change_product(&app, &headers, id, &archive).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn change_product(app: &AppState, headers: &HeaderMap, id: Uuid, changes: &ProductChanges) -> Result<Product, crate::error::AppError> {
+async fn change_product(
+    app: &AppState,
+    headers: &HeaderMap,
+    id: Uuid,
+    changes: &ProductChanges,
+) -> Result<Product, crate::error::AppError> {
     optimistic_update(headers, || async {
-        let current = store::find_product(app.db.write(), id).await?.ok_or_else(Problem::not_found)?;
+        let current = store::find_product(app.db.write(), id)
+            .await?
+            .ok_or_else(Problem::not_found)?;
         check_if_match(headers, &product_value(&current))?;
         let desired = changes.applied_to(&current);
         if desired == current {
             return Ok(Attempt::Done(current));
         }
-        let updated = store::update_product(app.db.write(), &current, desired).await.map_err(|e| conflict_on_unique(e, sku_taken))?;
+        let updated = store::update_product(app.db.write(), &current, desired)
+            .await
+            .map_err(|e| conflict_on_unique(e, sku_taken))?;
         Ok(updated.map_or(Attempt::LostRace, Attempt::Done))
     })
     .await
 }
-
