@@ -29,16 +29,10 @@ impl CacheControl {
     pub fn apply(self, headers: &mut HeaderMap) {
         let (cache_control, vary) = match self {
             Self::Public { max_age } => (format!("public, max-age={max_age}"), "Accept-Encoding"),
-            Self::Private => (
-                "private, no-cache".to_owned(),
-                "Authorization, Accept-Encoding",
-            ),
+            Self::Private => ("private, no-cache".to_owned(), "Authorization, Accept-Encoding"),
             Self::NoStore => ("no-store".to_owned(), "Authorization, Accept-Encoding"),
         };
-        headers.insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_str(&cache_control).expect("ascii"),
-        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_str(&cache_control).expect("ascii"));
         headers.insert(header::VARY, HeaderValue::from_static(vary));
     }
 }
@@ -46,10 +40,7 @@ impl CacheControl {
 /// A strong entity tag: quoted hex of the first 128 bits of SHA-256 over the body.
 pub fn etag_of(body: &[u8]) -> String {
     let hash = digest::digest(&digest::SHA256, body);
-    let hex: String = hash.as_ref()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex: String = hash.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect();
     format!("\"{hex}\"")
 }
 
@@ -64,9 +55,7 @@ pub fn http_date(time: DateTime<Utc>) -> String {
 }
 
 fn parse_http_date(value: &str) -> Option<DateTime<Utc>> {
-    chrono::NaiveDateTime::parse_from_str(value.trim(), "%a, %d %b %Y %H:%M:%S GMT")
-        .ok()
-        .map(|t| t.and_utc())
+    chrono::NaiveDateTime::parse_from_str(value.trim(), "%a, %d %b %Y %H:%M:%S GMT").ok().map(|t| t.and_utc())
 }
 
 /// Answers a single-resource GET: 304 when the client's copy is current, else 200 with the body.
@@ -80,9 +69,7 @@ pub fn conditional_response(
     let body = body_of(value);
     let etag = etag_of(&body);
     let not_modified = match request_headers.get(header::IF_NONE_MATCH) {
-        Some(if_none_match) => if_none_match
-            .to_str()
-            .is_ok_and(|list| matches_weakly(list, &etag)),
+        Some(if_none_match) => if_none_match.to_str().is_ok_and(|list| matches_weakly(list, &etag)),
         None => request_headers
             .get(header::IF_MODIFIED_SINCE)
             .and_then(|v| v.to_str().ok())
@@ -93,21 +80,12 @@ pub fn conditional_response(
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         let mut response = body.into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         response
     };
     let headers = response.headers_mut();
-    headers.insert(
-        header::ETAG,
-        HeaderValue::from_str(&etag).expect("hex is a valid header"),
-    );
-    headers.insert(
-        header::LAST_MODIFIED,
-        HeaderValue::from_str(&http_date(last_modified)).expect("ascii"),
-    );
+    headers.insert(header::ETAG, HeaderValue::from_str(&etag).expect("hex is a valid header"));
+    headers.insert(header::LAST_MODIFIED, HeaderValue::from_str(&http_date(last_modified)).expect("ascii"));
     cache.apply(headers);
     response
 }
@@ -119,16 +97,9 @@ pub fn check_if_match(request_headers: &HeaderMap, current: &Value) -> Result<()
         return Ok(());
     };
     let current = etag_of(&body_of(current));
-    let list = if_match
-        .to_str()
-        .map_err(|_| Problem::precondition_failed())?;
-    let matched =
-        list.trim() == "*" || entity_tags(list).any(|tag| !tag.starts_with("W/") && tag == current);
-    if matched {
-        Ok(())
-    } else {
-        Err(Problem::precondition_failed())
-    }
+    let list = if_match.to_str().map_err(|_| Problem::precondition_failed())?;
+    let matched = list.trim() == "*" || entity_tags(list).any(|tag| !tag.starts_with("W/") && tag == current);
+    if matched { Ok(()) } else { Err(Problem::precondition_failed()) }
 }
 
 /// Whether the client sent any precondition, so a lost race must be reported as 412.
@@ -169,12 +140,7 @@ mod tests {
             CacheControl::Private,
         );
         assert_eq!(second.status(), StatusCode::NOT_MODIFIED);
-        for name in [
-            header::ETAG,
-            header::CACHE_CONTROL,
-            header::VARY,
-            header::LAST_MODIFIED,
-        ] {
+        for name in [header::ETAG, header::CACHE_CONTROL, header::VARY, header::LAST_MODIFIED] {
             assert_eq!(first.headers()[&name], second.headers()[&name]);
         }
     }
@@ -185,22 +151,14 @@ mod tests {
         let etag = etag_of(&body_of(&value));
         assert!(check_if_match(&HeaderMap::new(), &value).is_ok());
         assert!(check_if_match(&headers(header::IF_MATCH, "*"), &value).is_ok());
-        assert!(
-            check_if_match(
-                &headers(header::IF_MATCH, &format!("\"a\", {etag}")),
-                &value
-            )
-            .is_ok()
-        );
+        assert!(check_if_match(&headers(header::IF_MATCH, &format!("\"a\", {etag}")), &value).is_ok());
         assert!(check_if_match(&headers(header::IF_MATCH, &format!("W/{etag}")), &value).is_err());
         assert!(check_if_match(&headers(header::IF_MATCH, "\"stale\""), &value).is_err());
     }
 
     #[test]
     fn http_dates_round_trip_at_second_precision() {
-        let time = DateTime::parse_from_rfc3339("1994-11-06T08:49:37Z")
-            .unwrap()
-            .to_utc();
+        let time = DateTime::parse_from_rfc3339("1994-11-06T08:49:37Z").unwrap().to_utc();
         assert_eq!(http_date(time), "Sun, 06 Nov 1994 08:49:37 GMT");
         assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"), Some(time));
     }

@@ -41,12 +41,7 @@ impl RequestContext {
             .and_then(|value| value.to_str().ok())
             .and_then(trace_id_from_traceparent)
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-        Self {
-            request_id,
-            trace_id,
-            path: path.to_owned(),
-            user_id: OnceLock::new(),
-        }
+        Self { request_id, trace_id, path: path.to_owned(), user_id: OnceLock::new() }
     }
 
     /// Runs `future` with this context as the current one.
@@ -69,22 +64,15 @@ impl RequestContext {
 
 /// `[A-Za-z0-9._-]{1,128}`: anything else is replaced, so ids are always safe to log and echo.
 pub fn is_valid_request_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Extracts the trace id from a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
 fn trace_id_from_traceparent(value: &str) -> Option<String> {
     let mut parts = value.trim().split('-');
-    let (version, trace_id, parent_id, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let lower_hex = |s: &str, len: usize| {
-        s.len() == len
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
+    let (version, trace_id, parent_id, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let lower_hex =
+        |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     let valid = lower_hex(version, 2)
         && version != "ff"
         && lower_hex(trace_id, 32)
@@ -114,10 +102,7 @@ mod tests {
     #[test]
     fn traceparent_is_parsed_only_when_well_formed() {
         let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        assert_eq!(
-            trace_id_from_traceparent(valid).as_deref(),
-            Some("4bf92f3577b34da6a3ce929d0e0e4736")
-        );
+        assert_eq!(trace_id_from_traceparent(valid).as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
         for invalid in [
             "",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",

@@ -28,9 +28,7 @@ impl std::fmt::Debug for CursorCodec {
 
 impl CursorCodec {
     pub fn new(secret: &[u8]) -> Self {
-        Self {
-            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
-        }
+        Self { key: hmac::Key::new(hmac::HMAC_SHA256, secret) }
     }
 
     /// Encodes `position` for a list whose filters and sort are `scope`.
@@ -38,23 +36,13 @@ impl CursorCodec {
         let payload = serde_json::json!({ "s": scope_digest(scope), "p": position });
         let payload = serde_json::to_vec(&payload).expect("cursor payloads always serialize");
         let tag = hmac::sign(&self.key, &payload);
-        format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(&payload),
-            URL_SAFE_NO_PAD.encode(tag.as_ref())
-        )
+        format!("{}.{}", URL_SAFE_NO_PAD.encode(&payload), URL_SAFE_NO_PAD.encode(tag.as_ref()))
     }
 
     /// Verifies and decodes a cursor issued for the same `scope`.
-    pub fn decode<P: DeserializeOwned>(
-        &self,
-        cursor: &str,
-        scope: &impl Serialize,
-    ) -> Result<P, Problem> {
+    pub fn decode<P: DeserializeOwned>(&self, cursor: &str, scope: &impl Serialize) -> Result<P, Problem> {
         let (payload, tag) = cursor.split_once('.').ok_or_else(invalid_cursor)?;
-        let payload = URL_SAFE_NO_PAD
-            .decode(payload)
-            .map_err(|_| invalid_cursor())?;
+        let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| invalid_cursor())?;
         let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| invalid_cursor())?;
         hmac::verify(&self.key, &payload, &tag).map_err(|_| invalid_cursor())?;
         let payload: Value = serde_json::from_slice(&payload).map_err(|_| invalid_cursor())?;
@@ -64,8 +52,7 @@ impl CursorCodec {
                 "This cursor was issued for different filters or sort; start again without `cursor`.",
             ));
         }
-        serde_json::from_value(payload.get("p").cloned().unwrap_or_default())
-            .map_err(|_| invalid_cursor())
+        serde_json::from_value(payload.get("p").cloned().unwrap_or_default()).map_err(|_| invalid_cursor())
     }
 }
 
@@ -75,10 +62,7 @@ fn scope_digest(scope: &impl Serialize) -> String {
 }
 
 fn invalid_cursor() -> Problem {
-    Problem::bad_request(
-        "invalid_cursor",
-        "The cursor is malformed or was not issued by this service.",
-    )
+    Problem::bad_request("invalid_cursor", "The cursor is malformed or was not issued by this service.")
 }
 
 #[cfg(test)]
@@ -99,22 +83,10 @@ mod tests {
         let codec = CursorCodec::new(b"secret");
         let cursor = codec.encode(&"scope", &1);
         let (payload, tag) = cursor.split_once('.').unwrap();
-        let forged_payload = URL_SAFE_NO_PAD.encode(
-            String::from_utf8(URL_SAFE_NO_PAD.decode(payload).unwrap())
-                .unwrap()
-                .replace("1}", "2}"),
-        );
-        for bad in [
-            format!("{forged_payload}.{tag}"),
-            "garbage".into(),
-            format!("{payload}.AAAA"),
-            String::new(),
-        ] {
-            assert_eq!(
-                codec.decode::<i64>(&bad, &"scope").unwrap_err().code(),
-                "invalid_cursor",
-                "{bad}"
-            );
+        let forged_payload = URL_SAFE_NO_PAD
+            .encode(String::from_utf8(URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap().replace("1}", "2}"));
+        for bad in [format!("{forged_payload}.{tag}"), "garbage".into(), format!("{payload}.AAAA"), String::new()] {
+            assert_eq!(codec.decode::<i64>(&bad, &"scope").unwrap_err().code(), "invalid_cursor", "{bad}");
         }
         let other_key = CursorCodec::new(b"other");
         assert!(other_key.decode::<i64>(&cursor, &"scope").is_err());
@@ -124,10 +96,6 @@ mod tests {
     fn a_cursor_is_bound_to_its_scope() {
         let codec = CursorCodec::new(b"secret");
         let cursor = codec.encode(&json!({"active": true}), &1);
-        assert!(
-            codec
-                .decode::<i64>(&cursor, &json!({"active": false}))
-                .is_err()
-        );
+        assert!(codec.decode::<i64>(&cursor, &json!({"active": false})).is_err());
     }
 }

@@ -12,9 +12,7 @@ fn problem(description: &str) -> Response {
         .content(
             crate::problem::PROBLEM_CONTENT_TYPE,
             ContentBuilder::new()
-                .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
-                    ProblemBody::name(),
-                ))))
+                .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(ProblemBody::name()))))
                 .build(),
         )
         .build()
@@ -33,38 +31,14 @@ macro_rules! problem_response {
     };
 }
 
-problem_response!(
-    BadRequest,
-    "Malformed request: `invalid_json`, `invalid_cursor`, or a malformed header."
-);
-problem_response!(
-    Unauthorized,
-    "Missing or invalid credentials (`unauthorized`); carries `WWW-Authenticate: Bearer`."
-);
-problem_response!(
-    Forbidden,
-    "The caller's role may not use this endpoint (`forbidden`)."
-);
-problem_response!(
-    NotFound,
-    "No such resource, or one the caller may not see (`not_found`)."
-);
-problem_response!(
-    Conflict,
-    "The request conflicts with the current state (for example `email_taken`, `sku_taken`)."
-);
-problem_response!(
-    PreconditionFailed,
-    "`If-Match` does not match the current ETag (`precondition_failed`)."
-);
-problem_response!(
-    PayloadTooLarge,
-    "The body is over the size limit (`payload_too_large`)."
-);
-problem_response!(
-    UnsupportedMediaType,
-    "The body is not `application/json` (`unsupported_media_type`)."
-);
+problem_response!(BadRequest, "Malformed request: `invalid_json`, `invalid_cursor`, or a malformed header.");
+problem_response!(Unauthorized, "Missing or invalid credentials (`unauthorized`); carries `WWW-Authenticate: Bearer`.");
+problem_response!(Forbidden, "The caller's role may not use this endpoint (`forbidden`).");
+problem_response!(NotFound, "No such resource, or one the caller may not see (`not_found`).");
+problem_response!(Conflict, "The request conflicts with the current state (for example `email_taken`, `sku_taken`).");
+problem_response!(PreconditionFailed, "`If-Match` does not match the current ETag (`precondition_failed`).");
+problem_response!(PayloadTooLarge, "The body is over the size limit (`payload_too_large`).");
+problem_response!(UnsupportedMediaType, "The body is not `application/json` (`unsupported_media_type`).");
 problem_response!(
     ValidationFailed,
     "The input breaks a rule (`validation_failed`); `errors` lists every offending field, including unknown ones."

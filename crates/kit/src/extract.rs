@@ -21,12 +21,7 @@ pub enum BodyKind {
 impl BodyKind {
     pub fn of(headers: &http::HeaderMap) -> Option<Self> {
         let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
-        let essence = value
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
+        let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
         Some(match essence.as_str() {
             "application/json" => Self::Json,
             media if media.starts_with("application/") && media.ends_with("+json") => Self::Json,
@@ -46,15 +41,13 @@ pub fn unsupported_media_type(expected: &str) -> Problem {
 
 /// Reads the whole body, honouring the router's body limit (413 when exceeded).
 pub async fn read_body(request: Request) -> Result<Bytes, Problem> {
-    Bytes::from_request(request, &())
-        .await
-        .map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                payload_too_large()
-            } else {
-                Problem::bad_request("invalid_body", "The request body could not be read.")
-            }
-        })
+    Bytes::from_request(request, &()).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            payload_too_large()
+        } else {
+            Problem::bad_request("invalid_body", "The request body could not be read.")
+        }
+    })
 }
 
 pub fn payload_too_large() -> Problem {
@@ -67,12 +60,8 @@ pub fn payload_too_large() -> Problem {
 
 /// Parses JSON text; syntax errors are 400 `invalid_json`, a non-object is 422.
 pub fn parse_json_object(bytes: &[u8]) -> Result<Map<String, Value>, Problem> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|error| {
-        Problem::bad_request(
-            "invalid_json",
-            format!("The body is not valid JSON: {error}."),
-        )
-    })?;
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|error| Problem::bad_request("invalid_json", format!("The body is not valid JSON: {error}.")))?;
     match value {
         Value::Object(object) => Ok(object),
         _ => Err(Problem::validation(vec![FieldError {
@@ -113,9 +102,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Query {
 }
 
 pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
-    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-        .into_owned()
-        .collect()
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect()
 }
 
 /// A resource id from the last path segment. Anything that is not an id names no resource: 404.
@@ -126,17 +113,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Id {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
         let axum::extract::Path(raw) =
-            axum::extract::Path::<String>::from_request_parts(parts, state)
-                .await
-                .map_err(|_| Problem::not_found())?;
+            axum::extract::Path::<String>::from_request_parts(parts, state).await.map_err(|_| Problem::not_found())?;
         parse_id(&raw).map(Self)
     }
 }
 
 /// Ids are UUIDs in their canonical hyphenated lower-case form; any other spelling is unknown.
 pub fn parse_id(raw: &str) -> Result<Uuid, Problem> {
-    Uuid::try_parse(raw)
-        .ok()
-        .filter(|id| id.hyphenated().to_string() == raw)
-        .ok_or_else(Problem::not_found)
+    Uuid::try_parse(raw).ok().filter(|id| id.hyphenated().to_string() == raw).ok_or_else(Problem::not_found)
 }

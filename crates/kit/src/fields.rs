@@ -17,10 +17,7 @@ impl FieldSelection {
         for name in raw.split(',') {
             let name = name.trim();
             if name.is_empty() {
-                return Err(Invalid::new(
-                    "invalid_format",
-                    "must be a comma-separated list of field names",
-                ));
+                return Err(Invalid::new("invalid_format", "must be a comma-separated list of field names"));
             }
             match available.iter().find(|a| **a == name) {
                 Some(known) if !chosen.contains(known) => chosen.push(*known),
@@ -31,11 +28,7 @@ impl FieldSelection {
         if !unknown.is_empty() {
             return Err(Invalid::new(
                 "unknown_field",
-                format!(
-                    "unknown field(s) {}; available: {}",
-                    unknown.join(", "),
-                    available.join(", ")
-                ),
+                format!("unknown field(s) {}; available: {}", unknown.join(", "), available.join(", ")),
             ));
         }
         chosen.sort_by_key(|name| available.iter().position(|a| a == name));
@@ -45,12 +38,9 @@ impl FieldSelection {
     /// Keeps only the selected top-level fields of an object.
     pub fn apply(&self, value: Value) -> Value {
         match value {
-            Value::Object(mut object) => Value::Object(
-                self.0
-                    .iter()
-                    .filter_map(|name| object.remove_entry(*name))
-                    .collect(),
-            ),
+            Value::Object(mut object) => {
+                Value::Object(self.0.iter().filter_map(|name| object.remove_entry(*name)).collect())
+            }
             other => other,
         }
     }
@@ -75,31 +65,13 @@ mod tests {
     fn keeps_only_selected_fields_in_resource_order() {
         let selection = FieldSelection::parse("price, id,price", AVAILABLE).unwrap();
         let value = selection.apply(json!({"id": 1, "name": "n", "price": 3}));
-        assert_eq!(
-            serde_json::to_string(&value).unwrap(),
-            r#"{"id":1,"price":3}"#
-        );
+        assert_eq!(serde_json::to_string(&value).unwrap(), r#"{"id":1,"price":3}"#);
     }
 
     #[test]
     fn unknown_or_empty_names_are_rejected() {
-        assert_eq!(
-            FieldSelection::parse("id,secret", AVAILABLE)
-                .unwrap_err()
-                .errors[0]
-                .1,
-            "unknown_field"
-        );
-        assert_eq!(
-            FieldSelection::parse("", AVAILABLE).unwrap_err().errors[0].1,
-            "invalid_format"
-        );
-        assert_eq!(
-            FieldSelection::parse("id,,name", AVAILABLE)
-                .unwrap_err()
-                .errors[0]
-                .1,
-            "invalid_format"
-        );
+        assert_eq!(FieldSelection::parse("id,secret", AVAILABLE).unwrap_err().errors[0].1, "unknown_field");
+        assert_eq!(FieldSelection::parse("", AVAILABLE).unwrap_err().errors[0].1, "invalid_format");
+        assert_eq!(FieldSelection::parse("id,,name", AVAILABLE).unwrap_err().errors[0].1, "invalid_format");
     }
 }

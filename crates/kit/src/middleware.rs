@@ -21,24 +21,14 @@ use crate::problem::Problem;
 
 pub async fn request_context(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let context = Arc::new(RequestContext::from_headers(
-        request.headers(),
-        request.uri().path(),
-    ));
+    let context = Arc::new(RequestContext::from_headers(request.headers(), request.uri().path()));
     let method = request.method().clone();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned());
+    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
     let span = tracing::info_span!("request", request_id = %context.request_id, trace_id = %context.trace_id);
 
-    let mut response = Arc::clone(&context)
-        .scope(next.run(request))
-        .instrument(span)
-        .await;
+    let mut response = Arc::clone(&context).scope(next.run(request)).instrument(span).await;
 
-    let request_id = HeaderValue::from_str(&context.request_id)
-        .expect("request ids are validated header values");
+    let request_id = HeaderValue::from_str(&context.request_id).expect("request ids are validated header values");
     response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
     let status = response.status().as_u16();
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -61,8 +51,7 @@ pub async fn request_context(request: Request, next: Next) -> Response {
 pub async fn finalize(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     let status = response.status();
-    if (status.is_client_error() || status.is_server_error())
-        && !response.headers().contains_key(header::CONTENT_TYPE)
+    if (status.is_client_error() || status.is_server_error()) && !response.headers().contains_key(header::CONTENT_TYPE)
     {
         let mut problem = bare_status_problem(status);
         if let Some(allow) = response.headers().get(header::ALLOW) {
@@ -70,28 +59,20 @@ pub async fn finalize(request: Request, next: Next) -> Response {
         }
         response = problem.into_response();
     }
-    response
-        .headers_mut()
-        .entry(header::CACHE_CONTROL)
-        .or_insert(HeaderValue::from_static("no-store"));
+    response.headers_mut().entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
     response
 }
 
 fn bare_status_problem(status: StatusCode) -> Problem {
     let (code, detail) = match status {
         StatusCode::NOT_FOUND => ("not_found", "No resource exists at this path."),
-        StatusCode::METHOD_NOT_ALLOWED => (
-            "method_not_allowed",
-            "This method is not allowed here; see the `Allow` header.",
-        ),
-        StatusCode::PAYLOAD_TOO_LARGE => (
-            "payload_too_large",
-            "The request body is larger than the server accepts.",
-        ),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
-            "unsupported_media_type",
-            "The request body's media type is not supported.",
-        ),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            ("method_not_allowed", "This method is not allowed here; see the `Allow` header.")
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "The request body is larger than the server accepts."),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ("unsupported_media_type", "The request body's media type is not supported.")
+        }
         StatusCode::REQUEST_TIMEOUT => ("request_timeout", "The request took too long to arrive."),
         status if status.is_server_error() => ("internal_error", "An unexpected error occurred."),
         _ => ("bad_request", "The request could not be processed."),
@@ -105,16 +86,9 @@ pub async fn deadline(budget: Duration, request: Request, next: Next) -> Respons
     match tokio::time::timeout(budget, next.run(request)).await {
         Ok(response) => response,
         Err(_) => {
-            tracing::warn!(
-                budget_ms = budget.as_millis() as u64,
-                "request exceeded its deadline"
-            );
-            Problem::unavailable(
-                "deadline_exceeded",
-                "The request did not complete within its deadline.",
-                1,
-            )
-            .into_response()
+            tracing::warn!(budget_ms = budget.as_millis() as u64, "request exceeded its deadline");
+            Problem::unavailable("deadline_exceeded", "The request did not complete within its deadline.", 1)
+                .into_response()
         }
     }
 }

@@ -47,10 +47,7 @@ pub struct ListBody {
 /// Responds with a list envelope, a `Link: rel="next"` header built from the request URI, and
 /// the given cache policy.
 pub fn list_response(uri: &Uri, body: ListBody, cache: CacheControl) -> Response {
-    let link = body
-        .next_cursor
-        .as_deref()
-        .map(|cursor| next_link(uri, cursor));
+    let link = body.next_cursor.as_deref().map(|cursor| next_link(uri, cursor));
     let mut response = axum::Json(body).into_response();
     if let Some(link) = link.and_then(|l| HeaderValue::from_str(&l).ok()) {
         response.headers_mut().insert(header::LINK, link);
@@ -77,13 +74,8 @@ mod tests {
 
     #[test]
     fn next_link_replaces_the_cursor_and_keeps_other_parameters() {
-        let uri: Uri = "/api/v1/products?limit=2&cursor=old&q=a%20b"
-            .parse()
-            .unwrap();
-        assert_eq!(
-            next_link(&uri, "new.tag"),
-            "</api/v1/products?limit=2&q=a+b&cursor=new.tag>; rel=\"next\""
-        );
+        let uri: Uri = "/api/v1/products?limit=2&cursor=old&q=a%20b".parse().unwrap();
+        assert_eq!(next_link(&uri, "new.tag"), "</api/v1/products?limit=2&q=a+b&cursor=new.tag>; rel=\"next\"");
     }
 
     #[test]

@@ -64,11 +64,7 @@ pub struct ProblemBody {
 }
 
 impl Problem {
-    pub fn new(
-        status: StatusCode,
-        code: impl Into<Cow<'static, str>>,
-        detail: impl Into<String>,
-    ) -> Self {
+    pub fn new(status: StatusCode, code: impl Into<Cow<'static, str>>, detail: impl Into<String>) -> Self {
         Self(Box::new(Details {
             status,
             code: code.into(),
@@ -84,11 +80,7 @@ impl Problem {
             1 => format!("`{}`: {}", errors[0].field, errors[0].message),
             n => format!("{n} fields are invalid; see `errors`"),
         };
-        let mut problem = Self::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
-            detail,
-        );
+        let mut problem = Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", detail);
         problem.0.errors = errors;
         problem
     }
@@ -98,11 +90,7 @@ impl Problem {
     }
 
     pub fn not_found() -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "The requested resource does not exist.",
-        )
+        Self::new(StatusCode::NOT_FOUND, "not_found", "The requested resource does not exist.")
     }
 
     pub fn conflict(code: impl Into<Cow<'static, str>>, detail: impl Into<String>) -> Self {
@@ -119,19 +107,11 @@ impl Problem {
 
     /// 500 with no detail: the cause is logged by the caller, never sent.
     pub fn internal() -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "An unexpected error occurred.",
-        )
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "An unexpected error occurred.")
     }
 
     /// 503 with `Retry-After`.
-    pub fn unavailable(
-        code: impl Into<Cow<'static, str>>,
-        detail: impl Into<String>,
-        retry_after_secs: u64,
-    ) -> Self {
+    pub fn unavailable(code: impl Into<Cow<'static, str>>, detail: impl Into<String>, retry_after_secs: u64) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, code, detail)
             .with_header(header::RETRY_AFTER, retry_after_secs.into())
     }
@@ -158,11 +138,7 @@ impl Problem {
         let problem = &self.0;
         ProblemBody {
             problem_type: format!("/problems/{}", problem.code),
-            title: problem
-                .status
-                .canonical_reason()
-                .unwrap_or("Error")
-                .to_owned(),
+            title: problem.status.canonical_reason().unwrap_or("Error").to_owned(),
             status: problem.status.as_u16(),
             detail: problem.detail.clone(),
             instance: context.as_ref().map(|c| c.path.clone()).unwrap_or_default(),
@@ -178,10 +154,7 @@ impl IntoResponse for Problem {
         let body = serde_json::to_vec(&self.body()).expect("a problem body always serializes");
         let mut response = (self.0.status, body).into_response();
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
-        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE));
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         headers.extend(self.0.headers);
         response
@@ -190,13 +163,7 @@ impl IntoResponse for Problem {
 
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} {}: {}",
-            self.0.status.as_u16(),
-            self.0.code,
-            self.0.detail
-        )
+        write!(f, "{} {}: {}", self.0.status.as_u16(), self.0.code, self.0.detail)
     }
 }
 

@@ -19,16 +19,12 @@ pub struct Invalid {
 
 impl Invalid {
     pub fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            errors: vec![(String::new(), code, message.into())],
-        }
+        Self { errors: vec![(String::new(), code, message.into())] }
     }
 
     /// An error about a nested element, e.g. `Invalid::at("[0].quantity", ...)`.
     pub fn at(path: impl Into<String>, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            errors: vec![(path.into(), code, message.into())],
-        }
+        Self { errors: vec![(path.into(), code, message.into())] }
     }
 
     /// Nests every error of `self` under `prefix`.
@@ -52,20 +48,14 @@ pub struct Fields<V> {
 
 impl Fields<Value> {
     pub fn from_body(object: Map<String, Value>) -> Self {
-        Self {
-            values: object.into_iter().collect(),
-            errors: Vec::new(),
-        }
+        Self { values: object.into_iter().collect(), errors: Vec::new() }
     }
 }
 
 impl Fields<String> {
     /// Query parameters; a parameter given twice is an error.
     pub fn from_query(pairs: Vec<(String, String)>) -> Self {
-        let mut fields = Self {
-            values: OrderedMap::default(),
-            errors: Vec::new(),
-        };
+        let mut fields = Self { values: OrderedMap::default(), errors: Vec::new() };
         for (name, value) in pairs {
             if fields.values.contains(&name) {
                 fields.push(&name, "duplicate_parameter", "must be given at most once");
@@ -79,11 +69,7 @@ impl Fields<String> {
 
 impl<V> Fields<V> {
     /// A field that must be present (and, for bodies, not `null`).
-    pub fn required<T>(
-        &mut self,
-        name: &str,
-        parse: impl FnOnce(&V) -> Result<T, Invalid>,
-    ) -> Option<T>
+    pub fn required<T>(&mut self, name: &str, parse: impl FnOnce(&V) -> Result<T, Invalid>) -> Option<T>
     where
         V: Presence,
     {
@@ -97,22 +83,14 @@ impl<V> Fields<V> {
     }
 
     /// A field that may be absent: `Some(None)` when absent, `None` when present but invalid.
-    pub fn optional<T>(
-        &mut self,
-        name: &str,
-        parse: impl FnOnce(&V) -> Result<T, Invalid>,
-    ) -> Option<Option<T>>
+    pub fn optional<T>(&mut self, name: &str, parse: impl FnOnce(&V) -> Result<T, Invalid>) -> Option<Option<T>>
     where
         V: Presence,
     {
         match self.values.take(name) {
             None => Some(None),
             Some(value) if value.is_null() => {
-                self.push(
-                    name,
-                    "null_not_allowed",
-                    "must not be null; omit the field instead",
-                );
+                self.push(name, "null_not_allowed", "must not be null; omit the field instead");
                 None
             }
             Some(value) => self.parse(name, &value, parse).map(Some),
@@ -121,11 +99,7 @@ impl<V> Fields<V> {
 
     /// Records an error not tied to one parser, e.g. a rule across two fields.
     pub fn push(&mut self, field: &str, code: &str, message: impl Into<String>) {
-        self.errors.push(FieldError {
-            field: field.to_owned(),
-            code: code.to_owned(),
-            message: message.into(),
-        });
+        self.errors.push(FieldError { field: field.to_owned(), code: code.to_owned(), message: message.into() });
     }
 
     pub fn has_errors(&self) -> bool {
@@ -145,26 +119,15 @@ impl<V> Fields<V> {
         if !self.errors.is_empty() {
             return Err(Problem::validation(self.errors));
         }
-        Ok(parsed
-            .all()
-            .expect("every field parsed when no error was recorded"))
+        Ok(parsed.all().expect("every field parsed when no error was recorded"))
     }
 
-    fn parse<T>(
-        &mut self,
-        name: &str,
-        value: &V,
-        parse: impl FnOnce(&V) -> Result<T, Invalid>,
-    ) -> Option<T> {
+    fn parse<T>(&mut self, name: &str, value: &V, parse: impl FnOnce(&V) -> Result<T, Invalid>) -> Option<T> {
         match parse(value) {
             Ok(parsed) => Some(parsed),
             Err(invalid) => {
                 for (path, code, message) in invalid.errors {
-                    self.errors.push(FieldError {
-                        field: format!("{name}{path}"),
-                        code: code.into(),
-                        message,
-                    });
+                    self.errors.push(FieldError { field: format!("{name}{path}"), code: code.into(), message });
                 }
                 None
             }
@@ -231,15 +194,11 @@ pub mod json {
     use serde_json::Value;
 
     pub fn string(value: &Value) -> Result<&str, Invalid> {
-        value
-            .as_str()
-            .ok_or_else(|| Invalid::new("invalid_type", "must be a string"))
+        value.as_str().ok_or_else(|| Invalid::new("invalid_type", "must be a string"))
     }
 
     pub fn boolean(value: &Value) -> Result<bool, Invalid> {
-        value
-            .as_bool()
-            .ok_or_else(|| Invalid::new("invalid_type", "must be a boolean"))
+        value.as_bool().ok_or_else(|| Invalid::new("invalid_type", "must be a boolean"))
     }
 
     /// An integer within `min..=max` (JSON numbers with a fraction or exponent are rejected).
@@ -247,10 +206,7 @@ pub mod json {
         let number = value.as_i64().filter(|_| value.is_i64() || value.is_u64());
         match number {
             Some(n) if (min..=max).contains(&n) => Ok(n),
-            Some(_) => Err(Invalid::new(
-                "out_of_range",
-                format!("must be between {min} and {max}"),
-            )),
+            Some(_) => Err(Invalid::new("out_of_range", format!("must be between {min} and {max}"))),
             None if value.is_number() => Err(if value.as_u64().is_some() {
                 Invalid::new("out_of_range", format!("must be between {min} and {max}"))
             } else {
@@ -273,10 +229,7 @@ pub mod query {
     pub fn integer(value: &str, min: i64, max: i64) -> Result<i64, Invalid> {
         match value.parse::<i64>() {
             Ok(n) if (min..=max).contains(&n) => Ok(n),
-            Ok(_) => Err(Invalid::new(
-                "out_of_range",
-                format!("must be between {min} and {max}"),
-            )),
+            Ok(_) => Err(Invalid::new("out_of_range", format!("must be between {min} and {max}"))),
             Err(_) => Err(Invalid::new("invalid_type", "must be an integer")),
         }
     }
@@ -301,12 +254,7 @@ pub mod query {
             .iter()
             .find(|a| **a == value)
             .copied()
-            .ok_or_else(|| {
-                Invalid::new(
-                    "invalid_value",
-                    format!("must be one of: {}", allowed.join(", ")),
-                )
-            })
+            .ok_or_else(|| Invalid::new("invalid_value", format!("must be one of: {}", allowed.join(", "))))
     }
 }
 
@@ -314,14 +262,8 @@ pub mod query {
 pub fn text(raw: &str, min: usize, max: usize) -> Result<String, Invalid> {
     let trimmed = raw.trim();
     let length = trimmed.chars().count();
-    if trimmed
-        .chars()
-        .any(|c| c.is_control() && c != '\n' && c != '\t')
-    {
-        return Err(Invalid::new(
-            "invalid_characters",
-            "must not contain control characters",
-        ));
+    if trimmed.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err(Invalid::new("invalid_characters", "must not contain control characters"));
     }
     if length < min {
         return Err(if min == 1 {
@@ -331,10 +273,7 @@ pub fn text(raw: &str, min: usize, max: usize) -> Result<String, Invalid> {
         });
     }
     if length > max {
-        return Err(Invalid::new(
-            "too_long",
-            format!("must be at most {max} characters"),
-        ));
+        return Err(Invalid::new("too_long", format!("must be at most {max} characters")));
     }
     Ok(trimmed.to_owned())
 }
@@ -391,19 +330,10 @@ mod tests {
         let age = fields.required("age", |v| json::integer(v, 0, 200));
         let email = fields.required("email", |v| json::text(v, 1, 10));
         let problem = fields.finish((name, age, email)).unwrap_err();
-        let reported: Vec<_> = problem
-            .errors()
-            .iter()
-            .map(|e| (e.field.as_str(), e.code.as_str()))
-            .collect();
+        let reported: Vec<_> = problem.errors().iter().map(|e| (e.field.as_str(), e.code.as_str())).collect();
         assert_eq!(
             reported,
-            [
-                ("name", "blank"),
-                ("age", "invalid_type"),
-                ("email", "required"),
-                ("admin", "unknown_field")
-            ]
+            [("name", "blank"), ("age", "invalid_type"), ("email", "required"), ("admin", "unknown_field")]
         );
     }
 
@@ -413,55 +343,31 @@ mod tests {
         let name = fields.required("name", |v| json::text(v, 1, 10));
         let age = fields.required("age", |v| json::integer(v, 0, 200));
         let nick = fields.optional("nick", |v| json::text(v, 1, 10));
-        assert_eq!(
-            fields.finish((name, age, nick)).unwrap(),
-            ("Ada".to_owned(), 36, None)
-        );
+        assert_eq!(fields.finish((name, age, nick)).unwrap(), ("Ada".to_owned(), 36, None));
     }
 
     #[test]
     fn null_is_not_an_omission() {
         let mut fields = body(json!({"nick": null}));
         let nick = fields.optional("nick", |v| json::text(v, 1, 10));
-        assert_eq!(
-            fields.finish((nick,)).unwrap_err().errors()[0].code,
-            "null_not_allowed"
-        );
+        assert_eq!(fields.finish((nick,)).unwrap_err().errors()[0].code, "null_not_allowed");
     }
 
     #[test]
     fn integers_reject_fractions_and_out_of_range_values() {
         assert_eq!(json::integer(&json!(5), 0, 10), Ok(5));
-        assert_eq!(
-            json::integer(&json!(5.5), 0, 10).unwrap_err().errors[0].1,
-            "invalid_type"
-        );
-        assert_eq!(
-            json::integer(&json!(11), 0, 10).unwrap_err().errors[0].1,
-            "out_of_range"
-        );
-        assert_eq!(
-            json::integer(&json!(u64::MAX), 0, 10).unwrap_err().errors[0].1,
-            "out_of_range"
-        );
-        assert_eq!(
-            json::integer(&json!("5"), 0, 10).unwrap_err().errors[0].1,
-            "invalid_type"
-        );
+        assert_eq!(json::integer(&json!(5.5), 0, 10).unwrap_err().errors[0].1, "invalid_type");
+        assert_eq!(json::integer(&json!(11), 0, 10).unwrap_err().errors[0].1, "out_of_range");
+        assert_eq!(json::integer(&json!(u64::MAX), 0, 10).unwrap_err().errors[0].1, "out_of_range");
+        assert_eq!(json::integer(&json!("5"), 0, 10).unwrap_err().errors[0].1, "invalid_type");
     }
 
     #[test]
     fn repeated_query_parameters_are_rejected() {
-        let fields = Fields::from_query(vec![
-            ("limit".into(), "1".into()),
-            ("limit".into(), "2".into()),
-        ]);
+        let fields = Fields::from_query(vec![("limit".into(), "1".into()), ("limit".into(), "2".into())]);
         let mut fields = fields;
         let limit = fields.optional("limit", |v| query::integer(v, 1, 100));
-        assert_eq!(
-            fields.finish((limit,)).unwrap_err().errors()[0].code,
-            "duplicate_parameter"
-        );
+        assert_eq!(fields.finish((limit,)).unwrap_err().errors()[0].code, "duplicate_parameter");
     }
 
     #[test]
@@ -469,9 +375,6 @@ mod tests {
         assert_eq!(text("  héllo ", 1, 5), Ok("héllo".to_owned()));
         assert_eq!(text("   ", 1, 5).unwrap_err().errors[0].1, "blank");
         assert_eq!(text("abcdef", 1, 5).unwrap_err().errors[0].1, "too_long");
-        assert_eq!(
-            text("a\u{0}b", 1, 5).unwrap_err().errors[0].1,
-            "invalid_characters"
-        );
+        assert_eq!(text("a\u{0}b", 1, 5).unwrap_err().errors[0].1, "invalid_characters");
     }
 }

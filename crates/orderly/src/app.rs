@@ -83,14 +83,9 @@ impl Application {
             catalog_max_age: config.http.catalog_max_age,
             shutting_down: AtomicBool::new(false),
         }));
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|error| {
-                ConfigError::new(
-                    "ORDERLY_LISTEN",
-                    format!("cannot listen on {}: {error}", config.listen),
-                )
-            })?;
+        let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|error| {
+            ConfigError::new("ORDERLY_LISTEN", format!("cannot listen on {}: {error}", config.listen))
+        })?;
         Ok(Self {
             listener,
             router: router(state.clone(), &config.http),
@@ -101,9 +96,7 @@ impl Application {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.listener.local_addr().expect("a bound listener has an address")
     }
 
     pub fn port(&self) -> u16 {
@@ -112,14 +105,9 @@ impl Application {
 
     /// Serves until `shutdown` completes, then fails readiness, waits out the drain delay,
     /// stops accepting connections and lets in-flight requests finish within the grace period.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
-        let service = self
-            .router
-            .into_make_service_with_connect_info::<SocketAddr>();
+        let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
         let server = axum::serve(self.listener, service).with_graceful_shutdown(async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         });
@@ -128,10 +116,7 @@ impl Application {
             result = &mut server => return result.map_err(std::io::Error::other)?,
             () = shutdown => {}
         }
-        tracing::info!(
-            grace_secs = self.shutdown_grace.as_secs(),
-            "shutting down: readiness is now failing"
-        );
+        tracing::info!(grace_secs = self.shutdown_grace.as_secs(), "shutting down: readiness is now failing");
         self.state.shutting_down.store(true, Ordering::Relaxed);
         tokio::time::sleep(self.shutdown_drain_delay).await;
         let _ = stop.send(true);
@@ -153,18 +138,14 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
         .split_for_parts();
     let deadline = http.request_timeout;
     let body_limit = usize::try_from(http.max_body_bytes).unwrap_or(usize::MAX);
-    let compress = SizeAbove::new(1024)
-        .and(NotForContentType::GRPC)
-        .and(NotForContentType::IMAGES)
-        .and(NotForContentType::SSE);
+    let compress =
+        SizeAbove::new(1024).and(NotForContentType::GRPC).and(NotForContentType::IMAGES).and(NotForContentType::SSE);
     Router::new()
         .merge(api)
         .merge(ops::docs_router(openapi))
         .with_state(state)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(axum::middleware::from_fn(move |request, next| {
-            middleware::deadline(deadline, request, next)
-        }))
+        .layer(axum::middleware::from_fn(move |request, next| middleware::deadline(deadline, request, next)))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
         .layer(axum::middleware::from_fn(middleware::finalize))
         .layer(CompressionLayer::new().compress_when(compress))

@@ -9,9 +9,7 @@ use crate::accounts::domain::{Email, Password, Role, UserName};
 use crate::accounts::{passwords, store as accounts_store};
 use crate::app::{Application, StartError, shutdown_signal};
 use crate::catalog::store as catalog_store;
-use crate::config::{
-    AdminCommand, Cli, Command, ConfigError, CreateUserArgs, DatabaseConfig, RoleArg, SeedArgs,
-};
+use crate::config::{AdminCommand, Cli, Command, ConfigError, CreateUserArgs, DatabaseConfig, RoleArg, SeedArgs};
 use crate::db::Database;
 use crate::error::AppError;
 
@@ -47,12 +45,7 @@ pub fn parse() -> Result<Cli, String> {
     use clap::Parser;
     match Cli::try_parse() {
         Ok(cli) => Ok(cli),
-        Err(error)
-            if matches!(
-                error.kind(),
-                ErrorKind::InvalidValue | ErrorKind::ValueValidation
-            ) =>
-        {
+        Err(error) if matches!(error.kind(), ErrorKind::InvalidValue | ErrorKind::ValueValidation) => {
             Err(describe_invalid_setting(&error))
         }
         Err(error) => error.exit(),
@@ -60,23 +53,11 @@ pub fn parse() -> Result<Cli, String> {
 }
 
 fn describe_invalid_setting(error: &clap::Error) -> String {
-    let flag = error
-        .get(ContextKind::InvalidArg)
-        .map(|arg| arg.to_string())
-        .unwrap_or_default();
-    let long = flag
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .trim_start_matches("--")
-        .to_owned();
+    let flag = error.get(ContextKind::InvalidArg).map(|arg| arg.to_string()).unwrap_or_default();
+    let long = flag.split_whitespace().next().unwrap_or_default().trim_start_matches("--").to_owned();
     let env = env_name_of(&Cli::command(), &long);
     let rendered = error.render().to_string();
-    let reason = rendered
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .trim_start_matches("error: ");
+    let reason = rendered.lines().next().unwrap_or_default().trim_start_matches("error: ");
     match env {
         Some(env) => format!("invalid configuration: {env} (--{long}): {reason}"),
         None => format!("invalid configuration: {reason}"),
@@ -89,11 +70,7 @@ fn env_name_of(command: &clap::Command, long: &str) -> Option<String> {
         .find(|arg| arg.get_long() == Some(long))
         .and_then(|arg| arg.get_env())
         .map(|env| env.to_string_lossy().into_owned())
-        .or_else(|| {
-            command
-                .get_subcommands()
-                .find_map(|sub| env_name_of(sub, long))
-        })
+        .or_else(|| command.get_subcommands().find_map(|sub| env_name_of(sub, long)))
 }
 
 pub async fn run(cli: Cli) -> Result<(), CliError> {
@@ -113,9 +90,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             println!("migrations applied");
             Ok(())
         }
-        Command::Admin {
-            command: AdminCommand::CreateUser(args),
-        } => create_user(args).await,
+        Command::Admin { command: AdminCommand::CreateUser(args) } => create_user(args).await,
         Command::Seed(args) => seed(args).await,
     }
 }
@@ -131,21 +106,15 @@ async fn create_user(args: CreateUserArgs) -> Result<(), CliError> {
         Ok(password) => password,
         Err(_) => {
             let mut line = String::new();
-            std::io::stdin().lock().read_line(&mut line).map_err(|e| {
-                CliError::Failed(format!("cannot read the password from stdin: {e}"))
-            })?;
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .map_err(|e| CliError::Failed(format!("cannot read the password from stdin: {e}")))?;
             line.trim_end_matches(['\r', '\n']).to_owned()
         }
     };
     let invalid = |field: &str, invalid: orderly_kit::validation::Invalid| {
-        CliError::Failed(format!(
-            "{field}: {}",
-            invalid
-                .errors
-                .first()
-                .map(|e| e.2.as_str())
-                .unwrap_or("is invalid")
-        ))
+        CliError::Failed(format!("{field}: {}", invalid.errors.first().map(|e| e.2.as_str()).unwrap_or("is invalid")))
     };
     let email = Email::parse(&args.email).map_err(|e| invalid("--email", e))?;
     let password = Password::parse(&password).map_err(|e| invalid("password", e))?;
@@ -156,12 +125,7 @@ async fn create_user(args: CreateUserArgs) -> Result<(), CliError> {
     };
     let db = connect_migrated(&args.database).await?;
     let user = register(&db, email, password, name, role).await?;
-    println!(
-        "created {} user {} ({})",
-        role.as_str(),
-        user.email,
-        user.id
-    );
+    println!("created {} user {} ({})", role.as_str(), user.email, user.id);
     Ok(())
 }
 
@@ -172,14 +136,8 @@ async fn register(
     name: UserName,
     role: Role,
 ) -> Result<accounts_store::User, CliError> {
-    if accounts_store::find_user_by_email(db.write(), email.as_str())
-        .await?
-        .is_some()
-    {
-        return Err(CliError::Failed(format!(
-            "a user with email {} already exists",
-            email.as_str()
-        )));
+    if accounts_store::find_user_by_email(db.write(), email.as_str()).await?.is_some() {
+        return Err(CliError::Failed(format!("a user with email {} already exists", email.as_str())));
     }
     let new = accounts_store::NewUser {
         email: email.as_str().to_owned(),
@@ -192,111 +150,27 @@ async fn register(
 
 /// Demo products: (sku, name, description, unit price in cents, stock).
 const DEMO_PRODUCTS: &[(&str, &str, &str, i64, i64)] = &[
-    (
-        "TEE-BLK-M",
-        "Black T-shirt, M",
-        "Organic cotton crew neck.",
-        1999,
-        120,
-    ),
-    (
-        "TEE-WHT-M",
-        "White T-shirt, M",
-        "Organic cotton crew neck.",
-        1999,
-        80,
-    ),
-    (
-        "HOODIE-GRY-L",
-        "Grey hoodie, L",
-        "Brushed fleece, kangaroo pocket.",
-        4900,
-        40,
-    ),
-    (
-        "MUG-12OZ",
-        "Enamel mug",
-        "12 oz, dishwasher safe.",
-        1400,
-        200,
-    ),
-    (
-        "BOTTLE-750",
-        "Steel bottle",
-        "750 ml, keeps drinks cold for 24 h.",
-        2900,
-        75,
-    ),
-    (
-        "CAP-NAVY",
-        "Navy cap",
-        "Six-panel, adjustable strap.",
-        2200,
-        60,
-    ),
+    ("TEE-BLK-M", "Black T-shirt, M", "Organic cotton crew neck.", 1999, 120),
+    ("TEE-WHT-M", "White T-shirt, M", "Organic cotton crew neck.", 1999, 80),
+    ("HOODIE-GRY-L", "Grey hoodie, L", "Brushed fleece, kangaroo pocket.", 4900, 40),
+    ("MUG-12OZ", "Enamel mug", "12 oz, dishwasher safe.", 1400, 200),
+    ("BOTTLE-750", "Steel bottle", "750 ml, keeps drinks cold for 24 h.", 2900, 75),
+    ("CAP-NAVY", "Navy cap", "Six-panel, adjustable strap.", 2200, 60),
     ("SOCKS-3P", "Socks, 3 pairs", "Merino blend.", 1800, 150),
-    (
-        "TOTE-CANVAS",
-        "Canvas tote",
-        "Heavy canvas, long handles.",
-        1600,
-        90,
-    ),
-    (
-        "NOTEBOOK-A5",
-        "A5 notebook",
-        "Dotted, 192 pages.",
-        1200,
-        300,
-    ),
-    (
-        "PEN-GEL-BLK",
-        "Gel pen, black",
-        "0.5 mm, refillable.",
-        350,
-        500,
-    ),
-    (
-        "STICKERS-10",
-        "Sticker pack",
-        "Ten vinyl stickers.",
-        600,
-        400,
-    ),
+    ("TOTE-CANVAS", "Canvas tote", "Heavy canvas, long handles.", 1600, 90),
+    ("NOTEBOOK-A5", "A5 notebook", "Dotted, 192 pages.", 1200, 300),
+    ("PEN-GEL-BLK", "Gel pen, black", "0.5 mm, refillable.", 350, 500),
+    ("STICKERS-10", "Sticker pack", "Ten vinyl stickers.", 600, 400),
     ("POSTER-A2", "Poster A2", "Matte print.", 2500, 30),
     ("KEYRING", "Brass keyring", "Solid brass.", 900, 250),
     ("BEANIE-BLK", "Black beanie", "Ribbed knit.", 2000, 70),
-    (
-        "UMBRELLA",
-        "Compact umbrella",
-        "Windproof, auto open.",
-        3200,
-        45,
-    ),
-    (
-        "BACKPACK-20L",
-        "Backpack 20 L",
-        "Water-resistant, laptop sleeve.",
-        8900,
-        25,
-    ),
-    (
-        "LAPTOP-SLEEVE",
-        "Laptop sleeve 14\"",
-        "Felt with leather strap.",
-        3900,
-        35,
-    ),
+    ("UMBRELLA", "Compact umbrella", "Windproof, auto open.", 3200, 45),
+    ("BACKPACK-20L", "Backpack 20 L", "Water-resistant, laptop sleeve.", 8900, 25),
+    ("LAPTOP-SLEEVE", "Laptop sleeve 14\"", "Felt with leather strap.", 3900, 35),
     ("DESK-MAT", "Desk mat", "90 x 40 cm.", 2700, 50),
     ("CABLE-USBC", "USB-C cable", "2 m, braided.", 1500, 220),
     ("CHARGER-65W", "65 W charger", "GaN, two ports.", 4500, 0),
-    (
-        "RETIRED-TEE",
-        "Retired T-shirt",
-        "No longer sold.",
-        1500,
-        10,
-    ),
+    ("RETIRED-TEE", "Retired T-shirt", "No longer sold.", 1500, 10),
 ];
 
 async fn seed(args: SeedArgs) -> Result<(), CliError> {
@@ -304,17 +178,9 @@ async fn seed(args: SeedArgs) -> Result<(), CliError> {
     let db = connect_migrated(&args.database).await?;
     for (email, password, name, role) in [
         (DEMO_ADMIN.0, DEMO_ADMIN.1, "Demo Admin", Role::Admin),
-        (
-            DEMO_CUSTOMER.0,
-            DEMO_CUSTOMER.1,
-            "Demo Customer",
-            Role::Customer,
-        ),
+        (DEMO_CUSTOMER.0, DEMO_CUSTOMER.1, "Demo Customer", Role::Customer),
     ] {
-        if accounts_store::find_user_by_email(db.write(), email)
-            .await?
-            .is_some()
-        {
+        if accounts_store::find_user_by_email(db.write(), email).await?.is_some() {
             println!("user {email} already exists");
             continue;
         }

@@ -74,12 +74,7 @@ pub struct SeedArgs {
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseConfig {
     /// Primary database: `sqlite://path/to/file.db` (embedded) or `postgres://…`.
-    #[arg(
-        long,
-        env = "ORDERLY_DATABASE_URL",
-        default_value = "sqlite://data/orderly.db",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "ORDERLY_DATABASE_URL", default_value = "sqlite://data/orderly.db", hide_env_values = true)]
     pub database_url: String,
 
     /// Optional read replica (PostgreSQL); list and read endpoints use it, writes never do.
@@ -127,12 +122,7 @@ pub struct AuthConfig {
 
     /// Ed25519 private key (PKCS#8 PEM) that signs access tokens. Required with PostgreSQL;
     /// in embedded mode one is generated in the data folder when unset.
-    #[arg(
-        long,
-        env = "ORDERLY_JWT_PRIVATE_KEY",
-        hide_env_values = true,
-        conflicts_with = "jwt_private_key_file"
-    )]
+    #[arg(long, env = "ORDERLY_JWT_PRIVATE_KEY", hide_env_values = true, conflicts_with = "jwt_private_key_file")]
     pub jwt_private_key: Option<String>,
 
     /// File holding the Ed25519 private key (PKCS#8 PEM), instead of ORDERLY_JWT_PRIVATE_KEY.
@@ -189,9 +179,8 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
     let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
     let (number, unit) = raw.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("`{raw}` is not a duration like 500ms, 10s, 15m, 24h or 30d"))?;
+    let number: u64 =
+        number.parse().map_err(|_| format!("`{raw}` is not a duration like 500ms, 10s, 15m, 24h or 30d"))?;
     let seconds = match unit {
         "ms" => return Ok(Duration::from_millis(number)),
         "s" => 1,
@@ -200,10 +189,7 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
         "d" => 86400,
         _ => return Err(format!("`{raw}` has no unit; use ms, s, m, h or d")),
     };
-    number
-        .checked_mul(seconds)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("`{raw}` is too large"))
+    number.checked_mul(seconds).map(Duration::from_secs).ok_or_else(|| format!("`{raw}` is too large"))
 }
 
 /// A setting that failed validation after parsing.
@@ -216,42 +202,28 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(setting: &'static str, reason: impl Into<String>) -> Self {
-        Self {
-            setting,
-            reason: reason.into(),
-        }
+        Self { setting, reason: reason.into() }
     }
 }
 
 /// Loads `ORDERLY_*` lines from an env-style file into the environment, without overriding
 /// variables that are already set. Must run before any thread starts.
 pub fn load_config_file(path: &std::path::Path) -> Result<(), ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|error| {
-        ConfigError::new(
-            "ORDERLY_CONFIG",
-            format!("cannot read {}: {error}", path.display()),
-        )
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| ConfigError::new("ORDERLY_CONFIG", format!("cannot read {}: {error}", path.display())))?;
     for (number, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
         let (key, value) = line.split_once('=').ok_or_else(|| {
-            ConfigError::new(
-                "ORDERLY_CONFIG",
-                format!("{} line {}: expected KEY=value", path.display(), number + 1),
-            )
+            ConfigError::new("ORDERLY_CONFIG", format!("{} line {}: expected KEY=value", path.display(), number + 1))
         })?;
         let key = key.trim().trim_start_matches("export ").trim();
         if !key.starts_with("ORDERLY_") {
             return Err(ConfigError::new(
                 "ORDERLY_CONFIG",
-                format!(
-                    "{} line {}: `{key}` is not an ORDERLY_ setting",
-                    path.display(),
-                    number + 1
-                ),
+                format!("{} line {}: `{key}` is not an ORDERLY_ setting", path.display(), number + 1),
             ));
         }
         let value = value.trim().trim_matches('"');

@@ -11,13 +11,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sea_orm::sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
-};
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, SqlxPostgresConnector,
-    SqlxSqliteConnector,
-};
+use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, SqlxPostgresConnector, SqlxSqliteConnector};
 use sea_orm_migration::MigratorTrait;
 
 use crate::config::{ConfigError, DatabaseConfig};
@@ -36,26 +31,18 @@ impl Database {
         let url = config.database_url.as_str();
         if url.starts_with("sqlite:") {
             if config.database_read_url.is_some() {
-                return Err(ConfigError::new(
-                    "ORDERLY_DATABASE_READ_URL",
-                    "a read replica needs PostgreSQL",
-                ));
+                return Err(ConfigError::new("ORDERLY_DATABASE_READ_URL", "a read replica needs PostgreSQL"));
             }
             Self::connect_sqlite(config).await
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let write = connect_postgres(url, "ORDERLY_DATABASE_URL", config).await?;
             let read = match &config.database_read_url {
-                Some(read_url) => {
-                    connect_postgres(read_url, "ORDERLY_DATABASE_READ_URL", config).await?
-                }
+                Some(read_url) => connect_postgres(read_url, "ORDERLY_DATABASE_READ_URL", config).await?,
                 None => write.clone(),
             };
             Ok(Self { write, read })
         } else {
-            Err(ConfigError::new(
-                "ORDERLY_DATABASE_URL",
-                "must start with sqlite:// or postgres://",
-            ))
+            Err(ConfigError::new("ORDERLY_DATABASE_URL", "must start with sqlite:// or postgres://"))
         }
     }
 
@@ -69,26 +56,14 @@ impl Database {
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
         if options.get_filename() == std::path::Path::new(":memory:") {
-            return Err(ConfigError::new(
-                setting,
-                "an in-memory database cannot be shared by the pools; use a file",
-            ));
+            return Err(ConfigError::new(setting, "an in-memory database cannot be shared by the pools; use a file"));
         }
-        if let Some(folder) = options
-            .get_filename()
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(folder).map_err(|error| {
-                ConfigError::new(
-                    setting,
-                    format!("cannot create {}: {error}", folder.display()),
-                )
-            })?;
+        if let Some(folder) = options.get_filename().parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(folder)
+                .map_err(|error| ConfigError::new(setting, format!("cannot create {}: {error}", folder.display())))?;
         }
-        let unreachable = |error: sea_orm::sqlx::Error| {
-            ConfigError::new(setting, format!("cannot open the database: {error}"))
-        };
+        let unreachable =
+            |error: sea_orm::sqlx::Error| ConfigError::new(setting, format!("cannot open the database: {error}"));
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(config.database_acquire_timeout)
@@ -131,20 +106,12 @@ impl Database {
             let db = db.clone();
             async move { db.execute_unprepared("SELECT 1").await.map(drop) }
         };
-        ping(&self.write)
-            .await
-            .map_err(|_| "primary database is unreachable".to_owned())?;
-        ping(&self.read)
-            .await
-            .map_err(|_| "read database is unreachable".to_owned())?;
+        ping(&self.write).await.map_err(|_| "primary database is unreachable".to_owned())?;
+        ping(&self.read).await.map_err(|_| "read database is unreachable".to_owned())?;
         let pending = Migrator::get_pending_migrations(&self.write)
             .await
             .map_err(|_| "cannot read the migration table".to_owned())?;
-        if pending.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("{} migration(s) pending", pending.len()))
-        }
+        if pending.is_empty() { Ok(()) } else { Err(format!("{} migration(s) pending", pending.len())) }
     }
 }
 
@@ -153,20 +120,15 @@ async fn connect_postgres(
     setting: &'static str,
     config: &DatabaseConfig,
 ) -> Result<DatabaseConnection, ConfigError> {
-    let options = PgConnectOptions::from_str(url)
-        .map_err(|_| ConfigError::new(setting, "is not a valid PostgreSQL URL"))?;
+    let options =
+        PgConnectOptions::from_str(url).map_err(|_| ConfigError::new(setting, "is not a valid PostgreSQL URL"))?;
     let pool = PgPoolOptions::new()
         .max_connections(config.database_max_connections)
         .acquire_timeout(config.database_acquire_timeout)
         .connect_with(options)
         .await
         // The URL may hold a password: name the setting, never echo its value.
-        .map_err(|error| {
-            ConfigError::new(
-                setting,
-                format!("cannot connect: {}", describe_connect_error(&error)),
-            )
-        })?;
+        .map_err(|error| ConfigError::new(setting, format!("cannot connect: {}", describe_connect_error(&error))))?;
     Ok(SqlxPostgresConnector::from_sqlx_postgres_pool(pool))
 }
 
@@ -181,17 +143,12 @@ fn describe_connect_error(error: &sea_orm::sqlx::Error) -> String {
 
 /// Whether a database error is a unique-constraint violation (mapped to 409 by callers).
 pub fn is_unique_violation(error: &DbErr) -> bool {
-    matches!(
-        error.sql_err(),
-        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
-    )
+    matches!(error.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
 }
 
 /// Current time at the precision both backends store (microseconds), so a value read back
 /// equals the value written and representations are identical on SQLite and PostgreSQL.
 pub fn now() -> chrono::DateTime<chrono::Utc> {
     use chrono::{DurationRound, TimeDelta};
-    chrono::Utc::now()
-        .duration_trunc(TimeDelta::microseconds(1))
-        .expect("microsecond truncation cannot overflow")
+    chrono::Utc::now().duration_trunc(TimeDelta::microseconds(1)).expect("microsecond truncation cannot overflow")
 }

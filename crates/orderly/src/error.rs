@@ -33,12 +33,8 @@ impl IntoResponse for AppError {
             Self::Problem(problem) => problem.into_response(),
             Self::Database(error) if is_unavailable(&error) => {
                 tracing::warn!(error = %error, "database unavailable");
-                Problem::unavailable(
-                    "database_unavailable",
-                    "The database is busy or unreachable; retry shortly.",
-                    1,
-                )
-                .into_response()
+                Problem::unavailable("database_unavailable", "The database is busy or unreachable; retry shortly.", 1)
+                    .into_response()
             }
             Self::Database(error) => {
                 tracing::error!(error = %error, "database error");
@@ -60,9 +56,5 @@ fn is_unavailable(error: &DbErr) -> bool {
 
 /// Maps a unique-constraint violation to the given 409; other errors pass through.
 pub fn conflict_on_unique(error: DbErr, conflict: impl FnOnce() -> Problem) -> AppError {
-    if crate::db::is_unique_violation(&error) {
-        conflict().into()
-    } else {
-        error.into()
-    }
+    if crate::db::is_unique_violation(&error) { conflict().into() } else { error.into() }
 }

@@ -30,14 +30,8 @@ impl Sort {
     pub fn parse(raw: &str, allowed: &[&'static str]) -> Result<Self, Invalid> {
         let name = query::one_of(raw, allowed)?;
         Ok(match name.strip_prefix('-') {
-            Some(key) => Self {
-                key,
-                descending: true,
-            },
-            None => Self {
-                key: name,
-                descending: false,
-            },
+            Some(key) => Self { key, descending: true },
+            None => Self { key: name, descending: false },
         })
     }
 }
@@ -54,11 +48,7 @@ pub struct ListParams {
 impl ListParams {
     /// Reads `limit`, `cursor`, `sort` (first of `sorts` is the default) and `fields`. Errors
     /// are recorded in `query`; `None` means at least one was invalid.
-    pub fn read(
-        query: &mut Fields<String>,
-        available_fields: &[&'static str],
-        sorts: &[&'static str],
-    ) -> Option<Self> {
+    pub fn read(query: &mut Fields<String>, available_fields: &[&'static str], sorts: &[&'static str]) -> Option<Self> {
         let limit = query.optional("limit", |v| parse_limit(v));
         let cursor = query.optional("cursor", |v| Ok(v.clone()));
         let sort = query.optional("sort", |v| Sort::parse(v, sorts));
@@ -66,8 +56,7 @@ impl ListParams {
         Some(Self {
             limit: limit?.unwrap_or(DEFAULT_LIMIT),
             cursor: cursor?,
-            sort: sort?
-                .unwrap_or(Sort::parse(sorts[0], sorts).expect("the default sort is allowed")),
+            sort: sort?.unwrap_or(Sort::parse(sorts[0], sorts).expect("the default sort is allowed")),
             fields: fields?,
         })
     }
@@ -78,18 +67,12 @@ impl ListParams {
         codec: &CursorCodec,
         scope: &impl Serialize,
     ) -> Result<Option<P>, Problem> {
-        self.cursor
-            .as_deref()
-            .map(|cursor| codec.decode(cursor, scope))
-            .transpose()
+        self.cursor.as_deref().map(|cursor| codec.decode(cursor, scope)).transpose()
     }
 }
 
 /// Reads the optional `fields` parameter of a single-resource GET or a list.
-pub fn read_fields(
-    query: &mut Fields<String>,
-    available: &[&'static str],
-) -> Option<Option<FieldSelection>> {
+pub fn read_fields(query: &mut Fields<String>, available: &[&'static str]) -> Option<Option<FieldSelection>> {
     query.optional("fields", |v| FieldSelection::parse(v, available))
 }
 
@@ -105,24 +88,14 @@ pub fn seek<E: EntityTrait>(
 ) -> Select<E> {
     let select = match after {
         Some((key_value, id_value)) => {
-            let columns = Expr::tuple([
-                Expr::col(key.as_column_ref()).into(),
-                Expr::col(id.as_column_ref()).into(),
-            ]);
+            let columns = Expr::tuple([Expr::col(key.as_column_ref()).into(), Expr::col(id.as_column_ref()).into()]);
             let bound = Expr::tuple([key_value, Expr::value(id_value)]);
-            select.filter(if descending {
-                columns.lt(bound)
-            } else {
-                columns.gt(bound)
-            })
+            select.filter(if descending { columns.lt(bound) } else { columns.gt(bound) })
         }
         None => select,
     };
     let order = if descending { Order::Desc } else { Order::Asc };
-    select
-        .order_by(key, order.clone())
-        .order_by(id, order)
-        .limit(u64::try_from(limit + 1).unwrap_or(101))
+    select.order_by(key, order.clone()).order_by(id, order).limit(u64::try_from(limit + 1).unwrap_or(101))
 }
 
 /// Builds the list envelope: each row rendered, field-selected, and a cursor after the last.
@@ -138,18 +111,6 @@ pub fn respond<T>(
         (true, Some(last)) => Some(next_cursor(last)),
         _ => None,
     };
-    let data = page
-        .rows
-        .iter()
-        .map(|row| select(params.fields.as_ref(), render(row)))
-        .collect();
-    list_response(
-        uri,
-        ListBody {
-            data,
-            next_cursor,
-            has_more: page.has_more,
-        },
-        cache,
-    )
+    let data = page.rows.iter().map(|row| select(params.fields.as_ref(), render(row))).collect();
+    list_response(uri, ListBody { data, next_cursor, has_more: page.has_more }, cache)
 }

@@ -7,8 +7,8 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use orderly_kit::FieldError;
 use orderly_kit::docs::{
-    BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, PreconditionFailed,
-    ServiceUnavailable, Unauthorized, UnsupportedMediaType, ValidationFailed,
+    BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, PreconditionFailed, ServiceUnavailable, Unauthorized,
+    UnsupportedMediaType, ValidationFailed,
 };
 use orderly_kit::problem::ProblemBody;
 use serde::Serialize;
@@ -58,9 +58,7 @@ impl Modify for BearerAuth {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("JWT or API key")
-                    .description(Some(
-                        "An access token from `POST /api/v1/auth/token`, or an API key (`sk_…`).",
-                    ))
+                    .description(Some("An access token from `POST /api/v1/auth/token`, or an API key (`sk_…`)."))
                     .build(),
             ),
         );
@@ -73,10 +71,7 @@ pub fn api_doc() -> utoipa::openapi::OpenApi {
 
 /// The documented operations routes.
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(healthz))
-        .routes(routes!(readyz))
-        .routes(routes!(jwks))
+    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(jwks))
 }
 
 /// The OpenAPI document and the interactive docs page.
@@ -96,10 +91,7 @@ struct Health {
 /// Liveness: the process is up. Checks no dependency.
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
 async fn healthz() -> Json<Health> {
-    Json(Health {
-        status: "ok",
-        checks: BTreeMap::new(),
-    })
+    Json(Health { status: "ok", checks: BTreeMap::new() })
 }
 
 /// Readiness: 200 only when the database answers and migrations are applied; 503 with
@@ -110,36 +102,21 @@ async fn healthz() -> Json<Health> {
 )]
 async fn readyz(State(app): State<AppState>) -> Response {
     if app.is_shutting_down() {
-        return not_ready(Health {
-            status: "shutting_down",
-            checks: BTreeMap::new(),
-        });
+        return not_ready(Health { status: "shutting_down", checks: BTreeMap::new() });
     }
     let database = app.db.check().await;
     let ready = database.is_ok();
-    let checks = BTreeMap::from([(
-        "database",
-        database.map(|()| "ok".to_owned()).unwrap_or_else(|e| e),
-    )]);
+    let checks = BTreeMap::from([("database", database.map(|()| "ok".to_owned()).unwrap_or_else(|e| e))]);
     if ready {
-        Json(Health {
-            status: "ready",
-            checks,
-        })
-        .into_response()
+        Json(Health { status: "ready", checks }).into_response()
     } else {
-        not_ready(Health {
-            status: "unavailable",
-            checks,
-        })
+        not_ready(Health { status: "unavailable", checks })
     }
 }
 
 fn not_ready(health: Health) -> Response {
     let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(health)).into_response();
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
     response
 }
 
@@ -150,9 +127,6 @@ fn not_ready(health: Health) -> Response {
 )]
 async fn jwks(State(app): State<AppState>) -> Response {
     let mut response = Json(app.keys.jwks().clone()).into_response();
-    response.headers_mut().insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=300"),
-    );
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
     response
 }

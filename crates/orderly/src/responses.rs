@@ -23,23 +23,10 @@ pub fn created(location: String, value: &Value, last_modified: DateTime<Utc>) ->
 pub fn written(value: &Value, last_modified: DateTime<Utc>) -> Response {
     let body = body_of(value);
     let etag = etag_of(&body);
-    let mut response = (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response();
+    let mut response = ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response();
     let headers = response.headers_mut();
-    headers.insert(
-        header::ETAG,
-        HeaderValue::from_str(&etag).expect("hex etag"),
-    );
-    headers.insert(
-        header::LAST_MODIFIED,
-        HeaderValue::from_str(&http_date(last_modified)).expect("ascii date"),
-    );
+    headers.insert(header::ETAG, HeaderValue::from_str(&etag).expect("hex etag"));
+    headers.insert(header::LAST_MODIFIED, HeaderValue::from_str(&http_date(last_modified)).expect("ascii date"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
@@ -55,10 +42,7 @@ pub enum Attempt<T> {
 /// Runs `attempt` (load, check `If-Match`, write where `version` is unchanged) until it is not
 /// overtaken by a concurrent writer. With `If-Match` the client asserted a version, so a lost
 /// race is 412 at once; without it the write is retried on the fresh row.
-pub async fn optimistic_update<T, F, Fut>(
-    request_headers: &HeaderMap,
-    mut attempt: F,
-) -> ApiResult<T>
+pub async fn optimistic_update<T, F, Fut>(request_headers: &HeaderMap, mut attempt: F) -> ApiResult<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = ApiResult<Attempt<T>>>,
@@ -72,9 +56,5 @@ where
             Attempt::LostRace => continue,
         }
     }
-    Err(Problem::conflict(
-        "concurrent_update",
-        "The resource is being changed concurrently; retry.",
-    )
-    .into())
+    Err(Problem::conflict("concurrent_update", "The resource is being changed concurrently; retry.").into())
 }

@@ -47,29 +47,21 @@ impl FromRequestParts<AppState> for Principal {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, token)| token.trim())
             .filter(|token| !token.is_empty())
-            .ok_or_else(|| {
-                unauthorized(Some("The Authorization header must be `Bearer <token>`."))
-            })?;
+            .ok_or_else(|| unauthorized(Some("The Authorization header must be `Bearer <token>`.")))?;
         let principal = if token.starts_with(API_KEY_PREFIX) {
             let owner = store::find_api_key_owner(state.db.read(), &hash_secret(token)).await?;
-            let owner =
-                owner.ok_or_else(|| unauthorized(Some("The API key is unknown or revoked.")))?;
+            let owner = owner.ok_or_else(|| unauthorized(Some("The API key is unknown or revoked.")))?;
             Principal {
                 user_id: owner.id,
-                role: Role::parse(&owner.role)
-                    .map_err(|_| AppError::internal("stored role is invalid"))?,
+                role: Role::parse(&owner.role).map_err(|_| AppError::internal("stored role is invalid"))?,
             }
         } else {
             let claims = state
                 .keys
                 .verify_access_token(token)
                 .ok_or_else(|| unauthorized(Some("The access token is invalid or expired.")))?;
-            let role = Role::parse(&claims.role)
-                .map_err(|_| unauthorized(Some("The access token is invalid.")))?;
-            Principal {
-                user_id: claims.sub,
-                role,
-            }
+            let role = Role::parse(&claims.role).map_err(|_| unauthorized(Some("The access token is invalid.")))?;
+            Principal { user_id: claims.sub, role }
         };
         RequestContext::record_user(&principal.user_id.to_string());
         Ok(principal)
@@ -88,12 +80,7 @@ impl FromRequestParts<AppState> for Admin {
         if principal.is_admin() {
             Ok(Self(principal))
         } else {
-            Err(Problem::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "This endpoint requires the admin role.",
-            )
-            .into())
+            Err(Problem::new(StatusCode::FORBIDDEN, "forbidden", "This endpoint requires the admin role.").into())
         }
     }
 }
@@ -101,19 +88,13 @@ impl FromRequestParts<AppState> for Admin {
 /// 401 with the RFC 6750 challenge; `error="invalid_token"` when a credential was presented.
 fn unauthorized(invalid: Option<&str>) -> Problem {
     let (challenge, detail) = match invalid {
-        None => (
-            "Bearer realm=\"orderly\"".to_owned(),
-            "Authentication is required: send `Authorization: Bearer <token>`.",
-        ),
-        Some(detail) => (
-            format!(
-                "Bearer realm=\"orderly\", error=\"invalid_token\", error_description=\"{detail}\""
-            ),
-            detail,
-        ),
+        None => {
+            ("Bearer realm=\"orderly\"".to_owned(), "Authentication is required: send `Authorization: Bearer <token>`.")
+        }
+        Some(detail) => {
+            (format!("Bearer realm=\"orderly\", error=\"invalid_token\", error_description=\"{detail}\""), detail)
+        }
     };
-    Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", detail).with_header(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_str(&challenge).expect("ascii challenge"),
-    )
+    Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+        .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_str(&challenge).expect("ascii challenge"))
 }

@@ -12,12 +12,7 @@ pub struct Email(String);
 impl Email {
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
         let email = raw.trim().to_lowercase();
-        let invalid = || {
-            Invalid::new(
-                "invalid_email",
-                "must be an email address like name@example.com",
-            )
-        };
+        let invalid = || Invalid::new("invalid_email", "must be an email address like name@example.com");
         if email.len() > 254 {
             return Err(Invalid::new("too_long", "must be at most 254 characters"));
         }
@@ -30,17 +25,9 @@ impl Email {
             && !domain.ends_with('.')
             && !domain.contains("..")
             && !domain.contains('@')
-            && email
-                .chars()
-                .all(|c| !c.is_whitespace() && !c.is_control() && !"<>()[]\\,;:\"".contains(c))
-            && domain
-                .chars()
-                .all(|c| c.is_alphanumeric() || c == '-' || c == '.');
-        if valid {
-            Ok(Self(email))
-        } else {
-            Err(invalid())
-        }
+            && email.chars().all(|c| !c.is_whitespace() && !c.is_control() && !"<>()[]\\,;:\"".contains(c))
+            && domain.chars().all(|c| c.is_alphanumeric() || c == '-' || c == '.');
+        if valid { Ok(Self(email)) } else { Err(invalid()) }
     }
 
     pub fn from_json(value: &Value) -> Result<Self, Invalid> {
@@ -111,10 +98,7 @@ impl Role {
         match raw {
             "customer" => Ok(Self::Customer),
             "admin" => Ok(Self::Admin),
-            _ => Err(Invalid::new(
-                "invalid_value",
-                "must be one of: customer, admin",
-            )),
+            _ => Err(Invalid::new("invalid_value", "must be one of: customer, admin")),
         }
     }
 
@@ -136,10 +120,7 @@ mod tests {
 
     #[test]
     fn emails_are_normalised_to_lower_case() {
-        assert_eq!(
-            Email::parse("  Ada@Example.COM ").unwrap().as_str(),
-            "ada@example.com"
-        );
+        assert_eq!(Email::parse("  Ada@Example.COM ").unwrap().as_str(), "ada@example.com");
     }
 
     #[test]
@@ -178,9 +159,6 @@ mod tests {
 
     #[test]
     fn password_debug_output_hides_the_secret() {
-        assert_eq!(
-            format!("{:?}", Password::parse("hunter2hunter2").unwrap()),
-            "Password(***)"
-        );
+        assert_eq!(format!("{:?}", Password::parse("hunter2hunter2").unwrap()), "Password(***)");
     }
 }

@@ -8,12 +8,10 @@ use http::{HeaderMap, StatusCode};
 use orderly_kit::Problem;
 use orderly_kit::conditional::{CacheControl, check_if_match, conditional_response};
 use orderly_kit::docs::{
-    BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, PreconditionFailed, Unauthorized,
-    UnsupportedMediaType, ValidationFailed,
+    BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, PreconditionFailed, Unauthorized, UnsupportedMediaType,
+    ValidationFailed,
 };
-use orderly_kit::extract::{
-    BodyKind, Id, JsonBody, Query, parse_json_object, query_pairs, read_body,
-};
+use orderly_kit::extract::{BodyKind, Id, JsonBody, Query, parse_json_object, query_pairs, read_body};
 use orderly_kit::fields::select;
 use orderly_kit::validation::{json, text};
 use serde::Serialize;
@@ -62,15 +60,7 @@ pub struct UserBody {
     pub updated_at: DateTime<Utc>,
 }
 
-pub const USER_FIELDS: &[&str] = &[
-    "id",
-    "email",
-    "name",
-    "role",
-    "version",
-    "created_at",
-    "updated_at",
-];
+pub const USER_FIELDS: &[&str] = &["id", "email", "name", "role", "version", "created_at", "updated_at"];
 const USER_SORTS: &[&str] = &["-created_at", "created_at"];
 
 fn user_value(user: &User) -> Value {
@@ -111,12 +101,8 @@ const API_KEY_FIELDS: &[&str] = &["id", "name", "prefix", "created_at"];
 const API_KEY_SORTS: &[&str] = &["-created_at", "created_at"];
 
 fn api_key_value(key: &ApiKey) -> Value {
-    let body = ApiKeyBody {
-        id: key.id,
-        name: key.name.clone(),
-        prefix: key.prefix.clone(),
-        created_at: key.created_at,
-    };
+    let body =
+        ApiKeyBody { id: key.id, name: key.name.clone(), prefix: key.prefix.clone(), created_at: key.created_at };
     serde_json::to_value(body).expect("representations serialize")
 }
 
@@ -171,21 +157,8 @@ async fn register(State(app): State<AppState>, JsonBody(mut body): JsonBody) -> 
     let password = body.required("password", Password::from_json);
     let name = body.required("name", UserName::from_json);
     let (email, password, name) = body.finish((email, password, name))?;
-    let user = service::register(
-        &app,
-        Registration {
-            email,
-            password,
-            name,
-        },
-        Role::Customer,
-    )
-    .await?;
-    Ok(created(
-        format!("/api/v1/users/{}", user.id),
-        &user_value(&user),
-        user.updated_at,
-    ))
+    let user = service::register(&app, Registration { email, password, name }, Role::Customer).await?;
+    Ok(created(format!("/api/v1/users/{}", user.id), &user_value(&user), user.updated_at))
 }
 
 /// Body of `POST /auth/token` (form-encoded or JSON).
@@ -231,9 +204,7 @@ async fn token(State(app): State<AppState>, request: Request) -> ApiResult {
         _ => Err(OAuthError {
             status: 415,
             error: "invalid_request",
-            error_description:
-                "send the parameters as application/x-www-form-urlencoded or application/json"
-                    .into(),
+            error_description: "send the parameters as application/x-www-form-urlencoded or application/json".into(),
         }),
     };
     let params = match params {
@@ -245,9 +216,7 @@ async fn token(State(app): State<AppState>, request: Request) -> ApiResult {
         Ok(TokenGrantRequest::Password { username, password }) => {
             service::grant_password(&app, &username, password).await?
         }
-        Ok(TokenGrantRequest::Refresh { refresh_token }) => {
-            service::grant_refresh(&app, &refresh_token).await?
-        }
+        Ok(TokenGrantRequest::Refresh { refresh_token }) => service::grant_refresh(&app, &refresh_token).await?,
     };
     Ok(match outcome {
         TokenOutcome::Granted(grant) => grant.into_response(),
@@ -261,15 +230,12 @@ enum TokenGrantRequest {
 }
 
 fn token_params_from_json(body: &[u8]) -> Result<Vec<(String, String)>, OAuthError> {
-    let object = parse_json_object(body)
-        .map_err(|_| OAuthError::invalid_request("the body must be a JSON object"))?;
+    let object = parse_json_object(body).map_err(|_| OAuthError::invalid_request("the body must be a JSON object"))?;
     object
         .into_iter()
         .map(|(name, value)| match value {
             Value::String(value) => Ok((name, value)),
-            _ => Err(OAuthError::invalid_request(format!(
-                "`{name}` must be a string"
-            ))),
+            _ => Err(OAuthError::invalid_request(format!("`{name}` must be a string"))),
         })
         .collect()
 }
@@ -278,23 +244,17 @@ fn token_request(params: &[(String, String)]) -> Result<TokenGrantRequest, OAuth
     let param = |name: &str| -> Result<Option<String>, OAuthError> {
         let mut values = params.iter().filter(|(n, _)| n == name).map(|(_, v)| v);
         match (values.next(), values.next()) {
-            (_, Some(_)) => Err(OAuthError::invalid_request(format!(
-                "`{name}` must be given at most once"
-            ))),
+            (_, Some(_)) => Err(OAuthError::invalid_request(format!("`{name}` must be given at most once"))),
             (value, None) => Ok(value.filter(|v| !v.is_empty()).cloned()),
         }
     };
-    let required = |name: &str| {
-        param(name)?.ok_or_else(|| OAuthError::invalid_request(format!("`{name}` is required")))
-    };
+    let required =
+        |name: &str| param(name)?.ok_or_else(|| OAuthError::invalid_request(format!("`{name}` is required")));
     match required("grant_type")?.as_str() {
-        "password" => Ok(TokenGrantRequest::Password {
-            username: required("username")?,
-            password: required("password")?,
-        }),
-        "refresh_token" => Ok(TokenGrantRequest::Refresh {
-            refresh_token: required("refresh_token")?,
-        }),
+        "password" => {
+            Ok(TokenGrantRequest::Password { username: required("username")?, password: required("password")? })
+        }
+        "refresh_token" => Ok(TokenGrantRequest::Refresh { refresh_token: required("refresh_token")? }),
         _ => Err(OAuthError::unsupported_grant_type()),
     }
 }
@@ -373,9 +333,7 @@ async fn get_me(
 ) -> ApiResult {
     let fields = read_fields(&mut query, USER_FIELDS);
     let (fields,) = query.finish((fields,))?;
-    let user = store::find_user(app.db.write(), principal.user_id)
-        .await?
-        .ok_or_else(Problem::not_found)?;
+    let user = store::find_user(app.db.write(), principal.user_id).await?.ok_or_else(Problem::not_found)?;
     Ok(conditional_response(
         &headers,
         &select(fields.as_ref(), user_value(&user)),
@@ -413,10 +371,7 @@ async fn patch_me(
 ) -> ApiResult {
     let name = body.optional("name", UserName::from_json);
     let (name,) = body.finish((name,))?;
-    let changes = UserChanges {
-        name: name.map(UserName::into_inner),
-        role: None,
-    };
+    let changes = UserChanges { name: name.map(UserName::into_inner), role: None };
     update_user(&app, &headers, principal.user_id, changes).await
 }
 
@@ -441,10 +396,7 @@ async fn list_users(
     let role = query.optional("role", |v| Role::parse(v));
     let email = query.optional("email", |v| Email::parse(v));
     let (params, role, email) = query.finish((params, role, email))?;
-    let filter = UserFilter {
-        role: role.map(Role::as_str),
-        email: email.map(|e| e.as_str().to_owned()),
-    };
+    let filter = UserFilter { role: role.map(Role::as_str), email: email.map(|e| e.as_str().to_owned()) };
     let scope = ("users", &params.sort, &filter);
     let after = params.position(&app.cursors, &scope)?;
     let page = store::list_users(app.db.read(), &filter, &params, after).await?;
@@ -480,9 +432,7 @@ async fn get_user(
 ) -> ApiResult {
     let fields = read_fields(&mut query, USER_FIELDS);
     let (fields,) = query.finish((fields,))?;
-    let user = store::find_user(app.db.read(), id)
-        .await?
-        .ok_or_else(Problem::not_found)?;
+    let user = store::find_user(app.db.read(), id).await?.ok_or_else(Problem::not_found)?;
     Ok(conditional_response(
         &headers,
         &select(fields.as_ref(), user_value(&user)),
@@ -525,39 +475,24 @@ async fn patch_user(
     let name = body.optional("name", UserName::from_json);
     let role = body.optional("role", Role::from_json);
     let (name, role) = body.finish((name, role))?;
-    let changes = UserChanges {
-        name: name.map(UserName::into_inner),
-        role: role.map(Role::as_str),
-    };
+    let changes = UserChanges { name: name.map(UserName::into_inner), role: role.map(Role::as_str) };
     update_user(&app, &headers, id, changes).await
 }
 
-async fn update_user(
-    app: &AppState,
-    headers: &HeaderMap,
-    id: Uuid,
-    changes: UserChanges,
-) -> ApiResult {
+async fn update_user(app: &AppState, headers: &HeaderMap, id: Uuid, changes: UserChanges) -> ApiResult {
     let user = optimistic_update(headers, || async {
-        let current = store::find_user(app.db.write(), id)
-            .await?
-            .ok_or_else(Problem::not_found)?;
+        let current = store::find_user(app.db.write(), id).await?.ok_or_else(Problem::not_found)?;
         check_if_match(headers, &user_value(&current))?;
-        let unchanged = changes.name.as_ref().is_none_or(|n| *n == current.name)
-            && changes.role.is_none_or(|r| r == current.role);
+        let unchanged =
+            changes.name.as_ref().is_none_or(|n| *n == current.name) && changes.role.is_none_or(|r| r == current.role);
         if unchanged {
             return Ok(Attempt::Done(current));
         }
-        let changes = UserChanges {
-            name: changes.name.clone(),
-            role: changes.role,
-        };
-        Ok(
-            match store::update_user(app.db.write(), &current, changes).await? {
-                Some(updated) => Attempt::Done(updated),
-                None => Attempt::LostRace,
-            },
-        )
+        let changes = UserChanges { name: changes.name.clone(), role: changes.role };
+        Ok(match store::update_user(app.db.write(), &current, changes).await? {
+            Some(updated) => Attempt::Done(updated),
+            None => Attempt::LostRace,
+        })
     })
     .await?;
     Ok(written(&user_value(&user), user.updated_at))
@@ -586,30 +521,17 @@ pub struct CreateApiKeyRequest {
         (status = 422, response = ValidationFailed),
     )
 )]
-async fn create_api_key(
-    State(app): State<AppState>,
-    principal: Principal,
-    JsonBody(mut body): JsonBody,
-) -> ApiResult {
+async fn create_api_key(State(app): State<AppState>, principal: Principal, JsonBody(mut body): JsonBody) -> ApiResult {
     let name = body.required("name", |v| text(json::string(v)?, 1, 100));
     let (name,) = body.finish((name,))?;
     let secret = generate_secret(super::auth::API_KEY_PREFIX);
     let prefix: String = secret.chars().take(8).collect();
-    let key = store::insert_api_key(
-        app.db.write(),
-        principal.user_id,
-        name,
-        prefix,
-        super::tokens::hash_secret(&secret),
-    )
-    .await?;
+    let key =
+        store::insert_api_key(app.db.write(), principal.user_id, name, prefix, super::tokens::hash_secret(&secret))
+            .await?;
     let mut value = api_key_value(&key);
     value["secret"] = Value::String(secret);
-    Ok(created(
-        format!("/api/v1/api-keys/{}", key.id),
-        &value,
-        key.created_at,
-    ))
+    Ok(created(format!("/api/v1/api-keys/{}", key.id), &value, key.created_at))
 }
 
 /// The caller's API keys.
@@ -670,9 +592,7 @@ async fn get_api_key(
 ) -> ApiResult {
     let fields = read_fields(&mut query, API_KEY_FIELDS);
     let (fields,) = query.finish((fields,))?;
-    let key = store::find_api_key(app.db.read(), principal.user_id, id)
-        .await?
-        .ok_or_else(Problem::not_found)?;
+    let key = store::find_api_key(app.db.read(), principal.user_id, id).await?.ok_or_else(Problem::not_found)?;
     Ok(conditional_response(
         &headers,
         &select(fields.as_ref(), api_key_value(&key)),
@@ -698,9 +618,7 @@ async fn delete_api_key(
     Id(id): Id,
     headers: HeaderMap,
 ) -> ApiResult {
-    let key = store::find_api_key(app.db.write(), principal.user_id, id)
-        .await?
-        .ok_or_else(Problem::not_found)?;
+    let key = store::find_api_key(app.db.write(), principal.user_id, id).await?.ok_or_else(Problem::not_found)?;
     check_if_match(&headers, &api_key_value(&key))?;
     store::delete_api_key(app.db.write(), key).await?;
     Ok(StatusCode::NO_CONTENT.into_response())

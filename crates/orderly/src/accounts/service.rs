@@ -26,10 +26,7 @@ pub struct Registration {
 
 /// Creates a customer account (409 `email_taken` when the address is in use).
 pub async fn register(app: &App, registration: Registration, role: Role) -> Result<User, AppError> {
-    if store::find_user_by_email(app.db.write(), registration.email.as_str())
-        .await?
-        .is_some()
-    {
+    if store::find_user_by_email(app.db.write(), registration.email.as_str()).await?.is_some() {
         return Err(email_taken().into());
     }
     let password_hash = passwords::hash(registration.password).await?;
@@ -39,9 +36,7 @@ pub async fn register(app: &App, registration: Registration, role: Role) -> Resu
         role: role.as_str(),
         password_hash,
     };
-    store::insert_user(app.db.write(), new)
-        .await
-        .map_err(|error| conflict_on_unique(error, email_taken))
+    store::insert_user(app.db.write(), new).await.map_err(|error| conflict_on_unique(error, email_taken))
 }
 
 fn email_taken() -> Problem {
@@ -82,19 +77,11 @@ pub struct OAuthError {
 
 impl OAuthError {
     pub fn invalid_request(description: impl Into<String>) -> Self {
-        Self {
-            status: 400,
-            error: "invalid_request",
-            error_description: description.into(),
-        }
+        Self { status: 400, error: "invalid_request", error_description: description.into() }
     }
 
     pub fn invalid_grant(description: impl Into<String>) -> Self {
-        Self {
-            status: 400,
-            error: "invalid_grant",
-            error_description: description.into(),
-        }
+        Self { status: 400, error: "invalid_grant", error_description: description.into() }
     }
 
     pub fn unsupported_grant_type() -> Self {
@@ -116,12 +103,8 @@ impl IntoResponse for OAuthError {
 }
 
 fn no_store(response: &mut Response) {
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
-        .headers_mut()
-        .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
 }
 
 /// The token endpoint's outcome: a grant, a protocol error, or an internal failure.
@@ -131,11 +114,7 @@ pub enum TokenOutcome {
 }
 
 /// `grant_type=password`: verifies the credentials and starts a new refresh-token family.
-pub async fn grant_password(
-    app: &App,
-    username: &str,
-    password: String,
-) -> Result<TokenOutcome, AppError> {
+pub async fn grant_password(app: &App, username: &str, password: String) -> Result<TokenOutcome, AppError> {
     let user = match Email::parse(username) {
         Ok(email) => store::find_user_by_email(app.db.write(), email.as_str()).await?,
         Err(_) => None,
@@ -143,9 +122,7 @@ pub async fn grant_password(
     let stored = user.as_ref().map(|u| u.password_hash.clone());
     let verified = passwords::verify(password, stored).await?;
     let (Some(user), true) = (user, verified) else {
-        return Ok(TokenOutcome::Refused(OAuthError::invalid_grant(
-            "The email or password is incorrect.",
-        )));
+        return Ok(TokenOutcome::Refused(OAuthError::invalid_grant("The email or password is incorrect.")));
     };
     let refresh_token = generate_secret(REFRESH_TOKEN_PREFIX);
     store::insert_refresh_token(
@@ -170,18 +147,12 @@ pub async fn grant_refresh(app: &App, presented: &str) -> Result<TokenOutcome, A
         refresh_expiry(app),
     )
     .await?;
-    let refused = |description: &str| {
-        Ok(TokenOutcome::Refused(OAuthError::invalid_grant(
-            description,
-        )))
-    };
+    let refused = |description: &str| Ok(TokenOutcome::Refused(OAuthError::invalid_grant(description)));
     match rotation {
         Rotation::Rejected => refused("The refresh token is invalid, expired or revoked."),
         Rotation::ReplayDetected => {
             tracing::warn!("refresh token reuse detected; the token family was revoked");
-            refused(
-                "The refresh token was already used; every token of this login has been revoked.",
-            )
+            refused("The refresh token was already used; every token of this login has been revoked.")
         }
         Rotation::Rotated { user_id } => match store::find_user(app.db.write(), user_id).await? {
             Some(user) => Ok(TokenOutcome::Granted(grant(app, &user, successor)?)),
@@ -192,24 +163,16 @@ pub async fn grant_refresh(app: &App, presented: &str) -> Result<TokenOutcome, A
 
 /// Revokes the family of a refresh token. Unknown tokens are accepted silently (RFC 7009 §2.2).
 pub async fn logout(app: &App, refresh_token: &str) -> Result<(), AppError> {
-    store::revoke_family_of(app.db.write(), &hash_secret(refresh_token))
-        .await
-        .map_err(Into::into)
+    store::revoke_family_of(app.db.write(), &hash_secret(refresh_token)).await.map_err(Into::into)
 }
 
 fn grant(app: &App, user: &User, refresh_token: String) -> Result<TokenGrant, AppError> {
     let role = Role::parse(&user.role).map_err(|_| AppError::internal("stored role is invalid"))?;
     let (access_token, expires_in) = app.keys.issue_access_token(user.id, role);
-    Ok(TokenGrant {
-        access_token,
-        token_type: "Bearer",
-        expires_in,
-        refresh_token,
-    })
+    Ok(TokenGrant { access_token, token_type: "Bearer", expires_in, refresh_token })
 }
 
 fn refresh_expiry(app: &App) -> chrono::DateTime<Utc> {
-    let ttl =
-        chrono::TimeDelta::from_std(app.refresh_token_ttl).unwrap_or(chrono::TimeDelta::days(30));
+    let ttl = chrono::TimeDelta::from_std(app.refresh_token_ttl).unwrap_or(chrono::TimeDelta::days(30));
     crate::db::now() + ttl
 }

@@ -4,8 +4,8 @@
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, IntoActiveModel,
-    QueryFilter, Set, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, IntoActiveModel, QueryFilter, Set,
+    TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -114,14 +114,8 @@ pub async fn find_user(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<Use
     user::Entity::find_by_id(id).one(db).await
 }
 
-pub async fn find_user_by_email(
-    db: &impl ConnectionTrait,
-    email: &str,
-) -> Result<Option<User>, DbErr> {
-    user::Entity::find()
-        .filter(user::Column::Email.eq(email))
-        .one(db)
-        .await
+pub async fn find_user_by_email(db: &impl ConnectionTrait, email: &str) -> Result<Option<User>, DbErr> {
+    user::Entity::find().filter(user::Column::Email.eq(email)).one(db).await
 }
 
 /// Filters of the admin user list.
@@ -145,16 +139,9 @@ pub async fn list_users(
         select = select.filter(user::Column::Email.eq(email.as_str()));
     }
     let after = after.map(|(created_at, id)| (Expr::value(created_at), id));
-    let rows = seek(
-        select,
-        user::Column::CreatedAt,
-        user::Column::Id,
-        params.sort.descending,
-        after,
-        params.limit,
-    )
-    .all(db)
-    .await?;
+    let rows = seek(select, user::Column::CreatedAt, user::Column::Id, params.sort.descending, after, params.limit)
+        .all(db)
+        .await?;
     Ok(Page::from_overfetch(rows, params.limit))
 }
 
@@ -173,14 +160,8 @@ pub async fn update_user(
 ) -> Result<Option<User>, DbErr> {
     let updated_at = now();
     let result = user::Entity::update_many()
-        .col_expr(
-            user::Column::Name,
-            Expr::value(changes.name.clone().unwrap_or_else(|| current.name.clone())),
-        )
-        .col_expr(
-            user::Column::Role,
-            Expr::value(changes.role.unwrap_or(&current.role)),
-        )
+        .col_expr(user::Column::Name, Expr::value(changes.name.clone().unwrap_or_else(|| current.name.clone())))
+        .col_expr(user::Column::Role, Expr::value(changes.role.unwrap_or(&current.role)))
         .col_expr(user::Column::Version, Expr::value(current.version + 1))
         .col_expr(user::Column::UpdatedAt, Expr::value(updated_at))
         .filter(user::Column::Id.eq(current.id))
@@ -192,10 +173,7 @@ pub async fn update_user(
     }
     Ok(Some(User {
         name: changes.name.unwrap_or_else(|| current.name.clone()),
-        role: changes
-            .role
-            .map(str::to_owned)
-            .unwrap_or_else(|| current.role.clone()),
+        role: changes.role.map(str::to_owned).unwrap_or_else(|| current.role.clone()),
         version: current.version + 1,
         updated_at,
         ..current.clone()
@@ -268,26 +246,14 @@ pub async fn rotate_refresh_token(
         transaction.commit().await?;
         return Ok(Rotation::ReplayDetected);
     }
-    insert_refresh_token(
-        &transaction,
-        token.family_id,
-        token.user_id,
-        successor_hash,
-        successor_expires_at,
-    )
-    .await?;
+    insert_refresh_token(&transaction, token.family_id, token.user_id, successor_hash, successor_expires_at).await?;
     transaction.commit().await?;
-    Ok(Rotation::Rotated {
-        user_id: token.user_id,
-    })
+    Ok(Rotation::Rotated { user_id: token.user_id })
 }
 
 /// Revokes the family of the given token, if it exists.
 pub async fn revoke_family_of(db: &impl ConnectionTrait, token_hash: &str) -> Result<(), DbErr> {
-    let token = refresh_token::Entity::find()
-        .filter(refresh_token::Column::TokenHash.eq(token_hash))
-        .one(db)
-        .await?;
+    let token = refresh_token::Entity::find().filter(refresh_token::Column::TokenHash.eq(token_hash)).one(db).await?;
     if let Some(token) = token {
         revoke_family_in(db, token.family_id).await?;
     }
@@ -326,30 +292,16 @@ pub async fn insert_api_key(
 }
 
 /// The key with this secret digest and its owner.
-pub async fn find_api_key_owner(
-    db: &impl ConnectionTrait,
-    secret_hash: &str,
-) -> Result<Option<User>, DbErr> {
-    let Some(key) = api_key::Entity::find()
-        .filter(api_key::Column::SecretHash.eq(secret_hash))
-        .one(db)
-        .await?
-    else {
+pub async fn find_api_key_owner(db: &impl ConnectionTrait, secret_hash: &str) -> Result<Option<User>, DbErr> {
+    let Some(key) = api_key::Entity::find().filter(api_key::Column::SecretHash.eq(secret_hash)).one(db).await? else {
         return Ok(None);
     };
     find_user(db, key.user_id).await
 }
 
 /// A key owned by `user_id`; another user's key is indistinguishable from a missing one.
-pub async fn find_api_key(
-    db: &impl ConnectionTrait,
-    user_id: Uuid,
-    id: Uuid,
-) -> Result<Option<ApiKey>, DbErr> {
-    api_key::Entity::find_by_id(id)
-        .filter(api_key::Column::UserId.eq(user_id))
-        .one(db)
-        .await
+pub async fn find_api_key(db: &impl ConnectionTrait, user_id: Uuid, id: Uuid) -> Result<Option<ApiKey>, DbErr> {
+    api_key::Entity::find_by_id(id).filter(api_key::Column::UserId.eq(user_id)).one(db).await
 }
 
 pub async fn list_api_keys(
@@ -360,16 +312,10 @@ pub async fn list_api_keys(
 ) -> Result<Page<ApiKey>, DbErr> {
     let select = api_key::Entity::find().filter(api_key::Column::UserId.eq(user_id));
     let after = after.map(|(created_at, id)| (Expr::value(created_at), id));
-    let rows = seek(
-        select,
-        api_key::Column::CreatedAt,
-        api_key::Column::Id,
-        params.sort.descending,
-        after,
-        params.limit,
-    )
-    .all(db)
-    .await?;
+    let rows =
+        seek(select, api_key::Column::CreatedAt, api_key::Column::Id, params.sort.descending, after, params.limit)
+            .all(db)
+            .await?;
     Ok(Page::from_overfetch(rows, params.limit))
 }
 

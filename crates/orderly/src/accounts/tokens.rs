@@ -25,9 +25,7 @@ use super::domain::Role;
 const ISSUER: &str = "orderly";
 const KEY_FILE: &str = "jwt-ed25519.pem";
 /// The DER prefix of an Ed25519 SubjectPublicKeyInfo; the 32 key bytes follow it.
-const ED25519_SPKI_PREFIX: [u8; 12] = [
-    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
-];
+const ED25519_SPKI_PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
 
 /// Claims of an access token.
 #[derive(Debug, Serialize, Deserialize)]
@@ -52,9 +50,7 @@ pub struct SigningKeys {
 
 impl std::fmt::Debug for SigningKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKeys")
-            .field("kid", &self.kid)
-            .finish_non_exhaustive()
+        f.debug_struct("SigningKeys").field("kid", &self.kid).finish_non_exhaustive()
     }
 }
 
@@ -65,17 +61,11 @@ impl SigningKeys {
             (Some(pem), _) => (pem.clone(), "ORDERLY_JWT_PRIVATE_KEY"),
             (None, Some(path)) => (
                 std::fs::read_to_string(path).map_err(|error| {
-                    ConfigError::new(
-                        "ORDERLY_JWT_PRIVATE_KEY_FILE",
-                        format!("cannot read {}: {error}", path.display()),
-                    )
+                    ConfigError::new("ORDERLY_JWT_PRIVATE_KEY_FILE", format!("cannot read {}: {error}", path.display()))
                 })?,
                 "ORDERLY_JWT_PRIVATE_KEY_FILE",
             ),
-            (None, None) if embedded => (
-                load_or_create_embedded_key(&config.data_dir)?,
-                "ORDERLY_DATA_DIR",
-            ),
+            (None, None) if embedded => (load_or_create_embedded_key(&config.data_dir)?, "ORDERLY_DATA_DIR"),
             (None, None) => {
                 return Err(ConfigError::new(
                     "ORDERLY_JWT_PRIVATE_KEY",
@@ -95,11 +85,7 @@ impl SigningKeys {
         if let Some(previous) = &config.jwt_previous_public_keys {
             public_keys.extend(parse_public_keys(previous)?);
         }
-        Ok(Self::from_parts(
-            &pkcs8,
-            &public_keys,
-            config.access_token_ttl,
-        ))
+        Ok(Self::from_parts(&pkcs8, &public_keys, config.access_token_ttl))
     }
 
     fn from_parts(pkcs8: &[u8], public_keys: &[Vec<u8>], access_ttl: Duration) -> Self {
@@ -108,11 +94,10 @@ impl SigningKeys {
         for key in public_keys {
             let x = URL_SAFE_NO_PAD.encode(key);
             let kid = thumbprint(&x);
-            decoding.insert(
-                kid.clone(),
-                DecodingKey::from_ed_components(&x).expect("32-byte Ed25519 keys are valid"),
+            decoding.insert(kid.clone(), DecodingKey::from_ed_components(&x).expect("32-byte Ed25519 keys are valid"));
+            jwks.push(
+                serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"}),
             );
-            jwks.push(serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"}));
         }
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[ISSUER]);
@@ -125,12 +110,9 @@ impl SigningKeys {
             jwks: serde_json::json!({ "keys": jwks }),
             validation,
             access_ttl,
-            cursor_secret: hmac::sign(
-                &hmac::Key::new(hmac::HMAC_SHA256, pkcs8),
-                b"orderly cursor signing v1",
-            )
-            .as_ref()
-            .to_vec(),
+            cursor_secret: hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, pkcs8), b"orderly cursor signing v1")
+                .as_ref()
+                .to_vec(),
         }
     }
 
@@ -147,8 +129,7 @@ impl SigningKeys {
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.kid.clone());
-        let token = jsonwebtoken::encode(&header, &claims, &self.encoding)
-            .expect("Ed25519 signing does not fail");
+        let token = jsonwebtoken::encode(&header, &claims, &self.encoding).expect("Ed25519 signing does not fail");
         (token, ttl)
     }
 
@@ -156,9 +137,7 @@ impl SigningKeys {
     pub fn verify_access_token(&self, token: &str) -> Option<AccessClaims> {
         let header = jsonwebtoken::decode_header(token).ok()?;
         let key = self.decoding.get(header.kid.as_deref()?)?;
-        jsonwebtoken::decode::<AccessClaims>(token, key, &self.validation)
-            .ok()
-            .map(|data| data.claims)
+        jsonwebtoken::decode::<AccessClaims>(token, key, &self.validation).ok().map(|data| data.claims)
     }
 
     pub fn jwks(&self) -> &serde_json::Value {
@@ -179,12 +158,8 @@ fn thumbprint(x: &str) -> String {
 }
 
 fn parse_public_keys(pems: &str) -> Result<Vec<Vec<u8>>, ConfigError> {
-    let invalid = || {
-        ConfigError::new(
-            "ORDERLY_JWT_PREVIOUS_PUBLIC_KEYS",
-            "must be Ed25519 public keys in SPKI PEM form",
-        )
-    };
+    let invalid =
+        || ConfigError::new("ORDERLY_JWT_PREVIOUS_PUBLIC_KEYS", "must be Ed25519 public keys in SPKI PEM form");
     let blocks = pem::parse_many(pems).map_err(|_| invalid())?;
     blocks
         .into_iter()
@@ -199,20 +174,15 @@ fn parse_public_keys(pems: &str) -> Result<Vec<Vec<u8>>, ConfigError> {
 
 fn load_or_create_embedded_key(data_dir: &Path) -> Result<String, ConfigError> {
     let path = data_dir.join(KEY_FILE);
-    let unusable = |error: std::io::Error| {
-        ConfigError::new(
-            "ORDERLY_DATA_DIR",
-            format!("cannot use {}: {error}", path.display()),
-        )
-    };
+    let unusable =
+        |error: std::io::Error| ConfigError::new("ORDERLY_DATA_DIR", format!("cannot use {}: {error}", path.display()));
     match std::fs::read_to_string(&path) {
         Ok(pem) => return Ok(pem),
         Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(unusable(error)),
         Err(_) => {}
     }
     std::fs::create_dir_all(data_dir).map_err(unusable)?;
-    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
-        .expect("the system random source works");
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).expect("the system random source works");
     let pem = pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.as_ref().to_vec()));
     write_private_file(&path, &pem).map_err(unusable)?;
     tracing::info!(path = %path.display(), "generated a new token signing key");
@@ -231,19 +201,13 @@ fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
 /// A fresh opaque secret: a short type prefix and 256 random bits, base64url.
 pub fn generate_secret(prefix: &str) -> String {
     let mut bytes = [0u8; 32];
-    SystemRandom::new()
-        .fill(&mut bytes)
-        .expect("the system random source works");
+    SystemRandom::new().fill(&mut bytes).expect("the system random source works");
     format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// Hex SHA-256 of a secret, as stored.
 pub fn hash_secret(secret: &str) -> String {
-    digest::digest(&digest::SHA256, secret.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    digest::digest(&digest::SHA256, secret.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -252,11 +216,7 @@ mod tests {
 
     fn new_keys() -> SigningKeys {
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
-        let public = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
-            .unwrap()
-            .public_key()
-            .as_ref()
-            .to_vec();
+        let public = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap().public_key().as_ref().to_vec();
         SigningKeys::from_parts(pkcs8.as_ref(), &[public], Duration::from_secs(60))
     }
 
@@ -271,10 +231,7 @@ mod tests {
         let mut tampered = token.clone();
         tampered.insert(tampered.len() - 5, 'x');
         assert!(keys.verify_access_token(&tampered).is_none());
-        assert!(
-            new_keys().verify_access_token(&token).is_none(),
-            "another key must not verify it"
-        );
+        assert!(new_keys().verify_access_token(&token).is_none(), "another key must not verify it");
     }
 
     #[test]

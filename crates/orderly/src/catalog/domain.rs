@@ -16,9 +16,7 @@ impl Sku {
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
         let valid = (1..=64).contains(&raw.len())
             && raw.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && raw
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            && raw.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
         if valid {
             Ok(Self(raw.to_owned()))
         } else {
@@ -58,12 +56,7 @@ impl Currency {
             .split_whitespace()
             .find(|code| *code == upper)
             .map(Self)
-            .ok_or_else(|| {
-                Invalid::new(
-                    "invalid_currency",
-                    "must be an ISO 4217 currency code such as USD or EUR",
-                )
-            })
+            .ok_or_else(|| Invalid::new("invalid_currency", "must be an ISO 4217 currency code such as USD or EUR"))
     }
 
     pub fn from_json(value: &Value) -> Result<Self, Invalid> {

@@ -7,8 +7,8 @@ use http::{HeaderMap, StatusCode};
 use orderly_kit::Problem;
 use orderly_kit::conditional::{CacheControl, check_if_match, conditional_response};
 use orderly_kit::docs::{
-    BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, PreconditionFailed, Unauthorized,
-    UnsupportedMediaType, ValidationFailed,
+    BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, PreconditionFailed, Unauthorized, UnsupportedMediaType,
+    ValidationFailed,
 };
 use orderly_kit::extract::{Id, JsonBody, Query};
 use orderly_kit::fields::select;
@@ -30,9 +30,11 @@ use super::domain::{Currency, MAX_STOCK, MAX_UNIT_PRICE, Sku};
 use super::store::{self, After, NewProduct, Product, ProductChanges, ProductFilter};
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(list_products, create_product))
-        .routes(routes!(get_product, patch_product, delete_product))
+    OpenApiRouter::new().routes(routes!(list_products, create_product)).routes(routes!(
+        get_product,
+        patch_product,
+        delete_product
+    ))
 }
 
 /// A product in the catalog.
@@ -149,29 +151,15 @@ async fn list_products(
     if let (Some(Some(min)), Some(Some(max))) = (min_price, max_price)
         && min > max
     {
-        query.push(
-            "max_price",
-            "out_of_range",
-            "must not be less than min_price",
-        );
+        query.push("max_price", "out_of_range", "must not be less than min_price");
     }
     let (params, active, currency, min_price, max_price, q) =
         query.finish((params, active, currency, min_price, max_price, q))?;
-    let filter = ProductFilter {
-        active,
-        currency: currency.map(Currency::code),
-        min_price,
-        max_price,
-        q,
-    };
+    let filter = ProductFilter { active, currency: currency.map(Currency::code), min_price, max_price, q };
     let scope = ("products", &params.sort, &filter);
     let after = match params.sort.key {
-        "unit_price" => params
-            .position::<(i64, Uuid)>(&app.cursors, &scope)?
-            .map(|(p, id)| After::UnitPrice(p, id)),
-        _ => params
-            .position::<(DateTime<Utc>, Uuid)>(&app.cursors, &scope)?
-            .map(|(t, id)| After::CreatedAt(t, id)),
+        "unit_price" => params.position::<(i64, Uuid)>(&app.cursors, &scope)?.map(|(p, id)| After::UnitPrice(p, id)),
+        _ => params.position::<(DateTime<Utc>, Uuid)>(&app.cursors, &scope)?.map(|(t, id)| After::CreatedAt(t, id)),
     };
     let page = store::list_products(app.db.read(), &filter, &params, after).await?;
     let by_price = params.sort.key == "unit_price";
@@ -187,9 +175,7 @@ async fn list_products(
                 app.cursors.encode(&scope, &(last.created_at, last.id))
             }
         },
-        CacheControl::Public {
-            max_age: app.catalog_max_age,
-        },
+        CacheControl::Public { max_age: app.catalog_max_age },
     ))
 }
 
@@ -219,17 +205,13 @@ async fn get_product(
 ) -> ApiResult {
     let fields = read_fields(&mut query, PRODUCT_FIELDS);
     let (fields,) = query.finish((fields,))?;
-    let product = store::find_product(app.db.read(), id)
-        .await?
-        .ok_or_else(Problem::not_found)?;
+    let product = store::find_product(app.db.read(), id).await?.ok_or_else(Problem::not_found)?;
     let value = select(fields.as_ref(), product_value(&product));
     Ok(conditional_response(
         &headers,
         &value,
         product.updated_at,
-        CacheControl::Public {
-            max_age: app.catalog_max_age,
-        },
+        CacheControl::Public { max_age: app.catalog_max_age },
     ))
 }
 
@@ -237,10 +219,7 @@ async fn get_product(
 #[derive(ToSchema)]
 #[allow(dead_code)] // Documents the body; it is parsed field by field in `create_product`.
 pub struct CreateProductRequest {
-    #[schema(
-        example = "TSHIRT-RED-L",
-        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-    )]
+    #[schema(example = "TSHIRT-RED-L", pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
     sku: String,
     #[schema(example = "Red T-shirt, L", min_length = 1, max_length = 200)]
     name: String,
@@ -273,11 +252,7 @@ pub struct UpdateProductRequest {
 fn read_product_fields(body: &mut Fields<Value>, required: bool) -> Option<ProductChanges> {
     macro_rules! field {
         ($name:literal, $parse:expr) => {
-            if required {
-                body.required($name, $parse).map(Some)
-            } else {
-                body.optional($name, $parse)
-            }
+            if required { body.required($name, $parse).map(Some) } else { body.optional($name, $parse) }
         };
     }
     let sku = field!("sku", |v| Sku::from_json(v).map(Sku::into_inner));
@@ -312,11 +287,7 @@ fn read_product_fields(body: &mut Fields<Value>, required: bool) -> Option<Produ
         (status = 422, response = ValidationFailed),
     )
 )]
-async fn create_product(
-    State(app): State<AppState>,
-    _admin: Admin,
-    JsonBody(mut body): JsonBody,
-) -> ApiResult {
+async fn create_product(State(app): State<AppState>, _admin: Admin, JsonBody(mut body): JsonBody) -> ApiResult {
     let fields = read_product_fields(&mut body, true);
     let (fields,) = body.finish((fields,))?;
     let new = NewProduct {
@@ -328,14 +299,9 @@ async fn create_product(
         stock: fields.stock.expect("required"),
         active: fields.active.unwrap_or(true),
     };
-    let product = store::insert_product(app.db.write(), new)
-        .await
-        .map_err(|error| conflict_on_unique(error, sku_taken))?;
-    Ok(created(
-        format!("/api/v1/products/{}", product.id),
-        &product_value(&product),
-        product.updated_at,
-    ))
+    let product =
+        store::insert_product(app.db.write(), new).await.map_err(|error| conflict_on_unique(error, sku_taken))?;
+    Ok(created(format!("/api/v1/products/{}", product.id), &product_value(&product), product.updated_at))
 }
 
 /// Update a product (admin). Honours `If-Match`.
@@ -379,16 +345,8 @@ async fn patch_product(
         (status = 412, response = PreconditionFailed),
     )
 )]
-async fn delete_product(
-    State(app): State<AppState>,
-    _admin: Admin,
-    Id(id): Id,
-    headers: HeaderMap,
-) -> ApiResult {
-    let archive = ProductChanges {
-        active: Some(false),
-        ..ProductChanges::default()
-    };
+async fn delete_product(State(app): State<AppState>, _admin: Admin, Id(id): Id, headers: HeaderMap) -> ApiResult {
+    let archive = ProductChanges { active: Some(false), ..ProductChanges::default() };
     change_product(&app, &headers, id, &archive).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -400,9 +358,7 @@ async fn change_product(
     changes: &ProductChanges,
 ) -> Result<Product, crate::error::AppError> {
     optimistic_update(headers, || async {
-        let current = store::find_product(app.db.write(), id)
-            .await?
-            .ok_or_else(Problem::not_found)?;
+        let current = store::find_product(app.db.write(), id).await?.ok_or_else(Problem::not_found)?;
         check_if_match(headers, &product_value(&current))?;
         let desired = changes.applied_to(&current);
         if desired == current {

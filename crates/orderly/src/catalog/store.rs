@@ -2,9 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, Func, LikeExpr};
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Set,
-};
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Set};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -60,15 +58,9 @@ impl ProductChanges {
         Product {
             sku: self.sku.clone().unwrap_or_else(|| current.sku.clone()),
             name: self.name.clone().unwrap_or_else(|| current.name.clone()),
-            description: self
-                .description
-                .clone()
-                .unwrap_or_else(|| current.description.clone()),
+            description: self.description.clone().unwrap_or_else(|| current.description.clone()),
             unit_price: self.unit_price.unwrap_or(current.unit_price),
-            currency: self
-                .currency
-                .map(str::to_owned)
-                .unwrap_or_else(|| current.currency.clone()),
+            currency: self.currency.map(str::to_owned).unwrap_or_else(|| current.currency.clone()),
             stock: self.stock.unwrap_or(current.stock),
             active: self.active.unwrap_or(current.active),
             ..current.clone()
@@ -116,23 +108,13 @@ pub async fn update_product(
     current: &Product,
     desired: Product,
 ) -> Result<Option<Product>, DbErr> {
-    let updated = Product {
-        version: current.version + 1,
-        updated_at: now(),
-        ..desired
-    };
+    let updated = Product { version: current.version + 1, updated_at: now(), ..desired };
     let result = product::Entity::update_many()
         .col_expr(product::Column::Sku, Expr::value(updated.sku.clone()))
         .col_expr(product::Column::Name, Expr::value(updated.name.clone()))
-        .col_expr(
-            product::Column::Description,
-            Expr::value(updated.description.clone()),
-        )
+        .col_expr(product::Column::Description, Expr::value(updated.description.clone()))
         .col_expr(product::Column::UnitPrice, Expr::value(updated.unit_price))
-        .col_expr(
-            product::Column::Currency,
-            Expr::value(updated.currency.clone()),
-        )
+        .col_expr(product::Column::Currency, Expr::value(updated.currency.clone()))
         .col_expr(product::Column::Stock, Expr::value(updated.stock))
         .col_expr(product::Column::Active, Expr::value(updated.active))
         .col_expr(product::Column::Version, Expr::value(updated.version))
@@ -182,37 +164,17 @@ pub async fn list_products(
         select = select.filter(Column::UnitPrice.lte(max));
     }
     if let Some(q) = &filter.q {
-        let pattern = format!(
-            "%{}%",
-            q.to_lowercase()
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_")
-        );
+        let pattern = format!("%{}%", q.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
         let like = |column: Column| {
-            Expr::expr(Func::lower(Expr::col(column)))
-                .like(LikeExpr::new(pattern.clone()).escape('\\'))
+            Expr::expr(Func::lower(Expr::col(column))).like(LikeExpr::new(pattern.clone()).escape('\\'))
         };
         select = select.filter(like(Column::Name).or(like(Column::Sku)));
     }
-    let key = if params.sort.key == "unit_price" {
-        Column::UnitPrice
-    } else {
-        Column::CreatedAt
-    };
+    let key = if params.sort.key == "unit_price" { Column::UnitPrice } else { Column::CreatedAt };
     let after = after.map(|after| match after {
         After::CreatedAt(created_at, id) => (Expr::value(created_at), id),
         After::UnitPrice(price, id) => (Expr::value(price), id),
     });
-    let rows = seek(
-        select,
-        key,
-        Column::Id,
-        params.sort.descending,
-        after,
-        params.limit,
-    )
-    .all(db)
-    .await?;
+    let rows = seek(select, key, Column::Id, params.sort.descending, after, params.limit).all(db).await?;
     Ok(Page::from_overfetch(rows, params.limit))
 }

@@ -30,12 +30,7 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(Products::Table)
                     .col(ColumnDef::new(Products::Id).uuid().not_null().primary_key())
-                    .col(
-                        ColumnDef::new(Products::Sku)
-                            .string_len(64)
-                            .not_null()
-                            .unique_key(),
-                    )
+                    .col(ColumnDef::new(Products::Sku).string_len(64).not_null().unique_key())
                     .col(ColumnDef::new(Products::Name).string_len(800).not_null())
                     .col(ColumnDef::new(Products::Description).text().not_null())
                     .col(ColumnDef::new(Products::UnitPrice).big_integer().not_null())
@@ -48,31 +43,17 @@ impl MigrationTrait for Migration {
                     )
                     .col(ColumnDef::new(Products::Active).boolean().not_null())
                     .col(ColumnDef::new(Products::Version).big_integer().not_null())
-                    .col(
-                        ColumnDef::new(Products::CreatedAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(Products::UpdatedAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
+                    .col(ColumnDef::new(Products::CreatedAt).timestamp_with_time_zone().not_null())
+                    .col(ColumnDef::new(Products::UpdatedAt).timestamp_with_time_zone().not_null())
                     .to_owned(),
             )
             .await?;
-        for (name, column) in [
-            ("products_created_at_id", Products::CreatedAt),
-            ("products_unit_price_id", Products::UnitPrice),
-        ] {
+        for (name, column) in
+            [("products_created_at_id", Products::CreatedAt), ("products_unit_price_id", Products::UnitPrice)]
+        {
             manager
                 .create_index(
-                    Index::create()
-                        .name(name)
-                        .table(Products::Table)
-                        .col(column)
-                        .col(Products::Id)
-                        .to_owned(),
+                    Index::create().name(name).table(Products::Table).col(column).col(Products::Id).to_owned(),
                 )
                 .await?;
         }
@@ -80,8 +61,6 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .drop_table(Table::drop().table(Products::Table).to_owned())
-            .await
+        manager.drop_table(Table::drop().table(Products::Table).to_owned()).await
     }
 }

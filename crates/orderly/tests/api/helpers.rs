@@ -72,49 +72,28 @@ impl TestApp {
     /// Starts the app with extra `serve` flags.
     pub async fn spawn_with(backend: Backend, extra_args: &[&str]) -> Option<Self> {
         let database = TestDatabase::create(backend).await?;
-        let mut args: Vec<String> = [
-            "orderly",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args: Vec<String> = ["orderly", "serve", "--listen", "127.0.0.1:0", "--log-format", "json"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         args.extend(["--database-url".into(), database.url.clone()]);
         args.extend(["--data-dir".into(), database.data_dir.display().to_string()]);
         if backend == Backend::Postgres {
             args.push(format!("--jwt-private-key={}", generate_private_key_pem()));
         }
         args.extend(extra_args.iter().map(|s| s.to_string()));
-        let Command::Serve(config) = Cli::try_parse_from(args)
-            .expect("test configuration parses")
-            .command
-        else {
+        let Command::Serve(config) = Cli::try_parse_from(args).expect("test configuration parses").command else {
             unreachable!("the serve command was given")
         };
         let config: ServeConfig = *config;
-        let application = Application::build(config)
-            .await
-            .expect("the application starts");
+        let application = Application::build(config).await.expect("the application starts");
         let address = format!("http://127.0.0.1:{}", application.port());
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(application.run_until_stopped(async move {
             let _ = stopped.await;
         }));
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
-        Some(Self {
-            address,
-            client,
-            shutdown: Some(shutdown),
-            server: Some(server),
-            _database: database,
-        })
+        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        Some(Self { address, client, shutdown: Some(shutdown), server: Some(server), _database: database })
     }
 
     /// Signals the server to shut down, as SIGTERM does.
@@ -148,13 +127,7 @@ impl TestApp {
         request.send().await.unwrap()
     }
 
-    pub async fn send_json(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: &Value,
-    ) -> Response {
+    pub async fn send_json(&self, method: Method, path: &str, token: Option<&str>, body: &Value) -> Response {
         let mut request = self.request(method, path).json(body);
         if let Some(token) = token {
             request = request.bearer_auth(token);
@@ -183,22 +156,14 @@ impl TestApp {
                 &json!({"email": email, "password": password, "name": "Test User"}),
             )
             .await;
-        assert_eq!(
-            response.status(),
-            StatusCode::CREATED,
-            "registration failed"
-        );
+        assert_eq!(response.status(), StatusCode::CREATED, "registration failed");
         response.json().await.unwrap()
     }
 
     pub async fn login(&self, email: &str, password: &str) -> Value {
         let response = self
             .request(Method::POST, "/api/v1/auth/token")
-            .form(&[
-                ("grant_type", "password"),
-                ("username", email),
-                ("password", password),
-            ])
+            .form(&[("grant_type", "password"), ("username", email), ("password", password)])
             .send()
             .await
             .unwrap();
@@ -246,9 +211,7 @@ impl TestApp {
         for (key, value) in overrides.as_object().unwrap() {
             body[key] = value.clone();
         }
-        let response = self
-            .post_json("/api/v1/products", Some(&admin.access_token), &body)
-            .await;
+        let response = self.post_json("/api/v1/products", Some(&admin.access_token), &body).await;
         assert_eq!(
             response.status(),
             StatusCode::CREATED,
@@ -261,19 +224,9 @@ impl TestApp {
 
 /// Asserts a problem response and returns its body.
 pub async fn assert_problem(response: Response, status: StatusCode, code: &str) -> Value {
-    assert_eq!(
-        response.status(),
-        status,
-        "unexpected status for expected `{code}`"
-    );
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/problem+json"
-    );
-    let request_id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    assert_eq!(response.status(), status, "unexpected status for expected `{code}`");
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    let request_id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["code"], code, "problem body: {body}");
     assert_eq!(body["status"], status.as_u16());
@@ -286,19 +239,14 @@ pub async fn assert_problem(response: Response, status: StatusCode, code: &str) 
 
 /// The offending fields of a 422 problem, sorted.
 pub fn error_fields(problem: &Value) -> Vec<String> {
-    let mut fields: Vec<String> = problem["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].as_str().unwrap().to_owned())
-        .collect();
+    let mut fields: Vec<String> =
+        problem["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap().to_owned()).collect();
     fields.sort();
     fields
 }
 
 fn generate_private_key_pem() -> String {
-    let pkcs8 =
-        ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
     pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.as_ref().to_vec()))
 }
 
@@ -311,14 +259,11 @@ struct TestDatabase {
 
 impl TestDatabase {
     async fn create(backend: Backend) -> Option<Self> {
-        let data_dir =
-            std::env::temp_dir().join(format!("orderly-test-{}", Uuid::now_v7().simple()));
+        let data_dir = std::env::temp_dir().join(format!("orderly-test-{}", Uuid::now_v7().simple()));
         match backend {
-            Backend::Sqlite => Some(Self {
-                url: format!("sqlite://{}/orderly.db", data_dir.display()),
-                data_dir,
-                postgres: None,
-            }),
+            Backend::Sqlite => {
+                Some(Self { url: format!("sqlite://{}/orderly.db", data_dir.display()), data_dir, postgres: None })
+            }
             Backend::Postgres => {
                 let admin_url = postgres_url()?;
                 let name = format!("orderly_test_{}", Uuid::now_v7().simple());
@@ -328,11 +273,7 @@ impl TestDatabase {
                     .await
                     .expect("create the test database");
                 let url = with_database(&admin_url, &name);
-                Some(Self {
-                    url,
-                    data_dir,
-                    postgres: Some((admin_url, name)),
-                })
+                Some(Self { url, data_dir, postgres: Some((admin_url, name)) })
             }
         }
     }
@@ -350,9 +291,7 @@ impl TestDatabase {
             }
             None => {
                 use sea_orm::sqlx::Connection;
-                let mut connection = sea_orm::sqlx::SqliteConnection::connect(&self.url)
-                    .await
-                    .unwrap();
+                let mut connection = sea_orm::sqlx::SqliteConnection::connect(&self.url).await.unwrap();
                 sea_orm::sqlx::query("UPDATE users SET role = 'admin' WHERE id = ?")
                     .bind(id)
                     .execute(&mut connection)
@@ -369,17 +308,12 @@ impl Drop for TestDatabase {
         if let Some((admin_url, name)) = self.postgres.take() {
             // Drop runs outside any runtime we may block; use a private one on its own thread.
             let _ = std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
                 runtime.block_on(async {
                     let mut connection = connect_admin(&admin_url).await;
-                    let _ = sea_orm::sqlx::query(&format!(
-                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                    ))
-                    .execute(&mut connection)
-                    .await;
+                    let _ = sea_orm::sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut connection)
+                        .await;
                 });
             })
             .join();
@@ -391,9 +325,7 @@ fn postgres_url() -> Option<String> {
     match std::env::var("ORDERLY_TEST_DATABASE_URL") {
         Ok(url) if !url.is_empty() => Some(url),
         _ if std::env::var("CI").is_ok_and(|ci| ci == "true") => {
-            panic!(
-                "CI=true but ORDERLY_TEST_DATABASE_URL is not set: the PostgreSQL suite must run in CI"
-            )
+            panic!("CI=true but ORDERLY_TEST_DATABASE_URL is not set: the PostgreSQL suite must run in CI")
         }
         _ => {
             eprintln!("skipping the PostgreSQL variant: ORDERLY_TEST_DATABASE_URL is not set");
@@ -404,9 +336,7 @@ fn postgres_url() -> Option<String> {
 
 async fn connect_admin(url: &str) -> sea_orm::sqlx::PgConnection {
     use sea_orm::sqlx::Connection;
-    sea_orm::sqlx::PgConnection::connect(url)
-        .await
-        .expect("connect to ORDERLY_TEST_DATABASE_URL")
+    sea_orm::sqlx::PgConnection::connect(url).await.expect("connect to ORDERLY_TEST_DATABASE_URL")
 }
 
 /// `url` with its database name replaced.
@@ -416,9 +346,6 @@ fn with_database(url: &str, database: &str) -> String {
         None => (url, String::new()),
     };
     let authority_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let path_start = base[authority_end..]
-        .find('/')
-        .map(|i| i + authority_end)
-        .unwrap_or(base.len());
+    let path_start = base[authority_end..].find('/').map(|i| i + authority_end).unwrap_or(base.len());
     format!("{}/{database}{query}", &base[..path_start])
 }

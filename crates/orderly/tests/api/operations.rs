@@ -45,27 +45,13 @@ async fn the_openapi_document_describes_every_endpoint(app: TestApp) {
         let operation = &document["paths"][path][method];
         assert!(operation.is_object(), "{method} {path} is documented");
         assert!(
-            operation["responses"]
-                .as_object()
-                .is_some_and(|r| !r.is_empty()),
+            operation["responses"].as_object().is_some_and(|r| !r.is_empty()),
             "{method} {path} documents responses"
         );
     }
-    let documented: usize = document["paths"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|p| p.as_object().unwrap().len())
-        .sum();
-    assert_eq!(
-        documented,
-        expected.len(),
-        "every documented operation is listed here"
-    );
-    assert_eq!(
-        document["components"]["securitySchemes"]["bearer"]["scheme"],
-        "bearer"
-    );
+    let documented: usize = document["paths"].as_object().unwrap().values().map(|p| p.as_object().unwrap().len()).sum();
+    assert_eq!(documented, expected.len(), "every documented operation is listed here");
+    assert_eq!(document["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
     assert!(document["components"]["schemas"]["Problem"].is_object());
 }
 
@@ -74,17 +60,9 @@ async fn the_docs_page_is_served_from_the_binary(app: TestApp) {
     assert_eq!(page.status(), StatusCode::OK);
     let html = page.text().await.unwrap();
     assert!(html.contains("swagger-ui"));
-    for asset in [
-        "/docs/swagger-ui-bundle.js",
-        "/docs/swagger-ui.css",
-        "/docs/swagger-initializer.js",
-    ] {
+    for asset in ["/docs/swagger-ui-bundle.js", "/docs/swagger-ui.css", "/docs/swagger-initializer.js"] {
         let response = app.get(asset, None).await;
-        assert_eq!(
-            response.status(),
-            StatusCode::OK,
-            "{asset} is served locally"
-        );
+        assert_eq!(response.status(), StatusCode::OK, "{asset} is served locally");
     }
 }
 
@@ -96,9 +74,7 @@ crate::on_every_backend!(
 
 #[tokio::test]
 async fn readiness_fails_as_soon_as_shutdown_begins_while_liveness_holds() {
-    let mut app = TestApp::spawn_with(Backend::Sqlite, &["--shutdown-drain-delay", "3s"])
-        .await
-        .unwrap();
+    let mut app = TestApp::spawn_with(Backend::Sqlite, &["--shutdown-drain-delay", "3s"]).await.unwrap();
     assert_eq!(app.get("/readyz", None).await.status(), StatusCode::OK);
 
     app.begin_shutdown();
@@ -111,16 +87,10 @@ async fn readiness_fails_as_soon_as_shutdown_begins_while_liveness_holds() {
         ready = app.get("/readyz", None).await;
     }
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(
-        ready.json::<Value>().await.unwrap()["status"],
-        "shutting_down"
-    );
+    assert_eq!(ready.json::<Value>().await.unwrap()["status"], "shutting_down");
     assert_eq!(app.get("/healthz", None).await.status(), StatusCode::OK);
 
     let stopped = app.wait_stopped(std::time::Duration::from_secs(10)).await;
     assert!(stopped, "the server stops after the drain delay");
-    assert!(
-        app.client.get(app.url("/healthz")).send().await.is_err(),
-        "no new connections after shutdown"
-    );
+    assert!(app.client.get(app.url("/healthz")).send().await.is_err(), "no new connections after shutdown");
 }
