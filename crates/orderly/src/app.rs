@@ -17,7 +17,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::accounts::tokens::SigningKeys;
 use crate::config::{ConfigError, HttpConfig, ServeConfig};
-use crate::db::Database;
+use crate::db::{Database, DatabaseKind};
 use crate::{accounts, catalog, ops};
 
 /// Shared, cheaply cloneable application state.
@@ -69,7 +69,7 @@ pub enum StartError {
 
 impl Application {
     pub async fn build(config: ServeConfig) -> Result<Self, StartError> {
-        let embedded = config.database.database_url.starts_with("sqlite:");
+        let embedded = DatabaseKind::of(&config.database)? == DatabaseKind::Sqlite;
         let keys = SigningKeys::load(&config.auth, embedded)?;
         let db = Database::connect(&config.database).await?;
         if config.migrate_on_start {

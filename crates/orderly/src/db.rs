@@ -18,6 +18,31 @@ use sea_orm_migration::MigratorTrait;
 use crate::config::{ConfigError, DatabaseConfig};
 use crate::migrations::Migrator;
 
+/// Which backend a configuration selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseKind {
+    /// Embedded: one instance, state in a local file.
+    Sqlite,
+    Postgres,
+}
+
+impl DatabaseKind {
+    /// Reads the backend from the URL scheme, rejecting unsupported ones and replica misuse.
+    pub fn of(config: &DatabaseConfig) -> Result<Self, ConfigError> {
+        let url = config.database_url.as_str();
+        if url.starts_with("sqlite:") {
+            if config.database_read_url.is_some() {
+                return Err(ConfigError::new("ORDERLY_DATABASE_READ_URL", "a read replica needs PostgreSQL"));
+            }
+            Ok(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres)
+        } else {
+            Err(ConfigError::new("ORDERLY_DATABASE_URL", "must start with sqlite:// or postgres://"))
+        }
+    }
+}
+
 /// The application's database handles.
 #[derive(Debug, Clone)]
 pub struct Database {
@@ -28,21 +53,16 @@ pub struct Database {
 impl Database {
     /// Connects both pools; on SQLite the file and its folder are created when missing.
     pub async fn connect(config: &DatabaseConfig) -> Result<Self, ConfigError> {
-        let url = config.database_url.as_str();
-        if url.starts_with("sqlite:") {
-            if config.database_read_url.is_some() {
-                return Err(ConfigError::new("ORDERLY_DATABASE_READ_URL", "a read replica needs PostgreSQL"));
+        match DatabaseKind::of(config)? {
+            DatabaseKind::Sqlite => Self::connect_sqlite(config).await,
+            DatabaseKind::Postgres => {
+                let write = connect_postgres(&config.database_url, "ORDERLY_DATABASE_URL", config).await?;
+                let read = match &config.database_read_url {
+                    Some(read_url) => connect_postgres(read_url, "ORDERLY_DATABASE_READ_URL", config).await?,
+                    None => write.clone(),
+                };
+                Ok(Self { write, read })
             }
-            Self::connect_sqlite(config).await
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let write = connect_postgres(url, "ORDERLY_DATABASE_URL", config).await?;
-            let read = match &config.database_read_url {
-                Some(read_url) => connect_postgres(read_url, "ORDERLY_DATABASE_READ_URL", config).await?,
-                None => write.clone(),
-            };
-            Ok(Self { write, read })
-        } else {
-            Err(ConfigError::new("ORDERLY_DATABASE_URL", "must start with sqlite:// or postgres://"))
         }
     }
 

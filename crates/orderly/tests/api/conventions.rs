@@ -38,12 +38,19 @@ async fn unknown_paths_are_404_and_wrong_methods_405_with_allow(app: TestApp) {
 }
 
 async fn json_endpoints_reject_other_media_types_and_malformed_json(app: TestApp) {
-    let customer = app.customer().await;
+    let admin = app.admin().await;
+    let product = app.create_product(&admin, json!({})).await;
+    let product_path = format!("/api/v1/products/{}", product["id"].as_str().unwrap());
+    let user_path = format!("/api/v1/users/{}", admin.user_id);
+    let token = Some(admin.access_token.as_str());
     let endpoints = [
         (Method::POST, "/api/v1/auth/register", None),
         (Method::POST, "/api/v1/auth/logout", None),
-        (Method::PATCH, "/api/v1/users/me", Some(customer.access_token.as_str())),
-        (Method::POST, "/api/v1/api-keys", Some(customer.access_token.as_str())),
+        (Method::PATCH, "/api/v1/users/me", token),
+        (Method::PATCH, user_path.as_str(), token),
+        (Method::POST, "/api/v1/api-keys", token),
+        (Method::POST, "/api/v1/products", token),
+        (Method::PATCH, product_path.as_str(), token),
     ];
     for (method, path, token) in endpoints {
         let with_auth = |request: reqwest::RequestBuilder| match token {
@@ -77,6 +84,8 @@ async fn json_endpoints_reject_other_media_types_and_malformed_json(app: TestApp
         let problem = assert_problem(charset, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
         assert!(error_fields(&problem).contains(&"unexpected".to_owned()));
     }
+    let unchanged: serde_json::Value = app.get(&product_path, None).await.json().await.unwrap();
+    assert_eq!(unchanged, product, "no rejected request changed anything");
 }
 
 async fn unknown_query_parameters_are_rejected_on_every_get(app: TestApp) {

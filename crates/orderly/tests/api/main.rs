@@ -2,6 +2,7 @@
 //! SQLite and once on PostgreSQL (`ORDERLY_TEST_DATABASE_URL`), each on a fresh database.
 
 mod accounts;
+mod binary;
 mod catalog;
 mod conventions;
 mod helpers;
