@@ -1,6 +1,7 @@
 //! OpenAPI building blocks for the conventions in this crate: the problem schema, the shared
 //! error responses and the parameters every list or read takes.
 
+use serde_json::Value;
 use utoipa::openapi::{ContentBuilder, RefOr, ResponseBuilder, response::Response};
 use utoipa::{ToResponse, ToSchema};
 
@@ -47,3 +48,122 @@ problem_response!(
     ServiceUnavailable,
     "Overloaded, past the request deadline, or a dependency is down; carries `Retry-After`."
 );
+
+/// Makes a generated OpenAPI document say exactly what the API accepts:
+///
+/// - JSON-only request bodies forbid unknown properties and `null` values (both are 422);
+/// - query and header parameters are never `null`;
+/// - every `fields` query parameter is a comma-separated list (`style: form`, `explode: false`)
+///   of the property names of the operation's 200 response (of its items, for lists), so the
+///   documented choices cannot drift from the representation; and that response may then be
+///   any subset of the object (a `…Selection` schema with nothing required).
+pub fn tighten(openapi: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    let mut document = serde_json::to_value(&openapi).expect("an OpenAPI document serializes");
+    let schemas = document["components"]["schemas"].clone();
+    let mut strict_bodies = Vec::new();
+    let mut selections = Vec::new();
+    if let Some(paths) = document["paths"].as_object_mut() {
+        for operation in paths.values_mut().filter_map(Value::as_object_mut).flat_map(|p| p.values_mut()) {
+            if let Some(content) = operation["requestBody"]["content"].as_object()
+                && content.len() == 1
+                && let Some(name) = content.get("application/json").and_then(|c| schema_name(&c["schema"]))
+            {
+                strict_bodies.push(name.to_owned());
+            }
+            let properties = response_properties(operation, &schemas);
+            let selectable = !properties.is_empty()
+                && operation["parameters"].as_array().is_some_and(|p| p.iter().any(|p| p["name"] == "fields"));
+            if selectable {
+                let response = &mut operation["responses"]["200"]["content"]["application/json"]["schema"];
+                if let Some(name) = schema_name(response).map(str::to_owned) {
+                    *response = serde_json::json!({"anyOf": [
+                        {"$ref": format!("#/components/schemas/{name}")},
+                        {"$ref": format!("#/components/schemas/{name}Selection")},
+                    ]});
+                    selections.push(name);
+                }
+            }
+            if let Some(parameters) = operation.get_mut("parameters").and_then(Value::as_array_mut) {
+                for parameter in parameters {
+                    strip_null(&mut parameter["schema"]);
+                    if parameter["name"] == "fields" && parameter["in"] == "query" && !properties.is_empty() {
+                        parameter["style"] = "form".into();
+                        parameter["explode"] = false.into();
+                        parameter["schema"] = serde_json::json!({
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {"type": "string", "enum": properties},
+                        });
+                    }
+                }
+            }
+        }
+    }
+    for name in strict_bodies {
+        let schema = &mut document["components"]["schemas"][&name];
+        if let Some(object) = schema.as_object_mut() {
+            object.insert("additionalProperties".into(), false.into());
+            if let Some(properties) = object.get_mut("properties").and_then(Value::as_object_mut) {
+                properties.values_mut().for_each(strip_null);
+            }
+        }
+    }
+    for name in selections {
+        let selection = selection_schema(&document["components"]["schemas"], &name);
+        document["components"]["schemas"][format!("{name}Selection")] = selection;
+    }
+    serde_json::from_value(document).expect("a tightened OpenAPI document deserializes")
+}
+
+/// `name` with no property required (and, for a list envelope, its items likewise), as a
+/// response under `fields=` may hold any subset of the fields.
+fn selection_schema(schemas: &Value, name: &str) -> Value {
+    let mut schema = schemas[name].clone();
+    if let Some(item) = schema_name(&schema["properties"]["data"]["items"]).map(str::to_owned) {
+        schema["properties"]["data"]["items"] = selection_schema(schemas, &item);
+        return schema;
+    }
+    if let Some(object) = schema.as_object_mut() {
+        object.remove("required");
+        let description = object.get("description").and_then(Value::as_str).unwrap_or_default().to_owned();
+        object.insert("description".into(), format!("{description} (the fields chosen with `fields=`)").trim().into());
+    }
+    schema
+}
+
+fn schema_name(schema: &Value) -> Option<&str> {
+    schema["$ref"].as_str()?.strip_prefix("#/components/schemas/")
+}
+
+/// Property names of the 200 response body, or of its `data` items for a list envelope.
+fn response_properties(operation: &Value, schemas: &Value) -> Vec<Value> {
+    let Some(name) = schema_name(&operation["responses"]["200"]["content"]["application/json"]["schema"]) else {
+        return Vec::new();
+    };
+    let mut schema = &schemas[name];
+    if let Some(item) = schema_name(&schema["properties"]["data"]["items"]) {
+        schema = &schemas[item];
+    }
+    schema["properties"].as_object().map(|p| p.keys().map(|k| Value::String(k.clone())).collect()).unwrap_or_default()
+}
+
+/// `{"type": ["string", "null"]}` → `{"type": "string"}`; `oneOf: [{"type": "null"}, X]` → `X`.
+fn strip_null(schema: &mut Value) {
+    if let Some(types) = schema.get_mut("type").and_then(Value::as_array_mut) {
+        types.retain(|t| t != "null");
+        if types.len() == 1 {
+            schema["type"] = types[0].clone();
+        }
+    }
+    if let Some(alternatives) = schema.get_mut("oneOf").and_then(Value::as_array_mut) {
+        alternatives.retain(|a| a["type"] != "null");
+        if alternatives.len() == 1 {
+            let only = alternatives[0].clone();
+            let description = schema.get("description").cloned();
+            *schema = only;
+            if let (Some(description), Some(object)) = (description, schema.as_object_mut()) {
+                object.entry("description").or_insert(description);
+            }
+        }
+    }
+}

@@ -258,10 +258,14 @@ pub mod query {
     }
 }
 
-/// Trims `raw` and checks it holds `min..=max` characters and no control characters.
+/// Checks `raw` holds at most `max` characters and no control characters, and at least `min`
+/// once surrounding whitespace is trimmed; returns it trimmed.
 pub fn text(raw: &str, min: usize, max: usize) -> Result<String, Invalid> {
     let trimmed = raw.trim();
     let length = trimmed.chars().count();
+    if raw.chars().count() > max {
+        return Err(Invalid::new("too_long", format!("must be at most {max} characters")));
+    }
     if trimmed.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
         return Err(Invalid::new("invalid_characters", "must not contain control characters"));
     }
@@ -372,9 +376,10 @@ mod tests {
 
     #[test]
     fn text_is_trimmed_and_measured_in_characters() {
-        assert_eq!(text("  héllo ", 1, 5), Ok("héllo".to_owned()));
+        assert_eq!(text("  héllo ", 1, 8), Ok("héllo".to_owned()));
         assert_eq!(text("   ", 1, 5).unwrap_err().errors[0].1, "blank");
         assert_eq!(text("abcdef", 1, 5).unwrap_err().errors[0].1, "too_long");
+        assert_eq!(text(" abcde ", 1, 5).unwrap_err().errors[0].1, "too_long", "padding counts toward the limit");
         assert_eq!(text("a\u{0}b", 1, 5).unwrap_err().errors[0].1, "invalid_characters");
     }
 }

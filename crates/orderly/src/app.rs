@@ -136,6 +136,7 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
         .nest("/api/v1", accounts::router().merge(catalog::router()))
         .merge(ops::router())
         .split_for_parts();
+    let openapi = orderly_kit::docs::tighten(openapi);
     let deadline = http.request_timeout;
     let body_limit = usize::try_from(http.max_body_bytes).unwrap_or(usize::MAX);
     let compress =

@@ -14,4 +14,5 @@ pub mod listing;
 pub mod migrations;
 pub mod ops;
 pub mod responses;
+pub mod schemas;
 pub mod telemetry;

@@ -36,6 +36,16 @@ impl Sort {
     }
 }
 
+/// The sort orders of lists ordered by creation time, as documented.
+#[derive(Serialize, utoipa::ToSchema)]
+pub enum CreatedAtSort {
+    /// Newest first (the default).
+    #[serde(rename = "-created_at")]
+    NewestFirst,
+    #[serde(rename = "created_at")]
+    OldestFirst,
+}
+
 /// The parameters every list takes.
 #[derive(Debug)]
 pub struct ListParams {

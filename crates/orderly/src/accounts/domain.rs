@@ -19,12 +19,8 @@ impl Email {
         let (local, domain) = email.split_once('@').ok_or_else(invalid)?;
         let valid = !local.is_empty()
             && local.len() <= 64
-            && domain.len() >= 3
             && domain.contains('.')
-            && !domain.starts_with('.')
-            && !domain.ends_with('.')
-            && !domain.contains("..")
-            && !domain.contains('@')
+            && domain.split('.').all(|label| !label.is_empty() && !label.starts_with('-') && !label.ends_with('-'))
             && email.chars().all(|c| !c.is_whitespace() && !c.is_control() && !"<>()[]\\,;:\"".contains(c))
             && domain.chars().all(|c| c.is_alphanumeric() || c == '-' || c == '.');
         if valid { Ok(Self(email)) } else { Err(invalid()) }
@@ -133,6 +129,9 @@ mod tests {
             "ada@example",
             "ada@.com",
             "ada@example..com",
+            "ada@example.com.",
+            "ada@-example.com",
+            "ada@example-.com",
             "a b@example.com",
             "ada@exa mple.com",
             "a@b@example.com",

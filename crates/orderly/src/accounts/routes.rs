@@ -23,8 +23,9 @@ use uuid::Uuid;
 
 use crate::app::AppState;
 use crate::error::ApiResult;
-use crate::listing::{ListParams, read_fields};
+use crate::listing::{CreatedAtSort, ListParams, read_fields};
 use crate::responses::{Attempt, created, optimistic_update, written};
+use crate::schemas;
 
 use super::auth::{Admin, Principal};
 use super::domain::{Email, Password, Role, UserName};
@@ -131,11 +132,11 @@ pub struct ApiKeyList {
 #[allow(dead_code)] // Documents the body; it is parsed field by field in `register`.
 pub struct RegisterRequest {
     /// Normalised to lower case; must be unique.
-    #[schema(example = "ada@example.com", max_length = 254)]
+    #[schema(schema_with = schemas::email)]
     email: String,
     #[schema(min_length = 8, max_length = 128, format = Password)]
     password: String,
-    #[schema(example = "Ada Lovelace", min_length = 1, max_length = 100)]
+    #[schema(schema_with = schemas::name_100)]
     name: String,
 }
 
@@ -161,20 +162,48 @@ async fn register(State(app): State<AppState>, JsonBody(mut body): JsonBody) -> 
     Ok(created(format!("/api/v1/users/{}", user.id), &user_value(&user), user.updated_at))
 }
 
-/// Body of `POST /auth/token` (form-encoded or JSON).
-#[derive(ToSchema)]
+/// Body of `POST /auth/token` (form-encoded or JSON): one of the two grants.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
 #[allow(dead_code)] // Documents the body; it is parsed in `token`.
-pub struct TokenRequest {
-    /// `password` or `refresh_token`.
-    #[schema(example = "password")]
-    grant_type: String,
-    /// The account email, with `grant_type=password`.
-    username: Option<String>,
-    /// With `grant_type=password`.
-    #[schema(format = Password)]
-    password: Option<String>,
-    /// With `grant_type=refresh_token`.
-    refresh_token: Option<String>,
+pub enum TokenRequest {
+    Password(PasswordGrant),
+    RefreshToken(RefreshTokenGrant),
+}
+
+/// `grant_type=password`: exchange an email and password for tokens.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)] // Documents the body; it is parsed in `token`.
+pub struct PasswordGrant {
+    grant_type: PasswordGrantType,
+    /// The account email.
+    #[schema(example = "customer@example.com", min_length = 1)]
+    username: String,
+    #[schema(format = Password, example = "customer-password", min_length = 1)]
+    password: String,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)] // Documents accepted values; requests are parsed by hand.
+pub enum PasswordGrantType {
+    Password,
+}
+
+/// `grant_type=refresh_token`: exchange a refresh token for new tokens (it rotates).
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)] // Documents the body; it is parsed in `token`.
+pub struct RefreshTokenGrant {
+    grant_type: RefreshTokenGrantType,
+    #[schema(min_length = 1)]
+    refresh_token: String,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)] // Documents accepted values; requests are parsed by hand.
+pub enum RefreshTokenGrantType {
+    RefreshToken,
 }
 
 /// OAuth 2.0 token endpoint (RFC 6749): password and refresh-token grants.
@@ -263,6 +292,7 @@ fn token_request(params: &[(String, String)]) -> Result<TokenGrantRequest, OAuth
 #[derive(ToSchema)]
 #[allow(dead_code)] // Documents the body; it is parsed field by field in `logout`.
 pub struct LogoutRequest {
+    #[schema(schema_with = schemas::token)]
     refresh_token: String,
 }
 
@@ -305,14 +335,32 @@ pub struct UserListQuery {
     limit: Option<i64>,
     /// Opaque cursor from `next_cursor` of the previous page.
     cursor: Option<String>,
-    /// `-created_at` (default) or `created_at`.
-    sort: Option<String>,
+    /// Sort order; `-created_at` (newest first) by default.
+    #[param(inline)]
+    sort: Option<CreatedAtSort>,
     /// Comma-separated top-level fields to return.
     fields: Option<String>,
     /// Only users with this role.
     role: Option<Role>,
     /// Only the user with this email (case-insensitive).
+    #[param(schema_with = schemas::email)]
     email: Option<String>,
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Documents the query; it is parsed field by field in `list_api_keys`.
+pub struct ApiKeyListQuery {
+    /// Page size, 1–100.
+    #[param(minimum = 1, maximum = 100, default = 20)]
+    limit: Option<i64>,
+    /// Opaque cursor from `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Sort order; `-created_at` (newest first) by default.
+    #[param(inline)]
+    sort: Option<CreatedAtSort>,
+    /// Comma-separated top-level fields to return.
+    fields: Option<String>,
 }
 
 /// The caller's own account.
@@ -346,7 +394,7 @@ async fn get_me(
 #[derive(ToSchema)]
 #[allow(dead_code)] // Documents the body; it is parsed field by field.
 pub struct UpdateMeRequest {
-    #[schema(min_length = 1, max_length = 100)]
+    #[schema(schema_with = schemas::name_100)]
     name: Option<String>,
 }
 
@@ -445,7 +493,7 @@ async fn get_user(
 #[derive(ToSchema)]
 #[allow(dead_code)] // Documents the body; it is parsed field by field.
 pub struct UpdateUserRequest {
-    #[schema(min_length = 1, max_length = 100)]
+    #[schema(schema_with = schemas::name_100)]
     name: Option<String>,
     role: Option<Role>,
 }
@@ -505,7 +553,7 @@ async fn update_user(app: &AppState, headers: &HeaderMap, id: Uuid, changes: Use
 #[derive(ToSchema)]
 #[allow(dead_code)] // Documents the body; it is parsed field by field.
 pub struct CreateApiKeyRequest {
-    #[schema(example = "CI deploys", min_length = 1, max_length = 100)]
+    #[schema(schema_with = schemas::name_100, example = "CI deploys")]
     name: String,
 }
 
@@ -537,12 +585,7 @@ async fn create_api_key(State(app): State<AppState>, principal: Principal, JsonB
 /// The caller's API keys.
 #[utoipa::path(
     get, path = "/api-keys", tag = "api-keys", security(("bearer" = [])),
-    params(
-        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Page size, 1–100 (default 20)"),
-        ("cursor" = Option<String>, Query, description = "Opaque cursor from the previous page"),
-        ("sort" = Option<String>, Query, description = "`-created_at` (default) or `created_at`"),
-        FieldsQuery,
-    ),
+    params(ApiKeyListQuery),
     responses(
         (status = 200, body = ApiKeyList, description = "A page of keys"),
         (status = 400, response = BadRequest),

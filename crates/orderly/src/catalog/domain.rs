@@ -68,6 +68,15 @@ impl Currency {
     }
 }
 
+/// OpenAPI schema of a currency code: the ISO 4217 list (lower case is accepted too).
+pub fn currency_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .description(Some("ISO 4217 currency code"))
+        .enum_values(Some(ISO_4217.split_whitespace()))
+        .build()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

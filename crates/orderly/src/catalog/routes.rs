@@ -26,8 +26,9 @@ use crate::error::{ApiResult, conflict_on_unique};
 use crate::listing::{ListParams, read_fields};
 use crate::responses::{Attempt, created, optimistic_update, written};
 
-use super::domain::{Currency, MAX_STOCK, MAX_UNIT_PRICE, Sku};
+use super::domain::{Currency, MAX_STOCK, MAX_UNIT_PRICE, Sku, currency_schema};
 use super::store::{self, After, NewProduct, Product, ProductChanges, ProductFilter};
+use crate::schemas;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list_products, create_product)).routes(routes!(
@@ -101,6 +102,20 @@ fn sku_taken() -> Problem {
     Problem::conflict("sku_taken", "A product with this SKU already exists.")
 }
 
+/// Sort orders of the product list.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)] // Documents accepted values; requests are parsed by hand.
+pub enum ProductSort {
+    #[serde(rename = "-created_at")]
+    CreatedAtDescending,
+    #[serde(rename = "created_at")]
+    CreatedAt,
+    #[serde(rename = "unit_price")]
+    UnitPrice,
+    #[serde(rename = "-unit_price")]
+    UnitPriceDescending,
+}
+
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)] // Documents the query; it is parsed field by field in `list_products`.
@@ -110,13 +125,15 @@ pub struct ProductListQuery {
     limit: Option<i64>,
     /// Opaque cursor from `next_cursor` of the previous page.
     cursor: Option<String>,
-    /// `-created_at` (default), `created_at`, `unit_price` or `-unit_price`.
-    sort: Option<String>,
+    /// Sort order; `-created_at` (newest first) by default.
+    #[param(inline)]
+    sort: Option<ProductSort>,
     /// Comma-separated top-level fields to return.
     fields: Option<String>,
     /// Only active (`true`) or archived (`false`) products.
     active: Option<bool>,
     /// Only products priced in this ISO 4217 currency.
+    #[param(schema_with = currency_schema)]
     currency: Option<String>,
     /// Minimum unit price, inclusive, in minor units.
     #[param(minimum = 0)]
@@ -125,6 +142,7 @@ pub struct ProductListQuery {
     #[param(minimum = 0)]
     max_price: Option<i64>,
     /// Case-insensitive search in name and SKU.
+    #[param(schema_with = schemas::name_100)]
     q: Option<String>,
 }
 
@@ -221,13 +239,13 @@ async fn get_product(
 pub struct CreateProductRequest {
     #[schema(example = "TSHIRT-RED-L", pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
     sku: String,
-    #[schema(example = "Red T-shirt, L", min_length = 1, max_length = 200)]
+    #[schema(schema_with = schemas::name_200)]
     name: String,
-    #[schema(max_length = 2000)]
+    #[schema(schema_with = schemas::description)]
     description: Option<String>,
     #[schema(example = 1999, minimum = 0, maximum = 1_000_000_000_000_i64)]
     unit_price: i64,
-    #[schema(example = "USD")]
+    #[schema(schema_with = currency_schema)]
     currency: String,
     #[schema(example = 100, minimum = 0, maximum = 1_000_000_000)]
     stock: i64,
@@ -239,11 +257,17 @@ pub struct CreateProductRequest {
 #[derive(ToSchema)]
 #[allow(dead_code)] // Documents the body; it is parsed field by field in `patch_product`.
 pub struct UpdateProductRequest {
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
     sku: Option<String>,
+    #[schema(schema_with = schemas::name_200)]
     name: Option<String>,
+    #[schema(schema_with = schemas::description)]
     description: Option<String>,
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     unit_price: Option<i64>,
+    #[schema(schema_with = currency_schema)]
     currency: Option<String>,
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     stock: Option<i64>,
     active: Option<bool>,
 }
