@@ -381,7 +381,7 @@ async fn get_me(
 ) -> ApiResult {
     let fields = read_fields(&mut query, USER_FIELDS);
     let (fields,) = query.finish((fields,))?;
-    let user = store::find_user(app.db.write(), principal.user_id).await?.ok_or_else(Problem::not_found)?;
+    let user = store::find_user(app.db.read(), principal.user_id).await?.ok_or_else(Problem::not_found)?;
     Ok(conditional_response(
         &headers,
         &select(fields.as_ref(), user_value(&user)),
