@@ -14,6 +14,7 @@ use orderly_kit::docs::{
 use orderly_kit::extract::{BodyKind, Id, JsonBody, Query, parse_json_object, query_pairs, read_body};
 use orderly_kit::fields::select;
 use orderly_kit::validation::{json, text};
+use sea_orm::TransactionTrait;
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -24,7 +25,7 @@ use uuid::Uuid;
 use crate::app::AppState;
 use crate::error::ApiResult;
 use crate::listing::{CreatedAtSort, ListParams, read_fields};
-use crate::responses::{Attempt, created, optimistic_update, written};
+use crate::responses::{created, written};
 use crate::schemas;
 
 use super::auth::{Admin, Principal};
@@ -527,22 +528,19 @@ async fn patch_user(
     update_user(&app, &headers, id, changes).await
 }
 
+/// Read, check `If-Match` and write in one transaction holding the row lock, so the
+/// precondition is checked against exactly the row that is written.
 async fn update_user(app: &AppState, headers: &HeaderMap, id: Uuid, changes: UserChanges) -> ApiResult {
-    let user = optimistic_update(headers, || async {
-        let current = store::find_user(app.db.write(), id).await?.ok_or_else(Problem::not_found)?;
-        check_if_match(headers, &user_value(&current))?;
-        let unchanged =
-            changes.name.as_ref().is_none_or(|n| *n == current.name) && changes.role.is_none_or(|r| r == current.role);
-        if unchanged {
-            return Ok(Attempt::Done(current));
-        }
-        let changes = UserChanges { name: changes.name.clone(), role: changes.role };
-        Ok(match store::update_user(app.db.write(), &current, changes).await? {
-            Some(updated) => Attempt::Done(updated),
-            None => Attempt::LostRace,
-        })
-    })
-    .await?;
+    let transaction = app.db.write().begin().await?;
+    let current = store::lock_user(&transaction, id).await?.ok_or_else(Problem::not_found)?;
+    check_if_match(headers, &user_value(&current))?;
+    let unchanged =
+        changes.name.as_ref().is_none_or(|n| *n == current.name) && changes.role.is_none_or(|r| r == current.role);
+    if unchanged {
+        return Ok(written(&user_value(&current), current.updated_at));
+    }
+    let user = store::update_user(&transaction, &current, changes).await?;
+    transaction.commit().await?;
     Ok(written(&user_value(&user), user.updated_at))
 }
 

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, IntoActiveModel, QueryFilter, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, IntoActiveModel, QueryFilter, QuerySelect, Set,
     TransactionTrait,
 };
 use uuid::Uuid;
@@ -152,12 +152,14 @@ pub struct UserChanges {
     pub role: Option<&'static str>,
 }
 
-/// Applies `changes` if the user is still at `expected_version`; `Ok(None)` when it moved on.
-pub async fn update_user(
-    db: &impl ConnectionTrait,
-    current: &User,
-    changes: UserChanges,
-) -> Result<Option<User>, DbErr> {
+/// The user, locked for update until the transaction ends (`FOR UPDATE` on PostgreSQL; SQLite
+/// has a single writer).
+pub async fn lock_user(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<User>, DbErr> {
+    user::Entity::find_by_id(id).lock_exclusive().one(db).await
+}
+
+/// Applies `changes` to a user read with [`lock_user`] in the same transaction.
+pub async fn update_user(db: &impl ConnectionTrait, current: &User, changes: UserChanges) -> Result<User, DbErr> {
     let updated_at = now();
     let result = user::Entity::update_many()
         .col_expr(user::Column::Name, Expr::value(changes.name.clone().unwrap_or_else(|| current.name.clone())))
@@ -168,16 +170,16 @@ pub async fn update_user(
         .filter(user::Column::Version.eq(current.version))
         .exec(db)
         .await?;
-    if result.rows_affected == 0 {
-        return Ok(None);
+    if result.rows_affected != 1 {
+        return Err(DbErr::RecordNotUpdated);
     }
-    Ok(Some(User {
+    Ok(User {
         name: changes.name.unwrap_or_else(|| current.name.clone()),
         role: changes.role.map(str::to_owned).unwrap_or_else(|| current.role.clone()),
         version: current.version + 1,
         updated_at,
         ..current.clone()
-    }))
+    })
 }
 
 /// Starts a new refresh-token family (a login).

@@ -13,6 +13,7 @@ use orderly_kit::docs::{
 use orderly_kit::extract::{Id, JsonBody, Query};
 use orderly_kit::fields::select;
 use orderly_kit::validation::{Fields, json, query, text};
+use sea_orm::TransactionTrait;
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -24,7 +25,7 @@ use crate::accounts::auth::Admin;
 use crate::app::AppState;
 use crate::error::{ApiResult, conflict_on_unique};
 use crate::listing::{ListParams, read_fields};
-use crate::responses::{Attempt, created, optimistic_update, written};
+use crate::responses::{created, written};
 
 use super::domain::{Currency, MAX_STOCK, MAX_UNIT_PRICE, Sku, currency_schema};
 use super::store::{self, After, NewProduct, Product, ProductChanges, ProductFilter};
@@ -381,17 +382,17 @@ async fn change_product(
     id: Uuid,
     changes: &ProductChanges,
 ) -> Result<Product, crate::error::AppError> {
-    optimistic_update(headers, || async {
-        let current = store::find_product(app.db.write(), id).await?.ok_or_else(Problem::not_found)?;
-        check_if_match(headers, &product_value(&current))?;
-        let desired = changes.applied_to(&current);
-        if desired == current {
-            return Ok(Attempt::Done(current));
-        }
-        let updated = store::update_product(app.db.write(), &current, desired)
-            .await
-            .map_err(|e| conflict_on_unique(e, sku_taken))?;
-        Ok(updated.map_or(Attempt::LostRace, Attempt::Done))
-    })
-    .await
+    // Read, check `If-Match` and write in one transaction holding the row lock, so the
+    // precondition is checked against exactly the row that is written.
+    let transaction = app.db.write().begin().await?;
+    let current = store::lock_product(&transaction, id).await?.ok_or_else(Problem::not_found)?;
+    check_if_match(headers, &product_value(&current))?;
+    let desired = changes.applied_to(&current);
+    if desired == current {
+        return Ok(current);
+    }
+    let updated =
+        store::update_product(&transaction, &current, desired).await.map_err(|e| conflict_on_unique(e, sku_taken))?;
+    transaction.commit().await?;
+    Ok(updated)
 }

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, Func, LikeExpr};
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Set};
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QuerySelect, Set};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -101,13 +101,14 @@ pub async fn find_product(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<
     product::Entity::find_by_id(id).one(db).await
 }
 
-/// Stores `desired` if the product is still at `current.version`; `Ok(None)` when another
-/// writer got there first.
-pub async fn update_product(
-    db: &impl ConnectionTrait,
-    current: &Product,
-    desired: Product,
-) -> Result<Option<Product>, DbErr> {
+/// The product, locked for update until the transaction ends (`FOR UPDATE` on PostgreSQL;
+/// SQLite has a single writer).
+pub async fn lock_product(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<Product>, DbErr> {
+    product::Entity::find_by_id(id).lock_exclusive().one(db).await
+}
+
+/// Stores `desired` over a product read with [`lock_product`] in the same transaction.
+pub async fn update_product(db: &impl ConnectionTrait, current: &Product, desired: Product) -> Result<Product, DbErr> {
     let updated = Product { version: current.version + 1, updated_at: now(), ..desired };
     let result = product::Entity::update_many()
         .col_expr(product::Column::Sku, Expr::value(updated.sku.clone()))
@@ -123,7 +124,10 @@ pub async fn update_product(
         .filter(product::Column::Version.eq(current.version))
         .exec(db)
         .await?;
-    Ok((result.rows_affected == 1).then_some(updated))
+    if result.rows_affected != 1 {
+        return Err(DbErr::RecordNotUpdated);
+    }
+    Ok(updated)
 }
 
 /// Filters of the public product list.

@@ -4,6 +4,7 @@
 mod accounts;
 mod binary;
 mod catalog;
+mod concurrency;
 mod conventions;
 mod helpers;
 mod operations;
