@@ -12,6 +12,7 @@ pub mod cursor;
 pub mod docs;
 pub mod extract;
 pub mod fields;
+pub mod idempotency;
 pub mod middleware;
 pub mod pagination;
 pub mod problem;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use orderly_kit::cursor::CursorCodec;
+use orderly_kit::idempotency;
 use orderly_kit::middleware;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
@@ -19,6 +20,9 @@ use crate::accounts::tokens::SigningKeys;
 use crate::config::{ConfigError, HttpConfig, ServeConfig};
 use crate::db::{Database, DatabaseKind};
 use crate::{accounts, catalog, ops};
+
+/// How often expired idempotency records are deleted.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
 
 /// Shared, cheaply cloneable application state.
 #[derive(Clone)]
@@ -37,6 +41,8 @@ pub struct App {
     pub db: Database,
     pub keys: SigningKeys,
     pub cursors: CursorCodec,
+    pub idempotency: crate::idempotency::DatabaseStore,
+    pub idempotency_settings: idempotency::Settings,
     pub refresh_token_ttl: Duration,
     /// `max-age` of public catalog reads.
     pub catalog_max_age: u32,
@@ -76,7 +82,15 @@ impl Application {
             db.migrate().await.map_err(StartError::Migration)?;
         }
         let state = AppState(Arc::new(App {
-            cursors: CursorCodec::new(keys.cursor_secret()),
+            cursors: CursorCodec::new(&keys.derive_secret("orderly cursor signing v1")),
+            idempotency: crate::idempotency::DatabaseStore::new(db.clone()),
+            idempotency_settings: idempotency::Settings {
+                ttl: config.http.idempotency_ttl,
+                // An unfinished request cannot outlive its deadline; the margin covers clock skew.
+                lock_ttl: config.http.request_timeout + Duration::from_secs(5),
+                max_body_bytes: usize::try_from(config.http.max_body_bytes).unwrap_or(usize::MAX),
+                sealer: idempotency::Sealer::new(&keys.derive_secret("orderly idempotency sealing v1")),
+            },
             keys,
             db,
             refresh_token_ttl: config.auth.refresh_token_ttl,
@@ -112,10 +126,12 @@ impl Application {
             let _ = stopped.wait_for(|stop| *stop).await;
         });
         let mut server = tokio::spawn(server.into_future());
+        let sweeper = tokio::spawn(crate::idempotency::sweep_forever(self.state.idempotency.clone(), SWEEP_INTERVAL));
         tokio::select! {
             result = &mut server => return result.map_err(std::io::Error::other)?,
             () = shutdown => {}
         }
+        sweeper.abort();
         tracing::info!(grace_secs = self.shutdown_grace.as_secs(), "shutting down: readiness is now failing");
         self.state.shutting_down.store(true, Ordering::Relaxed);
         tokio::time::sleep(self.shutdown_drain_delay).await;
@@ -144,8 +160,9 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
     Router::new()
         .merge(api)
         .merge(ops::docs_router(openapi))
-        .with_state(state)
+        .with_state(state.clone())
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(state, crate::idempotency::middleware))
         .layer(axum::middleware::from_fn(move |request, next| middleware::deadline(deadline, request, next)))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
         .layer(axum::middleware::from_fn(middleware::finalize))

@@ -153,6 +153,10 @@ pub struct HttpConfig {
     #[arg(long, env = "ORDERLY_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub request_timeout: Duration,
 
+    /// How long the response to an `Idempotency-Key` is kept for replay.
+    #[arg(long, env = "ORDERLY_IDEMPOTENCY_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub idempotency_ttl: Duration,
+
     /// `max-age` of public catalog reads, in seconds.
     #[arg(long, env = "ORDERLY_CATALOG_MAX_AGE", default_value_t = 60)]
     pub catalog_max_age: u32,

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod idempotency;
 pub mod listing;
 pub mod migrations;
 pub mod ops;

@@ -37,8 +37,20 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
-            return Err(unauthorized(None).into());
+        // Middleware that needed the caller first (idempotency) has already authenticated.
+        if let Some(principal) = parts.extensions.get::<Principal>() {
+            return Ok(*principal);
+        }
+        authenticate(state, &parts.headers).await?.ok_or_else(|| unauthorized(None).into())
+    }
+}
+
+/// Authenticates the bearer credential in `headers`: `Ok(None)` when there is none, 401 when
+/// it is malformed, unknown or expired.
+pub async fn authenticate(state: &AppState, headers: &http::HeaderMap) -> Result<Option<Principal>, AppError> {
+    {
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return Ok(None);
         };
         let token = value
             .to_str()
@@ -64,7 +76,7 @@ impl FromRequestParts<AppState> for Principal {
             Principal { user_id: claims.sub, role }
         };
         RequestContext::record_user(&principal.user_id.to_string());
-        Ok(principal)
+        Ok(Some(principal))
     }
 }
 

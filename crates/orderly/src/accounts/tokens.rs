@@ -45,7 +45,8 @@ pub struct SigningKeys {
     jwks: serde_json::Value,
     validation: Validation,
     access_ttl: Duration,
-    cursor_secret: Vec<u8>,
+    /// Root of the secrets derived for other purposes (cursor signing, response sealing).
+    derivation: hmac::Key,
 }
 
 impl std::fmt::Debug for SigningKeys {
@@ -110,9 +111,7 @@ impl SigningKeys {
             jwks: serde_json::json!({ "keys": jwks }),
             validation,
             access_ttl,
-            cursor_secret: hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, pkcs8), b"orderly cursor signing v1")
-                .as_ref()
-                .to_vec(),
+            derivation: hmac::Key::new(hmac::HMAC_SHA256, pkcs8),
         }
     }
 
@@ -144,10 +143,12 @@ impl SigningKeys {
         &self.jwks
     }
 
-    /// Key for signing pagination cursors, derived from the signing key so that every
-    /// instance sharing the key agrees on cursors without another secret to distribute.
-    pub fn cursor_secret(&self) -> &[u8] {
-        &self.cursor_secret
+    /// A 256-bit secret for `purpose`, derived from the signing key (HMAC-SHA256), so every
+    /// instance sharing the key agrees on it without another secret to distribute.
+    pub fn derive_secret(&self, purpose: &str) -> [u8; 32] {
+        let mut secret = [0u8; 32];
+        secret.copy_from_slice(hmac::sign(&self.derivation, purpose.as_bytes()).as_ref());
+        secret
     }
 }
 

@@ -1,0 +1,343 @@
+//! `Idempotency-Key` on POST requests (IETF draft `httpapi-idempotency-key-header`, with
+//! Stripe's semantics).
+//!
+//! A key is scoped to the caller, the method and the path. The first request with a key runs;
+//! its completed response (status, `Location`, `Content-Type`, body) is kept for the configured
+//! time and replayed byte for byte, with `Idempotent-Replayed: true`, to every later request
+//! with the same key and the same body. The same key with another body is 422
+//! `idempotency_key_reused`; while the first request still runs, 409
+//! `idempotency_request_in_progress` with `Retry-After`. Responses to requests rejected before
+//! running (400, 401, 403, 405, 412, 413, 415, 422, 429) and 5xx results are not kept, so the
+//! client may fix the request or retry it.
+//!
+//! Records live behind [`IdempotencyStore`], shared by every instance. Stored responses are
+//! sealed (AES-256-GCM): they may hold secrets shown once, such as a new API key.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use http::{HeaderValue, StatusCode, header};
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::digest;
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+
+use crate::problem::Problem;
+
+pub const HEADER: &str = "idempotency-key";
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+/// A validated key: 1–255 printable ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn parse(raw: &[u8]) -> Result<Self, Problem> {
+        if (1..=255).contains(&raw.len()) && raw.iter().all(|b| (0x20..=0x7e).contains(b)) {
+            Ok(Self(String::from_utf8_lossy(raw).into_owned()))
+        } else {
+            Err(Problem::bad_request(
+                "invalid_idempotency_key",
+                "`Idempotency-Key` must be 1 to 255 printable ASCII characters.",
+            ))
+        }
+    }
+}
+
+/// An idempotency record as stored.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Digest of the method, path and body of the request that created the record.
+    pub fingerprint: String,
+    /// The sealed response, once the first request completed.
+    pub response: Option<Vec<u8>>,
+}
+
+/// Where records live. Implementations must make `claim` atomic across every instance.
+pub trait IdempotencyStore: Clone + Send + Sync + 'static {
+    type Error: std::fmt::Display + Send;
+
+    /// Creates an in-progress record for `id`, or replaces one that has expired or whose lock
+    /// lapsed (its request died). Returns `None` when this caller now owns the record, else
+    /// the record that stands.
+    fn claim(
+        &self,
+        id: &str,
+        fingerprint: &str,
+        locked_until: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Option<Record>, Self::Error>> + Send;
+
+    /// Stores the sealed response of the request that owns `id`.
+    fn complete(&self, id: &str, response: Vec<u8>, expires_at: DateTime<Utc>) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Forgets `id`, so the key may be used again.
+    fn release(&self, id: &str) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+/// How long records live and what a request may do.
+#[derive(Clone)]
+pub struct Settings {
+    /// How long a completed response is kept.
+    pub ttl: Duration,
+    /// How long an in-progress record blocks its key before it is presumed dead; must exceed
+    /// the request deadline.
+    pub lock_ttl: Duration,
+    /// Largest body buffered for fingerprinting (the request body limit).
+    pub max_body_bytes: usize,
+    /// Seals stored responses.
+    pub sealer: Sealer,
+}
+
+/// The response parts that are replayed.
+#[derive(Serialize, Deserialize)]
+struct StoredResponse {
+    status: u16,
+    location: Option<String>,
+    content_type: Option<String>,
+    #[serde(with = "base64_bytes")]
+    body: Vec<u8>,
+}
+
+/// Runs `request` under its `Idempotency-Key`, if it has one. `scope` identifies the caller
+/// (a user id, or a shared anonymous scope); `required` makes a missing key a 400.
+pub async fn run<S: IdempotencyStore>(
+    store: &S,
+    settings: &Settings,
+    scope: &str,
+    required: bool,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(raw_key) = request.headers().get(HEADER) else {
+        if required {
+            return Problem::bad_request("idempotency_key_required", "This endpoint requires an `Idempotency-Key` header.")
+                .into_response();
+        }
+        return next.run(request).await;
+    };
+    let key = match IdempotencyKey::parse(raw_key.as_bytes()) {
+        Ok(key) => key,
+        Err(problem) => return problem.into_response(),
+    };
+
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, settings.max_body_bytes).await {
+        Ok(body) => body,
+        Err(_) => return crate::extract::payload_too_large().into_response(),
+    };
+    let method_and_path = format!("{} {}", parts.method, parts.uri.path());
+    let id = hex_digest(&[scope.as_bytes(), b"\n", method_and_path.as_bytes(), b"\n", key.0.as_bytes()]);
+    let fingerprint = hex_digest(&[method_and_path.as_bytes(), b"\n", &body]);
+
+    let now = Utc::now();
+    let locked_until = now + chrono::TimeDelta::from_std(settings.lock_ttl).unwrap_or(chrono::TimeDelta::seconds(60));
+    let expires_at = now + chrono::TimeDelta::from_std(settings.ttl).unwrap_or(chrono::TimeDelta::days(1));
+    match store.claim(&id, &fingerprint, locked_until, expires_at).await {
+        Err(error) => {
+            tracing::error!(error = %error, "idempotency store unavailable");
+            return Problem::unavailable("idempotency_unavailable", "Idempotency keys cannot be checked right now; retry shortly.", 1)
+                .into_response();
+        }
+        Ok(Some(record)) if record.fingerprint != fingerprint => {
+            return Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "This `Idempotency-Key` was already used with a different request body.",
+            )
+            .into_response();
+        }
+        Ok(Some(Record { response: Some(sealed), .. })) => return replay(&settings.sealer, &sealed),
+        Ok(Some(Record { response: None, .. })) => {
+            return Problem::conflict(
+                "idempotency_request_in_progress",
+                "A request with this `Idempotency-Key` is still being processed; retry shortly.",
+            )
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+            .into_response();
+        }
+        Ok(None) => {}
+    }
+
+    // From here this request owns the key. If it is dropped before finishing (client gone,
+    // deadline), the guard releases the key so a retry is not blocked until the lock lapses.
+    let mut guard = ReleaseOnDrop { id: Some(id.clone()), store: store.clone() };
+    let response = next.run(Request::from_parts(parts, Body::from(body))).await;
+    let (parts, body) = response.into_parts();
+    let body = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(body) => body,
+        Err(_) => {
+            tracing::error!("a response body could not be buffered for idempotency");
+            return Problem::internal().into_response();
+        }
+    };
+    if is_kept(parts.status) {
+        let stored = StoredResponse {
+            status: parts.status.as_u16(),
+            location: header_string(&parts.headers, header::LOCATION),
+            content_type: header_string(&parts.headers, header::CONTENT_TYPE),
+            body: body.to_vec(),
+        };
+        let sealed = settings.sealer.seal(&serde_json::to_vec(&stored).expect("stored responses serialize"));
+        match store.complete(&id, sealed, expires_at).await {
+            Ok(()) => guard.disarm(),
+            Err(error) => tracing::error!(error = %error, "could not store an idempotent response; the key is released"),
+        }
+    }
+    Response::from_parts(parts, Body::from(body))
+}
+
+/// Whether a response is the outcome of running the request (kept) or a rejection before or
+/// instead of running it (not kept, so the client may retry).
+fn is_kept(status: StatusCode) -> bool {
+    !(status.is_server_error()
+        || matches!(status.as_u16(), 400 | 401 | 403 | 405 | 408 | 412 | 413 | 415 | 422 | 429))
+}
+
+fn replay(sealer: &Sealer, sealed: &[u8]) -> Response {
+    let stored = sealer.open(sealed).and_then(|plain| serde_json::from_slice::<StoredResponse>(&plain).ok());
+    let Some(stored) = stored else {
+        tracing::error!("a stored idempotent response could not be opened");
+        return Problem::internal().into_response();
+    };
+    let mut response = Response::new(Body::from(Bytes::from(stored.body)));
+    *response.status_mut() = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+    let headers = response.headers_mut();
+    for (name, value) in [(header::LOCATION, stored.location), (header::CONTENT_TYPE, stored.content_type)] {
+        if let Some(value) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            headers.insert(name, value);
+        }
+    }
+    headers.insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn header_string(headers: &http::HeaderMap, name: header::HeaderName) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+fn hex_digest(parts: &[&[u8]]) -> String {
+    let mut context = digest::Context::new(&digest::SHA256);
+    for part in parts {
+        context.update(part);
+    }
+    context.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Releases the key it holds when dropped unless disarmed.
+struct ReleaseOnDrop<S: IdempotencyStore> {
+    id: Option<String>,
+    store: S,
+}
+
+impl<S: IdempotencyStore> ReleaseOnDrop<S> {
+    fn disarm(&mut self) {
+        self.id = None;
+    }
+}
+
+impl<S: IdempotencyStore> Drop for ReleaseOnDrop<S> {
+    fn drop(&mut self) {
+        let Some(id) = self.id.take() else { return };
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(error) = store.release(&id).await {
+                tracing::warn!(error = %error, "could not release an idempotency key; it frees itself when its lock lapses");
+            }
+        });
+    }
+}
+
+/// AES-256-GCM sealing of stored responses.
+#[derive(Clone)]
+pub struct Sealer {
+    key: std::sync::Arc<LessSafeKey>,
+}
+
+impl Sealer {
+    pub fn new(key: &[u8; 32]) -> Self {
+        let key = UnboundKey::new(&AES_256_GCM, key).expect("a 32-byte key is valid for AES-256-GCM");
+        Self { key: std::sync::Arc::new(LessSafeKey::new(key)) }
+    }
+
+    pub fn seal(&self, plain: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; NONCE_LEN];
+        SystemRandom::new().fill(&mut nonce).expect("the system random source works");
+        let mut sealed = plain.to_vec();
+        self.key
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut sealed)
+            .expect("sealing in memory does not fail");
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&sealed);
+        out
+    }
+
+    pub fn open(&self, sealed: &[u8]) -> Option<Vec<u8>> {
+        if sealed.len() < NONCE_LEN {
+            return None;
+        }
+        let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut buffer = ciphertext.to_vec();
+        let plain = self.key.open_in_place(nonce, Aad::empty(), &mut buffer).ok()?;
+        Some(plain.to_vec())
+    }
+}
+
+mod base64_bytes {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_1_to_255_printable_ascii_characters() {
+        assert!(IdempotencyKey::parse(b"a").is_ok());
+        assert!(IdempotencyKey::parse(b"order 42 ~!").is_ok());
+        assert!(IdempotencyKey::parse(&[b'k'; 255]).is_ok());
+        for bad in [&b""[..], &[b'k'; 256], b"tab\there", b"new\nline", "ünï".as_bytes(), b"\x7f"] {
+            assert_eq!(IdempotencyKey::parse(bad).unwrap_err().code(), "invalid_idempotency_key");
+        }
+    }
+
+    #[test]
+    fn sealed_responses_open_only_with_their_key_and_unaltered() {
+        let sealer = Sealer::new(&[7; 32]);
+        let sealed = sealer.seal(b"secret response");
+        assert_eq!(sealer.open(&sealed).as_deref(), Some(&b"secret response"[..]));
+        assert!(!sealed.windows(6).any(|w| w == b"secret"), "the plain text is not stored");
+        assert!(Sealer::new(&[8; 32]).open(&sealed).is_none());
+        let mut tampered = sealed.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        assert!(sealer.open(&tampered).is_none());
+    }
+
+    #[test]
+    fn rejections_and_server_errors_are_not_kept() {
+        for status in [400, 401, 403, 412, 413, 415, 422, 429, 500, 503] {
+            assert!(!is_kept(StatusCode::from_u16(status).unwrap()), "{status}");
+        }
+        for status in [200, 201, 202, 204, 402, 404, 409] {
+            assert!(is_kept(StatusCode::from_u16(status).unwrap()), "{status}");
+        }
+    }
+}
