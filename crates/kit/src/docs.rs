@@ -36,7 +36,10 @@ problem_response!(BadRequest, "Malformed request: `invalid_json`, `invalid_curso
 problem_response!(Unauthorized, "Missing or invalid credentials (`unauthorized`); carries `WWW-Authenticate: Bearer`.");
 problem_response!(Forbidden, "The caller's role may not use this endpoint (`forbidden`).");
 problem_response!(NotFound, "No such resource, or one the caller may not see (`not_found`).");
-problem_response!(Conflict, "The request conflicts with the current state (for example `email_taken`, `sku_taken`).");
+problem_response!(
+    Conflict,
+    "The request conflicts with the current state: `email_taken`, `sku_taken`, `insufficient_stock` (naming the product), `invalid_state`, or `idempotency_request_in_progress` (with `Retry-After`)."
+);
 problem_response!(PreconditionFailed, "`If-Match` does not match the current ETag (`precondition_failed`).");
 problem_response!(PayloadTooLarge, "The body is over the size limit (`payload_too_large`).");
 problem_response!(UnsupportedMediaType, "The body is not `application/json` (`unsupported_media_type`).");
@@ -166,4 +169,37 @@ fn strip_null(schema: &mut Value) {
             }
         }
     }
+}
+
+/// Documents the `Idempotency-Key` header on every POST except those under `exempt` paths,
+/// with the responses it can cause (409 while the first request runs, 422 when reused with
+/// another body).
+pub fn document_idempotency(openapi: utoipa::openapi::OpenApi, exempt: &[&str]) -> utoipa::openapi::OpenApi {
+    let mut document = serde_json::to_value(&openapi).expect("an OpenAPI document serializes");
+    if let Some(paths) = document["paths"].as_object_mut() {
+        for (_, item) in paths.iter_mut().filter(|(path, _)| !exempt.contains(&path.as_str())) {
+            let Some(operation) = item.get_mut("post") else { continue };
+            let header = serde_json::json!({
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": false,
+                "description": "Makes the request safe to retry: 1–255 printable ASCII characters, scoped to the caller, \
+                    method and path. The first request runs and its response is kept; a retry with the same key and body \
+                    replays it with `Idempotent-Replayed: true`; the same key with another body is 422 \
+                    `idempotency_key_reused`; while the first still runs, 409 `idempotency_request_in_progress`.",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7E]+$"},
+            });
+            match operation.get_mut("parameters").and_then(Value::as_array_mut) {
+                Some(parameters) => parameters.push(header),
+                None => operation["parameters"] = Value::Array(vec![header]),
+            }
+            let responses = &mut operation["responses"];
+            for (status, response) in [("409", "Conflict"), ("422", "ValidationFailed"), ("400", "BadRequest")] {
+                if responses.get(status).is_none() {
+                    responses[status] = serde_json::json!({"$ref": format!("#/components/responses/{response}")});
+                }
+            }
+        }
+    }
+    serde_json::from_value(document).expect("a documented OpenAPI document deserializes")
 }

@@ -74,7 +74,12 @@ pub trait IdempotencyStore: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<Record>, Self::Error>> + Send;
 
     /// Stores the sealed response of the request that owns `id`.
-    fn complete(&self, id: &str, response: Vec<u8>, expires_at: DateTime<Utc>) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    fn complete(
+        &self,
+        id: &str,
+        response: Vec<u8>,
+        expires_at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
     /// Forgets `id`, so the key may be used again.
     fn release(&self, id: &str) -> impl Future<Output = Result<(), Self::Error>> + Send;
@@ -116,8 +121,11 @@ pub async fn run<S: IdempotencyStore>(
 ) -> Response {
     let Some(raw_key) = request.headers().get(HEADER) else {
         if required {
-            return Problem::bad_request("idempotency_key_required", "This endpoint requires an `Idempotency-Key` header.")
-                .into_response();
+            return Problem::bad_request(
+                "idempotency_key_required",
+                "This endpoint requires an `Idempotency-Key` header.",
+            )
+            .into_response();
         }
         return next.run(request).await;
     };
@@ -141,8 +149,12 @@ pub async fn run<S: IdempotencyStore>(
     match store.claim(&id, &fingerprint, locked_until, expires_at).await {
         Err(error) => {
             tracing::error!(error = %error, "idempotency store unavailable");
-            return Problem::unavailable("idempotency_unavailable", "Idempotency keys cannot be checked right now; retry shortly.", 1)
-                .into_response();
+            return Problem::unavailable(
+                "idempotency_unavailable",
+                "Idempotency keys cannot be checked right now; retry shortly.",
+                1,
+            )
+            .into_response();
         }
         Ok(Some(record)) if record.fingerprint != fingerprint => {
             return Problem::new(
@@ -186,7 +198,9 @@ pub async fn run<S: IdempotencyStore>(
         let sealed = settings.sealer.seal(&serde_json::to_vec(&stored).expect("stored responses serialize"));
         match store.complete(&id, sealed, expires_at).await {
             Ok(()) => guard.disarm(),
-            Err(error) => tracing::error!(error = %error, "could not store an idempotent response; the key is released"),
+            Err(error) => {
+                tracing::error!(error = %error, "could not store an idempotent response; the key is released")
+            }
         }
     }
     Response::from_parts(parts, Body::from(body))
@@ -195,8 +209,7 @@ pub async fn run<S: IdempotencyStore>(
 /// Whether a response is the outcome of running the request (kept) or a rejection before or
 /// instead of running it (not kept, so the client may retry).
 fn is_kept(status: StatusCode) -> bool {
-    !(status.is_server_error()
-        || matches!(status.as_u16(), 400 | 401 | 403 | 405 | 408 | 412 | 413 | 415 | 422 | 429))
+    !(status.is_server_error() || matches!(status.as_u16(), 400 | 401 | 403 | 405 | 408 | 412 | 413 | 415 | 422 | 429))
 }
 
 fn replay(sealer: &Sealer, sealed: &[u8]) -> Response {

@@ -19,7 +19,7 @@ use utoipa_axum::router::OpenApiRouter;
 use crate::accounts::tokens::SigningKeys;
 use crate::config::{ConfigError, HttpConfig, ServeConfig};
 use crate::db::{Database, DatabaseKind};
-use crate::{accounts, catalog, ops};
+use crate::{accounts, catalog, ops, orders};
 
 /// How often expired idempotency records are deleted.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
@@ -149,10 +149,11 @@ impl Application {
 /// The whole HTTP surface with its layers, outermost last.
 pub fn router(state: AppState, http: &HttpConfig) -> Router {
     let (api, openapi) = OpenApiRouter::with_openapi(ops::api_doc())
-        .nest("/api/v1", accounts::router().merge(catalog::router()))
+        .nest("/api/v1", accounts::router().merge(catalog::router()).merge(orders::router()))
         .merge(ops::router())
         .split_for_parts();
     let openapi = orderly_kit::docs::tighten(openapi);
+    let openapi = orderly_kit::docs::document_idempotency(openapi, crate::idempotency::EXEMPT_PATHS);
     let deadline = http.request_timeout;
     let body_limit = usize::try_from(http.max_body_bytes).unwrap_or(usize::MAX);
     let compress =

@@ -18,7 +18,7 @@ use crate::accounts::auth;
 use crate::app::AppState;
 use crate::db::Database;
 
-const EXEMPT_PATHS: &[&str] = &["/api/v1/auth/token"];
+pub const EXEMPT_PATHS: &[&str] = &["/api/v1/auth/token"];
 /// Paths where a POST without a key is refused (money moves there).
 const KEY_REQUIRED: &[fn(&str) -> bool] = &[];
 
@@ -59,7 +59,10 @@ impl DatabaseStore {
 
     /// Deletes expired records; returns how many.
     pub async fn sweep(&self) -> Result<u64, DbErr> {
-        let result = record::Entity::delete_many().filter(record::Column::ExpiresAt.lt(Utc::now())).exec(self.db.write()).await?;
+        let result = record::Entity::delete_many()
+            .filter(record::Column::ExpiresAt.lt(Utc::now()))
+            .exec(self.db.write())
+            .await?;
         Ok(result.rows_affected)
     }
 }
@@ -67,7 +70,13 @@ impl DatabaseStore {
 impl IdempotencyStore for DatabaseStore {
     type Error = DbErr;
 
-    async fn claim(&self, id: &str, fingerprint: &str, locked_until: DateTime<Utc>, expires_at: DateTime<Utc>) -> Result<Option<Record>, DbErr> {
+    async fn claim(
+        &self,
+        id: &str,
+        fingerprint: &str,
+        locked_until: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<Option<Record>, DbErr> {
         use record::Column;
         // Two rounds: the standing record may be released between our insert and our read.
         for _ in 0..2 {
@@ -80,14 +89,24 @@ impl IdempotencyStore for DatabaseStore {
                 expires_at: Set(expires_at),
                 created_at: Set(now),
             };
-            let replace_if_dead = Expr::col((record::Entity, Column::ExpiresAt))
-                .lte(now)
-                .or(Expr::col((record::Entity, Column::Response)).is_null().and(Expr::col((record::Entity, Column::LockedUntil)).lte(now)));
+            let replace_if_dead = Expr::col((record::Entity, Column::ExpiresAt)).lte(now).or(Expr::col((
+                record::Entity,
+                Column::Response,
+            ))
+            .is_null()
+            .and(Expr::col((record::Entity, Column::LockedUntil)).lte(now)));
             let upsert = OnConflict::column(Column::Id)
-                .update_columns([Column::Fingerprint, Column::Response, Column::LockedUntil, Column::ExpiresAt, Column::CreatedAt])
+                .update_columns([
+                    Column::Fingerprint,
+                    Column::Response,
+                    Column::LockedUntil,
+                    Column::ExpiresAt,
+                    Column::CreatedAt,
+                ])
                 .action_and_where(replace_if_dead)
                 .to_owned();
-            let inserted = record::Entity::insert(fresh).on_conflict(upsert).exec_without_returning(self.db.write()).await?;
+            let inserted =
+                record::Entity::insert(fresh).on_conflict(upsert).exec_without_returning(self.db.write()).await?;
             if inserted == 1 {
                 return Ok(None);
             }

@@ -14,6 +14,7 @@ pub mod idempotency;
 pub mod listing;
 pub mod migrations;
 pub mod ops;
+pub mod orders;
 pub mod responses;
 pub mod schemas;
 pub mod telemetry;

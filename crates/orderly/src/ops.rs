@@ -42,6 +42,7 @@ use crate::app::AppState;
         (name = "users", description = "User accounts"),
         (name = "api-keys", description = "API keys for programmatic access"),
         (name = "catalog", description = "Products"),
+        (name = "orders", description = "Orders and stock reservation"),
         (name = "operations", description = "Health, readiness and keys"),
     )
 )]

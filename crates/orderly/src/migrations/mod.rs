@@ -6,6 +6,7 @@ use sea_orm_migration::prelude::*;
 mod m0001_accounts;
 mod m0002_catalog;
 mod m0003_idempotency;
+mod m0004_orders;
 
 pub struct Migrator;
 
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0001_accounts::Migration),
             Box::new(m0002_catalog::Migration),
             Box::new(m0003_idempotency::Migration),
+            Box::new(m0004_orders::Migration),
         ]
     }
 }

@@ -198,6 +198,24 @@ impl TestApp {
         }
     }
 
+    /// Places an order as `customer` for `(product id, quantity)` lines; returns the response.
+    pub async fn place_order(&self, customer: &Credentials, lines: &[(&str, i64)]) -> Response {
+        let items: Vec<Value> =
+            lines.iter().map(|(id, quantity)| json!({"product_id": id, "quantity": quantity})).collect();
+        self.post_json("/api/v1/orders", Some(&customer.access_token), &json!({ "items": items })).await
+    }
+
+    /// The stock of a product, as the public catalog shows it.
+    pub async fn stock_of(&self, product_id: &str) -> i64 {
+        let product: Value = self.get(&format!("/api/v1/products/{product_id}"), None).await.json().await.unwrap();
+        product["stock"].as_i64().unwrap()
+    }
+
+    /// Sets an order's status directly in the database (for states no endpoint reaches yet).
+    pub async fn force_order_status(&self, order_id: &str, status: &str) {
+        self._database.execute("UPDATE orders SET status = ", status, " WHERE id = ", order_id).await;
+    }
+
     /// Creates a product as `admin`; `overrides` replace fields of a valid default.
     pub async fn create_product(&self, admin: &Credentials, overrides: Value) -> Value {
         let mut body = json!({
@@ -274,6 +292,25 @@ impl TestDatabase {
                     .expect("create the test database");
                 let url = with_database(&admin_url, &name);
                 Some(Self { url, data_dir, postgres: Some((admin_url, name)) })
+            }
+        }
+    }
+
+    /// Runs `UPDATE … SET column = <value> WHERE id = <id>` (the statement given in pieces so
+    /// values are bound, never spliced).
+    async fn execute(&self, set: &str, value: &str, filter: &str, id: &str) {
+        let id = Uuid::parse_str(id).unwrap();
+        match &self.postgres {
+            Some(_) => {
+                let mut connection = connect_admin(&self.url).await;
+                let sql = format!("{set}$1{filter}$2");
+                sea_orm::sqlx::query(&sql).bind(value).bind(id).execute(&mut connection).await.unwrap();
+            }
+            None => {
+                use sea_orm::sqlx::Connection;
+                let mut connection = sea_orm::sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+                let sql = format!("{set}?{filter}?");
+                sea_orm::sqlx::query(&sql).bind(value).bind(id).execute(&mut connection).await.unwrap();
             }
         }
     }

@@ -7,5 +7,7 @@ mod catalog;
 mod concurrency;
 mod conventions;
 mod helpers;
+mod idempotency;
 mod operations;
+mod orders;
 mod pagination;

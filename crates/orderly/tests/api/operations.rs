@@ -37,6 +37,10 @@ async fn the_openapi_document_describes_every_endpoint(app: TestApp) {
         ("/api/v1/products/{id}", "get"),
         ("/api/v1/products/{id}", "patch"),
         ("/api/v1/products/{id}", "delete"),
+        ("/api/v1/orders", "post"),
+        ("/api/v1/orders", "get"),
+        ("/api/v1/orders/{id}", "get"),
+        ("/api/v1/orders/{id}/cancel", "post"),
         ("/healthz", "get"),
         ("/readyz", "get"),
         ("/.well-known/jwks.json", "get"),
@@ -53,6 +57,13 @@ async fn the_openapi_document_describes_every_endpoint(app: TestApp) {
     assert_eq!(documented, expected.len(), "every documented operation is listed here");
     assert_eq!(document["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
     assert!(document["components"]["schemas"]["Problem"].is_object());
+    for (path, item) in document["paths"].as_object().unwrap() {
+        let Some(post) = item.get("post") else { continue };
+        let documents_key = post["parameters"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["name"] == "Idempotency-Key" && p["in"] == "header"));
+        assert_eq!(documents_key, path != "/api/v1/auth/token", "POST {path} documents Idempotency-Key");
+    }
 }
 
 async fn the_docs_page_is_served_from_the_binary(app: TestApp) {

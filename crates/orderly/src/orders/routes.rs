@@ -1,0 +1,277 @@
+//! Order endpoints: place, list, read, cancel.
+
+use axum::extract::{OriginalUri, State};
+use chrono::{DateTime, Utc};
+use http::HeaderMap;
+use orderly_kit::Problem;
+use orderly_kit::conditional::{CacheControl, conditional_response};
+use orderly_kit::docs::{
+    BadRequest, Conflict, NotFound, PayloadTooLarge, Unauthorized, UnsupportedMediaType, ValidationFailed,
+};
+use orderly_kit::extract::{Id, JsonBody, Query};
+use orderly_kit::fields::select;
+use orderly_kit::validation::query;
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::accounts::auth::Principal;
+use crate::app::AppState;
+use crate::error::ApiResult;
+use crate::listing::{CreatedAtSort, ListParams, read_fields};
+use crate::responses::{created, written};
+
+use super::domain::{OrderStatus, parse_items};
+use super::service;
+use super::store::{self, Order, OrderFilter, OrderItem};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(place_order, list_orders))
+        .routes(routes!(get_order))
+        .routes(routes!(cancel_order))
+}
+
+/// An order. Items keep the SKU, name and price the product had when it was ordered.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderBody {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub status: OrderStatus,
+    pub items: Vec<OrderItemBody>,
+    /// ISO 4217 code shared by every item.
+    pub currency: String,
+    /// Sum of the line totals, in minor units.
+    pub total: i64,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One line of an order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderItemBody {
+    pub product_id: Uuid,
+    pub sku: String,
+    pub name: String,
+    /// Price of one unit when the order was placed, in minor units.
+    pub unit_price: i64,
+    pub quantity: i64,
+    /// `unit_price × quantity`.
+    pub line_total: i64,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documents the response shape; lists are rendered by `listing::respond`.
+pub struct OrderList {
+    data: Vec<OrderBody>,
+    next_cursor: Option<String>,
+    has_more: bool,
+}
+
+const ORDER_FIELDS: &[&str] =
+    &["id", "user_id", "status", "items", "currency", "total", "version", "created_at", "updated_at"];
+const ORDER_SORTS: &[&str] = &["-created_at", "created_at"];
+
+fn order_value(order: &Order, items: &[OrderItem]) -> Value {
+    let body = OrderBody {
+        id: order.id,
+        user_id: order.user_id,
+        status: OrderStatus::parse(&order.status).unwrap_or(OrderStatus::Pending),
+        items: items
+            .iter()
+            .map(|item| OrderItemBody {
+                product_id: item.product_id,
+                sku: item.sku.clone(),
+                name: item.name.clone(),
+                unit_price: item.unit_price,
+                quantity: item.quantity,
+                line_total: item.line_total,
+            })
+            .collect(),
+        currency: order.currency.clone(),
+        total: order.total,
+        version: order.version,
+        created_at: order.created_at,
+        updated_at: order.updated_at,
+    };
+    serde_json::to_value(body).expect("representations serialize")
+}
+
+/// The caller's scope over orders: their own, or all for an admin.
+fn owner_scope(principal: Principal) -> Option<Uuid> {
+    (!principal.is_admin()).then_some(principal.user_id)
+}
+
+/// Body of `POST /orders`.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // Documents the body; it is parsed by `domain::parse_items`.
+pub struct PlaceOrderRequest {
+    /// 1–50 distinct products.
+    #[schema(min_items = 1, max_items = 50)]
+    items: Vec<OrderLineRequest>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // Documents the body; it is parsed by `domain::parse_items`.
+pub struct OrderLineRequest {
+    product_id: Uuid,
+    #[schema(minimum = 1, maximum = 1000)]
+    quantity: i64,
+}
+
+/// Place an order. Prices are taken from the catalog now; stock is reserved atomically.
+#[utoipa::path(
+    post, path = "/orders", tag = "orders", request_body = PlaceOrderRequest, security(("bearer" = [])),
+    responses(
+        (status = 201, body = OrderBody, description = "Placed", headers(("Location" = String))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn place_order(State(app): State<AppState>, principal: Principal, JsonBody(mut body): JsonBody) -> ApiResult {
+    let items = body.required("items", parse_items);
+    let (items,) = body.finish((items,))?;
+    let (order, items) = service::place_order(&app, principal.user_id, &items).await?;
+    Ok(created(format!("/api/v1/orders/{}", order.id), &order_value(&order, &items), order.updated_at))
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Documents the query; it is parsed field by field in `list_orders`.
+pub struct OrderListQuery {
+    /// Page size, 1–100.
+    #[param(minimum = 1, maximum = 100, default = 20)]
+    limit: Option<i64>,
+    /// Opaque cursor from `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Sort order; `-created_at` (newest first) by default.
+    #[param(inline)]
+    sort: Option<CreatedAtSort>,
+    /// Comma-separated top-level fields to return.
+    fields: Option<String>,
+    /// Only orders in this status.
+    #[param(inline)]
+    status: Option<OrderStatus>,
+    /// Only orders of this user (admins; a customer only ever sees their own).
+    user_id: Option<Uuid>,
+    /// Only orders created strictly after this instant (RFC 3339).
+    created_after: Option<DateTime<Utc>>,
+    /// Only orders created strictly before this instant (RFC 3339).
+    created_before: Option<DateTime<Utc>>,
+}
+
+/// List orders: the caller's own, or everyone's for an admin.
+#[utoipa::path(
+    get, path = "/orders", tag = "orders", params(OrderListQuery), security(("bearer" = [])),
+    responses(
+        (status = 200, body = OrderList, description = "A page of orders", headers(("Link" = String, description = "`rel=\"next\"` page"))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn list_orders(
+    State(app): State<AppState>,
+    principal: Principal,
+    OriginalUri(uri): OriginalUri,
+    Query(mut query): Query,
+) -> ApiResult {
+    let params = ListParams::read(&mut query, ORDER_FIELDS, ORDER_SORTS);
+    let status = query.optional("status", |v| OrderStatus::parse(v));
+    let user_id = query.optional("user_id", |v| {
+        Uuid::try_parse(v).map_err(|_| orderly_kit::validation::Invalid::new("invalid_format", "must be a user id"))
+    });
+    let created_after = query.optional("created_after", |v| query::timestamp(v));
+    let created_before = query.optional("created_before", |v| query::timestamp(v));
+    if let (Some(Some(after)), Some(Some(before))) = (created_after, created_before)
+        && after >= before
+    {
+        query.push("created_before", "out_of_range", "must be later than created_after");
+    }
+    let (params, status, user_id, created_after, created_before) =
+        query.finish((params, status, user_id, created_after, created_before))?;
+    // A customer sees only their own orders, whatever `user_id` says.
+    let user_id = match owner_scope(principal) {
+        Some(own) if user_id.is_some_and(|asked| asked != own) => return Ok(empty_list(&uri)),
+        Some(own) => Some(own),
+        None => user_id,
+    };
+    let filter = OrderFilter { user_id, status: status.map(OrderStatus::as_str), created_after, created_before };
+    let scope = ("orders", &params.sort, &filter);
+    let after = params.position(&app.cursors, &scope)?;
+    let page = store::list_orders(app.db.read(), &filter, &params, after).await?;
+    let ids: Vec<Uuid> = page.rows.iter().map(|order| order.id).collect();
+    let items = store::items_of(app.db.read(), &ids).await?;
+    Ok(crate::listing::respond(
+        &uri,
+        page,
+        &params,
+        |order| order_value(order, items.get(&order.id).map(Vec::as_slice).unwrap_or_default()),
+        |last| app.cursors.encode(&scope, &(last.created_at, last.id)),
+        CacheControl::Private,
+    ))
+}
+
+fn empty_list(uri: &http::Uri) -> axum::response::Response {
+    let body = orderly_kit::pagination::ListBody { data: Vec::new(), next_cursor: None, has_more: false };
+    orderly_kit::pagination::list_response(uri, body, CacheControl::Private)
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Documents the query; it is parsed field by field.
+pub struct FieldsQuery {
+    /// Comma-separated top-level fields to return, e.g. `id,status`.
+    fields: Option<String>,
+}
+
+/// Get an order (the caller's own; any for an admin).
+#[utoipa::path(
+    get, path = "/orders/{id}", tag = "orders", params(("id" = Uuid, Path), FieldsQuery), security(("bearer" = [])),
+    responses(
+        (status = 200, body = OrderBody, description = "The order", headers(("ETag" = String), ("Last-Modified" = String))),
+        (status = 304, description = "Not modified"),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn get_order(
+    State(app): State<AppState>,
+    principal: Principal,
+    Id(id): Id,
+    headers: HeaderMap,
+    Query(mut query): Query,
+) -> ApiResult {
+    let fields = read_fields(&mut query, ORDER_FIELDS);
+    let (fields,) = query.finish((fields,))?;
+    let order = store::find_order(app.db.read(), id, owner_scope(principal)).await?.ok_or_else(Problem::not_found)?;
+    let items = store::items_of(app.db.read(), &[order.id]).await?.remove(&order.id).unwrap_or_default();
+    let value = select(fields.as_ref(), order_value(&order, &items));
+    Ok(conditional_response(&headers, &value, order.updated_at, CacheControl::Private))
+}
+
+/// Cancel a pending order and return its stock. Cancelling a cancelled order returns it as is.
+#[utoipa::path(
+    post, path = "/orders/{id}/cancel", tag = "orders", params(("id" = Uuid, Path)), security(("bearer" = [])),
+    responses(
+        (status = 200, body = OrderBody, description = "Cancelled"),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+    )
+)]
+async fn cancel_order(State(app): State<AppState>, principal: Principal, Id(id): Id) -> ApiResult {
+    let (order, items) = service::cancel_order(&app, principal, id).await?;
+    Ok(written(&order_value(&order, &items), order.updated_at))
+}

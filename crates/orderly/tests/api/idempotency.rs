@@ -1,0 +1,299 @@
+//! Idempotency-Key on every POST: one execution, byte-identical replays, scoped keys.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, TestApp, assert_problem};
+
+async fn the_same_key_sent_concurrently_creates_exactly_one_order(app: TestApp) {
+    let admin = app.admin().await;
+    let customer = app.customer().await;
+    let product = app.create_product(&admin, json!({"stock": 100})).await;
+    let body = json!({"items": [{"product_id": product["id"], "quantity": 1}]});
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let request = app
+            .request(Method::POST, "/api/v1/orders")
+            .bearer_auth(&customer.access_token)
+            .header("idempotency-key", "order-once")
+            .json(&body);
+        tasks.spawn(async move {
+            let response = request.send().await.unwrap();
+            let replayed = response.headers().get("idempotent-replayed").is_some();
+            let status = response.status();
+            (status, replayed, response.json::<Value>().await.unwrap())
+        });
+    }
+    let results = tasks.join_all().await;
+    let created: Vec<&Value> =
+        results.iter().filter(|(s, _, _)| *s == StatusCode::CREATED).map(|(_, _, b)| b).collect();
+    assert!(!created.is_empty());
+    assert!(created.iter().all(|b| b["id"] == created[0]["id"]), "every 201 is the same order");
+    assert_eq!(
+        results.iter().filter(|(s, replayed, _)| *s == StatusCode::CREATED && !replayed).count(),
+        1,
+        "one original response"
+    );
+    for (status, _, body) in &results {
+        assert!(
+            *status == StatusCode::CREATED
+                || (*status == StatusCode::CONFLICT && body["code"] == "idempotency_request_in_progress"),
+            "{status}: {body}"
+        );
+    }
+    let orders: Value = app.get("/api/v1/orders", Some(&customer.access_token)).await.json().await.unwrap();
+    assert_eq!(orders["data"].as_array().unwrap().len(), 1, "exactly one order exists");
+    assert_eq!(app.stock_of(product["id"].as_str().unwrap()).await, 99);
+}
+
+async fn a_replay_is_byte_identical_and_marked(app: TestApp) {
+    let admin = app.admin().await;
+    let customer = app.customer().await;
+    let product = app.create_product(&admin, json!({"stock": 10})).await;
+    let send = || {
+        app.request(Method::POST, "/api/v1/orders")
+            .bearer_auth(&customer.access_token)
+            .header("idempotency-key", "replay-me")
+            .json(&json!({"items": [{"product_id": product["id"], "quantity": 2}]}))
+            .send()
+    };
+    let first = send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let location = first.headers()["location"].clone();
+    let original = first.bytes().await.unwrap();
+
+    let second = send().await.unwrap();
+    assert_eq!(second.status(), StatusCode::CREATED);
+    assert_eq!(second.headers()["idempotent-replayed"], "true");
+    assert_eq!(second.headers()["location"], location);
+    assert_eq!(second.headers()["content-type"], "application/json");
+    assert_eq!(second.bytes().await.unwrap(), original, "the replay is byte for byte the original");
+    assert_eq!(app.stock_of(product["id"].as_str().unwrap()).await, 8, "the order ran once");
+}
+
+async fn a_key_reused_with_another_body_is_422(app: TestApp) {
+    let admin = app.admin().await;
+    let customer = app.customer().await;
+    let product = app.create_product(&admin, json!({"stock": 10})).await;
+    let send = |quantity: i64| {
+        app.request(Method::POST, "/api/v1/orders")
+            .bearer_auth(&customer.access_token)
+            .header("idempotency-key", "one-use")
+            .json(&json!({"items": [{"product_id": product["id"], "quantity": quantity}]}))
+            .send()
+    };
+    assert_eq!(send(1).await.unwrap().status(), StatusCode::CREATED);
+    assert_problem(send(2).await.unwrap(), StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused").await;
+    assert_eq!(app.stock_of(product["id"].as_str().unwrap()).await, 9);
+}
+
+async fn a_request_rejected_before_running_can_be_retried_with_the_same_key(app: TestApp) {
+    let admin = app.admin().await;
+    let customer = app.customer().await;
+    let product = app.create_product(&admin, json!({"stock": 10})).await;
+    let send = |body: Value| {
+        app.request(Method::POST, "/api/v1/orders")
+            .bearer_auth(&customer.access_token)
+            .header("idempotency-key", "fix-and-retry")
+            .json(&body)
+            .send()
+    };
+    let invalid = send(json!({"items": [{"product_id": product["id"], "quantity": 0}]})).await.unwrap();
+    assert_problem(invalid, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    let fixed = send(json!({"items": [{"product_id": product["id"], "quantity": 1}]})).await.unwrap();
+    assert_eq!(fixed.status(), StatusCode::CREATED);
+    assert!(fixed.headers().get("idempotent-replayed").is_none());
+}
+
+async fn outcomes_of_running_are_kept_even_when_they_are_errors(app: TestApp) {
+    let admin = app.admin().await;
+    let customer = app.customer().await;
+    let product = app.create_product(&admin, json!({"stock": 1})).await;
+    let send = || {
+        app.request(Method::POST, "/api/v1/orders")
+            .bearer_auth(&customer.access_token)
+            .header("idempotency-key", "too-many")
+            .json(&json!({"items": [{"product_id": product["id"], "quantity": 2}]}))
+            .send()
+    };
+    let first = send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::CONFLICT);
+    let original = first.bytes().await.unwrap();
+    // More stock arrives, but the key already has its outcome.
+    let path = format!("/api/v1/products/{}", product["id"].as_str().unwrap());
+    app.send_json(Method::PATCH, &path, Some(&admin.access_token), &json!({"stock": 10})).await;
+    let replay = send().await.unwrap();
+    assert_eq!(replay.status(), StatusCode::CONFLICT);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(replay.bytes().await.unwrap(), original);
+}
+
+async fn keys_are_scoped_to_the_caller_and_the_path(app: TestApp) {
+    let admin = app.admin().await;
+    let (alice, bob) = (app.customer().await, app.customer().await);
+    let product = app.create_product(&admin, json!({"stock": 10})).await;
+    let body = json!({"items": [{"product_id": product["id"], "quantity": 1}]});
+    let mut ids = Vec::new();
+    for customer in [&alice, &bob] {
+        let response = app
+            .request(Method::POST, "/api/v1/orders")
+            .bearer_auth(&customer.access_token)
+            .header("idempotency-key", "shared")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        assert!(response.headers().get("idempotent-replayed").is_none(), "another caller's key is not ours");
+        ids.push(response.json::<Value>().await.unwrap()["id"].clone());
+    }
+    assert_ne!(ids[0], ids[1]);
+    let cancel = app
+        .request(Method::POST, &format!("/api/v1/orders/{}/cancel", ids[0].as_str().unwrap()))
+        .bearer_auth(&alice.access_token)
+        .header("idempotency-key", "shared")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), StatusCode::OK, "the same key on another path is another key");
+    assert!(cancel.headers().get("idempotent-replayed").is_none());
+}
+
+async fn a_key_survives_a_token_refresh(app: TestApp) {
+    let admin = app.admin().await;
+    let customer = app.customer().await;
+    let product = app.create_product(&admin, json!({"stock": 10})).await;
+    let body = json!({"items": [{"product_id": product["id"], "quantity": 1}]});
+    let first = app
+        .request(Method::POST, "/api/v1/orders")
+        .bearer_auth(&customer.access_token)
+        .header("idempotency-key", "k1")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let fresh = app.login(&customer.email, &customer.password).await;
+    let retry = app
+        .request(Method::POST, "/api/v1/orders")
+        .bearer_auth(fresh["access_token"].as_str().unwrap())
+        .header("idempotency-key", "k1")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retry.headers()["idempotent-replayed"], "true", "the scope is the user, not the token");
+}
+
+async fn malformed_keys_are_400_and_change_nothing(app: TestApp) {
+    let admin = app.admin().await;
+    let customer = app.customer().await;
+    let product = app.create_product(&admin, json!({"stock": 10})).await;
+    let long = "k".repeat(256);
+    for key in ["", long.as_str(), "tab\tkey"] {
+        let response = app
+            .request(Method::POST, "/api/v1/orders")
+            .bearer_auth(&customer.access_token)
+            .header("idempotency-key", key)
+            .json(&json!({"items": [{"product_id": product["id"], "quantity": 1}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_problem(response, StatusCode::BAD_REQUEST, "invalid_idempotency_key").await;
+    }
+    let non_ascii = app
+        .request(Method::POST, "/api/v1/orders")
+        .bearer_auth(&customer.access_token)
+        .header("idempotency-key", reqwest::header::HeaderValue::from_bytes("clé".as_bytes()).unwrap())
+        .json(&json!({"items": [{"product_id": product["id"], "quantity": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(non_ascii, StatusCode::BAD_REQUEST, "invalid_idempotency_key").await;
+    assert_eq!(app.stock_of(product["id"].as_str().unwrap()).await, 10);
+}
+
+async fn every_post_replays_under_its_key(app: TestApp) {
+    let admin = app.admin().await;
+    let post_twice = |path: &'static str, token: Option<String>, body: Value| {
+        let app = &app;
+        async move {
+            let mut responses = Vec::new();
+            for _ in 0..2 {
+                let mut request =
+                    app.request(Method::POST, path).header("idempotency-key", format!("twice-{path}")).json(&body);
+                if let Some(token) = &token {
+                    request = request.bearer_auth(token);
+                }
+                let response = request.send().await.unwrap();
+                let replayed = response.headers().get("idempotent-replayed").is_some();
+                responses.push((response.status(), replayed, response.text().await.unwrap()));
+            }
+            assert_eq!(responses[0].0, responses[1].0, "{path}");
+            assert_eq!(responses[0].2, responses[1].2, "{path}: the same body twice");
+            assert!(!responses[0].1 && responses[1].1, "{path}: the second is a replay");
+            responses[0].0
+        }
+    };
+    let email = app.unique_email("idem");
+    assert_eq!(
+        post_twice("/api/v1/auth/register", None, json!({"email": email, "password": "long enough", "name": "I"}))
+            .await,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        post_twice(
+            "/api/v1/products",
+            Some(admin.access_token.clone()),
+            json!({"sku": "IDEM-1", "name": "I", "unit_price": 1, "currency": "USD", "stock": 1})
+        )
+        .await,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        post_twice("/api/v1/api-keys", Some(admin.access_token.clone()), json!({"name": "once"})).await,
+        StatusCode::CREATED
+    );
+    let keys: Value = app.get("/api/v1/api-keys", Some(&admin.access_token)).await.json().await.unwrap();
+    assert_eq!(keys["data"].as_array().unwrap().len(), 1, "one key was created");
+    assert_eq!(
+        post_twice("/api/v1/auth/logout", None, json!({"refresh_token": admin.refresh_token})).await,
+        StatusCode::NO_CONTENT
+    );
+}
+
+crate::on_every_backend!(
+    the_same_key_sent_concurrently_creates_exactly_one_order,
+    a_replay_is_byte_identical_and_marked,
+    a_key_reused_with_another_body_is_422,
+    a_request_rejected_before_running_can_be_retried_with_the_same_key,
+    outcomes_of_running_are_kept_even_when_they_are_errors,
+    keys_are_scoped_to_the_caller_and_the_path,
+    a_key_survives_a_token_refresh,
+    malformed_keys_are_400_and_change_nothing,
+    every_post_replays_under_its_key,
+);
+
+#[tokio::test]
+async fn a_key_is_free_again_after_its_ttl() {
+    let app = TestApp::spawn_with(Backend::Sqlite, &["--idempotency-ttl", "1s"]).await.unwrap();
+    let admin = app.admin().await;
+    let customer = app.customer().await;
+    let product = app.create_product(&admin, json!({"stock": 10})).await;
+    let send = |quantity: i64| {
+        app.request(Method::POST, "/api/v1/orders")
+            .bearer_auth(&customer.access_token)
+            .header("idempotency-key", "short-lived")
+            .json(&json!({"items": [{"product_id": product["id"], "quantity": quantity}]}))
+            .send()
+    };
+    assert_eq!(send(1).await.unwrap().status(), StatusCode::CREATED);
+    assert_problem(send(2).await.unwrap(), StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let after = send(2).await.unwrap();
+    assert_eq!(after.status(), StatusCode::CREATED, "after the TTL the key is free");
+    assert!(after.headers().get("idempotent-replayed").is_none());
+    assert_eq!(app.stock_of(product["id"].as_str().unwrap()).await, 7);
+}

@@ -1,0 +1,267 @@
+//! Orders: price snapshots, atomic stock reservation, visibility and cancellation.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, assert_problem, error_fields};
+
+fn id(value: &Value) -> String {
+    value["id"].as_str().unwrap().to_owned()
+}
+
+async fn placing_an_order_snapshots_prices_and_reserves_stock(app: TestApp) {
+    let admin = app.admin().await;
+    let customer = app.customer().await;
+    let mug = app.create_product(&admin, json!({"name": "Mug", "unit_price": 1250, "stock": 10})).await;
+    let pen = app.create_product(&admin, json!({"name": "Pen", "unit_price": 199, "stock": 5})).await;
+
+    let response = app.place_order(&customer, &[(&id(&mug), 3), (&id(&pen), 5)]).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let order: Value = response.json().await.unwrap();
+    assert_eq!(location, format!("/api/v1/orders/{}", id(&order)));
+    assert_eq!(order["status"], "pending");
+    assert_eq!(order["user_id"], customer.user_id.as_str());
+    assert_eq!(order["currency"], "USD");
+    assert_eq!(order["total"], 3 * 1250 + 5 * 199);
+    assert_eq!(
+        order["items"][0],
+        json!({"product_id": mug["id"], "sku": mug["sku"], "name": "Mug", "unit_price": 1250, "quantity": 3, "line_total": 3750})
+    );
+    assert_eq!(order["items"][1]["line_total"], 995);
+    assert_eq!((app.stock_of(&id(&mug)).await, app.stock_of(&id(&pen)).await), (7, 0));
+
+    // A later price change does not touch the order.
+    let path = format!("/api/v1/products/{}", id(&mug));
+    app.send_json(Method::PATCH, &path, Some(&admin.access_token), &json!({"unit_price": 9999, "name": "Renamed"}))
+        .await;
+    let fetched: Value = app.get(&location, Some(&customer.access_token)).await.json().await.unwrap();
+    assert_eq!(fetched, order);
+}
+
+async fn order_creation_never_oversells_under_concurrency(app: TestApp) {
+    let admin = app.admin().await;
+    let product = app.create_product(&admin, json!({"stock": 50})).await;
+    let mut customers = Vec::new();
+    for _ in 0..20 {
+        customers.push(app.customer().await);
+    }
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for attempt in 0..200 {
+        let token = customers[attempt % customers.len()].access_token.clone();
+        let request = app
+            .request(Method::POST, "/api/v1/orders")
+            .bearer_auth(token)
+            .json(&json!({"items": [{"product_id": id(&product), "quantity": 1}]}));
+        tasks.spawn(async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let body: Value = response.json().await.unwrap();
+            (status, body)
+        });
+    }
+    let results = tasks.join_all().await;
+    let placed: Vec<&Value> = results.iter().filter(|(s, _)| *s == StatusCode::CREATED).map(|(_, b)| b).collect();
+    let refused =
+        results.iter().filter(|(s, b)| *s == StatusCode::CONFLICT && b["code"] == "insufficient_stock").count();
+    assert_eq!(placed.len(), 50, "exactly the stock is sold");
+    assert_eq!(
+        refused,
+        150,
+        "every other order is refused for stock: {:?}",
+        results.iter().map(|r| r.0).collect::<Vec<_>>()
+    );
+    assert_eq!(app.stock_of(&id(&product)).await, 0);
+
+    for order in placed.iter().take(10) {
+        let owner = customers.iter().find(|c| c.user_id == order["user_id"].as_str().unwrap()).unwrap();
+        let response = app
+            .request(Method::POST, &format!("/api/v1/orders/{}/cancel", id(order)))
+            .bearer_auth(&owner.access_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert_eq!(app.stock_of(&id(&product)).await, 10, "cancelling returns exactly what was reserved");
+}
+
+async fn bad_orders_are_rejected_naming_the_item_and_change_nothing(app: TestApp) {
+    let admin = app.admin().await;
+    let customer = app.customer().await;
+    let usd = app.create_product(&admin, json!({"stock": 5})).await;
+    let eur = app.create_product(&admin, json!({"stock": 5, "currency": "EUR"})).await;
+    let archived = app.create_product(&admin, json!({"stock": 5, "active": false})).await;
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let too_many: Vec<Value> = (0..51).map(|_| json!({"product_id": uuid::Uuid::now_v7(), "quantity": 1})).collect();
+    let line = |product: &str, quantity: Value| json!({"product_id": product, "quantity": quantity});
+
+    let cases: Vec<(Value, Vec<&str>)> = vec![
+        (json!({}), vec!["items"]),
+        (json!({"items": []}), vec!["items"]),
+        (json!({"items": too_many}), vec!["items"]),
+        (json!({"items": "all"}), vec!["items"]),
+        (json!({"items": [line(&id(&usd), json!(0))]}), vec!["items[0].quantity"]),
+        (json!({"items": [line(&id(&usd), json!(1001))]}), vec!["items[0].quantity"]),
+        (json!({"items": [line(&id(&usd), json!(1.5))]}), vec!["items[0].quantity"]),
+        (json!({"items": [line("not-an-id", json!(1))]}), vec!["items[0].product_id"]),
+        (json!({"items": [line(&id(&usd), json!(1)), line(&id(&usd), json!(2))]}), vec!["items[1].product_id"]),
+        (json!({"items": [{"product_id": id(&usd), "quantity": 1, "unit_price": 1}]}), vec!["items[0].unit_price"]),
+        (json!({"items": [line(&id(&usd), json!(1))], "total": 1}), vec!["total"]),
+        (json!({"items": [line(&id(&usd), json!(1)), line(&unknown, json!(1))]}), vec!["items[1].product_id"]),
+        (json!({"items": [line(&id(&archived), json!(1))]}), vec!["items[0].product_id"]),
+        (json!({"items": [line(&id(&usd), json!(1)), line(&id(&eur), json!(1))]}), vec!["items"]),
+    ];
+    for (body, fields) in cases {
+        let response = app.post_json("/api/v1/orders", Some(&customer.access_token), &body).await;
+        let problem = assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+        assert_eq!(error_fields(&problem), fields, "body {body}");
+    }
+
+    let short = app.place_order(&customer, &[(&id(&usd), 6)]).await;
+    let problem = assert_problem(short, StatusCode::CONFLICT, "insufficient_stock").await;
+    assert!(problem["detail"].as_str().unwrap().contains(&id(&usd)), "the problem names the product: {problem}");
+    assert_eq!(app.place_order(&customer, &[(&id(&usd), 2)]).await.status(), StatusCode::CREATED);
+    assert_eq!(app.place_order(&customer, &[(&id(&usd), 3)]).await.status(), StatusCode::CREATED);
+    assert_problem(app.place_order(&customer, &[(&id(&usd), 1)]).await, StatusCode::CONFLICT, "insufficient_stock")
+        .await;
+
+    assert_eq!(
+        (app.stock_of(&id(&usd)).await, app.stock_of(&id(&eur)).await, app.stock_of(&id(&archived)).await),
+        (0, 5, 5)
+    );
+    let orders: Value = app.get("/api/v1/orders", Some(&customer.access_token)).await.json().await.unwrap();
+    assert_eq!(orders["data"].as_array().unwrap().len(), 2, "only the two valid orders exist");
+}
+
+async fn a_failed_line_rolls_back_the_whole_order(app: TestApp) {
+    let admin = app.admin().await;
+    let customer = app.customer().await;
+    let plenty = app.create_product(&admin, json!({"stock": 100})).await;
+    let scarce = app.create_product(&admin, json!({"stock": 1})).await;
+    let response = app.place_order(&customer, &[(&id(&plenty), 10), (&id(&scarce), 2)]).await;
+    assert_problem(response, StatusCode::CONFLICT, "insufficient_stock").await;
+    assert_eq!((app.stock_of(&id(&plenty)).await, app.stock_of(&id(&scarce)).await), (100, 1));
+}
+
+async fn a_customer_cannot_see_list_or_cancel_another_customers_order(app: TestApp) {
+    let admin = app.admin().await;
+    let (alice, bob) = (app.customer().await, app.customer().await);
+    let product = app.create_product(&admin, json!({"stock": 10})).await;
+    let order: Value = app.place_order(&alice, &[(&id(&product), 1)]).await.json().await.unwrap();
+    let path = format!("/api/v1/orders/{}", id(&order));
+
+    assert_problem(app.get(&path, Some(&bob.access_token)).await, StatusCode::NOT_FOUND, "not_found").await;
+    let cancel =
+        app.request(Method::POST, &format!("{path}/cancel")).bearer_auth(&bob.access_token).send().await.unwrap();
+    assert_problem(cancel, StatusCode::NOT_FOUND, "not_found").await;
+    for query in ["", &format!("?user_id={}", alice.user_id)] {
+        let listed: Value =
+            app.get(&format!("/api/v1/orders{query}"), Some(&bob.access_token)).await.json().await.unwrap();
+        assert!(listed["data"].as_array().unwrap().is_empty(), "bob sees none of alice's orders ({query})");
+    }
+    assert_eq!(app.stock_of(&id(&product)).await, 9, "bob's cancel did nothing");
+
+    let as_admin: Value = app.get(&path, Some(&admin.access_token)).await.json().await.unwrap();
+    assert_eq!(as_admin["id"], order["id"]);
+    let filtered: Value = app
+        .get(&format!("/api/v1/orders?user_id={}", alice.user_id), Some(&admin.access_token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(filtered["data"].as_array().unwrap().len(), 1);
+    assert_problem(app.get("/api/v1/orders", None).await, StatusCode::UNAUTHORIZED, "unauthorized").await;
+}
+
+async fn cancelling_returns_stock_once_and_only_from_pending(app: TestApp) {
+    let admin = app.admin().await;
+    let customer = app.customer().await;
+    let product = app.create_product(&admin, json!({"stock": 10})).await;
+    let order: Value = app.place_order(&customer, &[(&id(&product), 4)]).await.json().await.unwrap();
+    let cancel_path = format!("/api/v1/orders/{}/cancel", id(&order));
+    let cancel = || app.request(Method::POST, &cancel_path).bearer_auth(&customer.access_token).send();
+
+    let first: Value = cancel().await.unwrap().json().await.unwrap();
+    assert_eq!((first["status"].as_str(), first["version"].as_i64()), (Some("cancelled"), Some(2)));
+    assert_eq!(app.stock_of(&id(&product)).await, 10);
+
+    let again = cancel().await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(again.json::<Value>().await.unwrap(), first, "cancelling a cancelled order returns it unchanged");
+    assert_eq!(app.stock_of(&id(&product)).await, 10, "stock is returned once");
+
+    let paid: Value = app.place_order(&customer, &[(&id(&product), 1)]).await.json().await.unwrap();
+    app.force_order_status(&id(&paid), "paid").await;
+    let response = app
+        .request(Method::POST, &format!("/api/v1/orders/{}/cancel", id(&paid)))
+        .bearer_auth(&customer.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, StatusCode::CONFLICT, "invalid_state").await;
+    assert_eq!(app.stock_of(&id(&product)).await, 9);
+}
+
+async fn the_order_list_filters_by_status_and_time_and_pages(app: TestApp) {
+    let admin = app.admin().await;
+    let customer = app.customer().await;
+    let product = app.create_product(&admin, json!({"stock": 100})).await;
+    let mut placed = Vec::new();
+    for _ in 0..5 {
+        placed.push(app.place_order(&customer, &[(&id(&product), 1)]).await.json::<Value>().await.unwrap());
+    }
+    app.request(Method::POST, &format!("/api/v1/orders/{}/cancel", id(&placed[1])))
+        .bearer_auth(&customer.access_token)
+        .send()
+        .await
+        .unwrap();
+    let token = Some(customer.access_token.as_str());
+    let ids = |list: &Value| -> Vec<String> { list["data"].as_array().unwrap().iter().map(id).collect() };
+
+    let cancelled: Value = app.get("/api/v1/orders?status=cancelled", token).await.json().await.unwrap();
+    assert_eq!(ids(&cancelled), [id(&placed[1])]);
+    let between = format!(
+        "/api/v1/orders?sort=created_at&created_after={}&created_before={}",
+        placed[0]["created_at"].as_str().unwrap().replace('+', "%2B"),
+        placed[4]["created_at"].as_str().unwrap().replace('+', "%2B")
+    );
+    let window: Value = app.get(&between, token).await.json().await.unwrap();
+    assert_eq!(ids(&window), [id(&placed[1]), id(&placed[2]), id(&placed[3])]);
+
+    let first: Value = app.get("/api/v1/orders?limit=2", token).await.json().await.unwrap();
+    assert_eq!(ids(&first), [id(&placed[4]), id(&placed[3])]);
+    let next = format!("/api/v1/orders?limit=2&cursor={}", first["next_cursor"].as_str().unwrap());
+    let second: Value = app.get(&next, token).await.json().await.unwrap();
+    assert_eq!(ids(&second), [id(&placed[2]), id(&placed[1])]);
+    assert_eq!(second["data"][1]["items"][0]["quantity"], 1, "listed orders carry their items");
+
+    for bad in [
+        "?status=shipped",
+        "?created_after=yesterday",
+        "?user_id=me",
+        "?sort=total",
+        "?created_after=2030-01-01T00:00:00Z&created_before=2020-01-01T00:00:00Z",
+    ] {
+        assert_problem(
+            app.get(&format!("/api/v1/orders{bad}"), token).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+    }
+    let selected: Value =
+        app.get(&format!("/api/v1/orders/{}?fields=id,status", id(&placed[0])), token).await.json().await.unwrap();
+    assert_eq!(selected, json!({"id": placed[0]["id"], "status": "pending"}));
+}
+
+crate::on_every_backend!(
+    placing_an_order_snapshots_prices_and_reserves_stock,
+    order_creation_never_oversells_under_concurrency,
+    bad_orders_are_rejected_naming_the_item_and_change_nothing,
+    a_failed_line_rolls_back_the_whole_order,
+    a_customer_cannot_see_list_or_cancel_another_customers_order,
+    cancelling_returns_stock_once_and_only_from_pending,
+    the_order_list_filters_by_status_and_time_and_pages,
+);
