@@ -137,10 +137,10 @@ pub struct ProductListQuery {
     #[param(schema_with = currency_schema)]
     currency: Option<String>,
     /// Minimum unit price, inclusive, in minor units.
-    #[param(minimum = 0)]
+    #[param(minimum = 0, maximum = 1_000_000_000_000_i64)]
     min_price: Option<i64>,
     /// Maximum unit price, inclusive, in minor units.
-    #[param(minimum = 0)]
+    #[param(minimum = 0, maximum = 1_000_000_000_000_i64)]
     max_price: Option<i64>,
     /// Case-insensitive search in name and SKU.
     #[param(schema_with = schemas::name_100)]
