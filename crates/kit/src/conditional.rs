@@ -102,11 +102,6 @@ pub fn check_if_match(request_headers: &HeaderMap, current: &Value) -> Result<()
     if matched { Ok(()) } else { Err(Problem::precondition_failed()) }
 }
 
-/// Whether the client sent any precondition, so a lost race must be reported as 412.
-pub fn has_if_match(request_headers: &HeaderMap) -> bool {
-    request_headers.contains_key(header::IF_MATCH)
-}
-
 /// `If-None-Match` uses weak comparison: `W/"x"` matches `"x"`.
 fn matches_weakly(list: &str, etag: &str) -> bool {
     list.trim() == "*" || entity_tags(list).any(|tag| tag.trim_start_matches("W/") == etag)

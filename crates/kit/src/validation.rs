@@ -102,10 +102,6 @@ impl<V> Fields<V> {
         self.errors.push(FieldError { field: field.to_owned(), code: code.to_owned(), message: message.into() });
     }
 
-    pub fn has_errors(&self) -> bool {
-        !self.errors.is_empty() || !self.values.is_empty()
-    }
-
     /// Fails with 422 listing every error, including every field nobody asked for; otherwise
     /// returns the parsed values.
     pub fn finish<P: AllParsed>(mut self, parsed: P) -> Result<P::Output, Problem> {
@@ -305,9 +301,6 @@ mod ordered {
         }
         pub fn names(&self) -> Vec<String> {
             self.0.iter().map(|(n, _)| n.clone()).collect()
-        }
-        pub fn is_empty(&self) -> bool {
-            self.0.is_empty()
         }
     }
 

@@ -46,6 +46,15 @@ pub enum CreatedAtSort {
     OldestFirst,
 }
 
+/// Documents the `fields` parameter of a single-resource GET.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Documents the query; it is parsed by `read_fields`.
+pub struct FieldsQuery {
+    /// Comma-separated top-level fields to return, e.g. `id,name`.
+    fields: Option<String>,
+}
+
 /// The parameters every list takes.
 #[derive(Debug)]
 pub struct ListParams {

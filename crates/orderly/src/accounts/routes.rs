@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::app::AppState;
 use crate::error::ApiResult;
-use crate::listing::{CreatedAtSort, ListParams, read_fields};
+use crate::listing::{CreatedAtSort, FieldsQuery, ListParams, read_fields};
 use crate::responses::{created, written};
 use crate::schemas;
 
@@ -318,14 +318,6 @@ async fn logout(State(app): State<AppState>, JsonBody(mut body): JsonBody) -> Ap
 
 // ---------------------------------------------------------------------------------------------
 // Users
-
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-#[allow(dead_code)] // Documents the query; it is parsed field by field.
-pub struct FieldsQuery {
-    /// Comma-separated top-level fields to return, e.g. `id,name`.
-    fields: Option<String>,
-}
 
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]

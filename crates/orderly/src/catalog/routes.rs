@@ -24,7 +24,7 @@ use uuid::Uuid;
 use crate::accounts::auth::Admin;
 use crate::app::AppState;
 use crate::error::{ApiResult, conflict_on_unique};
-use crate::listing::{ListParams, read_fields};
+use crate::listing::{FieldsQuery, ListParams, read_fields};
 use crate::responses::{created, written};
 
 use super::domain::{Currency, MAX_STOCK, MAX_UNIT_PRICE, Sku, currency_schema};
@@ -196,14 +196,6 @@ async fn list_products(
         },
         CacheControl::Public { max_age: app.catalog_max_age },
     ))
-}
-
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-#[allow(dead_code)] // Documents the query; it is parsed field by field.
-pub struct FieldsQuery {
-    /// Comma-separated top-level fields to return, e.g. `id,name`.
-    fields: Option<String>,
 }
 
 /// Get a product (public).

@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::accounts::auth::Principal;
 use crate::app::AppState;
 use crate::error::ApiResult;
-use crate::listing::{CreatedAtSort, ListParams, read_fields};
+use crate::listing::{CreatedAtSort, FieldsQuery, ListParams, read_fields};
 use crate::responses::{created, written};
 
 use super::domain::{OrderStatus, parse_items};
@@ -225,14 +225,6 @@ async fn list_orders(
 fn empty_list(uri: &http::Uri) -> axum::response::Response {
     let body = orderly_kit::pagination::ListBody { data: Vec::new(), next_cursor: None, has_more: false };
     orderly_kit::pagination::list_response(uri, body, CacheControl::Private)
-}
-
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-#[allow(dead_code)] // Documents the query; it is parsed field by field.
-pub struct FieldsQuery {
-    /// Comma-separated top-level fields to return, e.g. `id,status`.
-    fields: Option<String>,
 }
 
 /// Get an order (the caller's own; any for an admin).
