@@ -177,7 +177,8 @@ pub async fn run<S: IdempotencyStore>(
     }
 
     // From here this request owns the key. If it is dropped before finishing (client gone,
-    // deadline), the guard releases the key so a retry is not blocked until the lock lapses.
+    // deadline, panic), the guard releases the key so a retry is not blocked until the lock
+    // lapses.
     let mut guard = ReleaseOnDrop { id: Some(id.clone()), store: store.clone() };
     let response = next.run(Request::from_parts(parts, Body::from(body))).await;
     let (parts, body) = response.into_parts();
@@ -188,7 +189,8 @@ pub async fn run<S: IdempotencyStore>(
             return Problem::internal().into_response();
         }
     };
-    if is_kept(parts.status) {
+    // Settle the key before answering, so a retry that follows this response sees it settled.
+    let settled = if is_kept(parts.status) {
         let stored = StoredResponse {
             status: parts.status.as_u16(),
             location: header_string(&parts.headers, header::LOCATION),
@@ -196,12 +198,13 @@ pub async fn run<S: IdempotencyStore>(
             body: body.to_vec(),
         };
         let sealed = settings.sealer.seal(&serde_json::to_vec(&stored).expect("stored responses serialize"));
-        match store.complete(&id, sealed, expires_at).await {
-            Ok(()) => guard.disarm(),
-            Err(error) => {
-                tracing::error!(error = %error, "could not store an idempotent response; the key is released")
-            }
-        }
+        store.complete(&id, sealed, expires_at).await
+    } else {
+        store.release(&id).await
+    };
+    match settled {
+        Ok(()) => guard.disarm(),
+        Err(error) => tracing::error!(error = %error, "could not settle an idempotency key; the guard releases it"),
     }
     Response::from_parts(parts, Body::from(body))
 }

@@ -22,6 +22,9 @@ async fn the_same_key_sent_concurrently_creates_exactly_one_order(app: TestApp) 
             let response = request.send().await.unwrap();
             let replayed = response.headers().get("idempotent-replayed").is_some();
             let status = response.status();
+            if status == StatusCode::CONFLICT {
+                assert_eq!(response.headers()["retry-after"], "1", "an in-progress conflict says when to retry");
+            }
             (status, replayed, response.json::<Value>().await.unwrap())
         });
     }
@@ -296,4 +299,29 @@ async fn a_key_is_free_again_after_its_ttl() {
     assert_eq!(after.status(), StatusCode::CREATED, "after the TTL the key is free");
     assert!(after.headers().get("idempotent-replayed").is_none());
     assert_eq!(app.stock_of(product["id"].as_str().unwrap()).await, 7);
+}
+
+#[tokio::test]
+async fn the_sweep_deletes_only_expired_records() {
+    use clap::Parser;
+    use orderly::config::{Cli, Command};
+    use orderly_kit::idempotency::IdempotencyStore;
+
+    let dir = std::env::temp_dir().join(format!("orderly-sweep-{}", uuid::Uuid::now_v7().simple()));
+    let url = format!("sqlite://{}/orderly.db", dir.display());
+    let Command::Migrate(config) = Cli::parse_from(["orderly", "migrate", "--database-url", &url]).command else {
+        unreachable!("the migrate command was given")
+    };
+    let db = orderly::db::Database::connect(&config).await.unwrap();
+    db.migrate().await.unwrap();
+    let store = orderly::idempotency::DatabaseStore::new(db);
+    let now = chrono::Utc::now();
+    let (past, future) = (now - chrono::TimeDelta::hours(1), now + chrono::TimeDelta::hours(1));
+
+    assert!(store.claim("expired", "fingerprint-a", past, past).await.unwrap().is_none());
+    assert!(store.claim("live", "fingerprint-b", future, future).await.unwrap().is_none());
+    assert_eq!(store.sweep().await.unwrap(), 1, "only the expired record is deleted");
+    let live = store.claim("live", "fingerprint-c", future, future).await.unwrap();
+    assert_eq!(live.map(|record| record.fingerprint).as_deref(), Some("fingerprint-b"), "the live record stands");
+    let _ = std::fs::remove_dir_all(dir);
 }
