@@ -1,0 +1,298 @@
+#!/usr/bin/env python3
+"""Orderly load benchmark.
+
+Builds the release binary, starts `orderly serve` on a fresh database, seeds it through the
+API, drives each scenario with wrk and prints one row per scenario (and JSON lines):
+requests/s, latency percentiles, bad responses, server CPU per request and peak RSS.
+
+    python3 bench/run.py                       # SQLite
+    python3 bench/run.py --postgres URL        # SQLite, then PostgreSQL (URL may create databases)
+    python3 bench/run.py --pin                 # server on CPU 0, wrk on CPU 1
+
+Needs: cargo, wrk, and for PostgreSQL psql and openssl. Uses only the Python standard library.
+"""
+
+import argparse
+import concurrent.futures
+import http.client
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCENARIOS = ["ceiling", "catalog_read", "conditional_read", "order_list", "order_create", "mixed"]
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PRODUCTS = 2000
+CUSTOMERS = 20
+ORDERS_PER_CUSTOMER = 100
+ADMIN_EMAIL = "bench-admin@example.com"
+ADMIN_PASSWORD = "bench-admin-password"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--postgres", metavar="URL", help="also run on PostgreSQL; a fresh database is created through this URL")
+    parser.add_argument("--pin", action="store_true", help="pin the server to CPU 0 and wrk to CPU 1 (taskset)")
+    parser.add_argument("--duration", type=int, default=15, help="seconds per scenario (default 15)")
+    parser.add_argument("--connections", type=int, default=64, help="concurrent connections (default 64)")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset of " + ", ".join(SCENARIOS))
+    parser.add_argument("--skip-build", action="store_true", help="use the release binary as it is")
+    parser.add_argument("--json", metavar="FILE", help="also append the JSON lines to FILE")
+    parser.add_argument("--profile", metavar="DIR", help="record the server with `perf record -e cpu-clock` during each scenario into DIR")
+    args = parser.parse_args()
+
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = [s for s in scenarios if s not in SCENARIOS]
+    if unknown:
+        sys.exit(f"unknown scenario(s): {', '.join(unknown)}")
+    for tool in ["wrk"] + (["taskset"] if args.pin else []) + (["psql", "openssl"] if args.postgres else []):
+        if shutil.which(tool) is None:
+            sys.exit(f"`{tool}` is required (on Debian: apt-get install {'util-linux' if tool == 'taskset' else 'postgresql-client' if tool == 'psql' else tool})")
+
+    binary = build(args.skip_build)
+    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    print(f"# orderly {commit}, {os.cpu_count()} CPUs, {args.connections} connections, {args.duration} s per scenario, pinned: {args.pin}")
+    backends = ["sqlite"] + (["postgres"] if args.postgres else [])
+    for backend in backends:
+        with Server(binary, backend, args.postgres, args.pin) as server:
+            started = time.monotonic()
+            data_dir = seed(server)
+            print(f"# {backend}: seeded {PRODUCTS} products, {CUSTOMERS} customers x {ORDERS_PER_CUSTOMER} orders in {time.monotonic() - started:.1f} s")
+            print(f"{'backend':9} {'scenario':17} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'bad':>6} {'cpu µs/req':>11} {'peak RSS MiB':>13}")
+            for scenario in scenarios:
+                result = run_scenario(server, data_dir, scenario, args)
+                result.update(backend=backend, commit=commit, pinned=args.pin)
+                print(
+                    f"{backend:9} {scenario:17} {result['rps']:>9.0f} {result['p50_ms']:>8.2f} {result['p99_ms']:>8.2f} "
+                    f"{result['p999_ms']:>9.2f} {result['bad']:>6} {result['cpu_us_per_request']:>11.1f} {result['peak_rss_mib']:>13.1f}",
+                    flush=True,
+                )
+                line = json.dumps(result, sort_keys=True)
+                print("JSON " + line, file=sys.stderr)
+                if args.json:
+                    with open(args.json, "a") as out:
+                        out.write(line + "\n")
+
+
+def build(skip):
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+    binary = os.path.join(target, "release", "orderly")
+    if not skip:
+        subprocess.run(["cargo", "build", "--release", "--locked", "-p", "orderly"], cwd=ROOT, check=True)
+    if not os.path.exists(binary):
+        sys.exit(f"no release binary at {binary}")
+    return binary
+
+
+class Server:
+    """`orderly serve` on a fresh database, stopped (and the database dropped) on exit."""
+
+    def __init__(self, binary, backend, postgres_url, pin):
+        self.binary, self.backend, self.postgres_url, self.pin = binary, backend, postgres_url, pin
+        self.workdir = tempfile.mkdtemp(prefix=f"orderly-bench-{backend}-")
+        self.database = None
+        self.process = None
+
+    def __enter__(self):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERLY_")}
+        env.update(
+            ORDERLY_DATA_DIR=self.workdir,
+            ORDERLY_LOG_FORMAT="json",
+            ORDERLY_ACCESS_TOKEN_TTL="6h",
+            ORDERLY_SHUTDOWN_GRACE="5s",
+        )
+        if self.backend == "sqlite":
+            env["ORDERLY_DATABASE_URL"] = f"sqlite://{self.workdir}/orderly.db"
+        else:
+            self.database = f"orderly_bench_{uuid.uuid4().hex[:12]}"
+            subprocess.run(["psql", self.postgres_url, "-q", "-c", f"CREATE DATABASE {self.database}"], check=True)
+            env["ORDERLY_DATABASE_URL"] = with_database(self.postgres_url, self.database)
+            key = subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519"], capture_output=True, text=True, check=True).stdout
+            env["ORDERLY_JWT_PRIVATE_KEY"] = key
+        self.port = free_port()
+        env["ORDERLY_LISTEN"] = f"127.0.0.1:{self.port}"
+        admin = subprocess.run(
+            [self.binary, "admin", "create-user", "--email", ADMIN_EMAIL, "--role", "admin"],
+            env={**env, "ORDERLY_ADMIN_PASSWORD": ADMIN_PASSWORD}, capture_output=True, text=True, timeout=60,
+        )
+        if admin.returncode != 0:
+            sys.exit(f"creating the admin failed: {admin.stderr.strip()}")
+        command = (["taskset", "-c", "0"] if self.pin else []) + [self.binary, "serve"]
+        self.log = open(os.path.join(self.workdir, "serve.log"), "w")
+        self.process = subprocess.Popen(command, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if request(self.port, "GET", "/readyz")[0] == 200:
+                    return self
+            except OSError:
+                pass
+            if self.process.poll() is not None:
+                sys.exit(f"orderly exited at start; see {self.log.name}")
+            time.sleep(0.1)
+        sys.exit("orderly did not become ready within 30 s")
+
+    def __exit__(self, *exc):
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.log.close()
+        if self.database:
+            subprocess.run(["psql", self.postgres_url, "-q", "-c", f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)"], check=False)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def cpu_ticks(self):
+        with open(f"/proc/{self.process.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+
+    def reset_peak_rss(self):
+        with open(f"/proc/{self.process.pid}/clear_refs", "w") as refs:
+            refs.write("5")
+
+    def peak_rss_kib(self):
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+        return 0
+
+
+def seed(server):
+    """Seeds through the API; returns the folder of data files the wrk script reads."""
+    port = server.port
+    admin_token = token(port, ADMIN_EMAIL, ADMIN_PASSWORD)
+
+    def create_product(i):
+        body = {"sku": f"BENCH-{i:05d}", "name": f"Bench product {i}", "description": "Seeded for the benchmark.",
+                "unit_price": 100 + (i * 37) % 10000, "currency": "USD", "stock": 1_000_000}
+        status, _, payload = request(port, "POST", "/api/v1/products", body, admin_token)
+        assert status == 201, (status, payload)
+        return json.loads(payload)["id"]
+
+    def create_customer(i):
+        email, password = f"bench-customer-{i}@example.com", "bench-customer-password"
+        status, _, payload = request(port, "POST", "/api/v1/auth/register", {"email": email, "password": password, "name": f"Customer {i}"})
+        assert status == 201, (status, payload)
+        return token(port, email, password)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        product_ids = list(pool.map(create_product, range(PRODUCTS)))
+        tokens = list(pool.map(create_customer, range(CUSTOMERS)))
+
+        def create_orders(customer_token):
+            rng = random.Random(customer_token)
+            for _ in range(ORDERS_PER_CUSTOMER):
+                lines = rng.sample(product_ids, rng.randint(1, 3))
+                body = {"items": [{"product_id": p, "quantity": rng.randint(1, 3)} for p in lines]}
+                status, _, payload = request(port, "POST", "/api/v1/orders", body, customer_token)
+                assert status == 201, (status, payload)
+
+        list(pool.map(create_orders, tokens))
+
+        def current_etag(product_id):
+            status, headers, _ = request(port, "GET", f"/api/v1/products/{product_id}")
+            assert status == 200
+            return headers["etag"]
+
+        etags = list(pool.map(current_etag, product_ids))
+
+    data_dir = os.path.join(server.workdir, "wrk-data")
+    os.makedirs(data_dir)
+    for name, values in [("product_ids", product_ids), ("product_etags", etags), ("customer_tokens", tokens)]:
+        with open(os.path.join(data_dir, name), "w") as out:
+            out.write("\n".join(values) + "\n")
+    return data_dir
+
+
+def run_scenario(server, data_dir, scenario, args):
+    script = os.path.join(ROOT, "bench", "wrk", "orderly.lua")
+    command = (["taskset", "-c", "1"] if args.pin else []) + [
+        "wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--timeout", "5s",
+        "-s", script, f"http://127.0.0.1:{server.port}",
+    ]
+    env = {**os.environ, "BENCH_SCENARIO": scenario, "BENCH_DATA": data_dir}
+    server.reset_peak_rss()
+    profiler = None
+    if args.profile:
+        os.makedirs(args.profile, exist_ok=True)
+        output = os.path.join(args.profile, f"{server.backend}-{scenario}.perf.data")
+        profiler = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "999", "-g", "-p", str(server.process.pid), "-o", output],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ticks_before = server.cpu_ticks()
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.duration + 60)
+    ticks_after = server.cpu_ticks()
+    if profiler:
+        profiler.send_signal(signal.SIGINT)
+        profiler.wait(timeout=60)
+    summary = next((line[len("BENCH "):] for line in completed.stdout.splitlines() if line.startswith("BENCH ")), None)
+    if completed.returncode != 0 or summary is None:
+        sys.exit(f"wrk failed for {scenario}:\n{completed.stdout}\n{completed.stderr}")
+    stats = json.loads(summary)
+    requests_done = max(stats["requests"], 1)
+    return {
+        "scenario": scenario,
+        "requests": stats["requests"],
+        "rps": stats["requests"] / (stats["duration_us"] / 1e6),
+        "p50_ms": stats["p50_us"] / 1000,
+        "p99_ms": stats["p99_us"] / 1000,
+        "p999_ms": stats["p999_us"] / 1000,
+        "bad": stats["status_errors"] + stats["socket_errors"],
+        "cpu_us_per_request": (ticks_after - ticks_before) / CLOCK_TICKS * 1e6 / requests_done,
+        "peak_rss_mib": server.peak_rss_kib() / 1024,
+        "connections": args.connections,
+        "duration_s": args.duration,
+    }
+
+
+def token(port, email, password):
+    body = f"grant_type=password&username={email}&password={password}"
+    status, _, payload = request(port, "POST", "/api/v1/auth/token", body.encode(), content_type="application/x-www-form-urlencoded")
+    assert status == 200, (status, payload)
+    return json.loads(payload)["access_token"]
+
+
+def request(port, method, path, body=None, bearer=None, content_type="application/json"):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {}
+    if body is not None:
+        headers["Content-Type"] = content_type
+        if not isinstance(body, bytes):
+            body = json.dumps(body).encode()
+    if bearer:
+        headers["Authorization"] = f"Bearer {bearer}"
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def with_database(url, database):
+    base, _, query = url.partition("?")
+    scheme, _, rest = base.partition("://")
+    authority = rest.split("/", 1)[0]
+    return f"{scheme}://{authority}/{database}" + (f"?{query}" if query else "")
+
+
+if __name__ == "__main__":
+    main()
