@@ -68,8 +68,19 @@ pub fn conditional_response(
 ) -> Response {
     let body = body_of(value);
     let etag = etag_of(&body);
+    prepared_conditional_response(request_headers, body, &etag, last_modified, cache)
+}
+
+/// As [`conditional_response`], for a body already serialized with its ETag (from a cache).
+pub fn prepared_conditional_response(
+    request_headers: &HeaderMap,
+    body: Bytes,
+    etag: &str,
+    last_modified: DateTime<Utc>,
+    cache: CacheControl,
+) -> Response {
     let not_modified = match request_headers.get(header::IF_NONE_MATCH) {
-        Some(if_none_match) => if_none_match.to_str().is_ok_and(|list| matches_weakly(list, &etag)),
+        Some(if_none_match) => if_none_match.to_str().is_ok_and(|list| matches_weakly(list, etag)),
         None => request_headers
             .get(header::IF_MODIFIED_SINCE)
             .and_then(|v| v.to_str().ok())
@@ -84,7 +95,7 @@ pub fn conditional_response(
         response
     };
     let headers = response.headers_mut();
-    headers.insert(header::ETAG, HeaderValue::from_str(&etag).expect("hex is a valid header"));
+    headers.insert(header::ETAG, HeaderValue::from_str(etag).expect("hex is a valid header"));
     headers.insert(header::LAST_MODIFIED, HeaderValue::from_str(&http_date(last_modified)).expect("ascii"));
     cache.apply(headers);
     response

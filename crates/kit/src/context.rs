@@ -35,12 +35,12 @@ impl RequestContext {
             .and_then(|value| value.to_str().ok())
             .filter(|id| is_valid_request_id(id))
             .map(str::to_owned)
-            .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
+            .unwrap_or_else(|| format!("{:032x}", random_u128()));
         let trace_id = headers
             .get("traceparent")
             .and_then(|value| value.to_str().ok())
             .and_then(trace_id_from_traceparent)
-            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+            .unwrap_or_else(|| format!("{:032x}", random_u128()));
         Self { request_id, trace_id, path: path.to_owned(), user_id: OnceLock::new() }
     }
 
@@ -60,6 +60,30 @@ impl RequestContext {
             let _ = context.user_id.set(user_id.to_owned());
         }
     }
+}
+
+/// 128 random bits for request and trace ids, from a per-thread generator seeded once from the
+/// system: a syscall per request would cost more than the rest of the id handling.
+fn random_u128() -> u128 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut seed = [0u8; 8];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed).expect("the system random source works");
+            u64::from_le_bytes(seed)
+        });
+    }
+    // SplitMix64: fast, and every output of a well-seeded stream is distinct.
+    let next = || {
+        STATE.with(|state| {
+            let mut z = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+            state.set(z);
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        })
+    };
+    (u128::from(next()) << 64) | u128::from(next())
 }
 
 /// `[A-Za-z0-9._-]{1,128}`: anything else is replaced, so ids are always safe to log and echo.

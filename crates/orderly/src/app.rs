@@ -46,6 +46,8 @@ pub struct App {
     pub refresh_token_ttl: Duration,
     /// `max-age` of public catalog reads.
     pub catalog_max_age: u32,
+    /// Representations of single products for public reads.
+    pub products: crate::catalog::cache::ProductCache,
     /// Set when shutdown begins so `/readyz` fails at once while in-flight requests finish.
     shutting_down: AtomicBool,
 }
@@ -95,6 +97,7 @@ impl Application {
             db,
             refresh_token_ttl: config.auth.refresh_token_ttl,
             catalog_max_age: config.http.catalog_max_age,
+            products: crate::catalog::cache::ProductCache::new(config.http.catalog_cache_ttl),
             shutting_down: AtomicBool::new(false),
         }));
         let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|error| {

@@ -161,6 +161,11 @@ pub struct HttpConfig {
     #[arg(long, env = "ORDERLY_CATALOG_MAX_AGE", default_value_t = 60)]
     pub catalog_max_age: u32,
 
+    /// How long this instance may serve a product from memory. Its own writes invalidate at
+    /// once; the TTL bounds how long another instance's writes take to show. `0s` disables.
+    #[arg(long, env = "ORDERLY_CATALOG_CACHE_TTL", default_value = "2s", value_parser = parse_duration)]
+    pub catalog_cache_ttl: Duration,
+
     /// After SIGTERM, how long to keep accepting requests while `/readyz` already fails, so
     /// load balancers stop routing here before connections are refused.
     #[arg(long, env = "ORDERLY_SHUTDOWN_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]

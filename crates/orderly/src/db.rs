@@ -10,6 +10,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use sea_orm::sqlx::ConnectOptions;
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, SqlxPostgresConnector, SqlxSqliteConnector};
@@ -74,7 +75,8 @@ impl Database {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            .disable_statement_logging();
         if options.get_filename() == std::path::Path::new(":memory:") {
             return Err(ConfigError::new(setting, "an in-memory database cannot be shared by the pools; use a file"));
         }
@@ -140,8 +142,9 @@ async fn connect_postgres(
     setting: &'static str,
     config: &DatabaseConfig,
 ) -> Result<DatabaseConnection, ConfigError> {
-    let options =
-        PgConnectOptions::from_str(url).map_err(|_| ConfigError::new(setting, "is not a valid PostgreSQL URL"))?;
+    let options = PgConnectOptions::from_str(url)
+        .map_err(|_| ConfigError::new(setting, "is not a valid PostgreSQL URL"))?
+        .disable_statement_logging();
     let pool = PgPoolOptions::new()
         .max_connections(config.database_max_connections)
         .acquire_timeout(config.database_acquire_timeout)

@@ -1,5 +1,6 @@
 //! Argon2id password hashing, always on the blocking pool: a hash takes tens of milliseconds
-//! of CPU and must never stall the async workers serving other requests.
+//! of CPU and must never stall the async workers serving other requests. At most one hash
+//! per CPU runs at a time: each needs 19 MiB, and more at once only queue for the CPUs anyway.
 
 use std::sync::OnceLock;
 
@@ -10,7 +11,14 @@ use crate::error::AppError;
 
 use super::domain::Password;
 
+/// Bounds concurrent hashes to the number of CPUs.
+fn permits() -> &'static tokio::sync::Semaphore {
+    static PERMITS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    PERMITS.get_or_init(|| tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())))
+}
+
 pub async fn hash(password: Password) -> Result<String, AppError> {
+    let _permit = permits().acquire().await.map_err(|_| AppError::internal("password hashing is closed"))?;
     tokio::task::spawn_blocking(move || hash_blocking(password.expose()))
         .await
         .map_err(|error| AppError::internal(format!("password hashing task failed: {error}")))
@@ -19,6 +27,7 @@ pub async fn hash(password: Password) -> Result<String, AppError> {
 /// Verifies `password` against `stored`; with no stored hash (unknown user) it verifies
 /// against a dummy hash anyway, so response time does not reveal which emails exist.
 pub async fn verify(password: String, stored: Option<String>) -> Result<bool, AppError> {
+    let _permit = permits().acquire().await.map_err(|_| AppError::internal("password hashing is closed"))?;
     tokio::task::spawn_blocking(move || {
         let matched = verify_blocking(&password, stored.as_deref().unwrap_or_else(|| dummy_hash()));
         matched && stored.is_some()

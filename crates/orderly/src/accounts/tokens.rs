@@ -28,7 +28,7 @@ const KEY_FILE: &str = "jwt-ed25519.pem";
 const ED25519_SPKI_PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
 
 /// Claims of an access token.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AccessClaims {
     pub sub: Uuid,
     pub role: String,
@@ -47,6 +47,9 @@ pub struct SigningKeys {
     access_ttl: Duration,
     /// Root of the secrets derived for other purposes (cursor signing, response sealing).
     derivation: hmac::Key,
+    /// Recently verified tokens: a signature check costs far more than the rest of most
+    /// requests. Keyed by the whole token; an entry is still checked for expiry on use.
+    verified: moka::sync::Cache<String, AccessClaims>,
 }
 
 impl std::fmt::Debug for SigningKeys {
@@ -112,6 +115,7 @@ impl SigningKeys {
             validation,
             access_ttl,
             derivation: hmac::Key::new(hmac::HMAC_SHA256, pkcs8),
+            verified: moka::sync::Cache::builder().max_capacity(10_000).time_to_live(Duration::from_secs(60)).build(),
         }
     }
 
@@ -134,9 +138,15 @@ impl SigningKeys {
 
     /// Verifies signature, issuer and expiry.
     pub fn verify_access_token(&self, token: &str) -> Option<AccessClaims> {
+        if let Some(claims) = self.verified.get(token) {
+            let leeway = i64::try_from(self.validation.leeway).unwrap_or(0);
+            return (claims.exp + leeway > chrono::Utc::now().timestamp()).then_some(claims);
+        }
         let header = jsonwebtoken::decode_header(token).ok()?;
         let key = self.decoding.get(header.kid.as_deref()?)?;
-        jsonwebtoken::decode::<AccessClaims>(token, key, &self.validation).ok().map(|data| data.claims)
+        let claims = jsonwebtoken::decode::<AccessClaims>(token, key, &self.validation).ok()?.claims;
+        self.verified.insert(token.to_owned(), claims.clone());
+        Some(claims)
     }
 
     pub fn jwks(&self) -> &serde_json::Value {

@@ -4,6 +4,7 @@
 //!
 //! Owns the `products` table.
 
+pub mod cache;
 pub mod domain;
 mod routes;
 pub mod store;

@@ -5,13 +5,12 @@ use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use http::{HeaderMap, StatusCode};
 use orderly_kit::Problem;
-use orderly_kit::conditional::{CacheControl, check_if_match, conditional_response};
+use orderly_kit::conditional::{CacheControl, check_if_match, conditional_response, prepared_conditional_response};
 use orderly_kit::docs::{
     BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, PreconditionFailed, Unauthorized, UnsupportedMediaType,
     ValidationFailed,
 };
 use orderly_kit::extract::{Id, JsonBody, Query};
-use orderly_kit::fields::select;
 use orderly_kit::validation::{Fields, json, query, text};
 use sea_orm::TransactionTrait;
 use serde::Serialize;
@@ -216,14 +215,12 @@ async fn get_product(
 ) -> ApiResult {
     let fields = read_fields(&mut query, PRODUCT_FIELDS);
     let (fields,) = query.finish((fields,))?;
-    let product = store::find_product(app.db.read(), id).await?.ok_or_else(Problem::not_found)?;
-    let value = select(fields.as_ref(), product_value(&product));
-    Ok(conditional_response(
-        &headers,
-        &value,
-        product.updated_at,
-        CacheControl::Public { max_age: app.catalog_max_age },
-    ))
+    let product = app.products.get(app.db.read(), id, product_value).await?.ok_or_else(Problem::not_found)?;
+    let cache = CacheControl::Public { max_age: app.catalog_max_age };
+    Ok(match fields {
+        None => prepared_conditional_response(&headers, product.body.clone(), &product.etag, product.updated_at, cache),
+        Some(fields) => conditional_response(&headers, &fields.apply(product.value.clone()), product.updated_at, cache),
+    })
 }
 
 /// Body of `POST /products`.
@@ -386,5 +383,6 @@ async fn change_product(
     let updated =
         store::update_product(&transaction, &current, desired).await.map_err(|e| conflict_on_unique(e, sku_taken))?;
     transaction.commit().await?;
+    app.products.invalidate([id]);
     Ok(updated)
 }

@@ -69,6 +69,7 @@ pub async fn place_order(app: &App, user_id: Uuid, lines: &[OrderLine]) -> Resul
     let currency = currency.expect("an order has at least one item");
     let placed = store::insert_order(&transaction, user_id, &currency, items).await?;
     transaction.commit().await?;
+    app.products.invalidate(ids);
     Ok(placed)
 }
 
@@ -97,6 +98,7 @@ pub async fn cancel_order(app: &App, caller: Principal, id: Uuid) -> Result<(Ord
     items.sort_by_key(|item| item.position);
     let cancelled = store::set_status(&transaction, &order, OrderStatus::Cancelled).await?;
     transaction.commit().await?;
+    app.products.invalidate(items.iter().map(|item| item.product_id));
     Ok((cancelled, items))
 }
 
