@@ -16,6 +16,7 @@ pub mod idempotency;
 pub mod middleware;
 pub mod pagination;
 pub mod problem;
+pub mod telemetry;
 pub mod validation;
 
 pub use problem::{FieldError, Problem};

@@ -1,7 +1,7 @@
 //! Middleware every request passes through, outermost first:
 //!
-//! 1. [`request_context`]: request id and trace id, a tracing span, the `X-Request-ID`
-//!    response header and exactly one access-log line per request.
+//! 1. [`request_context`]: request id and trace id (in a task-local that log lines read), the
+//!    `X-Request-ID` response header and exactly one access-log line per request.
 //! 2. [`finalize`]: turns bodiless error responses produced by the router (404, 405 with
 //!    `Allow`, 413, …) into problems, and marks anything without a cache policy `no-store`.
 //! 3. [`deadline`]: answers 503 `deadline_exceeded` when a request runs past its budget.
@@ -14,7 +14,6 @@ use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
-use tracing::Instrument;
 
 use crate::context::{REQUEST_ID_HEADER, RequestContext};
 use crate::problem::Problem;
@@ -24,9 +23,7 @@ pub async fn request_context(request: Request, next: Next) -> Response {
     let context = Arc::new(RequestContext::from_headers(request.headers(), request.uri().path()));
     let method = request.method().clone();
     let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
-    let span = tracing::info_span!("request", request_id = %context.request_id, trace_id = %context.trace_id);
-
-    let mut response = Arc::clone(&context).scope(next.run(request)).instrument(span).await;
+    let mut response = Arc::clone(&context).scope(next.run(request)).await;
 
     let request_id = HeaderValue::from_str(&context.request_id).expect("request ids are validated header values");
     response.headers_mut().insert(REQUEST_ID_HEADER, request_id);

@@ -7,7 +7,6 @@
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, Uri, header};
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::conditional::CacheControl;
 use crate::validation::{Invalid, query};
@@ -38,15 +37,15 @@ impl<T> Page<T> {
 
 /// `{"data": [...], "next_cursor": ..., "has_more": ...}`.
 #[derive(Serialize)]
-pub struct ListBody {
-    pub data: Vec<Value>,
+pub struct ListBody<T> {
+    pub data: Vec<T>,
     pub next_cursor: Option<String>,
     pub has_more: bool,
 }
 
 /// Responds with a list envelope, a `Link: rel="next"` header built from the request URI, and
 /// the given cache policy.
-pub fn list_response(uri: &Uri, body: ListBody, cache: CacheControl) -> Response {
+pub fn list_response<T: Serialize>(uri: &Uri, body: ListBody<T>, cache: CacheControl) -> Response {
     let link = body.next_cursor.as_deref().map(|cursor| next_link(uri, cursor));
     let mut response = axum::Json(body).into_response();
     if let Some(link) = link.and_then(|l| HeaderValue::from_str(&l).ok()) {

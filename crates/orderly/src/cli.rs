@@ -76,7 +76,7 @@ fn env_name_of(command: &clap::Command, long: &str) -> Option<String> {
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Serve(config) => {
-            crate::telemetry::init(config.log_format);
+            let _flush_logs_on_exit = crate::telemetry::init(config.log_format);
             let application = Application::build(*config).await?;
             tracing::info!(address = %application.local_addr(), "orderly is listening");
             application

@@ -9,7 +9,7 @@ use http::Uri;
 use orderly_kit::Problem;
 use orderly_kit::conditional::CacheControl;
 use orderly_kit::cursor::CursorCodec;
-use orderly_kit::fields::{FieldSelection, select};
+use orderly_kit::fields::FieldSelection;
 use orderly_kit::pagination::{DEFAULT_LIMIT, ListBody, Page, list_response, parse_limit};
 use orderly_kit::validation::{Fields, Invalid, query};
 use sea_orm::sea_query::{Expr, SimpleExpr};
@@ -118,11 +118,13 @@ pub fn seek<E: EntityTrait>(
 }
 
 /// Builds the list envelope: each row rendered, field-selected, and a cursor after the last.
-pub fn respond<T>(
+/// Rows are serialized straight from their representation type; only a `fields=` selection
+/// goes through a JSON value.
+pub fn respond<T, B: Serialize>(
     uri: &Uri,
     page: Page<T>,
     params: &ListParams,
-    render: impl Fn(&T) -> Value,
+    render: impl Fn(&T) -> B,
     next_cursor: impl FnOnce(&T) -> String,
     cache: CacheControl,
 ) -> Response {
@@ -130,6 +132,19 @@ pub fn respond<T>(
         (true, Some(last)) => Some(next_cursor(last)),
         _ => None,
     };
-    let data = page.rows.iter().map(|row| select(params.fields.as_ref(), render(row))).collect();
-    list_response(uri, ListBody { data, next_cursor, has_more: page.has_more }, cache)
+    let has_more = page.has_more;
+    match &params.fields {
+        None => {
+            let data = page.rows.iter().map(render).collect();
+            list_response(uri, ListBody { data, next_cursor, has_more }, cache)
+        }
+        Some(fields) => {
+            let data = page
+                .rows
+                .iter()
+                .map(|row| fields.apply(serde_json::to_value(render(row)).expect("representations serialize")))
+                .collect::<Vec<Value>>();
+            list_response(uri, ListBody { data, next_cursor, has_more }, cache)
+        }
+    }
 }

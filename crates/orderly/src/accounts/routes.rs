@@ -65,8 +65,8 @@ pub struct UserBody {
 pub const USER_FIELDS: &[&str] = &["id", "email", "name", "role", "version", "created_at", "updated_at"];
 const USER_SORTS: &[&str] = &["-created_at", "created_at"];
 
-fn user_value(user: &User) -> Value {
-    let body = UserBody {
+fn user_body(user: &User) -> UserBody {
+    UserBody {
         id: user.id,
         email: user.email.clone(),
         name: user.name.clone(),
@@ -74,8 +74,11 @@ fn user_value(user: &User) -> Value {
         version: user.version,
         created_at: user.created_at,
         updated_at: user.updated_at,
-    };
-    serde_json::to_value(body).expect("representations serialize")
+    }
+}
+
+fn user_value(user: &User) -> Value {
+    serde_json::to_value(user_body(user)).expect("representations serialize")
 }
 
 /// An API key. The secret is shown only in the response that creates it.
@@ -102,10 +105,12 @@ pub struct NewApiKeyBody {
 const API_KEY_FIELDS: &[&str] = &["id", "name", "prefix", "created_at"];
 const API_KEY_SORTS: &[&str] = &["-created_at", "created_at"];
 
+fn api_key_body(key: &ApiKey) -> ApiKeyBody {
+    ApiKeyBody { id: key.id, name: key.name.clone(), prefix: key.prefix.clone(), created_at: key.created_at }
+}
+
 fn api_key_value(key: &ApiKey) -> Value {
-    let body =
-        ApiKeyBody { id: key.id, name: key.name.clone(), prefix: key.prefix.clone(), created_at: key.created_at };
-    serde_json::to_value(body).expect("representations serialize")
+    serde_json::to_value(api_key_body(key)).expect("representations serialize")
 }
 
 /// The list envelope, as documented.
@@ -445,7 +450,7 @@ async fn list_users(
         &uri,
         page,
         &params,
-        user_value,
+        user_body,
         |last| app.cursors.encode(&scope, &(last.created_at, last.id)),
         CacheControl::Private,
     ))
@@ -598,7 +603,7 @@ async fn list_api_keys(
         &uri,
         page,
         &params,
-        api_key_value,
+        api_key_body,
         |last| app.cursors.encode(&scope, &(last.created_at, last.id)),
         CacheControl::Private,
     ))

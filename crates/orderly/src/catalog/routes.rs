@@ -81,8 +81,8 @@ const PRODUCT_FIELDS: &[&str] = &[
 ];
 const PRODUCT_SORTS: &[&str] = &["-created_at", "created_at", "unit_price", "-unit_price"];
 
-fn product_value(product: &Product) -> Value {
-    let body = ProductBody {
+fn product_body(product: &Product) -> ProductBody {
+    ProductBody {
         id: product.id,
         sku: product.sku.clone(),
         name: product.name.clone(),
@@ -94,8 +94,11 @@ fn product_value(product: &Product) -> Value {
         version: product.version,
         created_at: product.created_at,
         updated_at: product.updated_at,
-    };
-    serde_json::to_value(body).expect("representations serialize")
+    }
+}
+
+fn product_value(product: &Product) -> Value {
+    serde_json::to_value(product_body(product)).expect("representations serialize")
 }
 
 fn sku_taken() -> Problem {
@@ -185,7 +188,7 @@ async fn list_products(
         &uri,
         page,
         &params,
-        product_value,
+        product_body,
         |last| {
             if by_price {
                 app.cursors.encode(&scope, &(last.unit_price, last.id))

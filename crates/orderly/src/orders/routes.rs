@@ -76,8 +76,8 @@ const ORDER_FIELDS: &[&str] =
     &["id", "user_id", "status", "items", "currency", "total", "version", "created_at", "updated_at"];
 const ORDER_SORTS: &[&str] = &["-created_at", "created_at"];
 
-fn order_value(order: &Order, items: &[OrderItem]) -> Value {
-    let body = OrderBody {
+fn order_body(order: &Order, items: &[OrderItem]) -> OrderBody {
+    OrderBody {
         id: order.id,
         user_id: order.user_id,
         status: OrderStatus::parse(&order.status).unwrap_or(OrderStatus::Pending),
@@ -97,8 +97,11 @@ fn order_value(order: &Order, items: &[OrderItem]) -> Value {
         version: order.version,
         created_at: order.created_at,
         updated_at: order.updated_at,
-    };
-    serde_json::to_value(body).expect("representations serialize")
+    }
+}
+
+fn order_value(order: &Order, items: &[OrderItem]) -> Value {
+    serde_json::to_value(order_body(order, items)).expect("representations serialize")
 }
 
 /// The caller's scope over orders: their own, or all for an admin.
@@ -216,14 +219,14 @@ async fn list_orders(
         &uri,
         page,
         &params,
-        |order| order_value(order, items.get(&order.id).map(Vec::as_slice).unwrap_or_default()),
+        |order| order_body(order, items.get(&order.id).map(Vec::as_slice).unwrap_or_default()),
         |last| app.cursors.encode(&scope, &(last.created_at, last.id)),
         CacheControl::Private,
     ))
 }
 
 fn empty_list(uri: &http::Uri) -> axum::response::Response {
-    let body = orderly_kit::pagination::ListBody { data: Vec::new(), next_cursor: None, has_more: false };
+    let body = orderly_kit::pagination::ListBody::<Value> { data: Vec::new(), next_cursor: None, has_more: false };
     orderly_kit::pagination::list_response(uri, body, CacheControl::Private)
 }
 
