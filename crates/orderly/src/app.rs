@@ -79,6 +79,7 @@ impl Application {
     pub async fn build(config: ServeConfig) -> Result<Self, StartError> {
         let embedded = DatabaseKind::of(&config.database)? == DatabaseKind::Sqlite;
         let keys = SigningKeys::load(&config.auth, embedded)?;
+        crate::accounts::passwords::configure(usize::from(config.auth.password_hashers));
         let db = Database::connect(&config.database).await?;
         if config.migrate_on_start {
             db.migrate().await.map_err(StartError::Migration)?;

@@ -134,6 +134,11 @@ pub struct AuthConfig {
     #[arg(long, env = "ORDERLY_JWT_PREVIOUS_PUBLIC_KEYS", hide_env_values = true)]
     pub jwt_previous_public_keys: Option<String>,
 
+    /// Threads that hash passwords. Each holds 19 MiB; more allow more concurrent logins on
+    /// machines with CPUs to spare.
+    #[arg(long, env = "ORDERLY_PASSWORD_HASHERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub password_hashers: u16,
+
     /// Lifetime of access tokens.
     #[arg(long, env = "ORDERLY_ACCESS_TOKEN_TTL", default_value = "15m", value_parser = parse_duration)]
     pub access_token_ttl: Duration,

@@ -101,7 +101,9 @@ impl Database {
             // A ping per checkout doubles the round trips of every query; a dead connection
             // fails its query instead, which answers 503 and is dropped from the pool.
             .test_before_acquire(false)
-            .connect_with(options.read_only(true))
+            // The OS page cache holds the file for every reader; a small private cache each
+            // keeps memory flat as readers are added.
+            .connect_with(options.read_only(true).pragma("cache_size", "-256"))
             .await
             .map_err(unreachable)?;
         Ok(Self {

@@ -21,9 +21,9 @@ use uuid::Uuid;
 
 use super::store::{self, Product};
 
-/// A product as the API sends it, with its validators.
+/// A product as the API sends it, with its validators. Only the bytes are kept: a parsed
+/// JSON value would take several times the memory.
 pub struct CachedProduct {
-    pub value: Value,
     pub body: Bytes,
     pub etag: String,
     pub updated_at: DateTime<Utc>,
@@ -58,7 +58,7 @@ impl ProductCache {
         };
         let value = render(&product);
         let body = body_of(&value);
-        let entry = Arc::new(CachedProduct { etag: etag_of(&body), value, body, updated_at: product.updated_at });
+        let entry = Arc::new(CachedProduct { etag: etag_of(&body), body, updated_at: product.updated_at });
         if let Some(entries) = &self.entries
             && self.epoch.load(Ordering::Acquire) == epoch
         {

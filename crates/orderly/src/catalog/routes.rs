@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::accounts::auth::Admin;
 use crate::app::AppState;
-use crate::error::{ApiResult, conflict_on_unique};
+use crate::error::{ApiResult, AppError, conflict_on_unique};
 use crate::listing::{FieldsQuery, ListParams, read_fields};
 use crate::responses::{created, written};
 
@@ -222,7 +222,11 @@ async fn get_product(
     let cache = CacheControl::Public { max_age: app.catalog_max_age };
     Ok(match fields {
         None => prepared_conditional_response(&headers, product.body.clone(), &product.etag, product.updated_at, cache),
-        Some(fields) => conditional_response(&headers, &fields.apply(product.value.clone()), product.updated_at, cache),
+        Some(fields) => {
+            let value = serde_json::from_slice(&product.body)
+                .map_err(|e| AppError::internal(format!("cached product: {e}")))?;
+            conditional_response(&headers, &fields.apply(value), product.updated_at, cache)
+        }
     })
 }
 
