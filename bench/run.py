@@ -47,6 +47,7 @@ def main():
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset of " + ", ".join(SCENARIOS))
     parser.add_argument("--skip-build", action="store_true", help="use the release binary as it is")
     parser.add_argument("--json", metavar="FILE", help="also append the JSON lines to FILE")
+    parser.add_argument("--server-env", metavar="KEY=VALUE", action="append", default=[], help="extra environment for the server, e.g. ORDERLY_DATABASE_MAX_CONNECTIONS=4 (repeatable)")
     parser.add_argument("--profile", metavar="DIR", help="record the server with `perf record -e cpu-clock` during each scenario into DIR")
     args = parser.parse_args()
 
@@ -63,7 +64,7 @@ def main():
     print(f"# orderly {commit}, {os.cpu_count()} CPUs, {args.connections} connections, {args.duration} s per scenario, pinned: {args.pin}")
     backends = ["sqlite"] + (["postgres"] if args.postgres else [])
     for backend in backends:
-        with Server(binary, backend, args.postgres, args.pin) as server:
+        with Server(binary, backend, args.postgres, args.pin, dict(item.split("=", 1) for item in args.server_env)) as server:
             started = time.monotonic()
             data_dir = seed(server)
             print(f"# {backend}: seeded {PRODUCTS} products, {CUSTOMERS} customers x {ORDERS_PER_CUSTOMER} orders in {time.monotonic() - started:.1f} s")
@@ -96,8 +97,9 @@ def build(skip):
 class Server:
     """`orderly serve` on a fresh database, stopped (and the database dropped) on exit."""
 
-    def __init__(self, binary, backend, postgres_url, pin):
+    def __init__(self, binary, backend, postgres_url, pin, extra_env):
         self.binary, self.backend, self.postgres_url, self.pin = binary, backend, postgres_url, pin
+        self.extra_env = extra_env
         self.workdir = tempfile.mkdtemp(prefix=f"orderly-bench-{backend}-")
         self.database = None
         self.process = None
@@ -118,6 +120,7 @@ class Server:
             env["ORDERLY_DATABASE_URL"] = with_database(self.postgres_url, self.database)
             key = subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519"], capture_output=True, text=True, check=True).stdout
             env["ORDERLY_JWT_PRIVATE_KEY"] = key
+        env.update(self.extra_env)
         self.port = free_port()
         env["ORDERLY_LISTEN"] = f"127.0.0.1:{self.port}"
         admin = subprocess.run(

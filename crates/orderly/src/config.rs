@@ -81,7 +81,7 @@ pub struct DatabaseConfig {
     #[arg(long, env = "ORDERLY_DATABASE_READ_URL", hide_env_values = true)]
     pub database_read_url: Option<String>,
 
-    /// Maximum connections per pool.
+    /// Maximum connections per pool. SQLite uses one writer and at most one reader per CPU.
     #[arg(long, env = "ORDERLY_DATABASE_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_max_connections: u32,
 
