@@ -132,7 +132,10 @@ impl Application {
         let mut server = tokio::spawn(server.into_future());
         let sweeper = tokio::spawn(crate::idempotency::sweep_forever(self.state.idempotency.clone(), SWEEP_INTERVAL));
         tokio::select! {
-            result = &mut server => return result.map_err(std::io::Error::other)?,
+            result = &mut server => {
+                sweeper.abort();
+                return result.map_err(std::io::Error::other)?;
+            }
             () = shutdown => {}
         }
         sweeper.abort();

@@ -174,7 +174,6 @@ const DEMO_PRODUCTS: &[(&str, &str, &str, i64, i64)] = &[
 ];
 
 async fn seed(args: SeedArgs) -> Result<(), CliError> {
-    let _ = args.demo;
     let db = connect_migrated(&args.database).await?;
     for (email, password, name, role) in [
         (DEMO_ADMIN.0, DEMO_ADMIN.1, "Demo Admin", Role::Admin),
