@@ -120,11 +120,11 @@ pub fn seek<E: EntityTrait>(
 /// Builds the list envelope: each row rendered, field-selected, and a cursor after the last.
 /// Rows are serialized straight from their representation type; only a `fields=` selection
 /// goes through a JSON value.
-pub fn respond<T, B: Serialize>(
+pub fn respond<'a, T, B: Serialize>(
     uri: &Uri,
-    page: Page<T>,
+    page: &'a Page<T>,
     params: &ListParams,
-    render: impl Fn(&T) -> B,
+    render: impl Fn(&'a T) -> B,
     next_cursor: impl FnOnce(&T) -> String,
     cache: CacheControl,
 ) -> Response {

@@ -448,7 +448,7 @@ async fn list_users(
     let page = store::list_users(app.db.read(), &filter, &params, after).await?;
     Ok(crate::listing::respond(
         &uri,
-        page,
+        &page,
         &params,
         user_body,
         |last| app.cursors.encode(&scope, &(last.created_at, last.id)),
@@ -601,7 +601,7 @@ async fn list_api_keys(
     let page = store::list_api_keys(app.db.read(), principal.user_id, &params, after).await?;
     Ok(crate::listing::respond(
         &uri,
-        page,
+        &page,
         &params,
         api_key_body,
         |last| app.cursors.encode(&scope, &(last.created_at, last.id)),

@@ -186,7 +186,7 @@ async fn list_products(
     let by_price = params.sort.key == "unit_price";
     Ok(crate::listing::respond(
         &uri,
-        page,
+        &page,
         &params,
         product_body,
         |last| {

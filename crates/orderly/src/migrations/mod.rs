@@ -7,6 +7,7 @@ mod m0001_accounts;
 mod m0002_catalog;
 mod m0003_idempotency;
 mod m0004_orders;
+mod m0005_order_items_inline;
 
 pub struct Migrator;
 
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0002_catalog::Migration),
             Box::new(m0003_idempotency::Migration),
             Box::new(m0004_orders::Migration),
+            Box::new(m0005_order_items_inline::Migration),
         ]
     }
 }

@@ -1,7 +1,8 @@
-//! Order value types: the status machine and the parsed item list of a new order.
+//! Order value types: the status machine, the parsed item list of a new order, and the items
+//! an order keeps.
 
 use orderly_kit::validation::{Invalid, json};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -37,6 +38,20 @@ impl OrderStatus {
             Self::Cancelled => "cancelled",
         }
     }
+}
+
+/// One line of a placed order: the product as it was when ordered, and how many units. Stored
+/// with the order exactly as it is served (items never change once placed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OrderItem {
+    pub product_id: Uuid,
+    pub sku: String,
+    pub name: String,
+    /// Price of one unit when the order was placed, in minor units.
+    pub unit_price: i64,
+    pub quantity: i64,
+    /// `unit_price × quantity`.
+    pub line_total: i64,
 }
 
 /// One requested line: a product and how many units.

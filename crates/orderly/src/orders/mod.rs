@@ -2,7 +2,7 @@
 //! order can be cancelled, which returns its stock. Customers see only their own orders (others
 //! are 404); admins see all.
 //!
-//! Owns the `orders` and `order_items` tables, and moves `products.stock` only through
+//! Owns the `orders` table (each order keeps its items), and moves `products.stock` only through
 //! `store::take_stock` and `store::return_stock`.
 
 pub mod domain;

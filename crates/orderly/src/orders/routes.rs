@@ -13,6 +13,7 @@ use orderly_kit::fields::select;
 use orderly_kit::validation::query;
 use serde::Serialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -24,9 +25,9 @@ use crate::error::ApiResult;
 use crate::listing::{CreatedAtSort, FieldsQuery, ListParams, read_fields};
 use crate::responses::{created, written};
 
-use super::domain::{OrderStatus, parse_items};
+use super::domain::{OrderItem, OrderStatus, parse_items};
 use super::service;
-use super::store::{self, Order, OrderFilter, OrderItem};
+use super::store::{self, Order, OrderFilter};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -37,13 +38,15 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// An order. Items keep the SKU, name and price the product had when it was ordered.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct OrderBody {
+pub struct OrderBody<'a> {
     pub id: Uuid,
     pub user_id: Uuid,
     pub status: OrderStatus,
-    pub items: Vec<OrderItemBody>,
+    /// Served as stored: items never change once the order is placed.
+    #[schema(value_type = Vec<OrderItem>)]
+    pub items: &'a RawValue,
     /// ISO 4217 code shared by every item.
-    pub currency: String,
+    pub currency: &'a str,
     /// Sum of the line totals, in minor units.
     pub total: i64,
     pub version: i64,
@@ -51,23 +54,10 @@ pub struct OrderBody {
     pub updated_at: DateTime<Utc>,
 }
 
-/// One line of an order.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct OrderItemBody {
-    pub product_id: Uuid,
-    pub sku: String,
-    pub name: String,
-    /// Price of one unit when the order was placed, in minor units.
-    pub unit_price: i64,
-    pub quantity: i64,
-    /// `unit_price × quantity`.
-    pub line_total: i64,
-}
-
 #[derive(ToSchema)]
 #[allow(dead_code)] // Documents the response shape; lists are rendered by `listing::respond`.
 pub struct OrderList {
-    data: Vec<OrderBody>,
+    data: Vec<OrderBody<'static>>,
     next_cursor: Option<String>,
     has_more: bool,
 }
@@ -76,23 +66,13 @@ const ORDER_FIELDS: &[&str] =
     &["id", "user_id", "status", "items", "currency", "total", "version", "created_at", "updated_at"];
 const ORDER_SORTS: &[&str] = &["-created_at", "created_at"];
 
-fn order_body(order: &Order, items: &[OrderItem]) -> OrderBody {
+fn order_body(order: &Order) -> OrderBody<'_> {
     OrderBody {
         id: order.id,
         user_id: order.user_id,
         status: OrderStatus::parse(&order.status).unwrap_or(OrderStatus::Pending),
-        items: items
-            .iter()
-            .map(|item| OrderItemBody {
-                product_id: item.product_id,
-                sku: item.sku.clone(),
-                name: item.name.clone(),
-                unit_price: item.unit_price,
-                quantity: item.quantity,
-                line_total: item.line_total,
-            })
-            .collect(),
-        currency: order.currency.clone(),
+        items: &order.items,
+        currency: &order.currency,
         total: order.total,
         version: order.version,
         created_at: order.created_at,
@@ -100,8 +80,8 @@ fn order_body(order: &Order, items: &[OrderItem]) -> OrderBody {
     }
 }
 
-fn order_value(order: &Order, items: &[OrderItem]) -> Value {
-    serde_json::to_value(order_body(order, items)).expect("representations serialize")
+fn order_value(order: &Order) -> Value {
+    serde_json::to_value(order_body(order)).expect("representations serialize")
 }
 
 /// The caller's scope over orders: their own, or all for an admin.
@@ -144,8 +124,8 @@ pub struct OrderLineRequest {
 async fn place_order(State(app): State<AppState>, principal: Principal, JsonBody(mut body): JsonBody) -> ApiResult {
     let items = body.required("items", parse_items);
     let (items,) = body.finish((items,))?;
-    let (order, items) = service::place_order(&app, principal.user_id, &items).await?;
-    Ok(created(format!("/api/v1/orders/{}", order.id), &order_value(&order, &items), order.updated_at))
+    let order = service::place_order(&app, principal.user_id, &items).await?;
+    Ok(created(format!("/api/v1/orders/{}", order.id), &order_value(&order), order.updated_at))
 }
 
 #[derive(IntoParams)]
@@ -213,13 +193,11 @@ async fn list_orders(
     let scope = ("orders", &params.sort, &filter);
     let after = params.position(&app.cursors, &scope)?;
     let page = store::list_orders(app.db.read(), &filter, &params, after).await?;
-    let ids: Vec<Uuid> = page.rows.iter().map(|order| order.id).collect();
-    let items = store::items_of(app.db.read(), &ids).await?;
     Ok(crate::listing::respond(
         &uri,
-        page,
+        &page,
         &params,
-        |order| order_body(order, items.get(&order.id).map(Vec::as_slice).unwrap_or_default()),
+        order_body,
         |last| app.cursors.encode(&scope, &(last.created_at, last.id)),
         CacheControl::Private,
     ))
@@ -251,8 +229,7 @@ async fn get_order(
     let fields = read_fields(&mut query, ORDER_FIELDS);
     let (fields,) = query.finish((fields,))?;
     let order = store::find_order(app.db.read(), id, owner_scope(principal)).await?.ok_or_else(Problem::not_found)?;
-    let items = store::items_of(app.db.read(), &[order.id]).await?.remove(&order.id).unwrap_or_default();
-    let value = select(fields.as_ref(), order_value(&order, &items));
+    let value = select(fields.as_ref(), order_value(&order));
     Ok(conditional_response(&headers, &value, order.updated_at, CacheControl::Private))
 }
 
@@ -267,6 +244,6 @@ async fn get_order(
     )
 )]
 async fn cancel_order(State(app): State<AppState>, principal: Principal, Id(id): Id) -> ApiResult {
-    let (order, items) = service::cancel_order(&app, principal, id).await?;
-    Ok(written(&order_value(&order, &items), order.updated_at))
+    let order = service::cancel_order(&app, principal, id).await?;
+    Ok(written(&order_value(&order), order.updated_at))
 }

@@ -1,27 +1,75 @@
 //! Order logic: placing an order (price snapshot, stock reservation) and cancelling it (stock
 //! returned). Each runs in one transaction; a failure leaves stock and orders untouched.
 
+use std::collections::HashMap;
+
 use orderly_kit::{FieldError, Problem};
-use sea_orm::TransactionTrait;
+use sea_orm::{DatabaseTransaction, TransactionTrait};
 use uuid::Uuid;
 
 use crate::accounts::auth::Principal;
 use crate::app::App;
+use crate::catalog::store::Product;
 use crate::error::AppError;
 
-use super::domain::{OrderLine, OrderStatus};
-use super::store::{self, NewItem, Order, OrderItem};
+use super::domain::{OrderItem, OrderLine, OrderStatus};
+use super::store::{self, Order};
 
 /// Places an order for `user_id`: every product must exist, be active and share one currency;
 /// every line must be in stock. Prices are the catalog's at this moment.
-pub async fn place_order(app: &App, user_id: Uuid, lines: &[OrderLine]) -> Result<(Order, Vec<OrderItem>), AppError> {
+///
+/// The hot path is one conditional decrement per line and one insert. Only when a decrement
+/// finds nothing does the order read its products, to say which rule it broke: unknown or
+/// archived products and mixed currencies (422) before missing stock (409).
+pub async fn place_order(app: &App, user_id: Uuid, lines: &[OrderLine]) -> Result<Order, AppError> {
+    let mut by_id: Vec<&OrderLine> = lines.iter().collect();
+    by_id.sort_by_key(|line| line.product_id);
     let transaction = app.db.write().begin().await?;
+
+    let mut taken: HashMap<Uuid, Product> = HashMap::with_capacity(lines.len());
+    for line in &by_id {
+        match store::take_stock(&transaction, line.product_id, line.quantity).await? {
+            Some(product) => {
+                taken.insert(product.id, product);
+            }
+            None => return Err(refusal(&transaction, lines, line).await),
+        }
+    }
+    let currency = &taken[&lines[0].product_id].currency;
+    if taken.values().any(|product| &product.currency != currency) {
+        return Err(mixed_currencies().into());
+    }
+    let items: Vec<OrderItem> = lines
+        .iter()
+        .map(|line| {
+            let product = &taken[&line.product_id];
+            OrderItem {
+                product_id: product.id,
+                sku: product.sku.clone(),
+                name: product.name.clone(),
+                unit_price: product.unit_price,
+                quantity: line.quantity,
+                line_total: product.unit_price * line.quantity,
+            }
+        })
+        .collect();
+    let placed = store::insert_order(&transaction, user_id, currency, &items).await?;
+    transaction.commit().await?;
+    app.products.invalidate(by_id.iter().map(|line| line.product_id));
+    Ok(placed)
+}
+
+/// Why an order cannot be placed, once the decrement for `short` changed nothing. The caller
+/// drops the transaction, which undoes the lines already taken.
+async fn refusal(transaction: &DatabaseTransaction, lines: &[OrderLine], short: &OrderLine) -> AppError {
     let mut ids: Vec<Uuid> = lines.iter().map(|line| line.product_id).collect();
     ids.sort();
-    let products = store::lock_products(&transaction, &ids).await?;
-
+    // Locked in id order, like the decrements, so this read cannot deadlock with other orders.
+    let products = match store::lock_products(transaction, &ids).await {
+        Ok(products) => products,
+        Err(error) => return error.into(),
+    };
     let mut errors = Vec::new();
-    let mut items = Vec::with_capacity(lines.len());
     for (index, line) in lines.iter().enumerate() {
         let field = format!("items[{index}].product_id");
         match products.get(&line.product_id) {
@@ -29,59 +77,43 @@ pub async fn place_order(app: &App, user_id: Uuid, lines: &[OrderLine]) -> Resul
             Some(product) if !product.active => {
                 errors.push(field_error(field, "archived_product", "this product is archived and cannot be ordered"))
             }
-            Some(product) => items.push(NewItem {
-                product_id: product.id,
-                sku: product.sku.clone(),
-                name: product.name.clone(),
-                unit_price: product.unit_price,
-                quantity: line.quantity,
-            }),
+            Some(_) => {}
         }
-    }
-    let currency = items.first().map(|item| products[&item.product_id].currency.clone());
-    if errors.is_empty() && items.iter().any(|item| Some(&products[&item.product_id].currency) != currency.as_ref()) {
-        errors.push(field_error(
-            "items".into(),
-            "mixed_currencies",
-            "all products of an order must be priced in one currency",
-        ));
     }
     if !errors.is_empty() {
-        return Err(Problem::validation(errors).into());
+        return Problem::validation(errors).into();
     }
+    let currency = &products[&lines[0].product_id].currency;
+    if products.values().any(|product| &product.currency != currency) {
+        return mixed_currencies().into();
+    }
+    let product = &products[&short.product_id];
+    Problem::conflict(
+        "insufficient_stock",
+        format!(
+            "Not enough stock for product {} ({}): {} requested, {} available.",
+            product.id, product.sku, short.quantity, product.stock
+        ),
+    )
+    .into()
+}
 
-    // Reserve in id order, the order the rows were locked in.
-    let mut reservations: Vec<&NewItem> = items.iter().collect();
-    reservations.sort_by_key(|item| item.product_id);
-    for item in reservations {
-        if !store::take_stock(&transaction, item.product_id, item.quantity).await? {
-            let product = &products[&item.product_id];
-            return Err(Problem::conflict(
-                "insufficient_stock",
-                format!(
-                    "Not enough stock for product {} ({}): {} requested, {} available.",
-                    product.id, product.sku, item.quantity, product.stock
-                ),
-            )
-            .into());
-        }
-    }
-    let currency = currency.expect("an order has at least one item");
-    let placed = store::insert_order(&transaction, user_id, &currency, items).await?;
-    transaction.commit().await?;
-    app.products.invalidate(ids);
-    Ok(placed)
+fn mixed_currencies() -> Problem {
+    Problem::validation(vec![field_error(
+        "items".into(),
+        "mixed_currencies",
+        "all products of an order must be priced in one currency",
+    )])
 }
 
 /// Cancels a pending order and returns its stock. Cancelling a cancelled order returns it
 /// unchanged; any other state is 409 `invalid_state`.
-pub async fn cancel_order(app: &App, caller: Principal, id: Uuid) -> Result<(Order, Vec<OrderItem>), AppError> {
+pub async fn cancel_order(app: &App, caller: Principal, id: Uuid) -> Result<Order, AppError> {
     let owner = (!caller.is_admin()).then_some(caller.user_id);
     let transaction = app.db.write().begin().await?;
     let order = store::lock_order(&transaction, id, owner).await?.ok_or_else(Problem::not_found)?;
-    let mut items = store::items_of(&transaction, &[order.id]).await?.remove(&order.id).unwrap_or_default();
     match OrderStatus::parse(&order.status).map_err(|_| AppError::internal("stored order status is invalid"))? {
-        OrderStatus::Cancelled => return Ok((order, items)),
+        OrderStatus::Cancelled => return Ok(order),
         OrderStatus::Pending => {}
         other => {
             return Err(Problem::conflict(
@@ -91,15 +123,16 @@ pub async fn cancel_order(app: &App, caller: Principal, id: Uuid) -> Result<(Ord
             .into());
         }
     }
+    let mut items = order.item_list()?;
+    // In id order, the order stock is taken in.
     items.sort_by_key(|item| item.product_id);
     for item in &items {
         store::return_stock(&transaction, item.product_id, item.quantity).await?;
     }
-    items.sort_by_key(|item| item.position);
     let cancelled = store::set_status(&transaction, &order, OrderStatus::Cancelled).await?;
     transaction.commit().await?;
     app.products.invalidate(items.iter().map(|item| item.product_id));
-    Ok((cancelled, items))
+    Ok(cancelled)
 }
 
 fn field_error(field: String, code: &str, message: &str) -> FieldError {

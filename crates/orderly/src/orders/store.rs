@@ -2,9 +2,13 @@
 //! touches the database.
 //!
 //! Stock is reserved with a conditional decrement (`stock = stock - q WHERE stock >= q`) inside
-//! the order's transaction, after the products were locked in id order: the database decides,
-//! so no interleaving of concurrent orders can oversell, and consistent lock order rules out
-//! deadlocks between them.
+//! the order's transaction, one product at a time in id order: the database decides, so no
+//! interleaving of concurrent orders can oversell, and the decrement takes the row lock in a
+//! consistent order, which rules out deadlocks between orders.
+//!
+//! An order's items are stored with it, in `orders.items`, as the JSON array they are served
+//! as: they never change once the order is placed, and every read of an order needs all of them,
+//! so one row (one round trip) serves an order or a page of orders.
 
 use std::collections::HashMap;
 
@@ -12,6 +16,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::catalog::store::{Product, product};
@@ -19,7 +24,7 @@ use crate::db::now;
 use crate::listing::{ListParams, seek};
 use orderly_kit::pagination::Page;
 
-use super::domain::OrderStatus;
+use super::domain::{OrderItem, OrderStatus};
 
 pub mod order {
     use sea_orm::entity::prelude::*;
@@ -37,6 +42,8 @@ pub mod order {
         pub version: i64,
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
+        /// JSON array of [`crate::orders::domain::OrderItem`], in the order requested.
+        pub items: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -45,33 +52,50 @@ pub mod order {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
-pub mod order_item {
-    use sea_orm::entity::prelude::*;
-
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
-    #[sea_orm(table_name = "order_items")]
-    pub struct Model {
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub order_id: Uuid,
-        /// Position in the order as requested.
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub position: i32,
-        pub product_id: Uuid,
-        pub sku: String,
-        pub name: String,
-        pub unit_price: i64,
-        pub quantity: i64,
-        pub line_total: i64,
-    }
-
-    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-    pub enum Relation {}
-
-    impl ActiveModelBehavior for ActiveModel {}
+/// An order as read: its row, with the items as the JSON they are served as.
+#[derive(Clone, Debug)]
+pub struct Order {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub status: String,
+    pub currency: String,
+    pub total: i64,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub items: Box<RawValue>,
 }
 
-pub use order::Model as Order;
-pub use order_item::Model as OrderItem;
+impl Order {
+    /// The items as values (for the stock they hold).
+    pub fn item_list(&self) -> Result<Vec<OrderItem>, DbErr> {
+        serde_json::from_str(self.items.get()).map_err(|_| corrupt(self.id))
+    }
+}
+
+impl TryFrom<order::Model> for Order {
+    type Error = DbErr;
+
+    /// Checks that the stored items are JSON, so serving them as they are is safe.
+    fn try_from(row: order::Model) -> Result<Self, DbErr> {
+        let items = RawValue::from_string(row.items).map_err(|_| corrupt(row.id))?;
+        Ok(Self {
+            id: row.id,
+            user_id: row.user_id,
+            status: row.status,
+            currency: row.currency,
+            total: row.total,
+            version: row.version,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            items,
+        })
+    }
+}
+
+fn corrupt(id: Uuid) -> DbErr {
+    DbErr::Type(format!("order {id} has malformed items"))
+}
 
 /// The products named by an order, locked until the transaction ends, keyed by id.
 pub async fn lock_products(db: &impl ConnectionTrait, ids: &[Uuid]) -> Result<HashMap<Uuid, Product>, DbErr> {
@@ -84,19 +108,20 @@ pub async fn lock_products(db: &impl ConnectionTrait, ids: &[Uuid]) -> Result<Ha
     Ok(products.into_iter().map(|p| (p.id, p)).collect())
 }
 
-/// Takes `quantity` units of an active product's stock if that many are there. `false` means
+/// Takes `quantity` units of an active product's stock if that many are there, and returns the
+/// product as it is now (locked until the transaction ends). `None` means unknown, archived or
 /// not enough stock, and nothing changed.
-pub async fn take_stock(db: &impl ConnectionTrait, product_id: Uuid, quantity: i64) -> Result<bool, DbErr> {
-    let result = product::Entity::update_many()
+pub async fn take_stock(db: &impl ConnectionTrait, product_id: Uuid, quantity: i64) -> Result<Option<Product>, DbErr> {
+    let mut updated = product::Entity::update_many()
         .col_expr(product::Column::Stock, Expr::col(product::Column::Stock).sub(quantity))
         .col_expr(product::Column::Version, Expr::col(product::Column::Version).add(1))
         .col_expr(product::Column::UpdatedAt, Expr::value(now()))
         .filter(product::Column::Id.eq(product_id))
         .filter(product::Column::Active.eq(true))
         .filter(product::Column::Stock.gte(quantity))
-        .exec(db)
+        .exec_with_returning(db)
         .await?;
-    Ok(result.rows_affected == 1)
+    Ok(updated.pop())
 }
 
 /// Puts `quantity` units back (archived products included: the units exist).
@@ -111,53 +136,27 @@ pub async fn return_stock(db: &impl ConnectionTrait, product_id: Uuid, quantity:
         .map(drop)
 }
 
-/// Inserts an order with its items (positions are the items' order).
+/// Inserts a pending order with its items (in the order given).
 pub async fn insert_order(
     db: &impl ConnectionTrait,
     user_id: Uuid,
     currency: &str,
-    items: Vec<NewItem>,
-) -> Result<(Order, Vec<OrderItem>), DbErr> {
+    items: &[OrderItem],
+) -> Result<Order, DbErr> {
     let now = now();
-    let id = Uuid::now_v7();
-    let items: Vec<OrderItem> = items
-        .into_iter()
-        .enumerate()
-        .map(|(position, item)| OrderItem {
-            order_id: id,
-            position: i32::try_from(position).expect("at most 50 items"),
-            product_id: item.product_id,
-            sku: item.sku,
-            name: item.name,
-            unit_price: item.unit_price,
-            quantity: item.quantity,
-            line_total: item.unit_price * item.quantity,
-        })
-        .collect();
-    let order = Order {
-        id,
+    let row = order::Model {
+        id: Uuid::now_v7(),
         user_id,
         status: OrderStatus::Pending.as_str().to_owned(),
         currency: currency.to_owned(),
-        total: items.iter().map(|i| i.line_total).sum(),
+        total: items.iter().map(|item| item.line_total).sum(),
         version: 1,
         created_at: now,
         updated_at: now,
+        items: serde_json::to_string(items).expect("items serialize"),
     };
-    order::Entity::insert(order::ActiveModel::from(order.clone())).exec_without_returning(db).await?;
-    order_item::Entity::insert_many(items.iter().cloned().map(order_item::ActiveModel::from))
-        .exec_without_returning(db)
-        .await?;
-    Ok((order, items))
-}
-
-/// A line as it will be stored: the product snapshot and the quantity.
-pub struct NewItem {
-    pub product_id: Uuid,
-    pub sku: String,
-    pub name: String,
-    pub unit_price: i64,
-    pub quantity: i64,
+    order::Entity::insert(order::ActiveModel::from(row.clone())).exec_without_returning(db).await?;
+    Order::try_from(row)
 }
 
 /// An order visible to the caller: their own, or any for an admin (`owner = None`). Another
@@ -167,7 +166,7 @@ pub async fn find_order(db: &impl ConnectionTrait, id: Uuid, owner: Option<Uuid>
     if let Some(owner) = owner {
         select = select.filter(order::Column::UserId.eq(owner));
     }
-    select.one(db).await
+    select.one(db).await?.map(Order::try_from).transpose()
 }
 
 /// As [`find_order`], locked until the transaction ends.
@@ -176,9 +175,10 @@ pub async fn lock_order(db: &impl ConnectionTrait, id: Uuid, owner: Option<Uuid>
     if let Some(owner) = owner {
         select = select.filter(order::Column::UserId.eq(owner));
     }
-    select.one(db).await
+    select.one(db).await?.map(Order::try_from).transpose()
 }
 
+/// Moves an order read under lock in this transaction to `status`.
 pub async fn set_status(db: &impl ConnectionTrait, current: &Order, status: OrderStatus) -> Result<Order, DbErr> {
     let updated_at = now();
     let result = order::Entity::update_many()
@@ -193,21 +193,6 @@ pub async fn set_status(db: &impl ConnectionTrait, current: &Order, status: Orde
         return Err(DbErr::RecordNotUpdated);
     }
     Ok(Order { status: status.as_str().to_owned(), version: current.version + 1, updated_at, ..current.clone() })
-}
-
-/// Items of the given orders, grouped by order and in position order.
-pub async fn items_of(db: &impl ConnectionTrait, order_ids: &[Uuid]) -> Result<HashMap<Uuid, Vec<OrderItem>>, DbErr> {
-    let items = order_item::Entity::find()
-        .filter(order_item::Column::OrderId.is_in(order_ids.iter().copied()))
-        .order_by_asc(order_item::Column::OrderId)
-        .order_by_asc(order_item::Column::Position)
-        .all(db)
-        .await?;
-    let mut grouped: HashMap<Uuid, Vec<OrderItem>> = HashMap::new();
-    for item in items {
-        grouped.entry(item.order_id).or_default().push(item);
-    }
-    Ok(grouped)
 }
 
 /// Filters of the order list. `user_id` is forced to the caller for customers.
@@ -241,5 +226,7 @@ pub async fn list_orders(
     }
     let after = after.map(|(created_at, id)| (Expr::value(created_at), id));
     let rows = seek(select, Column::CreatedAt, Column::Id, params.sort.descending, after, params.limit).all(db).await?;
-    Ok(Page::from_overfetch(rows, params.limit))
+    let page = Page::from_overfetch(rows, params.limit);
+    let rows = page.rows.into_iter().map(Order::try_from).collect::<Result<_, _>>()?;
+    Ok(Page { rows, has_more: page.has_more })
 }

@@ -72,6 +72,32 @@ impl TestApp {
     /// Starts the app with extra `serve` flags.
     pub async fn spawn_with(backend: Backend, extra_args: &[&str]) -> Option<Self> {
         let database = TestDatabase::create(backend).await?;
+        Some(Self::spawn_on(database, backend, extra_args).await)
+    }
+
+    /// Starts the app on a database migrated only up to `migration` and then filled by
+    /// `prepare`: starting applies the later migrations to that data, as an upgrade does.
+    pub async fn spawn_after_migration(
+        backend: Backend,
+        migration: u32,
+        prepare: impl AsyncFnOnce(&sea_orm::DatabaseConnection),
+    ) -> Option<Self> {
+        use sea_orm_migration::MigratorTrait;
+        let database = TestDatabase::create(backend).await?;
+        let config = orderly::config::DatabaseConfig {
+            database_url: database.url.clone(),
+            database_read_url: None,
+            database_max_connections: 2,
+            database_acquire_timeout: std::time::Duration::from_secs(5),
+        };
+        let earlier = orderly::db::Database::connect(&config).await.expect("connect to the test database");
+        orderly::migrations::Migrator::up(earlier.write(), Some(migration)).await.expect("earlier migrations apply");
+        prepare(earlier.write()).await;
+        earlier.write().clone().close().await.expect("close the earlier connection");
+        Some(Self::spawn_on(database, backend, &[]).await)
+    }
+
+    async fn spawn_on(database: TestDatabase, backend: Backend, extra_args: &[&str]) -> Self {
         let mut args: Vec<String> = ["orderly", "serve", "--listen", "127.0.0.1:0", "--log-format", "json"]
             .iter()
             .map(|s| s.to_string())
@@ -93,7 +119,7 @@ impl TestApp {
             let _ = stopped.await;
         }));
         let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-        Some(Self { address, client, shutdown: Some(shutdown), server: Some(server), _database: database })
+        Self { address, client, shutdown: Some(shutdown), server: Some(server), _database: database }
     }
 
     /// Signals the server to shut down, as SIGTERM does.

@@ -3,7 +3,9 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assert_problem, error_fields};
+use uuid::Uuid;
+
+use crate::helpers::{Backend, TestApp, assert_problem, error_fields};
 
 fn id(value: &Value) -> String {
     value["id"].as_str().unwrap().to_owned()
@@ -265,3 +267,119 @@ crate::on_every_backend!(
     cancelling_returns_stock_once_and_only_from_pending,
     the_order_list_filters_by_status_and_time_and_pages,
 );
+
+/// Orders written before items moved into `orders.items` (migration 5) read, list and cancel
+/// as before: the upgrade copies every item, in its position.
+async fn orders_placed_before_the_items_moved_keep_them(backend: Backend) {
+    use sea_orm::sea_query::{Alias, Query};
+    use sea_orm::{ConnectionTrait, DatabaseConnection};
+
+    let (user_id, product_id, order_id) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    // The second item names a product that no longer exists.
+    let gone_id = Uuid::now_v7();
+    let at = chrono::Utc::now();
+    let prepare = async |db: &DatabaseConnection| {
+        let insert = |table: &str, columns: &[&str], values: Vec<sea_orm::Value>| {
+            let mut statement = Query::insert();
+            statement.into_table(Alias::new(table)).columns(columns.iter().map(|c| Alias::new(*c)));
+            statement.values_panic(values.into_iter().map(Into::into));
+            db.get_database_backend().build(&statement)
+        };
+        let user_columns = ["id", "email", "name", "role", "password_hash", "version", "created_at", "updated_at"];
+        let user = vec![
+            user_id.into(),
+            format!("{}@example.com", user_id.simple()).into(),
+            "Earlier".into(),
+            "customer".into(),
+            "not-a-hash".into(),
+            1i64.into(),
+            at.into(),
+            at.into(),
+        ];
+        db.execute(insert("users", &user_columns, user)).await.unwrap();
+        let product_columns = [
+            "id",
+            "sku",
+            "name",
+            "description",
+            "unit_price",
+            "currency",
+            "stock",
+            "active",
+            "version",
+            "created_at",
+            "updated_at",
+        ];
+        let product = vec![
+            product_id.into(),
+            "EARLY-1".into(),
+            "Lamp".into(),
+            "".into(),
+            500i64.into(),
+            "EUR".into(),
+            7i64.into(),
+            true.into(),
+            1i64.into(),
+            at.into(),
+            at.into(),
+        ];
+        db.execute(insert("products", &product_columns, product)).await.unwrap();
+        let order_columns = ["id", "user_id", "status", "currency", "total", "version", "created_at", "updated_at"];
+        let order = vec![
+            order_id.into(),
+            user_id.into(),
+            "pending".into(),
+            "EUR".into(),
+            1700i64.into(),
+            1i64.into(),
+            at.into(),
+            at.into(),
+        ];
+        db.execute(insert("orders", &order_columns, order)).await.unwrap();
+        let item_columns =
+            ["order_id", "position", "product_id", "sku", "name", "unit_price", "quantity", "line_total"];
+        // Written out of position order: the copy must follow `position`, not insertion.
+        for (position, product, sku, quantity, line_total) in
+            [(1i32, gone_id, "GONE-1", 1i64, 200i64), (0, product_id, "EARLY-1", 3, 1500)]
+        {
+            let item = vec![
+                order_id.into(),
+                position.into(),
+                product.into(),
+                sku.into(),
+                "Item".into(),
+                (line_total / quantity).into(),
+                quantity.into(),
+                line_total.into(),
+            ];
+            db.execute(insert("order_items", &item_columns, item)).await.unwrap();
+        }
+    };
+    let Some(app) = TestApp::spawn_after_migration(backend, 4, prepare).await else { return };
+    let admin = app.admin().await;
+    let token = Some(admin.access_token.as_str());
+
+    let expected_items = json!([
+        {"product_id": product_id, "sku": "EARLY-1", "name": "Item", "unit_price": 500, "quantity": 3, "line_total": 1500},
+        {"product_id": gone_id, "sku": "GONE-1", "name": "Item", "unit_price": 200, "quantity": 1, "line_total": 200},
+    ]);
+    let order: Value = app.get(&format!("/api/v1/orders/{order_id}"), token).await.json().await.unwrap();
+    assert_eq!(order["items"], expected_items);
+    assert_eq!(order["total"], 1700);
+    let listed: Value = app.get(&format!("/api/v1/orders?user_id={user_id}"), token).await.json().await.unwrap();
+    assert_eq!(listed["data"][0]["items"], expected_items);
+
+    let cancelled = app.send_json(Method::POST, &format!("/api/v1/orders/{order_id}/cancel"), token, &json!({})).await;
+    assert_eq!(cancelled.status(), StatusCode::OK);
+    assert_eq!(app.stock_of(&product_id.to_string()).await, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_orders_placed_before_the_items_moved_keep_them() {
+    orders_placed_before_the_items_moved_keep_them(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_orders_placed_before_the_items_moved_keep_them() {
+    orders_placed_before_the_items_moved_keep_them(Backend::Postgres).await;
+}
