@@ -98,7 +98,11 @@ impl Application {
             db,
             refresh_token_ttl: config.auth.refresh_token_ttl,
             catalog_max_age: config.http.catalog_max_age,
-            products: crate::catalog::cache::ProductCache::new(config.http.catalog_cache_ttl),
+            products: crate::catalog::cache::ProductCache::new(config.http.catalog_cache_ttl.unwrap_or(
+                // Embedded, this instance makes every write and invalidates on each; shared,
+                // the TTL bounds how long another instance's write takes to show.
+                if embedded { Duration::from_secs(60) } else { Duration::from_secs(2) },
+            )),
             shutting_down: AtomicBool::new(false),
         }));
         let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|error| {

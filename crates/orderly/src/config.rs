@@ -167,9 +167,10 @@ pub struct HttpConfig {
     pub catalog_max_age: u32,
 
     /// How long this instance may serve a product from memory. Its own writes invalidate at
-    /// once; the TTL bounds how long another instance's writes take to show. `0s` disables.
-    #[arg(long, env = "ORDERLY_CATALOG_CACHE_TTL", default_value = "2s", value_parser = parse_duration)]
-    pub catalog_cache_ttl: Duration,
+    /// once; the TTL bounds how long another instance's writes take to show. Default: 60s on
+    /// SQLite (one instance makes every write), 2s on PostgreSQL. `0s` disables.
+    #[arg(long, env = "ORDERLY_CATALOG_CACHE_TTL", value_parser = parse_duration)]
+    pub catalog_cache_ttl: Option<Duration>,
 
     /// After SIGTERM, how long to keep accepting requests while `/readyz` already fails, so
     /// load balancers stop routing here before connections are refused.
