@@ -17,6 +17,7 @@ pub mod middleware;
 pub mod pagination;
 pub mod problem;
 pub mod telemetry;
+pub mod timestamp;
 pub mod validation;
 
 pub use problem::{FieldError, Problem};

@@ -58,7 +58,9 @@ pub struct UserBody {
     pub role: Role,
     /// Incremented on every change; the ETag changes with it.
     pub version: i64,
+    #[serde(serialize_with = "orderly_kit::timestamp::serialize")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "orderly_kit::timestamp::serialize")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -88,6 +90,7 @@ pub struct ApiKeyBody {
     pub name: String,
     /// The first characters of the secret, to tell keys apart.
     pub prefix: String,
+    #[serde(serialize_with = "orderly_kit::timestamp::serialize")]
     pub created_at: DateTime<Utc>,
 }
 
@@ -97,6 +100,7 @@ pub struct NewApiKeyBody {
     pub id: Uuid,
     pub name: String,
     pub prefix: String,
+    #[serde(serialize_with = "orderly_kit::timestamp::serialize")]
     pub created_at: DateTime<Utc>,
     /// Use as `Authorization: Bearer <secret>`. Shown once; only a digest is stored.
     pub secret: String,

@@ -54,7 +54,9 @@ pub struct ProductBody {
     /// Archived products are inactive and cannot be ordered.
     pub active: bool,
     pub version: i64,
+    #[serde(serialize_with = "orderly_kit::timestamp::serialize")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "orderly_kit::timestamp::serialize")]
     pub updated_at: DateTime<Utc>,
 }
 

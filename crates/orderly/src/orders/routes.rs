@@ -50,7 +50,9 @@ pub struct OrderBody<'a> {
     /// Sum of the line totals, in minor units.
     pub total: i64,
     pub version: i64,
+    #[serde(serialize_with = "orderly_kit::timestamp::serialize")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "orderly_kit::timestamp::serialize")]
     pub updated_at: DateTime<Utc>,
 }
 
