@@ -64,7 +64,7 @@ impl RequestContext {
 
 /// 128 random bits for request and trace ids, from a per-thread generator seeded once from the
 /// system: a syscall per request would cost more than the rest of the id handling.
-fn random_u128() -> u128 {
+pub(crate) fn random_u128() -> u128 {
     use std::cell::Cell;
     thread_local! {
         static STATE: Cell<u64> = Cell::new({

@@ -16,6 +16,7 @@ pub mod idempotency;
 pub mod middleware;
 pub mod pagination;
 pub mod problem;
+pub mod resilience;
 pub mod telemetry;
 pub mod timestamp;
 pub mod validation;
