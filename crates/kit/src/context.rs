@@ -62,6 +62,14 @@ impl RequestContext {
     }
 }
 
+/// A W3C `traceparent` for an outgoing call made while handling the current request: its
+/// trace id, with a fresh parent id for the call.
+pub fn outgoing_traceparent() -> Option<String> {
+    let context = RequestContext::current()?;
+    let span_id = random_u128() as u64;
+    Some(format!("00-{}-{span_id:016x}-01", context.trace_id))
+}
+
 /// 128 random bits for request and trace ids, from a per-thread generator seeded once from the
 /// system: a syscall per request would cost more than the rest of the id handling.
 pub(crate) fn random_u128() -> u128 {

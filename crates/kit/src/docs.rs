@@ -38,8 +38,9 @@ problem_response!(Forbidden, "The caller's role may not use this endpoint (`forb
 problem_response!(NotFound, "No such resource, or one the caller may not see (`not_found`).");
 problem_response!(
     Conflict,
-    "The request conflicts with the current state: `email_taken`, `sku_taken`, `insufficient_stock` (naming the product), `invalid_state`, or `idempotency_request_in_progress` (with `Retry-After`)."
+    "The request conflicts with the current state: `email_taken`, `sku_taken`, `insufficient_stock` (naming the product), `invalid_state`, `payment_in_progress` or `idempotency_request_in_progress` (both with `Retry-After`)."
 );
+problem_response!(PaymentRequired, "The payment method was declined (`card_declined`).");
 problem_response!(PreconditionFailed, "`If-Match` does not match the current ETag (`precondition_failed`).");
 problem_response!(PayloadTooLarge, "The body is over the size limit (`payload_too_large`).");
 problem_response!(UnsupportedMediaType, "The body is not `application/json` (`unsupported_media_type`).");
@@ -174,15 +175,19 @@ fn strip_null(schema: &mut Value) {
 /// Documents the `Idempotency-Key` header on every POST except those under `exempt` paths,
 /// with the responses it can cause (409 while the first request runs, 422 when reused with
 /// another body).
-pub fn document_idempotency(openapi: utoipa::openapi::OpenApi, exempt: &[&str]) -> utoipa::openapi::OpenApi {
+pub fn document_idempotency(
+    openapi: utoipa::openapi::OpenApi,
+    exempt: &[&str],
+    required: &[&str],
+) -> utoipa::openapi::OpenApi {
     let mut document = serde_json::to_value(&openapi).expect("an OpenAPI document serializes");
     if let Some(paths) = document["paths"].as_object_mut() {
-        for (_, item) in paths.iter_mut().filter(|(path, _)| !exempt.contains(&path.as_str())) {
+        for (path, item) in paths.iter_mut().filter(|(path, _)| !exempt.contains(&path.as_str())) {
             let Some(operation) = item.get_mut("post") else { continue };
             let header = serde_json::json!({
                 "name": "Idempotency-Key",
                 "in": "header",
-                "required": false,
+                "required": required.contains(&path.as_str()),
                 "description": "Makes the request safe to retry: 1–255 printable ASCII characters, scoped to the caller, \
                     method and path. The first request runs and its response is kept; a retry with the same key and body \
                     replays it with `Idempotent-Replayed: true`; the same key with another body is 422 \

@@ -109,6 +109,14 @@ struct StoredResponse {
     body: Vec<u8>,
 }
 
+/// Handed to the handler of a request that holds its key. `id` is the same for every retry
+/// with the same key by the same caller on the same method and path, so it can serve as the
+/// idempotency key of calls the handler makes downstream.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub id: String,
+}
+
 /// Runs `request` under its `Idempotency-Key`, if it has one. `scope` identifies the caller
 /// (a user id, or a shared anonymous scope); `required` makes a missing key a 400.
 pub async fn run<S: IdempotencyStore>(
@@ -180,6 +188,8 @@ pub async fn run<S: IdempotencyStore>(
     // deadline, panic), the guard releases the key so a retry is not blocked until the lock
     // lapses.
     let mut guard = ReleaseOnDrop { id: Some(id.clone()), store: store.clone() };
+    let mut parts = parts;
+    parts.extensions.insert(Claim { id: id.clone() });
     let response = next.run(Request::from_parts(parts, Body::from(body))).await;
     let (parts, body) = response.into_parts();
     let body = match axum::body::to_bytes(body, usize::MAX).await {

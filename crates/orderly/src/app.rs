@@ -19,7 +19,7 @@ use utoipa_axum::router::OpenApiRouter;
 use crate::accounts::tokens::SigningKeys;
 use crate::config::{ConfigError, HttpConfig, ServeConfig};
 use crate::db::{Database, DatabaseKind};
-use crate::{accounts, catalog, ops, orders};
+use crate::{accounts, catalog, ops, orders, payments};
 
 /// How often expired idempotency records are deleted.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
@@ -48,6 +48,8 @@ pub struct App {
     pub catalog_max_age: u32,
     /// Representations of single products for public reads.
     pub products: crate::catalog::cache::ProductCache,
+    /// The payment provider, behind retries, a circuit breaker and a bulkhead.
+    pub payments: payments::provider::PaymentGateway,
     /// Set when shutdown begins so `/readyz` fails at once while in-flight requests finish.
     shutting_down: AtomicBool,
 }
@@ -78,6 +80,13 @@ pub enum StartError {
 impl Application {
     pub async fn build(config: ServeConfig) -> Result<Self, StartError> {
         let embedded = DatabaseKind::of(&config.database)? == DatabaseKind::Sqlite;
+        if config.payments.payment_provider_deadline >= config.http.request_timeout {
+            return Err(ConfigError::new(
+                "ORDERLY_PAYMENT_PROVIDER_DEADLINE",
+                "must be shorter than ORDERLY_REQUEST_TIMEOUT, so a charge is recorded before the request gives up",
+            )
+            .into());
+        }
         let keys = SigningKeys::load(&config.auth, embedded)?;
         crate::accounts::passwords::configure(usize::from(config.auth.password_hashers));
         let db = Database::connect(&config.database).await?;
@@ -103,6 +112,8 @@ impl Application {
                 // the TTL bounds how long another instance's write takes to show.
                 if embedded { Duration::from_secs(60) } else { Duration::from_secs(2) },
             )),
+            payments: payments::provider::PaymentGateway::new(&config.payments)
+                .map_err(|error| ConfigError::new("ORDERLY_PAYMENT_PROVIDER_URL", error.to_string()))?,
             shutting_down: AtomicBool::new(false),
         }));
         let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|error| {
@@ -160,11 +171,15 @@ impl Application {
 /// The whole HTTP surface with its layers, outermost last.
 pub fn router(state: AppState, http: &HttpConfig) -> Router {
     let (api, openapi) = OpenApiRouter::with_openapi(ops::api_doc())
-        .nest("/api/v1", accounts::router().merge(catalog::router()).merge(orders::router()))
+        .nest("/api/v1", accounts::router().merge(catalog::router()).merge(orders::router()).merge(payments::router()))
         .merge(ops::router())
         .split_for_parts();
     let openapi = orderly_kit::docs::tighten(openapi);
-    let openapi = orderly_kit::docs::document_idempotency(openapi, crate::idempotency::EXEMPT_PATHS);
+    let openapi = orderly_kit::docs::document_idempotency(
+        openapi,
+        crate::idempotency::EXEMPT_PATHS,
+        crate::payments::KEY_REQUIRED,
+    );
     let deadline = http.request_timeout;
     let body_limit = usize::try_from(http.max_body_bytes).unwrap_or(usize::MAX);
     let compress =

@@ -109,6 +109,9 @@ pub struct ServeConfig {
     #[command(flatten)]
     pub http: HttpConfig,
 
+    #[command(flatten)]
+    pub payments: PaymentsConfig,
+
     /// Log format: `json` (one object per line), `text`, or `auto` (text on a terminal).
     #[arg(long, env = "ORDERLY_LOG_FORMAT", value_enum, default_value = "auto")]
     pub log_format: LogFormat,
@@ -146,6 +149,50 @@ pub struct AuthConfig {
     /// Lifetime of refresh tokens (each use rotates the token).
     #[arg(long, env = "ORDERLY_REFRESH_TOKEN_TTL", default_value = "30d", value_parser = parse_duration)]
     pub refresh_token_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PaymentsConfig {
+    /// An HTTP payment provider (`POST {url}/charges`, `POST {url}/refunds`). Unset: the
+    /// built-in sandbox, which accepts `pm_card_visa` and declines everything else.
+    #[arg(long, env = "ORDERLY_PAYMENT_PROVIDER_URL", hide_env_values = true)]
+    pub payment_provider_url: Option<String>,
+
+    /// Deadline of one call to the provider.
+    #[arg(long, env = "ORDERLY_PAYMENT_PROVIDER_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub payment_provider_timeout: Duration,
+
+    /// Calls per operation, first try included; timeouts and 5xx are retried with backoff.
+    #[arg(long, env = "ORDERLY_PAYMENT_PROVIDER_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub payment_provider_attempts: u32,
+
+    /// Base of the exponential backoff between attempts (full jitter, capped at 2 s).
+    #[arg(long, env = "ORDERLY_PAYMENT_PROVIDER_BACKOFF", default_value = "100ms", value_parser = parse_duration)]
+    pub payment_provider_backoff: Duration,
+
+    /// Budget of one operation, retries included: past it, the client gets 503.
+    #[arg(long, env = "ORDERLY_PAYMENT_PROVIDER_DEADLINE", default_value = "6s", value_parser = parse_duration)]
+    pub payment_provider_deadline: Duration,
+
+    /// Consecutive failed calls that open the circuit breaker.
+    #[arg(long, env = "ORDERLY_PAYMENT_CIRCUIT_FAILURES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub payment_circuit_failures: u32,
+
+    /// How long an open breaker refuses calls before letting one probe through.
+    #[arg(long, env = "ORDERLY_PAYMENT_CIRCUIT_OPEN", default_value = "15s", value_parser = parse_duration)]
+    pub payment_circuit_open: Duration,
+
+    /// Most provider calls in flight at once; beyond, payments get 503 at once.
+    #[arg(long, env = "ORDERLY_PAYMENT_MAX_CONCURRENT", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub payment_max_concurrent: u32,
+
+    /// Sandbox only: share of calls (0.0–1.0) that fail as if the provider were down.
+    #[arg(long, env = "ORDERLY_SANDBOX_FAILURE_RATE", default_value_t = 0.0, value_parser = parse_share)]
+    pub sandbox_failure_rate: f64,
+
+    /// Sandbox only: latency added to every call.
+    #[arg(long, env = "ORDERLY_SANDBOX_LATENCY", default_value = "0ms", value_parser = parse_duration)]
+    pub sandbox_latency: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -205,6 +252,14 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
         _ => return Err(format!("`{raw}` has no unit; use ms, s, m, h or d")),
     };
     number.checked_mul(seconds).map(Duration::from_secs).ok_or_else(|| format!("`{raw}` is too large"))
+}
+
+/// Parses a share between 0.0 and 1.0.
+fn parse_share(raw: &str) -> Result<f64, String> {
+    match raw.trim().parse::<f64>() {
+        Ok(share) if (0.0..=1.0).contains(&share) => Ok(share),
+        _ => Err(format!("`{raw}` is not a number from 0.0 to 1.0")),
+    }
 }
 
 /// A setting that failed validation after parsing.

@@ -5,7 +5,7 @@
 //! records. The token endpoint is exempt: its responses are fresh credentials bound to a
 //! rotation chain, and RFC 6749 clients retry it by design.
 
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
@@ -146,8 +146,11 @@ pub async fn middleware(State(app): State<AppState>, mut request: Request, next:
         Ok(None) => "anonymous".to_owned(),
         Err(_) => return next.run(request).await,
     };
-    // No endpoint requires a key yet; payments and refunds will.
-    idempotency::run(&app.idempotency, &app.idempotency_settings, &scope, false, request, next).await
+    let required = request
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|route| crate::payments::KEY_REQUIRED.contains(&route.as_str()));
+    idempotency::run(&app.idempotency, &app.idempotency_settings, &scope, required, request, next).await
 }
 
 /// Deletes expired records every `interval` until the task is aborted.

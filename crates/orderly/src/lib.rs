@@ -15,6 +15,7 @@ pub mod listing;
 pub mod migrations;
 pub mod ops;
 pub mod orders;
+pub mod payments;
 pub mod responses;
 pub mod schemas;
 pub mod telemetry;

@@ -7,8 +7,8 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use orderly_kit::FieldError;
 use orderly_kit::docs::{
-    BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, PreconditionFailed, ServiceUnavailable, Unauthorized,
-    UnsupportedMediaType, ValidationFailed,
+    BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, PaymentRequired, PreconditionFailed,
+    ServiceUnavailable, Unauthorized, UnsupportedMediaType, ValidationFailed,
 };
 use orderly_kit::problem::ProblemBody;
 use serde::Serialize;
@@ -34,7 +34,7 @@ use crate::app::AppState;
     ),
     components(
         schemas(ProblemBody, FieldError),
-        responses(BadRequest, Unauthorized, Forbidden, NotFound, Conflict, PreconditionFailed, PayloadTooLarge, UnsupportedMediaType, ValidationFailed, ServiceUnavailable)
+        responses(BadRequest, Unauthorized, PaymentRequired, Forbidden, NotFound, Conflict, PreconditionFailed, PayloadTooLarge, UnsupportedMediaType, ValidationFailed, ServiceUnavailable)
     ),
     modifiers(&BearerAuth),
     tags(
@@ -43,6 +43,7 @@ use crate::app::AppState;
         (name = "api-keys", description = "API keys for programmatic access"),
         (name = "catalog", description = "Products"),
         (name = "orders", description = "Orders and stock reservation"),
+        (name = "payments", description = "Payments, refunds and the ledger"),
         (name = "operations", description = "Health, readiness and keys"),
     )
 )]

@@ -8,6 +8,7 @@ mod m0002_catalog;
 mod m0003_idempotency;
 mod m0004_orders;
 mod m0005_order_items_inline;
+mod m0006_payments;
 
 pub struct Migrator;
 
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0003_idempotency::Migration),
             Box::new(m0004_orders::Migration),
             Box::new(m0005_order_items_inline::Migration),
+            Box::new(m0006_payments::Migration),
         ]
     }
 }

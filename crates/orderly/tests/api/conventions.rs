@@ -171,7 +171,9 @@ crate::on_every_backend!(
 
 #[tokio::test]
 async fn a_request_past_its_deadline_gets_503_with_retry_after() {
-    let app = TestApp::spawn_with(Backend::Sqlite, &["--request-timeout", "1ms"]).await.unwrap();
+    let app = TestApp::spawn_with(Backend::Sqlite, &["--request-timeout", "1ms", "--payment-provider-deadline", "0ms"])
+        .await
+        .unwrap();
     let response = app
         .post_json(
             "/api/v1/auth/register",

@@ -44,6 +44,29 @@ macro_rules! on_every_backend {
     };
 }
 
+/// As [`on_every_backend!`], for scenarios that start their own app: each gets the backend.
+#[macro_export]
+macro_rules! on_every_backend_with_backend {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,

@@ -41,6 +41,11 @@ async fn the_openapi_document_describes_every_endpoint(app: TestApp) {
         ("/api/v1/orders", "get"),
         ("/api/v1/orders/{id}", "get"),
         ("/api/v1/orders/{id}/cancel", "post"),
+        ("/api/v1/orders/{id}/payments", "post"),
+        ("/api/v1/payments", "get"),
+        ("/api/v1/payments/{id}", "get"),
+        ("/api/v1/payments/{id}/refunds", "post"),
+        ("/api/v1/transactions", "get"),
         ("/healthz", "get"),
         ("/readyz", "get"),
         ("/.well-known/jwks.json", "get"),
@@ -59,10 +64,14 @@ async fn the_openapi_document_describes_every_endpoint(app: TestApp) {
     assert!(document["components"]["schemas"]["Problem"].is_object());
     for (path, item) in document["paths"].as_object().unwrap() {
         let Some(post) = item.get("post") else { continue };
-        let documents_key = post["parameters"]
+        let key = post["parameters"]
             .as_array()
-            .is_some_and(|p| p.iter().any(|p| p["name"] == "Idempotency-Key" && p["in"] == "header"));
-        assert_eq!(documents_key, path != "/api/v1/auth/token", "POST {path} documents Idempotency-Key");
+            .and_then(|p| p.iter().find(|p| p["name"] == "Idempotency-Key" && p["in"] == "header"));
+        assert_eq!(key.is_some(), path != "/api/v1/auth/token", "POST {path} documents Idempotency-Key");
+        let moves_money = path.ends_with("/payments") || path.ends_with("/refunds");
+        if let Some(key) = key {
+            assert_eq!(key["required"], moves_money, "POST {path} documents whether the key is required");
+        }
     }
 }
 

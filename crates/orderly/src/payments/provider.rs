@@ -1,0 +1,285 @@
+//! The payment provider seam: the built-in sandbox or an HTTP provider, behind one resilient
+//! gateway.
+//!
+//! Every call carries an idempotency key that the provider deduplicates on, so a retry (ours
+//! after a timeout, or the client's with the same `Idempotency-Key`) never charges twice. The
+//! gateway bounds each call with a timeout, retries timeouts and 5xx with exponential backoff
+//! and full jitter inside an overall deadline, stops calling a failing provider (circuit
+//! breaker), and caps concurrent calls (bulkhead) so a slow provider cannot hold every task.
+//!
+//! The HTTP provider protocol:
+//! - `POST {url}/charges` `{amount, currency, payment_method, reference}` → 2xx `{id}`; 402
+//!   `{code}` is a decline.
+//! - `POST {url}/refunds` `{charge, amount, currency}` → 2xx `{id}`.
+//! - Both with `Idempotency-Key` and `traceparent`; 5xx, 408, 429 and timeouts are retried.
+
+use std::time::{Duration, Instant};
+
+use orderly_kit::resilience::{Backoff, CircuitBreaker, CircuitState};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+use crate::config::PaymentsConfig;
+
+/// A charge to make.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChargeRequest {
+    #[serde(skip)]
+    pub key: String,
+    pub amount: i64,
+    pub currency: String,
+    pub payment_method: String,
+    /// The order being paid.
+    pub reference: Uuid,
+}
+
+/// A refund of (part of) a charge.
+#[derive(Debug, Clone, Serialize)]
+pub struct RefundRequest {
+    #[serde(skip)]
+    pub key: String,
+    /// The provider's id of the charge.
+    pub charge: String,
+    pub amount: i64,
+    pub currency: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChargeOutcome {
+    Succeeded { reference: String },
+    Declined { code: String },
+}
+
+/// The provider could not be reached or did not answer in time; nothing is known to have
+/// happened there (a retry with the same key settles it).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("payment provider unavailable: {reason}")]
+pub struct Unavailable {
+    pub reason: &'static str,
+    pub retry_after: Duration,
+}
+
+/// One call's failure that is worth retrying.
+#[derive(Debug)]
+struct Retryable(&'static str);
+
+pub struct PaymentGateway {
+    provider: Provider,
+    breaker: CircuitBreaker,
+    bulkhead: Semaphore,
+    attempts: u32,
+    timeout: Duration,
+    backoff: Backoff,
+    deadline: Duration,
+}
+
+impl PaymentGateway {
+    pub fn new(config: &PaymentsConfig) -> Result<Self, reqwest::Error> {
+        let provider = match &config.payment_provider_url {
+            Some(url) => Provider::Http(HttpProvider::new(url)?),
+            None => Provider::Sandbox(Sandbox::new(config.sandbox_failure_rate, config.sandbox_latency)),
+        };
+        Ok(Self {
+            provider,
+            breaker: CircuitBreaker::new(config.payment_circuit_failures, config.payment_circuit_open),
+            bulkhead: Semaphore::new(usize::try_from(config.payment_max_concurrent).unwrap_or(usize::MAX)),
+            attempts: config.payment_provider_attempts,
+            timeout: config.payment_provider_timeout,
+            backoff: Backoff { base: config.payment_provider_backoff, max: Duration::from_secs(2) },
+            deadline: config.payment_provider_deadline,
+        })
+    }
+
+    /// The longest a gateway call can take.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    pub fn circuit_state(&self) -> CircuitState {
+        self.breaker.state()
+    }
+
+    pub async fn charge(&self, request: &ChargeRequest) -> Result<ChargeOutcome, Unavailable> {
+        self.call("charge", || self.provider.charge(request)).await
+    }
+
+    /// Refunds; returns the provider's id of the refund.
+    pub async fn refund(&self, request: &RefundRequest) -> Result<String, Unavailable> {
+        self.call("refund", || self.provider.refund(request)).await
+    }
+
+    async fn call<T, F, Fut>(&self, operation: &'static str, call: F) -> Result<T, Unavailable>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, Retryable>>,
+    {
+        let _slot = self.bulkhead.try_acquire().map_err(|_| Unavailable {
+            reason: "too many provider calls in flight",
+            retry_after: Duration::from_secs(1),
+        })?;
+        let started = Instant::now();
+        let mut last_failure = "no attempt fitted in the deadline";
+        for attempt in 0..self.attempts {
+            let remaining = self.deadline.saturating_sub(started.elapsed());
+            if remaining.is_zero() {
+                break;
+            }
+            let permit = self.breaker.attempt().map_err(|open| {
+                tracing::warn!(operation, "payment provider circuit is open");
+                Unavailable { reason: "circuit open", retry_after: open.retry_after.max(Duration::from_secs(1)) }
+            })?;
+            match tokio::time::timeout(self.timeout.min(remaining), call()).await {
+                Ok(Ok(outcome)) => {
+                    permit.succeeded();
+                    return Ok(outcome);
+                }
+                Ok(Err(Retryable(reason))) => {
+                    permit.failed();
+                    last_failure = reason;
+                }
+                Err(_) => {
+                    permit.failed();
+                    last_failure = "timed out";
+                }
+            }
+            tracing::warn!(operation, attempt = attempt + 1, reason = last_failure, "payment provider call failed");
+            if attempt + 1 < self.attempts {
+                let delay = self.backoff.delay(attempt);
+                if started.elapsed() + delay >= self.deadline {
+                    break;
+                }
+                tokio::time::sleep(delay).await;
+            }
+        }
+        Err(Unavailable { reason: last_failure, retry_after: Duration::from_secs(1) })
+    }
+}
+
+enum Provider {
+    Sandbox(Sandbox),
+    Http(HttpProvider),
+}
+
+impl Provider {
+    async fn charge(&self, request: &ChargeRequest) -> Result<ChargeOutcome, Retryable> {
+        match self {
+            Self::Sandbox(sandbox) => sandbox.charge(request).await,
+            Self::Http(http) => http.charge(request).await,
+        }
+    }
+
+    async fn refund(&self, request: &RefundRequest) -> Result<String, Retryable> {
+        match self {
+            Self::Sandbox(sandbox) => sandbox.refund(request).await,
+            Self::Http(http) => http.refund(request).await,
+        }
+    }
+}
+
+/// In-process provider for development and tests: `pm_card_visa` succeeds, anything else is
+/// declined. Like a real provider, it answers a repeated key with the first outcome.
+struct Sandbox {
+    failure_rate: f64,
+    latency: Duration,
+    charges: moka::sync::Cache<String, ChargeOutcome>,
+    refunds: moka::sync::Cache<String, String>,
+}
+
+impl Sandbox {
+    fn new(failure_rate: f64, latency: Duration) -> Self {
+        Self { failure_rate, latency, charges: remembered(), refunds: remembered() }
+    }
+
+    /// The configured latency, then the configured share of failures.
+    async fn arrive(&self) -> Result<(), Retryable> {
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
+        let roll = f64::from(Uuid::new_v4().as_u128() as u32) / f64::from(u32::MAX);
+        if roll < self.failure_rate { Err(Retryable("sandbox failure")) } else { Ok(()) }
+    }
+
+    async fn charge(&self, request: &ChargeRequest) -> Result<ChargeOutcome, Retryable> {
+        self.arrive().await?;
+        Ok(self.charges.get_with(request.key.clone(), || match request.payment_method.as_str() {
+            "pm_card_visa" => ChargeOutcome::Succeeded { reference: format!("ch_sandbox_{}", Uuid::now_v7().simple()) },
+            _ => ChargeOutcome::Declined { code: "card_declined".into() },
+        }))
+    }
+
+    async fn refund(&self, request: &RefundRequest) -> Result<String, Retryable> {
+        self.arrive().await?;
+        Ok(self.refunds.get_with(request.key.clone(), || format!("re_sandbox_{}", Uuid::now_v7().simple())))
+    }
+}
+
+/// Outcomes by idempotency key, for a day.
+fn remembered<V: Clone + Send + Sync + 'static>() -> moka::sync::Cache<String, V> {
+    moka::sync::Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(86_400)).build()
+}
+
+struct HttpProvider {
+    client: reqwest::Client,
+    charges_url: String,
+    refunds_url: String,
+}
+
+#[derive(Deserialize)]
+struct Created {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct Declined {
+    code: Option<String>,
+}
+
+impl HttpProvider {
+    fn new(base: &str) -> Result<Self, reqwest::Error> {
+        let base = base.trim_end_matches('/');
+        Ok(Self {
+            client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?,
+            charges_url: format!("{base}/charges"),
+            refunds_url: format!("{base}/refunds"),
+        })
+    }
+
+    async fn post(&self, url: &str, key: &str, body: &impl Serialize) -> Result<reqwest::Response, Retryable> {
+        let mut request = self.client.post(url).header("Idempotency-Key", key).json(body);
+        if let Some(traceparent) = orderly_kit::context::outgoing_traceparent() {
+            request = request.header("traceparent", traceparent);
+        }
+        let response = request.send().await.map_err(|_| Retryable("unreachable"))?;
+        let status = response.status();
+        if status.is_server_error() || matches!(status.as_u16(), 408 | 429) {
+            return Err(Retryable("provider error"));
+        }
+        Ok(response)
+    }
+
+    async fn charge(&self, request: &ChargeRequest) -> Result<ChargeOutcome, Retryable> {
+        let response = self.post(&self.charges_url, &request.key, request).await?;
+        match response.status().as_u16() {
+            200..=299 => {
+                let created: Created = response.json().await.map_err(|_| Retryable("unreadable answer"))?;
+                Ok(ChargeOutcome::Succeeded { reference: created.id })
+            }
+            402 => {
+                let declined: Option<Declined> = response.json().await.ok();
+                let code = declined.and_then(|d| d.code).unwrap_or_else(|| "card_declined".into());
+                Ok(ChargeOutcome::Declined { code })
+            }
+            _ => Err(Retryable("unexpected answer")),
+        }
+    }
+
+    async fn refund(&self, request: &RefundRequest) -> Result<String, Retryable> {
+        let response = self.post(&self.refunds_url, &request.key, request).await?;
+        if !response.status().is_success() {
+            return Err(Retryable("unexpected answer"));
+        }
+        let created: Created = response.json().await.map_err(|_| Retryable("unreadable answer"))?;
+        Ok(created.id)
+    }
+}

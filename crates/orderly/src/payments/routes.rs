@@ -1,0 +1,380 @@
+//! Payment endpoints: pay an order, list and read payments, refund (admin), the ledger (admin).
+
+use axum::Extension;
+use axum::extract::{OriginalUri, State};
+use chrono::{DateTime, Utc};
+use http::HeaderMap;
+use orderly_kit::Problem;
+use orderly_kit::conditional::{CacheControl, conditional_response};
+use orderly_kit::docs::{
+    BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, PaymentRequired, ServiceUnavailable, Unauthorized,
+    UnsupportedMediaType, ValidationFailed,
+};
+use orderly_kit::extract::{Id, JsonBody, Query};
+use orderly_kit::fields::select;
+use orderly_kit::idempotency::Claim;
+use orderly_kit::validation::{Invalid, json};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::accounts::auth::{Admin, Principal};
+use crate::app::AppState;
+use crate::error::ApiResult;
+use crate::listing::{CreatedAtSort, FieldsQuery, ListParams, read_fields};
+use crate::responses::created;
+
+use super::service;
+use super::store::{self, LedgerEntry, Payment, PaymentFilter, Refund};
+
+/// Paths whose POST requires an `Idempotency-Key`: they move money.
+pub const KEY_REQUIRED: &[&str] = &["/api/v1/orders/{id}/payments", "/api/v1/payments/{id}/refunds"];
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(pay_order))
+        .routes(routes!(list_payments))
+        .routes(routes!(get_payment))
+        .routes(routes!(refund_payment))
+        .routes(routes!(list_transactions))
+}
+
+/// A charge of an order. `failed` payments record a declined charge; only `succeeded` ones
+/// moved money.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PaymentBody<'a> {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    pub user_id: Uuid,
+    /// The order's total, in minor units.
+    pub amount: i64,
+    pub currency: &'a str,
+    /// `succeeded` or `failed`.
+    pub status: &'a str,
+    /// Why the charge failed (`card_declined`, …); `null` when it succeeded.
+    pub failure_code: Option<&'a str>,
+    /// Sum of the refunds so far, in minor units.
+    pub refunded_amount: i64,
+    #[serde(serialize_with = "orderly_kit::timestamp::serialize")]
+    pub created_at: DateTime<Utc>,
+}
+
+/// A refund of (part of) a payment.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RefundBody {
+    pub id: Uuid,
+    pub payment_id: Uuid,
+    /// In minor units.
+    pub amount: i64,
+    pub currency: String,
+    #[serde(serialize_with = "orderly_kit::timestamp::serialize")]
+    pub created_at: DateTime<Utc>,
+}
+
+/// A ledger row: one per charge (positive) or refund (negative). Append-only.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TransactionBody<'a> {
+    pub id: Uuid,
+    /// `charge` or `refund`.
+    pub kind: &'a str,
+    pub payment_id: Uuid,
+    pub refund_id: Option<Uuid>,
+    pub order_id: Uuid,
+    /// Signed, in minor units: charges add to revenue, refunds subtract.
+    pub amount: i64,
+    pub currency: &'a str,
+    #[serde(serialize_with = "orderly_kit::timestamp::serialize")]
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documents the response shape; lists are rendered by `listing::respond`.
+pub struct PaymentList {
+    data: Vec<PaymentBody<'static>>,
+    next_cursor: Option<String>,
+    has_more: bool,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documents the response shape; lists are rendered by `listing::respond`.
+pub struct TransactionList {
+    data: Vec<TransactionBody<'static>>,
+    next_cursor: Option<String>,
+    has_more: bool,
+}
+
+const PAYMENT_FIELDS: &[&str] =
+    &["id", "order_id", "user_id", "amount", "currency", "status", "failure_code", "refunded_amount", "created_at"];
+const TRANSACTION_FIELDS: &[&str] =
+    &["id", "kind", "payment_id", "refund_id", "order_id", "amount", "currency", "created_at"];
+const SORTS: &[&str] = &["-created_at", "created_at"];
+
+fn payment_body(payment: &Payment) -> PaymentBody<'_> {
+    PaymentBody {
+        id: payment.id,
+        order_id: payment.order_id,
+        user_id: payment.user_id,
+        amount: payment.amount,
+        currency: &payment.currency,
+        status: &payment.status,
+        failure_code: payment.failure_code.as_deref(),
+        refunded_amount: payment.refunded_amount,
+        created_at: payment.created_at,
+    }
+}
+
+fn payment_value(payment: &Payment) -> Value {
+    serde_json::to_value(payment_body(payment)).expect("representations serialize")
+}
+
+fn refund_value(refund: &Refund) -> Value {
+    let body = RefundBody {
+        id: refund.id,
+        payment_id: refund.payment_id,
+        amount: refund.amount,
+        currency: refund.currency.clone(),
+        created_at: refund.created_at,
+    };
+    serde_json::to_value(body).expect("representations serialize")
+}
+
+fn transaction_body(entry: &LedgerEntry) -> TransactionBody<'_> {
+    TransactionBody {
+        id: entry.id,
+        kind: &entry.kind,
+        payment_id: entry.payment_id,
+        refund_id: entry.refund_id,
+        order_id: entry.order_id,
+        amount: entry.amount,
+        currency: &entry.currency,
+        created_at: entry.created_at,
+    }
+}
+
+/// The request's idempotency claim; the layer guarantees one on these paths.
+fn claimed(claim: Option<Extension<Claim>>) -> Result<String, Problem> {
+    claim.map(|Extension(claim)| claim.id).ok_or_else(|| {
+        Problem::bad_request("idempotency_key_required", "This endpoint requires an `Idempotency-Key` header.")
+    })
+}
+
+/// Body of `POST /orders/{id}/payments`.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // Documents the body; it is parsed field by field in `pay_order`.
+pub struct PaymentRequest {
+    /// The payment method to charge (sandbox: `pm_card_visa` succeeds, others are declined).
+    #[schema(min_length = 1, max_length = 255)]
+    payment_method: String,
+}
+
+fn payment_method(value: &Value) -> Result<String, Invalid> {
+    let raw = json::string(value)?;
+    if raw.is_empty() || raw.len() > 255 || !raw.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Invalid::new("invalid_format", "must be 1–255 printable ASCII characters"));
+    }
+    Ok(raw.to_owned())
+}
+
+/// Pay an order: charges its total through the payment provider. Requires `Idempotency-Key`.
+#[utoipa::path(
+    post, path = "/orders/{id}/payments", tag = "payments", params(("id" = Uuid, Path)), request_body = PaymentRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, body = PaymentBody, description = "Charged; the order is paid", headers(("Location" = String))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 402, response = PaymentRequired),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = ServiceUnavailable),
+    )
+)]
+async fn pay_order(
+    State(app): State<AppState>,
+    principal: Principal,
+    Id(order_id): Id,
+    claim: Option<Extension<Claim>>,
+    JsonBody(mut body): JsonBody,
+) -> ApiResult {
+    let method = body.required("payment_method", payment_method);
+    let (method,) = body.finish((method,))?;
+    let key = claimed(claim)?;
+    let payment = service::pay(app, principal, order_id, method, key).await?;
+    Ok(created(format!("/api/v1/payments/{}", payment.id), &payment_value(&payment), payment.updated_at))
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Documents the query; it is parsed field by field in `list_payments`.
+pub struct PaymentListQuery {
+    /// Page size, 1–100.
+    #[param(minimum = 1, maximum = 100, default = 20)]
+    limit: Option<i64>,
+    /// Opaque cursor from `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Sort order; `-created_at` (newest first) by default.
+    #[param(inline)]
+    sort: Option<CreatedAtSort>,
+    /// Comma-separated top-level fields to return.
+    fields: Option<String>,
+    /// Only payments of this order.
+    order_id: Option<Uuid>,
+}
+
+/// List payments: the caller's own, or everyone's for an admin.
+#[utoipa::path(
+    get, path = "/payments", tag = "payments", params(PaymentListQuery), security(("bearer" = [])),
+    responses(
+        (status = 200, body = PaymentList, description = "A page of payments", headers(("Link" = String, description = "`rel=\"next\"` page"))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn list_payments(
+    State(app): State<AppState>,
+    principal: Principal,
+    OriginalUri(uri): OriginalUri,
+    Query(mut query): Query,
+) -> ApiResult {
+    let params = ListParams::read(&mut query, PAYMENT_FIELDS, SORTS);
+    let order_id = query.optional("order_id", |v| {
+        Uuid::try_parse(v).map_err(|_| Invalid::new("invalid_format", "must be an order id"))
+    });
+    let (params, order_id) = query.finish((params, order_id))?;
+    let filter = PaymentFilter { user_id: (!principal.is_admin()).then_some(principal.user_id), order_id };
+    let scope = ("payments", &params.sort, &filter);
+    let after = params.position(&app.cursors, &scope)?;
+    let page = store::list_payments(app.db.read(), &filter, &params, after).await?;
+    Ok(crate::listing::respond(
+        &uri,
+        &page,
+        &params,
+        payment_body,
+        |last| app.cursors.encode(&scope, &(last.created_at, last.id)),
+        CacheControl::Private,
+    ))
+}
+
+/// Get a payment (the caller's own; any for an admin).
+#[utoipa::path(
+    get, path = "/payments/{id}", tag = "payments", params(("id" = Uuid, Path), FieldsQuery), security(("bearer" = [])),
+    responses(
+        (status = 200, body = PaymentBody, description = "The payment", headers(("ETag" = String), ("Last-Modified" = String))),
+        (status = 304, description = "Not modified"),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn get_payment(
+    State(app): State<AppState>,
+    principal: Principal,
+    Id(id): Id,
+    headers: HeaderMap,
+    Query(mut query): Query,
+) -> ApiResult {
+    let fields = read_fields(&mut query, PAYMENT_FIELDS);
+    let (fields,) = query.finish((fields,))?;
+    let owner = (!principal.is_admin()).then_some(principal.user_id);
+    // Read from the primary: a client reads its payment right after paying.
+    let payment = store::find_payment(app.db.write(), id, owner).await?.ok_or_else(Problem::not_found)?;
+    let value = select(fields.as_ref(), payment_value(&payment));
+    Ok(conditional_response(&headers, &value, payment.updated_at, CacheControl::Private))
+}
+
+/// Body of `POST /payments/{id}/refunds`.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // Documents the body; it is parsed field by field in `refund_payment`.
+pub struct RefundRequestBody {
+    /// In minor units; what is left to refund when omitted.
+    #[schema(minimum = 1)]
+    amount: Option<i64>,
+}
+
+/// Refund a payment, in part or in full (admin). Requires `Idempotency-Key`.
+#[utoipa::path(
+    post, path = "/payments/{id}/refunds", tag = "payments", params(("id" = Uuid, Path)), request_body = RefundRequestBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, body = RefundBody, description = "Refunded; a fully refunded order becomes `refunded`", headers(("Location" = String))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = ServiceUnavailable),
+    )
+)]
+async fn refund_payment(
+    State(app): State<AppState>,
+    _admin: Admin,
+    Id(payment_id): Id,
+    claim: Option<Extension<Claim>>,
+    JsonBody(mut body): JsonBody,
+) -> ApiResult {
+    let amount = body.optional("amount", |v| json::integer(v, 1, i64::MAX));
+    let (amount,) = body.finish((amount,))?;
+    let key = claimed(claim)?;
+    let (payment, refund) = service::refund(app, payment_id, amount, key).await?;
+    Ok(created(format!("/api/v1/payments/{}", payment.id), &refund_value(&refund), refund.created_at))
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Documents the query; it is parsed field by field in `list_transactions`.
+pub struct TransactionListQuery {
+    /// Page size, 1–100.
+    #[param(minimum = 1, maximum = 100, default = 20)]
+    limit: Option<i64>,
+    /// Opaque cursor from `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Sort order; `-created_at` (newest first) by default.
+    #[param(inline)]
+    sort: Option<CreatedAtSort>,
+    /// Comma-separated top-level fields to return.
+    fields: Option<String>,
+}
+
+/// The ledger (admin): one row per charge or refund, append-only.
+#[utoipa::path(
+    get, path = "/transactions", tag = "payments", params(TransactionListQuery), security(("bearer" = [])),
+    responses(
+        (status = 200, body = TransactionList, description = "A page of ledger rows", headers(("Link" = String, description = "`rel=\"next\"` page"))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn list_transactions(
+    State(app): State<AppState>,
+    _admin: Admin,
+    OriginalUri(uri): OriginalUri,
+    Query(mut query): Query,
+) -> ApiResult {
+    let params = ListParams::read(&mut query, TRANSACTION_FIELDS, SORTS);
+    let (params,) = query.finish((params,))?;
+    let scope = ("transactions", &params.sort);
+    let after = params.position(&app.cursors, &scope)?;
+    let page = store::list_ledger(app.db.read(), &params, after).await?;
+    Ok(crate::listing::respond(
+        &uri,
+        &page,
+        &params,
+        transaction_body,
+        |last| app.cursors.encode(&scope, &(last.created_at, last.id)),
+        CacheControl::Private,
+    ))
+}

@@ -1,0 +1,133 @@
+//! A payment provider on a random local port, speaking the HTTP provider protocol
+//! (`POST /charges`, `POST /refunds`), that can decline, fail, hang or recover on command and
+//! records every charge and refund it makes with its idempotency key.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
+
+#[derive(Default)]
+struct Ledger {
+    /// Calls that reached the provider, answered or not.
+    calls: usize,
+    /// The next this many calls answer 500 without doing anything.
+    fail_next: usize,
+    /// Every call answers 500.
+    down: bool,
+    /// Calls do their work, then never answer.
+    hang: bool,
+    /// Charges made: idempotency key → (charge id, amount).
+    charges: HashMap<String, (String, i64)>,
+    /// Refunds made: idempotency key → (refund id, amount).
+    refunds: HashMap<String, (String, i64)>,
+}
+
+#[derive(Clone)]
+pub struct FakeProvider {
+    pub url: String,
+    ledger: Arc<Mutex<Ledger>>,
+}
+
+impl FakeProvider {
+    pub async fn start() -> Self {
+        let ledger = Arc::new(Mutex::new(Ledger::default()));
+        let app = axum::Router::new()
+            .route("/charges", post(charge))
+            .route("/refunds", post(refund))
+            .with_state(Arc::clone(&ledger));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { url, ledger }
+    }
+
+    pub fn fail_next(&self, calls: usize) {
+        self.ledger.lock().unwrap().fail_next = calls;
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.ledger.lock().unwrap().down = down;
+    }
+
+    pub fn set_hang(&self, hang: bool) {
+        self.ledger.lock().unwrap().hang = hang;
+    }
+
+    pub fn calls(&self) -> usize {
+        self.ledger.lock().unwrap().calls
+    }
+
+    /// Distinct charges made (one per idempotency key).
+    pub fn charges(&self) -> Vec<i64> {
+        self.ledger.lock().unwrap().charges.values().map(|(_, amount)| *amount).collect()
+    }
+
+    pub fn refunded(&self) -> i64 {
+        self.ledger.lock().unwrap().refunds.values().map(|(_, amount)| *amount).sum()
+    }
+}
+
+type Shared = Arc<Mutex<Ledger>>;
+
+/// What to do with a call: fail it (`Err`, answered 500), or do the work and then answer
+/// (`Ok(false)`) or hang (`Ok(true)`).
+fn arrive(ledger: &Shared) -> Result<bool, StatusCode> {
+    let mut ledger = ledger.lock().unwrap();
+    ledger.calls += 1;
+    if ledger.down {
+        return Err(StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    if ledger.fail_next > 0 {
+        ledger.fail_next -= 1;
+        return Err(StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    Ok(ledger.hang)
+}
+
+fn key(headers: &HeaderMap) -> String {
+    headers.get("idempotency-key").expect("every provider call carries a key").to_str().unwrap().to_owned()
+}
+
+async fn charge(State(ledger): State<Shared>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+    let hang = match arrive(&ledger) {
+        Ok(hang) => hang,
+        Err(status) => return status.into_response(),
+    };
+    if body["payment_method"] == "pm_card_declined" {
+        return (StatusCode::PAYMENT_REQUIRED, Json(json!({"code": "card_declined"}))).into_response();
+    }
+    let amount = body["amount"].as_i64().unwrap();
+    let id = {
+        let mut ledger = ledger.lock().unwrap();
+        let next = ledger.charges.len();
+        ledger.charges.entry(key(&headers)).or_insert_with(|| (format!("ch_fake_{next}"), amount)).0.clone()
+    };
+    if hang {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+    (StatusCode::CREATED, Json(json!({"id": id}))).into_response()
+}
+
+async fn refund(State(ledger): State<Shared>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+    let hang = match arrive(&ledger) {
+        Ok(hang) => hang,
+        Err(status) => return status.into_response(),
+    };
+    let amount = body["amount"].as_i64().unwrap();
+    let id = {
+        let mut ledger = ledger.lock().unwrap();
+        let next = ledger.refunds.len();
+        ledger.refunds.entry(key(&headers)).or_insert_with(|| (format!("re_fake_{next}"), amount)).0.clone()
+    };
+    if hang {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+    (StatusCode::CREATED, Json(json!({"id": id}))).into_response()
+}

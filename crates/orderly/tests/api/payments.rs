@@ -1,0 +1,363 @@
+//! Payments and refunds: money moves exactly once, through retries, failures and races.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, Response, StatusCode};
+use serde_json::{Value, json};
+
+use crate::fake_provider::FakeProvider;
+use crate::helpers::{Backend, Credentials, TestApp, assert_problem};
+
+fn id(value: &Value) -> String {
+    value["id"].as_str().unwrap().to_owned()
+}
+
+async fn pay(app: &TestApp, who: &Credentials, order_id: &str, method: &str, key: &str) -> Response {
+    app.request(Method::POST, &format!("/api/v1/orders/{order_id}/payments"))
+        .bearer_auth(&who.access_token)
+        .header("Idempotency-Key", key)
+        .json(&json!({"payment_method": method}))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn refund(app: &TestApp, admin: &Credentials, payment_id: &str, amount: Option<i64>, key: &str) -> Response {
+    let body = match amount {
+        Some(amount) => json!({"amount": amount}),
+        None => json!({}),
+    };
+    app.request(Method::POST, &format!("/api/v1/payments/{payment_id}/refunds"))
+        .bearer_auth(&admin.access_token)
+        .header("Idempotency-Key", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A pending order of `quantity` × a product priced 1,000, with its customer and an admin.
+async fn pending_order(app: &TestApp, quantity: i64) -> (Credentials, Credentials, Value) {
+    let admin = app.admin().await;
+    let customer = app.customer().await;
+    let product = app.create_product(&admin, json!({"unit_price": 1000, "stock": 1000})).await;
+    let order: Value = app.place_order(&customer, &[(&id(&product), quantity)]).await.json().await.unwrap();
+    (admin, customer, order)
+}
+
+async fn order_status(app: &TestApp, who: &Credentials, order_id: &str) -> String {
+    let order: Value =
+        app.get(&format!("/api/v1/orders/{order_id}"), Some(&who.access_token)).await.json().await.unwrap();
+    order["status"].as_str().unwrap().to_owned()
+}
+
+async fn payments_of(app: &TestApp, who: &Credentials, order_id: &str) -> Vec<Value> {
+    let page: Value =
+        app.get(&format!("/api/v1/payments?order_id={order_id}"), Some(&who.access_token)).await.json().await.unwrap();
+    page["data"].as_array().unwrap().clone()
+}
+
+async fn ledger(app: &TestApp, admin: &Credentials) -> Vec<Value> {
+    let page: Value = app.get("/api/v1/transactions?limit=100", Some(&admin.access_token)).await.json().await.unwrap();
+    page["data"].as_array().unwrap().clone()
+}
+
+/// Starts the app on the fake provider, with quick retries and the given extra flags.
+async fn on_fake_provider(backend: Backend, extra: &[&str]) -> Option<(TestApp, FakeProvider)> {
+    let provider = FakeProvider::start().await;
+    let mut args = vec!["--payment-provider-url", provider.url.as_str(), "--payment-provider-backoff", "10ms"];
+    args.extend_from_slice(extra);
+    let app = TestApp::spawn_with(backend, &args).await?;
+    Some((app, provider))
+}
+
+async fn a_sandbox_payment_pays_the_order_once_and_writes_the_ledger(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else { return };
+    let (admin, customer, order) = pending_order(&app, 3).await;
+
+    let response = pay(&app, &customer, &id(&order), "pm_card_visa", "pay-1").await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let payment: Value = response.json().await.unwrap();
+    assert_eq!(location, format!("/api/v1/payments/{}", id(&payment)));
+    assert_eq!(payment["status"], "succeeded");
+    assert_eq!(payment["amount"], 3000);
+    assert_eq!(payment["order_id"], order["id"]);
+    assert_eq!(payment["user_id"], customer.user_id.as_str());
+    assert_eq!(payment["refunded_amount"], 0);
+    assert_eq!(payment["failure_code"], Value::Null);
+    assert_eq!(order_status(&app, &customer, &id(&order)).await, "paid");
+    let fetched: Value = app.get(&location, Some(&customer.access_token)).await.json().await.unwrap();
+    assert_eq!(fetched, payment);
+
+    // A retry replays; another key finds the order already paid.
+    let replay = pay(&app, &customer, &id(&order), "pm_card_visa", "pay-1").await;
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(replay.json::<Value>().await.unwrap(), payment);
+    assert_problem(
+        pay(&app, &customer, &id(&order), "pm_card_visa", "pay-2").await,
+        StatusCode::CONFLICT,
+        "invalid_state",
+    )
+    .await;
+
+    let rows = ledger(&app, &admin).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0]["kind"].as_str(), rows[0]["amount"].as_i64()), (Some("charge"), Some(3000)));
+    assert_eq!(rows[0]["payment_id"], payment["id"]);
+}
+
+async fn a_decline_is_402_kept_and_leaves_the_order_pending(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else { return };
+    let (admin, customer, order) = pending_order(&app, 1).await;
+
+    let declined = pay(&app, &customer, &id(&order), "pm_card_declined", "decline-1").await;
+    let problem = assert_problem(declined, StatusCode::PAYMENT_REQUIRED, "card_declined").await;
+    let replay = pay(&app, &customer, &id(&order), "pm_card_declined", "decline-1").await;
+    assert_eq!(replay.status(), StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(replay.json::<Value>().await.unwrap(), problem);
+
+    assert_eq!(order_status(&app, &customer, &id(&order)).await, "pending");
+    let payments = payments_of(&app, &customer, &id(&order)).await;
+    assert_eq!(payments.len(), 1, "the declined charge is on record");
+    assert_eq!(
+        (payments[0]["status"].as_str(), payments[0]["failure_code"].as_str()),
+        (Some("failed"), Some("card_declined"))
+    );
+    assert!(ledger(&app, &admin).await.is_empty(), "no money moved");
+
+    // Another card, another key: paid.
+    assert_eq!(pay(&app, &customer, &id(&order), "pm_card_visa", "decline-2").await.status(), StatusCode::CREATED);
+    assert_eq!(order_status(&app, &customer, &id(&order)).await, "paid");
+}
+
+async fn payments_need_a_key_valid_input_and_their_own_order(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else { return };
+    let (_admin, customer, order) = pending_order(&app, 1).await;
+    let path = format!("/api/v1/orders/{}/payments", id(&order));
+
+    let keyless = app.post_json(&path, Some(&customer.access_token), &json!({"payment_method": "pm_card_visa"})).await;
+    assert_problem(keyless, StatusCode::BAD_REQUEST, "idempotency_key_required").await;
+    for body in [
+        json!({}),
+        json!({"payment_method": ""}),
+        json!({"payment_method": 7}),
+        json!({"payment_method": "pm_card_visa", "amount": 1}),
+    ] {
+        let response = app
+            .request(Method::POST, &path)
+            .bearer_auth(&customer.access_token)
+            .header("Idempotency-Key", format!("bad-{body}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    }
+    let stranger = app.customer().await;
+    assert_problem(
+        pay(&app, &stranger, &id(&order), "pm_card_visa", "stranger").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    assert_eq!(order_status(&app, &customer, &id(&order)).await, "pending");
+
+    let payment: Value = pay(&app, &customer, &id(&order), "pm_card_visa", "mine").await.json().await.unwrap();
+    let theirs = app.get(&format!("/api/v1/payments/{}", id(&payment)), Some(&stranger.access_token)).await;
+    assert_problem(theirs, StatusCode::NOT_FOUND, "not_found").await;
+    assert!(payments_of(&app, &stranger, &id(&order)).await.is_empty());
+
+    let cancelled = app
+        .send_json(
+            Method::POST,
+            &format!("/api/v1/orders/{}/cancel", id(&order)),
+            Some(&customer.access_token),
+            &json!({}),
+        )
+        .await;
+    assert_problem(cancelled, StatusCode::CONFLICT, "invalid_state").await;
+}
+
+async fn thirty_identical_requests_charge_once(backend: Backend) {
+    let Some((app, provider)) = on_fake_provider(backend, &[]).await else { return };
+    let (_admin, customer, order) = pending_order(&app, 2).await;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..30 {
+        let request = app
+            .request(Method::POST, &format!("/api/v1/orders/{}/payments", id(&order)))
+            .bearer_auth(&customer.access_token)
+            .header("Idempotency-Key", "same-key")
+            .json(&json!({"payment_method": "pm_card_visa"}));
+        tasks.spawn(async move { request.send().await.unwrap().status() });
+    }
+    while let Some(status) = tasks.join_next().await {
+        let status = status.unwrap();
+        assert!(status == StatusCode::CREATED || status == StatusCode::CONFLICT, "{status}");
+    }
+    assert_eq!(provider.charges(), [2000], "one charge at the provider");
+    assert_eq!(payments_of(&app, &customer, &id(&order)).await.len(), 1, "one payment row");
+    let replay = pay(&app, &customer, &id(&order), "pm_card_visa", "same-key").await;
+    assert_eq!(replay.status(), StatusCode::CREATED);
+    assert_eq!(order_status(&app, &customer, &id(&order)).await, "paid");
+}
+
+async fn a_provider_failing_twice_then_succeeding_charges_once(backend: Backend) {
+    let Some((app, provider)) = on_fake_provider(backend, &[]).await else { return };
+    let (_admin, customer, order) = pending_order(&app, 1).await;
+    provider.fail_next(2);
+
+    let response = pay(&app, &customer, &id(&order), "pm_card_visa", "flaky").await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(provider.calls(), 3, "two failures retried, then success");
+    assert_eq!(provider.charges(), [1000]);
+    assert_eq!(payments_of(&app, &customer, &id(&order)).await.len(), 1);
+}
+
+async fn a_hanging_provider_is_503_in_time_and_a_later_retry_charges_once(backend: Backend) {
+    let flags = [
+        "--payment-provider-timeout",
+        "300ms",
+        "--payment-provider-attempts",
+        "2",
+        "--payment-provider-deadline",
+        "1s",
+    ];
+    let Some((app, provider)) = on_fake_provider(backend, &flags).await else { return };
+    let (admin, customer, order) = pending_order(&app, 1).await;
+    provider.set_hang(true);
+
+    let started = Instant::now();
+    let response = pay(&app, &customer, &id(&order), "pm_card_visa", "hang").await;
+    let waited = started.elapsed();
+    assert!(response.headers().contains_key("retry-after"));
+    assert_problem(response, StatusCode::SERVICE_UNAVAILABLE, "payment_provider_unavailable").await;
+    assert!(waited < Duration::from_secs(3), "answered within the deadline, not the provider's hang ({waited:?})");
+    assert!(payments_of(&app, &customer, &id(&order)).await.is_empty(), "nothing recorded");
+    assert!(ledger(&app, &admin).await.is_empty());
+    assert_eq!(order_status(&app, &customer, &id(&order)).await, "pending");
+    assert_eq!(provider.charges().len(), 1, "the provider did charge before hanging");
+
+    provider.set_hang(false);
+    let retried = pay(&app, &customer, &id(&order), "pm_card_visa", "hang").await;
+    assert_eq!(retried.status(), StatusCode::CREATED);
+    assert_eq!(provider.charges(), [1000], "the retry found the same charge");
+    assert_eq!(payments_of(&app, &customer, &id(&order)).await.len(), 1);
+    assert_eq!(ledger(&app, &admin).await.len(), 1);
+    assert_eq!(order_status(&app, &customer, &id(&order)).await, "paid");
+}
+
+async fn the_circuit_opens_after_repeated_failures_and_closes_after_recovery(backend: Backend) {
+    let flags = ["--payment-provider-attempts", "1", "--payment-circuit-failures", "3", "--payment-circuit-open", "1s"];
+    let Some((app, provider)) = on_fake_provider(backend, &flags).await else { return };
+    let (_admin, customer, order) = pending_order(&app, 1).await;
+    provider.set_down(true);
+
+    for attempt in 0..3 {
+        let response = pay(&app, &customer, &id(&order), "pm_card_visa", &format!("down-{attempt}")).await;
+        assert_problem(response, StatusCode::SERVICE_UNAVAILABLE, "payment_provider_unavailable").await;
+    }
+    assert_eq!(provider.calls(), 3);
+    // Open: refused without calling the provider.
+    let refused = pay(&app, &customer, &id(&order), "pm_card_visa", "while-open").await;
+    assert_problem(refused, StatusCode::SERVICE_UNAVAILABLE, "payment_provider_unavailable").await;
+    assert_eq!(provider.calls(), 3, "an open circuit does not call the provider");
+
+    provider.set_down(false);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let probe = pay(&app, &customer, &id(&order), "pm_card_visa", "after-recovery").await;
+    assert_eq!(probe.status(), StatusCode::CREATED, "the half-open probe succeeds and closes the circuit");
+    assert_eq!(provider.calls(), 4);
+    assert_eq!(provider.charges(), [1000]);
+}
+
+async fn concurrent_refunds_never_exceed_the_payment(backend: Backend) {
+    let Some((app, provider)) = on_fake_provider(backend, &[]).await else { return };
+    let (admin, customer, order) = pending_order(&app, 10).await;
+    let second_admin = app.admin().await;
+    let payment: Value = pay(&app, &customer, &id(&order), "pm_card_visa", "to-refund").await.json().await.unwrap();
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for attempt in 0..12 {
+        let who = if attempt % 2 == 0 { &admin } else { &second_admin };
+        let request = app
+            .request(Method::POST, &format!("/api/v1/payments/{}/refunds", id(&payment)))
+            .bearer_auth(&who.access_token)
+            .header("Idempotency-Key", format!("refund-{attempt}"))
+            .json(&json!({"amount": 3000}));
+        tasks.spawn(async move {
+            let response = request.send().await.unwrap();
+            (response.status(), response.json::<Value>().await.unwrap())
+        });
+    }
+    let mut refunded = 0;
+    while let Some(result) = tasks.join_next().await {
+        let (status, body) = result.unwrap();
+        match status {
+            StatusCode::CREATED => refunded += body["amount"].as_i64().unwrap(),
+            StatusCode::CONFLICT | StatusCode::UNPROCESSABLE_ENTITY => {}
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!((3000..=9000).contains(&refunded), "refunded {refunded} of 10000 in refunds of 3000");
+    let after: Value =
+        app.get(&format!("/api/v1/payments/{}", id(&payment)), Some(&admin.access_token)).await.json().await.unwrap();
+    assert_eq!(after["refunded_amount"], refunded);
+    assert_eq!(provider.refunded(), refunded, "the provider refunded what was recorded");
+    let ledger_sum: i64 = ledger(&app, &admin).await.iter().map(|row| row["amount"].as_i64().unwrap()).sum();
+    assert_eq!(ledger_sum, 10_000 - refunded);
+}
+
+async fn refunds_are_partial_until_the_full_amount_and_then_the_order_is_refunded(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else { return };
+    let (admin, customer, order) = pending_order(&app, 5).await;
+    let payment: Value = pay(&app, &customer, &id(&order), "pm_card_visa", "p").await.json().await.unwrap();
+
+    let forbidden = refund(&app, &customer, &id(&payment), Some(100), "c").await;
+    assert_problem(forbidden, StatusCode::FORBIDDEN, "forbidden").await;
+    let keyless = app
+        .post_json(&format!("/api/v1/payments/{}/refunds", id(&payment)), Some(&admin.access_token), &json!({}))
+        .await;
+    assert_problem(keyless, StatusCode::BAD_REQUEST, "idempotency_key_required").await;
+
+    let first = refund(&app, &admin, &id(&payment), Some(1500), "r1").await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = first.json().await.unwrap();
+    assert_eq!((first["amount"].as_i64(), first["payment_id"].as_str()), (Some(1500), payment["id"].as_str()));
+    assert_eq!(order_status(&app, &customer, &id(&order)).await, "paid");
+
+    let over = refund(&app, &admin, &id(&payment), Some(3501), "r2").await;
+    let problem = assert_problem(over, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    assert_eq!(problem["errors"][0]["field"], "amount");
+    for amount in [0, -5] {
+        let bad = refund(&app, &admin, &id(&payment), Some(amount), &format!("bad-{amount}")).await;
+        assert_problem(bad, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    }
+
+    let rest: Value = refund(&app, &admin, &id(&payment), None, "r3").await.json().await.unwrap();
+    assert_eq!(rest["amount"], 3500);
+    assert_eq!(order_status(&app, &customer, &id(&order)).await, "refunded");
+    let done = refund(&app, &admin, &id(&payment), Some(1), "r4").await;
+    assert_problem(done, StatusCode::CONFLICT, "invalid_state").await;
+
+    let rows = ledger(&app, &admin).await;
+    let kinds: Vec<(&str, i64)> =
+        rows.iter().map(|r| (r["kind"].as_str().unwrap(), r["amount"].as_i64().unwrap())).collect();
+    assert_eq!(kinds, [("refund", -3500), ("refund", -1500), ("charge", 5000)]);
+    let customer_view = app.get("/api/v1/transactions", Some(&customer.access_token)).await;
+    assert_problem(customer_view, StatusCode::FORBIDDEN, "forbidden").await;
+}
+
+crate::on_every_backend_with_backend!(
+    a_sandbox_payment_pays_the_order_once_and_writes_the_ledger,
+    a_decline_is_402_kept_and_leaves_the_order_pending,
+    payments_need_a_key_valid_input_and_their_own_order,
+    thirty_identical_requests_charge_once,
+    a_provider_failing_twice_then_succeeding_charges_once,
+    a_hanging_provider_is_503_in_time_and_a_later_retry_charges_once,
+    the_circuit_opens_after_repeated_failures_and_closes_after_recovery,
+    concurrent_refunds_never_exceed_the_payment,
+    refunds_are_partial_until_the_full_amount_and_then_the_order_is_refunded,
+);
