@@ -21,6 +21,8 @@ pub enum CacheControl {
     Public { max_age: u32 },
     /// Only the caller's cache, revalidated on every use (per-user reads).
     Private,
+    /// Only the caller's cache, for `max_age` seconds (per-user figures computed periodically).
+    PrivateFor { max_age: u32 },
     /// Never stored (writes, errors, secrets).
     NoStore,
 }
@@ -30,6 +32,7 @@ impl CacheControl {
         let (cache_control, vary) = match self {
             Self::Public { max_age } => (format!("public, max-age={max_age}"), "Accept-Encoding"),
             Self::Private => ("private, no-cache".to_owned(), "Authorization, Accept-Encoding"),
+            Self::PrivateFor { max_age } => (format!("private, max-age={max_age}"), "Authorization, Accept-Encoding"),
             Self::NoStore => ("no-store".to_owned(), "Authorization, Accept-Encoding"),
         };
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_str(&cache_control).expect("ascii"));

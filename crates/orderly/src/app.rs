@@ -19,7 +19,7 @@ use utoipa_axum::router::OpenApiRouter;
 use crate::accounts::tokens::SigningKeys;
 use crate::config::{ConfigError, HttpConfig, ServeConfig};
 use crate::db::{Database, DatabaseKind};
-use crate::{accounts, catalog, ops, orders, payments};
+use crate::{accounts, catalog, ops, orders, payments, reports};
 
 /// How often expired idempotency records are deleted.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
@@ -50,6 +50,8 @@ pub struct App {
     pub products: crate::catalog::cache::ProductCache,
     /// The payment provider, behind retries, a circuit breaker and a bulkhead.
     pub payments: payments::provider::PaymentGateway,
+    /// `GET /stats` figures, recomputed at most once per TTL.
+    pub stats: reports::stats::StatsCache,
     /// Set when shutdown begins so `/readyz` fails at once while in-flight requests finish.
     shutting_down: AtomicBool,
 }
@@ -114,6 +116,7 @@ impl Application {
             )),
             payments: payments::provider::PaymentGateway::new(&config.payments)
                 .map_err(|error| ConfigError::new("ORDERLY_PAYMENT_PROVIDER_URL", error.to_string()))?,
+            stats: reports::stats::StatsCache::new(config.http.stats_cache_ttl),
             shutting_down: AtomicBool::new(false),
         }));
         let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|error| {
@@ -171,7 +174,14 @@ impl Application {
 /// The whole HTTP surface with its layers, outermost last.
 pub fn router(state: AppState, http: &HttpConfig) -> Router {
     let (api, openapi) = OpenApiRouter::with_openapi(ops::api_doc())
-        .nest("/api/v1", accounts::router().merge(catalog::router()).merge(orders::router()).merge(payments::router()))
+        .nest(
+            "/api/v1",
+            accounts::router()
+                .merge(catalog::router())
+                .merge(orders::router())
+                .merge(payments::router())
+                .merge(reports::router()),
+        )
         .merge(ops::router())
         .split_for_parts();
     let openapi = orderly_kit::docs::tighten(openapi);

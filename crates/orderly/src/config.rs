@@ -219,6 +219,11 @@ pub struct HttpConfig {
     #[arg(long, env = "ORDERLY_CATALOG_CACHE_TTL", value_parser = parse_duration)]
     pub catalog_cache_ttl: Option<Duration>,
 
+    /// How long `GET /stats` figures are kept (and `max-age` on the response). `0s`
+    /// recomputes them on every request.
+    #[arg(long, env = "ORDERLY_STATS_CACHE_TTL", default_value = "5s", value_parser = parse_duration)]
+    pub stats_cache_ttl: Duration,
+
     /// After SIGTERM, how long to keep accepting requests while `/readyz` already fails, so
     /// load balancers stop routing here before connections are refused.
     #[arg(long, env = "ORDERLY_SHUTDOWN_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]

@@ -16,6 +16,7 @@ pub mod migrations;
 pub mod ops;
 pub mod orders;
 pub mod payments;
+pub mod reports;
 pub mod responses;
 pub mod schemas;
 pub mod telemetry;

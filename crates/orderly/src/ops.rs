@@ -44,6 +44,7 @@ use crate::app::AppState;
         (name = "catalog", description = "Products"),
         (name = "orders", description = "Orders and stock reservation"),
         (name = "payments", description = "Payments, refunds and the ledger"),
+        (name = "reports", description = "Figures over the whole data set"),
         (name = "operations", description = "Health, readiness and keys"),
     )
 )]

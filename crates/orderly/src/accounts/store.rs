@@ -110,6 +110,11 @@ pub async fn insert_user(db: &impl ConnectionTrait, new: NewUser) -> Result<User
     .await
 }
 
+/// How many users exist.
+pub async fn count_users(db: &impl ConnectionTrait) -> Result<u64, DbErr> {
+    sea_orm::PaginatorTrait::count(user::Entity::find(), db).await
+}
+
 pub async fn find_user(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<User>, DbErr> {
     user::Entity::find_by_id(id).one(db).await
 }

@@ -237,6 +237,18 @@ pub async fn end_payment_attempt(db: &impl ConnectionTrait, order_id: Uuid, atte
         .map(drop)
 }
 
+/// How many orders are in each status (statuses without orders are absent).
+pub async fn count_by_status(db: &impl ConnectionTrait) -> Result<Vec<(String, i64)>, DbErr> {
+    order::Entity::find()
+        .select_only()
+        .column(order::Column::Status)
+        .column_as(Expr::col(order::Column::Id).count(), "count")
+        .group_by(order::Column::Status)
+        .into_tuple()
+        .all(db)
+        .await
+}
+
 /// Filters of the order list. `user_id` is forced to the caller for customers.
 #[derive(Debug, Default, Serialize)]
 pub struct OrderFilter {

@@ -228,6 +228,21 @@ pub async fn insert_refund(
     Ok((Payment { refunded_amount, updated_at: now, ..payment.clone() }, refund))
 }
 
+/// Money kept per currency: what succeeded payments charged, less what was refunded. Computed
+/// from the payments, not the ledger, so the two records can be checked against each other.
+pub async fn revenue_by_currency(db: &impl ConnectionTrait) -> Result<Vec<(String, i64)>, DbErr> {
+    payment::Entity::find()
+        .select_only()
+        .column(payment::Column::Currency)
+        // PostgreSQL sums bigints as numeric; the cast keeps one integer type on both backends.
+        .column_as(Expr::cust("CAST(SUM(amount - refunded_amount) AS BIGINT)"), "revenue")
+        .filter(payment::Column::Status.eq("succeeded"))
+        .group_by(payment::Column::Currency)
+        .into_tuple()
+        .all(db)
+        .await
+}
+
 /// Filters of the payment list. `user_id` is forced to the caller for customers.
 #[derive(Debug, Default, Serialize)]
 pub struct PaymentFilter {

@@ -46,6 +46,7 @@ async fn the_openapi_document_describes_every_endpoint(app: TestApp) {
         ("/api/v1/payments/{id}", "get"),
         ("/api/v1/payments/{id}/refunds", "post"),
         ("/api/v1/transactions", "get"),
+        ("/api/v1/stats", "get"),
         ("/healthz", "get"),
         ("/readyz", "get"),
         ("/.well-known/jwks.json", "get"),

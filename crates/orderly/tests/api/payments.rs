@@ -1,4 +1,5 @@
-//! Payments and refunds: money moves exactly once, through retries, failures and races.
+//! Payments and refunds: money moves exactly once, through retries, failures and races; the
+//! ledger and `/stats` agree.
 
 use std::time::{Duration, Instant};
 
@@ -360,4 +361,124 @@ crate::on_every_backend_with_backend!(
     the_circuit_opens_after_repeated_failures_and_closes_after_recovery,
     concurrent_refunds_never_exceed_the_payment,
     refunds_are_partial_until_the_full_amount_and_then_the_order_is_refunded,
+    the_ledger_sums_to_stats_revenue_after_a_random_mix,
+    stats_are_for_admins_and_kept_for_their_ttl,
 );
+
+/// Every ledger row, walking all pages.
+async fn whole_ledger(app: &TestApp, admin: &Credentials) -> Vec<Value> {
+    let mut rows = Vec::new();
+    let mut path = "/api/v1/transactions?limit=7".to_owned();
+    loop {
+        let page: Value = app.get(&path, Some(&admin.access_token)).await.json().await.unwrap();
+        rows.extend(page["data"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/api/v1/transactions?limit=7&cursor={cursor}"),
+            None => return rows,
+        }
+    }
+}
+
+async fn the_ledger_sums_to_stats_revenue_after_a_random_mix(backend: Backend) {
+    let Some(app) = TestApp::spawn_with(backend, &["--stats-cache-ttl", "0s"]).await else { return };
+    let admin = app.admin().await;
+    let customers = [app.customer().await, app.customer().await];
+    let product = app.create_product(&admin, json!({"unit_price": 700, "stock": 10_000})).await;
+    let mut seed = 0x2545_F491_4F6C_DD1D_u64;
+    let mut roll = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let (mut expected_revenue, mut statuses) = (0i64, std::collections::BTreeMap::<&str, i64>::new());
+    for round in 0..24 {
+        let customer = &customers[usize::try_from(roll(2)).unwrap()];
+        let quantity = i64::try_from(roll(5) + 1).unwrap();
+        let order: Value = app.place_order(customer, &[(&id(&product), quantity)]).await.json().await.unwrap();
+        let status = match roll(4) {
+            0 => "pending",
+            1 => {
+                app.send_json(
+                    Method::POST,
+                    &format!("/api/v1/orders/{}/cancel", id(&order)),
+                    Some(&customer.access_token),
+                    &json!({}),
+                )
+                .await;
+                "cancelled"
+            }
+            _ => {
+                let method = if roll(5) == 0 { "pm_card_declined" } else { "pm_card_visa" };
+                let response = pay(&app, customer, &id(&order), method, &format!("mix-{round}")).await;
+                if response.status() != StatusCode::CREATED {
+                    assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED);
+                    "pending"
+                } else {
+                    let payment: Value = response.json().await.unwrap();
+                    let amount = quantity * 700;
+                    let mut refunded = 0;
+                    for refund_round in 0..roll(3) {
+                        let part =
+                            i64::try_from(roll(u64::try_from(amount).unwrap()) + 1).unwrap().min(amount - refunded);
+                        if part == 0 {
+                            break;
+                        }
+                        let key = format!("mix-{round}-{refund_round}");
+                        assert_eq!(
+                            refund(&app, &admin, &id(&payment), Some(part), &key).await.status(),
+                            StatusCode::CREATED
+                        );
+                        refunded += part;
+                    }
+                    expected_revenue += amount - refunded;
+                    if refunded == amount { "refunded" } else { "paid" }
+                }
+            }
+        };
+        *statuses.entry(status).or_default() += 1;
+    }
+
+    let stats_response = app.get("/api/v1/stats", Some(&admin.access_token)).await;
+    assert_eq!(stats_response.status(), StatusCode::OK);
+    let stats: Value = stats_response.json().await.unwrap();
+    let ledger_sum: i64 = whole_ledger(&app, &admin).await.iter().map(|row| row["amount"].as_i64().unwrap()).sum();
+    assert_eq!(stats["revenue"]["USD"].as_i64().unwrap_or(0), ledger_sum, "ledger sum = revenue in /stats");
+    assert_eq!(ledger_sum, expected_revenue);
+    assert_eq!(stats["orders"], 24);
+    for status in ["pending", "paid", "refunded", "cancelled"] {
+        assert_eq!(stats["orders_by_status"][status], statuses.get(status).copied().unwrap_or(0), "{status}");
+    }
+    assert_eq!(stats["users"], 3);
+}
+
+async fn stats_are_for_admins_and_kept_for_their_ttl(backend: Backend) {
+    let Some(app) = TestApp::spawn_with(backend, &["--stats-cache-ttl", "60s"]).await else { return };
+    let (admin, customer, _order) = pending_order(&app, 1).await;
+    let forbidden = app.get("/api/v1/stats", Some(&customer.access_token)).await;
+    assert_problem(forbidden, StatusCode::FORBIDDEN, "forbidden").await;
+
+    let first = app.get("/api/v1/stats", Some(&admin.access_token)).await;
+    assert_eq!(first.headers()["cache-control"], "private, max-age=60");
+    let first: Value = first.json().await.unwrap();
+    assert_eq!(first["orders"], 1);
+    app.place_order(&customer, &[(first_product(&app).await.as_str(), 1)]).await;
+    let second: Value = app.get("/api/v1/stats", Some(&admin.access_token)).await.json().await.unwrap();
+    assert_eq!(second, first, "within the TTL the same figures are served");
+
+    // Concurrent callers share one computation: all see the same generation.
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let request = app.request(Method::GET, "/api/v1/stats").bearer_auth(&admin.access_token);
+        tasks
+            .spawn(async move { request.send().await.unwrap().json::<Value>().await.unwrap()["generated_at"].clone() });
+    }
+    while let Some(generated_at) = tasks.join_next().await {
+        assert_eq!(generated_at.unwrap(), first["generated_at"]);
+    }
+}
+
+async fn first_product(app: &TestApp) -> String {
+    let page: Value = app.get("/api/v1/products?limit=1", None).await.json().await.unwrap();
+    id(&page["data"][0])
+}

@@ -1,0 +1,49 @@
+//! Report endpoints.
+
+use axum::extract::State;
+use http::HeaderMap;
+use orderly_kit::conditional::{CacheControl, conditional_response};
+use orderly_kit::docs::{Forbidden, Unauthorized, ValidationFailed};
+use orderly_kit::extract::Query;
+use orderly_kit::fields::select;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::accounts::auth::Admin;
+use crate::app::AppState;
+use crate::error::ApiResult;
+use crate::listing::{FieldsQuery, read_fields};
+
+use super::stats::Stats;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(get_stats))
+}
+
+const STATS_FIELDS: &[&str] = &["users", "orders", "orders_by_status", "revenue", "generated_at"];
+
+/// Counts and revenue (admin), computed at most a few seconds ago (`ORDERLY_STATS_CACHE_TTL`).
+#[utoipa::path(
+    get, path = "/stats", tag = "reports", params(FieldsQuery), security(("bearer" = [])),
+    responses(
+        (status = 200, body = Stats, description = "The figures", headers(("ETag" = String), ("Last-Modified" = String))),
+        (status = 304, description = "Not modified"),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn get_stats(
+    State(app): State<AppState>,
+    _admin: Admin,
+    headers: HeaderMap,
+    Query(mut query): Query,
+) -> ApiResult {
+    let fields = read_fields(&mut query, STATS_FIELDS);
+    let (fields,) = query.finish((fields,))?;
+    let stats = app.stats.get(&app.db).await?;
+    let value = select(fields.as_ref(), serde_json::to_value(&stats).expect("representations serialize"));
+    let max_age = u32::try_from(app.stats.ttl().as_secs()).unwrap_or(u32::MAX);
+    let cache = if max_age == 0 { CacheControl::Private } else { CacheControl::PrivateFor { max_age } };
+    Ok(conditional_response(&headers, &value, stats.generated_at, cache))
+}
