@@ -36,17 +36,6 @@ pub enum CircuitState {
     HalfOpen,
 }
 
-impl CircuitState {
-    /// For a gauge: 0 closed, 1 half-open, 2 open.
-    pub fn as_number(self) -> u8 {
-        match self {
-            Self::Closed => 0,
-            Self::HalfOpen => 1,
-            Self::Open => 2,
-        }
-    }
-}
-
 #[derive(Debug)]
 enum State {
     Closed { consecutive_failures: u32 },

@@ -46,6 +46,24 @@ pub enum CreatedAtSort {
     OldestFirst,
 }
 
+/// Documents the parameters of a list ordered by creation time; filters are documented beside
+/// it by each list.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Documents the query; it is parsed by `ListParams::read`.
+pub struct CreatedAtListQuery {
+    /// Page size, 1–100.
+    #[param(minimum = 1, maximum = 100, default = 20)]
+    limit: Option<i64>,
+    /// Opaque cursor from `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Sort order; `-created_at` (newest first) by default.
+    #[param(inline)]
+    sort: Option<CreatedAtSort>,
+    /// Comma-separated top-level fields to return.
+    fields: Option<String>,
+}
+
 /// Documents the `fields` parameter of a single-resource GET.
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]

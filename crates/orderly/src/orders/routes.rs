@@ -22,7 +22,7 @@ use uuid::Uuid;
 use crate::accounts::auth::Principal;
 use crate::app::AppState;
 use crate::error::ApiResult;
-use crate::listing::{CreatedAtSort, FieldsQuery, ListParams, read_fields};
+use crate::listing::{CreatedAtListQuery, FieldsQuery, ListParams, read_fields};
 use crate::responses::{created, written};
 
 use super::domain::{OrderItem, OrderStatus, parse_items};
@@ -134,16 +134,6 @@ async fn place_order(State(app): State<AppState>, principal: Principal, JsonBody
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)] // Documents the query; it is parsed field by field in `list_orders`.
 pub struct OrderListQuery {
-    /// Page size, 1–100.
-    #[param(minimum = 1, maximum = 100, default = 20)]
-    limit: Option<i64>,
-    /// Opaque cursor from `next_cursor` of the previous page.
-    cursor: Option<String>,
-    /// Sort order; `-created_at` (newest first) by default.
-    #[param(inline)]
-    sort: Option<CreatedAtSort>,
-    /// Comma-separated top-level fields to return.
-    fields: Option<String>,
     /// Only orders in this status.
     #[param(inline)]
     status: Option<OrderStatus>,
@@ -157,7 +147,7 @@ pub struct OrderListQuery {
 
 /// List orders: the caller's own, or everyone's for an admin.
 #[utoipa::path(
-    get, path = "/orders", tag = "orders", params(OrderListQuery), security(("bearer" = [])),
+    get, path = "/orders", tag = "orders", params(CreatedAtListQuery, OrderListQuery), security(("bearer" = [])),
     responses(
         (status = 200, body = OrderList, description = "A page of orders", headers(("Link" = String, description = "`rel=\"next\"` page"))),
         (status = 400, response = BadRequest),

@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use orderly_kit::resilience::{Backoff, CircuitBreaker, CircuitState};
+use orderly_kit::resilience::{Backoff, CircuitBreaker};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
@@ -94,10 +94,6 @@ impl PaymentGateway {
     /// The longest a gateway call can take.
     pub fn deadline(&self) -> Duration {
         self.deadline
-    }
-
-    pub fn circuit_state(&self) -> CircuitState {
-        self.breaker.state()
     }
 
     pub async fn charge(&self, request: &ChargeRequest) -> Result<ChargeOutcome, Unavailable> {
@@ -195,6 +191,9 @@ impl Sandbox {
     async fn arrive(&self) -> Result<(), Retryable> {
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
+        }
+        if self.failure_rate == 0.0 {
+            return Ok(());
         }
         let roll = f64::from(Uuid::new_v4().as_u128() as u32) / f64::from(u32::MAX);
         if roll < self.failure_rate { Err(Retryable("sandbox failure")) } else { Ok(()) }

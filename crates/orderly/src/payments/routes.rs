@@ -24,7 +24,7 @@ use uuid::Uuid;
 use crate::accounts::auth::{Admin, Principal};
 use crate::app::AppState;
 use crate::error::ApiResult;
-use crate::listing::{CreatedAtSort, FieldsQuery, ListParams, read_fields};
+use crate::listing::{CreatedAtListQuery, FieldsQuery, ListParams, read_fields};
 use crate::responses::created;
 
 use super::service;
@@ -214,23 +214,13 @@ async fn pay_order(
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)] // Documents the query; it is parsed field by field in `list_payments`.
 pub struct PaymentListQuery {
-    /// Page size, 1–100.
-    #[param(minimum = 1, maximum = 100, default = 20)]
-    limit: Option<i64>,
-    /// Opaque cursor from `next_cursor` of the previous page.
-    cursor: Option<String>,
-    /// Sort order; `-created_at` (newest first) by default.
-    #[param(inline)]
-    sort: Option<CreatedAtSort>,
-    /// Comma-separated top-level fields to return.
-    fields: Option<String>,
     /// Only payments of this order.
     order_id: Option<Uuid>,
 }
 
 /// List payments: the caller's own, or everyone's for an admin.
 #[utoipa::path(
-    get, path = "/payments", tag = "payments", params(PaymentListQuery), security(("bearer" = [])),
+    get, path = "/payments", tag = "payments", params(CreatedAtListQuery, PaymentListQuery), security(("bearer" = [])),
     responses(
         (status = 200, body = PaymentList, description = "A page of payments", headers(("Link" = String, description = "`rel=\"next\"` page"))),
         (status = 400, response = BadRequest),
@@ -331,25 +321,9 @@ async fn refund_payment(
     Ok(created(format!("/api/v1/payments/{}", payment.id), &refund_value(&refund), refund.created_at))
 }
 
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-#[allow(dead_code)] // Documents the query; it is parsed field by field in `list_transactions`.
-pub struct TransactionListQuery {
-    /// Page size, 1–100.
-    #[param(minimum = 1, maximum = 100, default = 20)]
-    limit: Option<i64>,
-    /// Opaque cursor from `next_cursor` of the previous page.
-    cursor: Option<String>,
-    /// Sort order; `-created_at` (newest first) by default.
-    #[param(inline)]
-    sort: Option<CreatedAtSort>,
-    /// Comma-separated top-level fields to return.
-    fields: Option<String>,
-}
-
 /// The ledger (admin): one row per charge or refund, append-only.
 #[utoipa::path(
-    get, path = "/transactions", tag = "payments", params(TransactionListQuery), security(("bearer" = [])),
+    get, path = "/transactions", tag = "payments", params(CreatedAtListQuery), security(("bearer" = [])),
     responses(
         (status = 200, body = TransactionList, description = "A page of ledger rows", headers(("Link" = String, description = "`rel=\"next\"` page"))),
         (status = 400, response = BadRequest),
