@@ -274,6 +274,59 @@ async fn the_circuit_opens_after_repeated_failures_and_closes_after_recovery(bac
     assert_eq!(provider.charges(), [1000]);
 }
 
+async fn an_attempt_in_flight_refuses_a_second_one_and_the_bulkhead_caps_provider_calls(backend: Backend) {
+    let flags = [
+        "--payment-provider-attempts",
+        "1",
+        "--payment-provider-timeout",
+        "1s",
+        "--payment-provider-deadline",
+        "1s",
+        "--payment-max-concurrent",
+        "1",
+    ];
+    let Some((app, provider)) = on_fake_provider(backend, &flags).await else { return };
+    let (_admin, customer, order) = pending_order(&app, 1).await;
+    let other: Value =
+        app.place_order(&customer, &[(first_product(&app).await.as_str(), 1)]).await.json().await.unwrap();
+    provider.set_hang(true);
+
+    let first = app
+        .request(Method::POST, &format!("/api/v1/orders/{}/payments", id(&order)))
+        .bearer_auth(&customer.access_token)
+        .header("Idempotency-Key", "first")
+        .json(&json!({"payment_method": "pm_card_visa"}));
+    let first = tokio::spawn(async move { first.send().await.unwrap().status() });
+    while provider.calls() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let same_order = pay(&app, &customer, &id(&order), "pm_card_visa", "second").await;
+    assert!(same_order.headers().contains_key("retry-after"));
+    assert_problem(same_order, StatusCode::CONFLICT, "payment_in_progress").await;
+    let other_order = pay(&app, &customer, &id(&other), "pm_card_visa", "third").await;
+    assert_problem(other_order, StatusCode::SERVICE_UNAVAILABLE, "payment_provider_unavailable").await;
+    assert_eq!(provider.calls(), 1, "the full bulkhead refused without calling the provider");
+
+    assert_eq!(first.await.unwrap(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(payments_of(&app, &customer, &id(&order)).await.is_empty());
+}
+
+async fn a_failing_or_slow_sandbox_is_503_and_records_nothing(backend: Backend) {
+    for flags in [
+        ["--sandbox-failure-rate", "1.0", "--payment-provider-attempts", "2"],
+        ["--sandbox-latency", "2s", "--payment-provider-timeout", "100ms"],
+    ] {
+        let Some(app) = TestApp::spawn_with(backend, &flags).await else { return };
+        let (admin, customer, order) = pending_order(&app, 1).await;
+        let response = pay(&app, &customer, &id(&order), "pm_card_visa", "sandbox").await;
+        assert_problem(response, StatusCode::SERVICE_UNAVAILABLE, "payment_provider_unavailable").await;
+        assert!(payments_of(&app, &customer, &id(&order)).await.is_empty(), "{flags:?}");
+        assert!(ledger(&app, &admin).await.is_empty());
+        assert_eq!(order_status(&app, &customer, &id(&order)).await, "pending");
+    }
+}
+
 async fn concurrent_refunds_never_exceed_the_payment(backend: Backend) {
     let Some((app, provider)) = on_fake_provider(backend, &[]).await else { return };
     let (admin, customer, order) = pending_order(&app, 10).await;
@@ -359,6 +412,8 @@ crate::on_every_backend_with_backend!(
     a_provider_failing_twice_then_succeeding_charges_once,
     a_hanging_provider_is_503_in_time_and_a_later_retry_charges_once,
     the_circuit_opens_after_repeated_failures_and_closes_after_recovery,
+    an_attempt_in_flight_refuses_a_second_one_and_the_bulkhead_caps_provider_calls,
+    a_failing_or_slow_sandbox_is_503_and_records_nothing,
     concurrent_refunds_never_exceed_the_payment,
     refunds_are_partial_until_the_full_amount_and_then_the_order_is_refunded,
     the_ledger_sums_to_stats_revenue_after_a_random_mix,
