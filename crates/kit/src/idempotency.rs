@@ -241,6 +241,7 @@ fn replay(sealer: &Sealer, sealed: &[u8]) -> Response {
     }
     headers.insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    metrics::counter!("idempotency_replays_total").increment(1);
     response
 }
 

@@ -4,7 +4,7 @@
 //! hold identically on every endpoint: RFC 9457 problem responses, per-request context (request
 //! id, trace id), strict body and query parsing that reports every offending field, signed
 //! keyset cursors, `fields=` selection, strong ETags with conditional requests, and the
-//! middleware that bounds, times and logs each request.
+//! middleware that bounds, times, logs and measures each request.
 
 pub mod conditional;
 pub mod context;
@@ -13,6 +13,7 @@ pub mod docs;
 pub mod extract;
 pub mod fields;
 pub mod idempotency;
+pub mod metrics;
 pub mod middleware;
 pub mod pagination;
 pub mod problem;

@@ -1,7 +1,8 @@
 //! Middleware every request passes through, outermost first:
 //!
 //! 1. [`request_context`]: request id and trace id (in a task-local that log lines read), the
-//!    `X-Request-ID` response header and exactly one access-log line per request.
+//!    `X-Request-ID` response header, exactly one access-log line per request, and the HTTP
+//!    metrics of [`crate::metrics`].
 //! 2. [`finalize`]: turns bodiless error responses produced by the router (404, 405 with
 //!    `Allow`, 413, …) into problems, and marks anything without a cache policy `no-store`.
 //! 3. [`deadline`]: answers 503 `deadline_exceeded` when a request runs past its budget.
@@ -23,13 +24,17 @@ pub async fn request_context(request: Request, next: Next) -> Response {
     let context = Arc::new(RequestContext::from_headers(request.headers(), request.uri().path()));
     let method = request.method().clone();
     let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let in_flight = crate::metrics::InFlight::start();
     let mut response = Arc::clone(&context).scope(next.run(request)).await;
+    drop(in_flight);
 
     let request_id = HeaderValue::from_str(&context.request_id).expect("request ids are validated header values");
     response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
-    let status = response.status().as_u16();
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = started.elapsed();
     let route = route.as_deref().unwrap_or("unmatched");
+    crate::metrics::record_request(&method, route, response.status(), elapsed);
+    let status = response.status().as_u16();
+    let latency_ms = elapsed.as_secs_f64() * 1000.0;
     let user_id = context.user_id.get().map(String::as_str).unwrap_or("");
     tracing::info!(
         target: "orderly::access",

@@ -52,6 +52,8 @@ pub struct App {
     pub payments: payments::provider::PaymentGateway,
     /// `GET /stats` figures, recomputed at most once per TTL.
     pub stats: reports::stats::StatsCache,
+    /// Renders `/metrics`.
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Set when shutdown begins so `/readyz` fails at once while in-flight requests finish.
     shutting_down: AtomicBool,
 }
@@ -81,6 +83,8 @@ pub enum StartError {
 
 impl Application {
     pub async fn build(config: ServeConfig) -> Result<Self, StartError> {
+        let metrics = orderly_kit::metrics::install();
+        ops::describe_metrics();
         let embedded = DatabaseKind::of(&config.database)? == DatabaseKind::Sqlite;
         if config.payments.payment_provider_deadline >= config.http.request_timeout {
             return Err(ConfigError::new(
@@ -117,6 +121,7 @@ impl Application {
             payments: payments::provider::PaymentGateway::new(&config.payments)
                 .map_err(|error| ConfigError::new("ORDERLY_PAYMENT_PROVIDER_URL", error.to_string()))?,
             stats: reports::stats::StatsCache::new(config.http.stats_cache_ttl),
+            metrics,
             shutting_down: AtomicBool::new(false),
         }));
         let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|error| {
@@ -149,14 +154,16 @@ impl Application {
         });
         let mut server = tokio::spawn(server.into_future());
         let sweeper = tokio::spawn(crate::idempotency::sweep_forever(self.state.idempotency.clone(), SWEEP_INTERVAL));
+        let metrics_upkeep = tokio::spawn(metrics_upkeep(self.state.metrics.clone()));
+        let background = [sweeper, metrics_upkeep];
         tokio::select! {
             result = &mut server => {
-                sweeper.abort();
+                background.iter().for_each(tokio::task::JoinHandle::abort);
                 return result.map_err(std::io::Error::other)?;
             }
             () = shutdown => {}
         }
-        sweeper.abort();
+        background.iter().for_each(tokio::task::JoinHandle::abort);
         tracing::info!(grace_secs = self.shutdown_grace.as_secs(), "shutting down: readiness is now failing");
         self.state.shutting_down.store(true, Ordering::Relaxed);
         tokio::time::sleep(self.shutdown_drain_delay).await;
@@ -168,6 +175,16 @@ impl Application {
                 Ok(())
             }
         }
+    }
+}
+
+/// Folds recorded latencies into their buckets now and then, so memory stays flat between
+/// scrapes.
+async fn metrics_upkeep(handle: metrics_exporter_prometheus::PrometheusHandle) {
+    let mut interval = tokio::time::interval(orderly_kit::metrics::UPKEEP_INTERVAL);
+    loop {
+        interval.tick().await;
+        handle.run_upkeep();
     }
 }
 

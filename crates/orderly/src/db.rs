@@ -49,6 +49,8 @@ impl DatabaseKind {
 pub struct Database {
     write: DatabaseConnection,
     read: DatabaseConnection,
+    /// Whether `read` is a pool of its own rather than a handle on the primary's.
+    separate_read_pool: bool,
 }
 
 impl Database {
@@ -62,7 +64,7 @@ impl Database {
                     Some(read_url) => connect_postgres(read_url, "ORDERLY_DATABASE_READ_URL", config).await?,
                     None => write.clone(),
                 };
-                Ok(Self { write, read })
+                Ok(Self { write, read, separate_read_pool: config.database_read_url.is_some() })
             }
         }
     }
@@ -112,6 +114,7 @@ impl Database {
         Ok(Self {
             write: SqlxSqliteConnector::from_sqlx_sqlite_pool(write),
             read: SqlxSqliteConnector::from_sqlx_sqlite_pool(read),
+            separate_read_pool: true,
         })
     }
 
@@ -133,6 +136,15 @@ impl Database {
         Migrator::up(&self.write, None).await
     }
 
+    /// Sets the pool gauges; called before metrics are rendered. With no read URL the read
+    /// pool is the primary pool and is reported once.
+    pub fn publish_metrics(&self) {
+        publish_pool_metrics("primary", &self.write);
+        if self.separate_read_pool {
+            publish_pool_metrics("read", &self.read);
+        }
+    }
+
     /// Readiness: every pool answers and no migration is pending.
     pub async fn check(&self) -> Result<(), String> {
         let ping = |db: &DatabaseConnection| {
@@ -146,6 +158,25 @@ impl Database {
             .map_err(|_| "cannot read the migration table".to_owned())?;
         if pending.is_empty() { Ok(()) } else { Err(format!("{} migration(s) pending", pending.len())) }
     }
+}
+
+/// Connections open (`in_use` + `idle`) and the most allowed, of one pool.
+fn publish_pool_metrics(pool: &'static str, connection: &DatabaseConnection) {
+    let (size, idle, max) = match connection {
+        DatabaseConnection::SqlxSqlitePoolConnection(_) => {
+            let pool = connection.get_sqlite_connection_pool();
+            (pool.size(), pool.num_idle(), pool.options().get_max_connections())
+        }
+        DatabaseConnection::SqlxPostgresPoolConnection(_) => {
+            let pool = connection.get_postgres_connection_pool();
+            (pool.size(), pool.num_idle(), pool.options().get_max_connections())
+        }
+        _ => return,
+    };
+    let idle = u32::try_from(idle).unwrap_or(u32::MAX).min(size);
+    metrics::gauge!("orderly_db_pool_connections", "pool" => pool, "state" => "in_use").set(f64::from(size - idle));
+    metrics::gauge!("orderly_db_pool_connections", "pool" => pool, "state" => "idle").set(f64::from(idle));
+    metrics::gauge!("orderly_db_pool_max_connections", "pool" => pool).set(f64::from(max));
 }
 
 async fn connect_postgres(

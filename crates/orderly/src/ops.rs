@@ -1,5 +1,5 @@
-//! Operations endpoints outside `/api/v1`: liveness, readiness, the JWKS, the OpenAPI
-//! document and the interactive docs page (served from the binary; no CDN).
+//! Operations endpoints outside `/api/v1`: liveness, readiness, Prometheus metrics, the JWKS,
+//! the OpenAPI document and the interactive docs page (served from the binary; no CDN).
 
 use axum::Json;
 use axum::extract::State;
@@ -74,7 +74,7 @@ pub fn api_doc() -> utoipa::openapi::OpenApi {
 
 /// The documented operations routes.
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(jwks))
+    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(metrics)).routes(routes!(jwks))
 }
 
 /// The OpenAPI document and the interactive docs page.
@@ -121,6 +121,45 @@ fn not_ready(health: Health) -> Response {
     let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(health)).into_response();
     response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
     response
+}
+
+/// Prometheus metrics in the text exposition format: requests by method, route template and
+/// status with a latency histogram, requests in flight, database pool use, cache hits and
+/// misses, idempotent replays, payment provider calls and circuit state. Meant for a scraper
+/// inside the deployment; keep it off the public edge.
+#[utoipa::path(
+    get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String))
+)]
+async fn metrics(State(app): State<AppState>) -> Response {
+    // Several servers in one process (as in tests) share one registry: publishing and rendering
+    // under one lock keeps each scrape's state gauges its own server's.
+    static SCRAPE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _scrape = SCRAPE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    app.payments.publish_metrics();
+    app.db.publish_metrics();
+    orderly_kit::metrics::exposition(&app.metrics)
+}
+
+/// Describes the application's own metrics; the HTTP ones are described by the kit.
+pub fn describe_metrics() {
+    metrics::describe_gauge!(
+        "orderly_db_pool_connections",
+        "Database connections open, by pool (primary, read) and state (in_use, idle)."
+    );
+    metrics::describe_gauge!("orderly_db_pool_max_connections", "The most connections a database pool may open.");
+    metrics::describe_counter!(
+        "orderly_cache_requests_total",
+        "Cache lookups, by cache (products, stats) and result (hit, miss)."
+    );
+    metrics::describe_counter!(
+        "orderly_payment_provider_calls_total",
+        "Payment provider calls, by operation (charge, refund) and outcome (ok, failed, timeout, circuit_open, bulkhead_full)."
+    );
+    metrics::describe_gauge!(
+        "orderly_payment_circuit_state",
+        "1 for the payment provider circuit's present state (closed, open, half_open), 0 for the others."
+    );
 }
 
 /// The public keys that verify access tokens (RFC 7517), selected by the token's `kid`.

@@ -50,8 +50,10 @@ impl ProductCache {
         render: impl Fn(&Product) -> Value,
     ) -> Result<Option<Arc<CachedProduct>>, DbErr> {
         if let Some(hit) = self.entries.as_ref().and_then(|entries| entries.get(&id)) {
+            metrics::counter!("orderly_cache_requests_total", "cache" => "products", "result" => "hit").increment(1);
             return Ok(Some(hit));
         }
+        metrics::counter!("orderly_cache_requests_total", "cache" => "products", "result" => "miss").increment(1);
         let epoch = self.epoch.load(Ordering::Acquire);
         let Some(product) = store::find_product(db, id).await? else {
             return Ok(None);

@@ -12,10 +12,15 @@
 //!   `{code}` is a decline.
 //! - `POST {url}/refunds` `{charge, amount, currency}` → 2xx `{id}`.
 //! - Both with `Idempotency-Key` and `traceparent`; 5xx, 408, 429 and timeouts are retried.
+//!
+//! Metrics: `orderly_payment_provider_calls_total{operation, outcome}` counts every attempt
+//! (`ok`, `failed`, `timeout`) and every refusal (`circuit_open`, `bulkhead_full`);
+//! `orderly_payment_circuit_state{state}` is 1 for the breaker's present state
+//! (`closed`, `open`, `half_open`) and 0 for the others.
 
 use std::time::{Duration, Instant};
 
-use orderly_kit::resilience::{Backoff, CircuitBreaker};
+use orderly_kit::resilience::{Backoff, CircuitBreaker, CircuitState};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
@@ -91,6 +96,20 @@ impl PaymentGateway {
         })
     }
 
+    /// Sets the circuit-state gauge; called before metrics are rendered.
+    pub fn publish_metrics(&self) {
+        let now = self.breaker.state();
+        for (state, label) in
+            [(CircuitState::Closed, "closed"), (CircuitState::Open, "open"), (CircuitState::HalfOpen, "half_open")]
+        {
+            metrics::gauge!("orderly_payment_circuit_state", "state" => label).set(if state == now {
+                1.0
+            } else {
+                0.0
+            });
+        }
+    }
+
     /// The longest a gateway call can take.
     pub fn deadline(&self) -> Duration {
         self.deadline
@@ -110,9 +129,13 @@ impl PaymentGateway {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, Retryable>>,
     {
-        let _slot = self.bulkhead.try_acquire().map_err(|_| Unavailable {
-            reason: "too many provider calls in flight",
-            retry_after: Duration::from_secs(1),
+        let count = |outcome: &'static str| {
+            metrics::counter!("orderly_payment_provider_calls_total", "operation" => operation, "outcome" => outcome)
+                .increment(1);
+        };
+        let _slot = self.bulkhead.try_acquire().map_err(|_| {
+            count("bulkhead_full");
+            Unavailable { reason: "too many provider calls in flight", retry_after: Duration::from_secs(1) }
         })?;
         let started = Instant::now();
         let mut last_failure = "no attempt fitted in the deadline";
@@ -123,18 +146,22 @@ impl PaymentGateway {
             }
             let permit = self.breaker.attempt().map_err(|open| {
                 tracing::warn!(operation, "payment provider circuit is open");
+                count("circuit_open");
                 Unavailable { reason: "circuit open", retry_after: open.retry_after.max(Duration::from_secs(1)) }
             })?;
             match tokio::time::timeout(self.timeout.min(remaining), call()).await {
                 Ok(Ok(outcome)) => {
+                    count("ok");
                     permit.succeeded();
                     return Ok(outcome);
                 }
                 Ok(Err(Retryable(reason))) => {
+                    count("failed");
                     permit.failed();
                     last_failure = reason;
                 }
                 Err(_) => {
+                    count("timeout");
                     permit.failed();
                     last_failure = "timed out";
                 }

@@ -1,4 +1,5 @@
-//! Payment endpoints: pay an order, list and read payments, refund (admin), the ledger (admin).
+//! Payment endpoints: pay an order, list and read payments, refund (admin) and read refunds,
+//! the ledger (admin).
 
 use axum::Extension;
 use axum::extract::{OriginalUri, State};
@@ -39,6 +40,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_payments))
         .routes(routes!(get_payment))
         .routes(routes!(refund_payment))
+        .routes(routes!(get_refund))
         .routes(routes!(list_transactions))
 }
 
@@ -108,6 +110,7 @@ pub struct TransactionList {
 
 const PAYMENT_FIELDS: &[&str] =
     &["id", "order_id", "user_id", "amount", "currency", "status", "failure_code", "refunded_amount", "created_at"];
+const REFUND_FIELDS: &[&str] = &["id", "payment_id", "amount", "currency", "created_at"];
 const TRANSACTION_FIELDS: &[&str] =
     &["id", "kind", "payment_id", "refund_id", "order_id", "amount", "currency", "created_at"];
 const SORTS: &[&str] = &["-created_at", "created_at"];
@@ -317,8 +320,35 @@ async fn refund_payment(
     let amount = body.optional("amount", |v| json::integer(v, 1, i64::MAX));
     let (amount,) = body.finish((amount,))?;
     let key = claimed(claim)?;
-    let (payment, refund) = service::refund(app, payment_id, amount, key).await?;
-    Ok(created(format!("/api/v1/payments/{}", payment.id), &refund_value(&refund), refund.created_at))
+    let (_payment, refund) = service::refund(app, payment_id, amount, key).await?;
+    Ok(created(format!("/api/v1/refunds/{}", refund.id), &refund_value(&refund), refund.created_at))
+}
+
+/// Get a refund (of the caller's own payment; any for an admin). Refunds never change.
+#[utoipa::path(
+    get, path = "/refunds/{id}", tag = "payments", params(("id" = Uuid, Path), FieldsQuery), security(("bearer" = [])),
+    responses(
+        (status = 200, body = RefundBody, description = "The refund", headers(("ETag" = String), ("Last-Modified" = String))),
+        (status = 304, description = "Not modified"),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn get_refund(
+    State(app): State<AppState>,
+    principal: Principal,
+    Id(id): Id,
+    headers: HeaderMap,
+    Query(mut query): Query,
+) -> ApiResult {
+    let fields = read_fields(&mut query, REFUND_FIELDS);
+    let (fields,) = query.finish((fields,))?;
+    let owner = (!principal.is_admin()).then_some(principal.user_id);
+    // Read from the primary: the refund's Location is followed right after it is created.
+    let refund = store::find_refund(app.db.write(), id, owner).await?.ok_or_else(Problem::not_found)?;
+    let value = select(fields.as_ref(), refund_value(&refund));
+    Ok(conditional_response(&headers, &value, refund.created_at, CacheControl::Private))
 }
 
 /// The ledger (admin): one row per charge or refund, append-only.

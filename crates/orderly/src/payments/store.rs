@@ -160,6 +160,20 @@ pub async fn find_payment(db: &impl ConnectionTrait, id: Uuid, owner: Option<Uui
     select.one(db).await
 }
 
+/// A refund visible to the caller: of their own payment, or any for an admin (`owner = None`).
+pub async fn find_refund(db: &impl ConnectionTrait, id: Uuid, owner: Option<Uuid>) -> Result<Option<Refund>, DbErr> {
+    let mut select = refund::Entity::find_by_id(id);
+    if let Some(owner) = owner {
+        let owned = sea_orm::sea_query::Query::select()
+            .column(payment::Column::Id)
+            .from(payment::Entity)
+            .and_where(payment::Column::UserId.eq(owner))
+            .to_owned();
+        select = select.filter(refund::Column::PaymentId.in_subquery(owned));
+    }
+    select.one(db).await
+}
+
 /// As [`find_payment`] for any owner, locked until the transaction ends.
 pub async fn lock_payment(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<Payment>, DbErr> {
     payment::Entity::find_by_id(id).lock_exclusive().one(db).await

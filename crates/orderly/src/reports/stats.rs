@@ -50,8 +50,10 @@ impl StatsCache {
         if let Some((at, stats)) = latest.as_ref()
             && at.elapsed() < self.ttl
         {
+            metrics::counter!("orderly_cache_requests_total", "cache" => "stats", "result" => "hit").increment(1);
             return Ok(stats.clone());
         }
+        metrics::counter!("orderly_cache_requests_total", "cache" => "stats", "result" => "miss").increment(1);
         let stats = compute(db).await?;
         *latest = Some((Instant::now(), stats.clone()));
         Ok(stats)

@@ -290,6 +290,22 @@ impl TestApp {
 }
 
 /// Asserts a problem response and returns its body.
+/// One scrape of `/metrics`: each series (name with its labels, as rendered) and its value.
+pub async fn scrape_metrics(app: &TestApp) -> std::collections::HashMap<String, f64> {
+    let response = app.get("/metrics", None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let content_type = response.headers()[reqwest::header::CONTENT_TYPE].to_str().unwrap().to_owned();
+    assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
+    let text = response.text().await.unwrap();
+    text.lines()
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').expect("a series and its value");
+            (series.to_owned(), value.parse().expect("a numeric value"))
+        })
+        .collect()
+}
+
 pub async fn assert_problem(response: Response, status: StatusCode, code: &str) -> Value {
     assert_eq!(response.status(), status, "unexpected status for expected `{code}`");
     assert_eq!(response.headers()["content-type"], "application/problem+json");

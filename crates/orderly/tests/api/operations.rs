@@ -1,9 +1,10 @@
-//! Operations endpoints: health, readiness (including during shutdown), OpenAPI and docs.
+//! Operations endpoints: health, readiness (including during shutdown), metrics, OpenAPI and
+//! docs.
 
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{Backend, TestApp};
+use crate::helpers::{Backend, TestApp, scrape_metrics};
 
 async fn liveness_and_readiness_report_ok(app: TestApp) {
     let health = app.get("/healthz", None).await;
@@ -45,10 +46,12 @@ async fn the_openapi_document_describes_every_endpoint(app: TestApp) {
         ("/api/v1/payments", "get"),
         ("/api/v1/payments/{id}", "get"),
         ("/api/v1/payments/{id}/refunds", "post"),
+        ("/api/v1/refunds/{id}", "get"),
         ("/api/v1/transactions", "get"),
         ("/api/v1/stats", "get"),
         ("/healthz", "get"),
         ("/readyz", "get"),
+        ("/metrics", "get"),
         ("/.well-known/jwks.json", "get"),
     ];
     for (path, method) in expected {
@@ -87,8 +90,54 @@ async fn the_docs_page_is_served_from_the_binary(app: TestApp) {
     }
 }
 
+async fn metrics_count_requests_by_route_template_status_and_replay(app: TestApp) {
+    // Tests share one process-wide registry, so each check uses a series no other test touches.
+    let rejected = r#"http_requests_total{method="POST",route="/metrics",status="405"}"#;
+    let rejected_latency = r#"http_request_duration_seconds_count{method="POST",route="/metrics",status="405"}"#;
+    let before = scrape_metrics(&app).await;
+    let count =
+        |metrics: &std::collections::HashMap<String, f64>, series: &str| metrics.get(series).copied().unwrap_or(0.0);
+
+    let response = app.request(reqwest::Method::POST, "/metrics").send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let missing = uuid::Uuid::new_v4();
+    let response = app.get(&format!("/api/v1/products/{missing}"), None).await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let admin = app.admin().await;
+    let key = format!("metrics-{missing}");
+    for _ in 0..2 {
+        let response = app
+            .request(reqwest::Method::POST, "/api/v1/products")
+            .bearer_auth(&admin.access_token)
+            .header("idempotency-key", &key)
+            .json(&serde_json::json!({"sku": format!("M-{missing}"), "name": "Metered", "unit_price": 100, "currency": "EUR", "stock": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+
+    let after = scrape_metrics(&app).await;
+    assert_eq!(count(&after, rejected) - count(&before, rejected), 1.0, "one request, counted once");
+    assert_eq!(count(&after, rejected_latency) - count(&before, rejected_latency), 1.0, "and timed once");
+    assert!(
+        after.keys().any(|series| series.starts_with("http_requests_total{")
+            && series.contains(r#"route="/api/v1/products/{id}""#)
+            && series.contains(r#"status="404""#)),
+        "requests are labelled with the route template"
+    );
+    assert!(after.keys().all(|series| !series.contains(&missing.to_string())), "never with the raw path");
+    let replays = "idempotency_replays_total";
+    assert!(count(&after, replays) - count(&before, replays) >= 1.0, "the repeated key was a replay");
+    assert!(count(&after, "http_requests_in_flight") >= 1.0, "the scrape itself is in flight");
+    assert!(count(&after, r#"orderly_db_pool_max_connections{pool="primary"}"#) >= 1.0);
+    assert!(after.contains_key(r#"orderly_db_pool_connections{pool="primary",state="in_use"}"#));
+    assert_eq!(count(&after, r#"orderly_payment_circuit_state{state="closed"}"#), 1.0);
+}
+
 crate::on_every_backend!(
     liveness_and_readiness_report_ok,
+    metrics_count_requests_by_route_template_status_and_replay,
     the_openapi_document_describes_every_endpoint,
     the_docs_page_is_served_from_the_binary
 );

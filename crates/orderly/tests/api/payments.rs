@@ -7,7 +7,7 @@ use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 
 use crate::fake_provider::FakeProvider;
-use crate::helpers::{Backend, Credentials, TestApp, assert_problem};
+use crate::helpers::{Backend, Credentials, TestApp, assert_problem, scrape_metrics};
 
 fn id(value: &Value) -> String {
     value["id"].as_str().unwrap().to_owned()
@@ -265,13 +265,27 @@ async fn the_circuit_opens_after_repeated_failures_and_closes_after_recovery(bac
     let refused = pay(&app, &customer, &id(&order), "pm_card_visa", "while-open").await;
     assert_problem(refused, StatusCode::SERVICE_UNAVAILABLE, "payment_provider_unavailable").await;
     assert_eq!(provider.calls(), 3, "an open circuit does not call the provider");
+    assert_eq!(circuit_state(&app).await, "open", "the open circuit shows in the metrics");
 
     provider.set_down(false);
     tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(circuit_state(&app).await, "half_open", "after the open period, one probe may go");
     let probe = pay(&app, &customer, &id(&order), "pm_card_visa", "after-recovery").await;
     assert_eq!(probe.status(), StatusCode::CREATED, "the half-open probe succeeds and closes the circuit");
     assert_eq!(provider.calls(), 4);
     assert_eq!(provider.charges(), [1000]);
+    assert_eq!(circuit_state(&app).await, "closed");
+}
+
+/// The state whose `orderly_payment_circuit_state` gauge is 1; exactly one is.
+async fn circuit_state(app: &TestApp) -> &'static str {
+    let metrics = scrape_metrics(app).await;
+    let on: Vec<_> = ["closed", "open", "half_open"]
+        .into_iter()
+        .filter(|state| metrics.get(&format!(r#"orderly_payment_circuit_state{{state="{state}"}}"#)) == Some(&1.0))
+        .collect();
+    assert_eq!(on.len(), 1, "exactly one circuit state is on: {on:?}");
+    on[0]
 }
 
 async fn an_attempt_in_flight_refuses_a_second_one_and_the_bulkhead_caps_provider_calls(backend: Backend) {
@@ -378,9 +392,19 @@ async fn refunds_are_partial_until_the_full_amount_and_then_the_order_is_refunde
 
     let first = refund(&app, &admin, &id(&payment), Some(1500), "r1").await;
     assert_eq!(first.status(), StatusCode::CREATED);
+    let location = first.headers()["location"].to_str().unwrap().to_owned();
     let first: Value = first.json().await.unwrap();
     assert_eq!((first["amount"].as_i64(), first["payment_id"].as_str()), (Some(1500), payment["id"].as_str()));
     assert_eq!(order_status(&app, &customer, &id(&order)).await, "paid");
+    assert_eq!(location, format!("/api/v1/refunds/{}", id(&first)));
+    for who in [&admin, &customer] {
+        let fetched = app.get(&location, Some(&who.access_token)).await;
+        assert_eq!(fetched.status(), StatusCode::OK, "the refund is readable by an admin and the payer");
+        assert_eq!(fetched.json::<Value>().await.unwrap(), first);
+    }
+    let stranger = app.customer().await;
+    let hidden = app.get(&location, Some(&stranger.access_token)).await;
+    assert_problem(hidden, StatusCode::NOT_FOUND, "not_found").await;
 
     let over = refund(&app, &admin, &id(&payment), Some(3501), "r2").await;
     let problem = assert_problem(over, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
