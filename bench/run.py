@@ -28,7 +28,7 @@ import time
 import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCENARIOS = ["ceiling", "catalog_read", "conditional_read", "order_list", "order_create", "mixed"]
+SCENARIOS = ["ceiling", "catalog_read", "conditional_read", "order_list", "order_create", "payment", "stats", "mixed"]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PRODUCTS = 2000
 CUSTOMERS = 20
@@ -189,11 +189,11 @@ def seed(server):
         email, password = f"bench-customer-{i}@example.com", "bench-customer-password"
         status, _, payload = request(port, "POST", "/api/v1/auth/register", {"email": email, "password": password, "name": f"Customer {i}"})
         assert status == 201, (status, payload)
-        return token(port, email, password)
+        return token(port, email, password), json.loads(payload)["id"]
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
         product_ids = list(pool.map(create_product, range(PRODUCTS)))
-        tokens = list(pool.map(create_customer, range(CUSTOMERS)))
+        tokens, user_ids = zip(*pool.map(create_customer, range(CUSTOMERS)))
 
         def create_orders(customer_token):
             rng = random.Random(customer_token)
@@ -214,19 +214,46 @@ def seed(server):
 
     data_dir = os.path.join(server.workdir, "wrk-data")
     os.makedirs(data_dir)
-    for name, values in [("product_ids", product_ids), ("product_etags", etags), ("customer_tokens", tokens)]:
+    files = [("product_ids", product_ids), ("product_etags", etags), ("customer_tokens", tokens),
+             ("customer_ids", user_ids), ("admin_token", [admin_token])]
+    for name, values in files:
         with open(os.path.join(data_dir, name), "w") as out:
             out.write("\n".join(values) + "\n")
     return data_dir
 
 
-def run_scenario(server, data_dir, scenario, args):
+def wrk_command(server, args):
     script = os.path.join(ROOT, "bench", "wrk", "orderly.lua")
-    command = (["taskset", "-c", "1"] if args.pin else []) + [
+    return (["taskset", "-c", "1"] if args.pin else []) + [
         "wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--timeout", "5s",
         "-s", script, f"http://127.0.0.1:{server.port}",
     ]
-    env = {**os.environ, "BENCH_SCENARIO": scenario, "BENCH_DATA": data_dir}
+
+
+def prepare_payable_orders(server, data_dir, args):
+    """Creates pending orders to pay, as `order_create` does, for as long as a scenario runs
+    (unmeasured): paying is no faster than ordering, so there are enough. Each wrk thread
+    writes `user_id order_id` lines; they are joined into `payable_orders`."""
+    folder = os.path.join(data_dir, "payable")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    env = {**os.environ, "BENCH_SCENARIO": "payable_orders", "BENCH_DATA": data_dir}
+    completed = subprocess.run(wrk_command(server, args), env=env, capture_output=True, text=True, timeout=args.duration + 60)
+    if completed.returncode != 0:
+        sys.exit(f"wrk failed preparing orders to pay:\n{completed.stdout}\n{completed.stderr}")
+    orders = []
+    for name in sorted(os.listdir(folder)):
+        with open(os.path.join(folder, name)) as part:
+            orders.extend(line for line in part.read().splitlines() if line)
+    with open(os.path.join(data_dir, "payable_orders"), "w") as out:
+        out.write("\n".join(orders) + "\n")
+    return len(orders)
+
+
+def run_scenario(server, data_dir, scenario, args):
+    payable = prepare_payable_orders(server, data_dir, args) if scenario == "payment" else None
+    command = wrk_command(server, args)
+    env = {**os.environ, "BENCH_SCENARIO": scenario, "BENCH_DATA": data_dir, "BENCH_THREADS": str(args.threads)}
     server.reset_peak_rss()
     profiler = None
     if args.profile:
@@ -245,6 +272,8 @@ def run_scenario(server, data_dir, scenario, args):
         sys.exit(f"wrk failed for {scenario}:\n{completed.stdout}\n{completed.stderr}")
     stats = json.loads(summary)
     requests_done = max(stats["requests"], 1)
+    if payable is not None and stats["requests"] > payable:
+        print(f"# payment: {stats['requests']} requests for {payable} prepared orders; the rest paid orders again (409, counted as bad)")
     return {
         "scenario": scenario,
         "requests": stats["requests"],

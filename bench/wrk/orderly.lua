@@ -1,5 +1,6 @@
 -- wrk script for every Orderly scenario. BENCH_SCENARIO picks the request mix; BENCH_DATA is
--- the folder the harness seeded (product ids, their current ETags, customer tokens).
+-- the folder the harness seeded (product ids, their current ETags, customer tokens and ids,
+-- an admin token, and for `payment` the pending orders to pay).
 
 local scenario = os.getenv("BENCH_SCENARIO")
 local data = os.getenv("BENCH_DATA")
@@ -12,20 +13,48 @@ local function lines(path)
   return out
 end
 
-local ids, etags, tokens
+local ids, etags, tokens, admin_token
+local token_of_user = {}
 local sequence = 0
 local key_prefix
+local threads_started = 0
 
 function setup(thread)
   thread:set("seed", math.random(1, 2147483647))
+  thread:set("index", threads_started)
+  threads_started = threads_started + 1
 end
+
+-- `payment`: this thread's share of the prepared orders, as {token, order id}.
+local payable = {}
+local next_payable = 0
+-- `payable_orders`: where this thread records the orders it created.
+local created
 
 function init(args)
   ids = lines(data .. "/product_ids")
   etags = lines(data .. "/product_etags")
   tokens = lines(data .. "/customer_tokens")
+  admin_token = lines(data .. "/admin_token")[1]
+  local user_ids = lines(data .. "/customer_ids")
+  for i, user_id in ipairs(user_ids) do
+    token_of_user[user_id] = tokens[i]
+  end
   math.randomseed(tonumber(seed) or os.time())
   key_prefix = "bench-" .. tostring(seed) .. "-" .. tostring(os.time()) .. "-"
+  if scenario == "payment" then
+    local threads = tonumber(os.getenv("BENCH_THREADS"))
+    for k, line in ipairs(lines(data .. "/payable_orders")) do
+      if (k - 1) % threads == index then
+        local user_id, order_id = line:match("^(%S+) (%S+)$")
+        payable[#payable + 1] = { token_of_user[user_id], order_id }
+      end
+    end
+  elseif scenario == "payable_orders" then
+    created = io.open(data .. "/payable/" .. tostring(index), "w")
+    -- Written line by line: thread states are not closed when wrk exits.
+    created:setvbuf("line")
+  end
 end
 
 local function catalog_read()
@@ -51,6 +80,20 @@ local function order_create()
   }, body)
 end
 
+local function payment()
+  next_payable = next_payable % #payable + 1
+  local order = payable[next_payable]
+  return wrk.format("POST", "/api/v1/orders/" .. order[2] .. "/payments", {
+    ["Authorization"] = "Bearer " .. order[1],
+    ["Content-Type"] = "application/json",
+    ["Idempotency-Key"] = "pay-" .. order[2],
+  }, '{"payment_method":"pm_card_visa"}')
+end
+
+local function stats()
+  return wrk.format("GET", "/api/v1/stats", { ["Authorization"] = "Bearer " .. admin_token })
+end
+
 local function mixed()
   local roll = math.random(100)
   if roll <= 80 then
@@ -66,8 +109,21 @@ local scenarios = {
   conditional_read = conditional_read,
   order_list = order_list,
   order_create = order_create,
+  payable_orders = order_create,
+  payment = payment,
+  stats = stats,
   mixed = mixed,
 }
+
+-- Records each created order as `user_id order_id` for the `payment` scenario. Responses
+-- arrive interleaved across connections, so the owner is read from the body.
+if scenario == "payable_orders" then
+  function response(status, headers, body)
+    if status == 201 then
+      created:write(body:match('"user_id":"([^"]+)"'), " ", body:match('^{"id":"([^"]+)"'), "\n")
+    end
+  end
+end
 
 if scenario == "ceiling" then
   -- A static request: wrk sends it without calling into Lua.
