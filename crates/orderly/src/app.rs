@@ -71,6 +71,7 @@ pub struct Application {
     state: AppState,
     shutdown_grace: Duration,
     shutdown_drain_delay: Duration,
+    payment_settle_after: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +134,7 @@ impl Application {
             state,
             shutdown_grace: config.http.shutdown_grace,
             shutdown_drain_delay: config.http.shutdown_drain_delay,
+            payment_settle_after: config.payments.payment_settle_after,
         })
     }
 
@@ -155,7 +157,11 @@ impl Application {
         let mut server = tokio::spawn(server.into_future());
         let sweeper = tokio::spawn(crate::idempotency::sweep_forever(self.state.idempotency.clone(), SWEEP_INTERVAL));
         let metrics_upkeep = tokio::spawn(metrics_upkeep(self.state.metrics.clone()));
-        let background = [sweeper, metrics_upkeep];
+        let settler = tokio::spawn(payments::service::settle_unknown_charges_forever(
+            self.state.clone(),
+            self.payment_settle_after,
+        ));
+        let background = [sweeper, metrics_upkeep, settler];
         tokio::select! {
             result = &mut server => {
                 background.iter().for_each(tokio::task::JoinHandle::abort);

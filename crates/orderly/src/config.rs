@@ -186,6 +186,11 @@ pub struct PaymentsConfig {
     #[arg(long, env = "ORDERLY_PAYMENT_MAX_CONCURRENT", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10000))]
     pub payment_max_concurrent: u32,
 
+    /// How long after a charge ended with an unknown outcome (a timeout) the provider is asked
+    /// what became of it, if no retry has settled it by then.
+    #[arg(long, env = "ORDERLY_PAYMENT_SETTLE_AFTER", default_value = "60s", value_parser = parse_duration)]
+    pub payment_settle_after: Duration,
+
     /// Sandbox only: share of calls (0.0–1.0) that fail as if the provider were down.
     #[arg(long, env = "ORDERLY_SANDBOX_FAILURE_RATE", default_value_t = 0.0, value_parser = parse_share)]
     pub sandbox_failure_rate: f64,

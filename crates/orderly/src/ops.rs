@@ -154,7 +154,7 @@ pub fn describe_metrics() {
     );
     metrics::describe_counter!(
         "orderly_payment_provider_calls_total",
-        "Payment provider calls, by operation (charge, refund) and outcome (ok, failed, timeout, circuit_open, bulkhead_full)."
+        "Payment provider calls, by operation (charge, refund, lookup) and outcome (ok, failed, timeout, circuit_open, bulkhead_full)."
     );
     metrics::describe_gauge!(
         "orderly_payment_circuit_state",

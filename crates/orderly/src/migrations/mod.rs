@@ -9,6 +9,7 @@ mod m0003_idempotency;
 mod m0004_orders;
 mod m0005_order_items_inline;
 mod m0006_payments;
+mod m0007_unsettled_charges;
 
 pub struct Migrator;
 
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0004_orders::Migration),
             Box::new(m0005_order_items_inline::Migration),
             Box::new(m0006_payments::Migration),
+            Box::new(m0007_unsettled_charges::Migration),
         ]
     }
 }

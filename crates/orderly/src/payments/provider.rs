@@ -2,7 +2,7 @@
 //! gateway.
 //!
 //! Every call carries an idempotency key that the provider deduplicates on, so a retry (ours
-//! after a timeout, or the client's with the same `Idempotency-Key`) never charges twice. The
+//! after a timeout, or a later attempt to pay the same order) never charges twice. The
 //! gateway bounds each call with a timeout, retries timeouts and 5xx with exponential backoff
 //! and full jitter inside an overall deadline, stops calling a failing provider (circuit
 //! breaker), and caps concurrent calls (bulkhead) so a slow provider cannot hold every task.
@@ -12,6 +12,9 @@
 //!   `{code}` is a decline.
 //! - `POST {url}/refunds` `{charge, amount, currency}` → 2xx `{id}`.
 //! - Both with `Idempotency-Key` and `traceparent`; 5xx, 408, 429 and timeouts are retried.
+//! - `GET {url}/charges?idempotency_key={key}` → 2xx `{id}` for the charge made under that key,
+//!   402 `{code}` if it was declined, 404 if there is none: how an unknown outcome is settled
+//!   without charging.
 //!
 //! Metrics: `orderly_payment_provider_calls_total{operation, outcome}` counts every attempt
 //! (`ok`, `failed`, `timeout`) and every refusal (`circuit_open`, `bulkhead_full`);
@@ -63,6 +66,8 @@ pub enum ChargeOutcome {
 pub struct Unavailable {
     pub reason: &'static str,
     pub retry_after: Duration,
+    /// Whether a call went out: if so, the provider may have acted on it.
+    pub reached: bool,
 }
 
 /// One call's failure that is worth retrying.
@@ -119,6 +124,12 @@ impl PaymentGateway {
         self.call("charge", || self.provider.charge(request)).await
     }
 
+    /// What became of a charge attempted under `key`, without charging: `None` if the provider
+    /// has no charge under that key.
+    pub async fn find_charge(&self, key: &str) -> Result<Option<ChargeOutcome>, Unavailable> {
+        self.call("lookup", || self.provider.find_charge(key)).await
+    }
+
     /// Refunds; returns the provider's id of the refund.
     pub async fn refund(&self, request: &RefundRequest) -> Result<String, Unavailable> {
         self.call("refund", || self.provider.refund(request)).await
@@ -135,9 +146,14 @@ impl PaymentGateway {
         };
         let _slot = self.bulkhead.try_acquire().map_err(|_| {
             count("bulkhead_full");
-            Unavailable { reason: "too many provider calls in flight", retry_after: Duration::from_secs(1) }
+            Unavailable {
+                reason: "too many provider calls in flight",
+                retry_after: Duration::from_secs(1),
+                reached: false,
+            }
         })?;
         let started = Instant::now();
+        let mut reached = false;
         let mut last_failure = "no attempt fitted in the deadline";
         for attempt in 0..self.attempts {
             let remaining = self.deadline.saturating_sub(started.elapsed());
@@ -147,8 +163,13 @@ impl PaymentGateway {
             let permit = self.breaker.attempt().map_err(|open| {
                 tracing::warn!(operation, "payment provider circuit is open");
                 count("circuit_open");
-                Unavailable { reason: "circuit open", retry_after: open.retry_after.max(Duration::from_secs(1)) }
+                Unavailable {
+                    reason: "circuit open",
+                    retry_after: open.retry_after.max(Duration::from_secs(1)),
+                    reached,
+                }
             })?;
+            reached = true;
             match tokio::time::timeout(self.timeout.min(remaining), call()).await {
                 Ok(Ok(outcome)) => {
                     count("ok");
@@ -175,7 +196,7 @@ impl PaymentGateway {
                 tokio::time::sleep(delay).await;
             }
         }
-        Err(Unavailable { reason: last_failure, retry_after: Duration::from_secs(1) })
+        Err(Unavailable { reason: last_failure, retry_after: Duration::from_secs(1), reached })
     }
 }
 
@@ -189,6 +210,13 @@ impl Provider {
         match self {
             Self::Sandbox(sandbox) => sandbox.charge(request).await,
             Self::Http(http) => http.charge(request).await,
+        }
+    }
+
+    async fn find_charge(&self, key: &str) -> Result<Option<ChargeOutcome>, Retryable> {
+        match self {
+            Self::Sandbox(sandbox) => sandbox.find_charge(key).await,
+            Self::Http(http) => http.find_charge(key).await,
         }
     }
 
@@ -234,6 +262,11 @@ impl Sandbox {
         }))
     }
 
+    async fn find_charge(&self, key: &str) -> Result<Option<ChargeOutcome>, Retryable> {
+        self.arrive().await?;
+        Ok(self.charges.get(key))
+    }
+
     async fn refund(&self, request: &RefundRequest) -> Result<String, Retryable> {
         self.arrive().await?;
         Ok(self.refunds.get_with(request.key.clone(), || format!("re_sandbox_{}", Uuid::now_v7().simple())))
@@ -272,7 +305,10 @@ impl HttpProvider {
     }
 
     async fn post(&self, url: &str, key: &str, body: &impl Serialize) -> Result<reqwest::Response, Retryable> {
-        let mut request = self.client.post(url).header("Idempotency-Key", key).json(body);
+        self.send(self.client.post(url).header("Idempotency-Key", key).json(body)).await
+    }
+
+    async fn send(&self, mut request: reqwest::RequestBuilder) -> Result<reqwest::Response, Retryable> {
         if let Some(traceparent) = orderly_kit::context::outgoing_traceparent() {
             request = request.header("traceparent", traceparent);
         }
@@ -286,18 +322,17 @@ impl HttpProvider {
 
     async fn charge(&self, request: &ChargeRequest) -> Result<ChargeOutcome, Retryable> {
         let response = self.post(&self.charges_url, &request.key, request).await?;
-        match response.status().as_u16() {
-            200..=299 => {
-                let created: Created = response.json().await.map_err(|_| Retryable("unreadable answer"))?;
-                Ok(ChargeOutcome::Succeeded { reference: created.id })
-            }
-            402 => {
-                let declined: Option<Declined> = response.json().await.ok();
-                let code = declined.and_then(|d| d.code).unwrap_or_else(|| "card_declined".into());
-                Ok(ChargeOutcome::Declined { code })
-            }
-            _ => Err(Retryable("unexpected answer")),
+        charge_outcome(response).await
+    }
+
+    async fn find_charge(&self, key: &str) -> Result<Option<ChargeOutcome>, Retryable> {
+        // Keys are ours: letters, digits and dashes, safe in a query as they are.
+        let url = format!("{}?idempotency_key={key}", self.charges_url);
+        let response = self.send(self.client.get(url)).await?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
         }
+        charge_outcome(response).await.map(Some)
     }
 
     async fn refund(&self, request: &RefundRequest) -> Result<String, Retryable> {
@@ -307,5 +342,21 @@ impl HttpProvider {
         }
         let created: Created = response.json().await.map_err(|_| Retryable("unreadable answer"))?;
         Ok(created.id)
+    }
+}
+
+/// A charge's outcome from the provider's answer: 2xx `{id}` or 402 `{code}`.
+async fn charge_outcome(response: reqwest::Response) -> Result<ChargeOutcome, Retryable> {
+    match response.status().as_u16() {
+        200..=299 => {
+            let created: Created = response.json().await.map_err(|_| Retryable("unreadable answer"))?;
+            Ok(ChargeOutcome::Succeeded { reference: created.id })
+        }
+        402 => {
+            let declined: Option<Declined> = response.json().await.ok();
+            let code = declined.and_then(|d| d.code).unwrap_or_else(|| "card_declined".into());
+            Ok(ChargeOutcome::Declined { code })
+        }
+        _ => Err(Retryable("unexpected answer")),
     }
 }

@@ -5,9 +5,13 @@
 //! attempt answer 409 until this one ends; the mark lapses by itself if the process dies. The
 //! outcome is then recorded in a second transaction: the payment or refund, its ledger row
 //! and the order's new status together. The provider call and the recording run in a task of
-//! their own, so a client that hangs up cannot leave a charge made but unrecorded; a charge that
-//! is made but never recorded (the process died) is found again by a retry with the same
-//! `Idempotency-Key`, which the provider deduplicates on.
+//! their own, so a client that hangs up cannot leave a charge made but unrecorded.
+//!
+//! A charge whose outcome is unknown (the provider timed out, or the process died) is found
+//! again by the next attempt to pay the order: the provider's idempotency key is derived from
+//! the order and its declines so far ([`charge_key`]), not from the client's
+//! `Idempotency-Key`, so even a retry under a new key cannot charge an order twice. If nobody
+//! retries, [`settle_unknown_charges`] looks the charge up at the provider and records it.
 
 use std::time::Duration;
 
@@ -25,16 +29,14 @@ use crate::orders::domain::OrderStatus;
 use crate::orders::store as orders;
 
 use super::provider::{ChargeOutcome, ChargeRequest, RefundRequest, Unavailable};
-use super::store::{self, NewPayment, Payment, Refund};
+use super::store::{self, NewPayment, Payment, Refund, UnsettledCharge};
 
-/// Charges an order's total. `key` identifies this request across retries; it becomes the
-/// provider's idempotency key.
+/// Charges an order's total.
 pub async fn pay(
     app: AppState,
     caller: Principal,
     order_id: Uuid,
     payment_method: String,
-    key: String,
 ) -> Result<Payment, AppError> {
     let owner = (!caller.is_admin()).then_some(caller.user_id);
     let attempt = Uuid::now_v7();
@@ -46,11 +48,12 @@ pub async fn pay(
     if orders::payment_in_flight(&order, now()) {
         return Err(in_progress("A payment for this order is already being processed; retry shortly."));
     }
+    let declines = store::count_declined(&transaction, order.id).await?;
     orders::start_payment_attempt(&transaction, order.id, attempt, hold_until(&app)).await?;
     transaction.commit().await?;
 
     let request = ChargeRequest {
-        key,
+        key: charge_key(order.id, declines),
         amount: order.total,
         currency: order.currency.clone(),
         payment_method,
@@ -64,6 +67,15 @@ pub async fn pay(
     task.await.map_err(|_| AppError::internal("the payment task panicked"))?
 }
 
+/// The provider's idempotency key for charging an order: the same for every attempt until one
+/// is declined. An order is paid at most once, so every attempt after an unknown outcome,
+/// whatever its `Idempotency-Key` and payment method, must find the charge the provider may
+/// already have made rather than make another; a recorded decline moves on to a fresh key, so
+/// another payment method can be tried.
+fn charge_key(order_id: Uuid, declines: u64) -> String {
+    format!("orderly-charge-{order_id}-{declines}")
+}
+
 async fn record_charge(
     app: &AppState,
     user_id: Uuid,
@@ -75,12 +87,27 @@ async fn record_charge(
         Ok(ChargeOutcome::Succeeded { reference }) => Ok(reference),
         Ok(ChargeOutcome::Declined { code }) => Err(code),
         Err(unavailable) => {
-            orders::end_payment_attempt(app.db.write(), request.reference, attempt).await?;
+            let transaction = app.db.write().begin().await?;
+            if unavailable.reached {
+                // The provider may have charged: remember to find out, should nobody retry.
+                let unsettled = UnsettledCharge {
+                    order_id: request.reference,
+                    user_id,
+                    provider_key: request.key.clone(),
+                    amount: request.amount,
+                    currency: request.currency.clone(),
+                    created_at: now(),
+                };
+                store::remember_unsettled(&transaction, unsettled).await?;
+            }
+            orders::end_payment_attempt(&transaction, request.reference, attempt).await?;
+            transaction.commit().await?;
             return Err(provider_unavailable(&unavailable));
         }
     };
     let transaction = app.db.write().begin().await?;
     let order = orders::lock_order(&transaction, request.reference, None).await?.ok_or_else(Problem::not_found)?;
+    store::forget_unsettled(&transaction, order.id, None).await?;
     let succeeded = outcome.is_ok();
     let payment = store::insert_payment(
         &transaction,
@@ -110,6 +137,89 @@ async fn record_charge(
     } else {
         Err(Problem::new(StatusCode::PAYMENT_REQUIRED, "card_declined", "The payment method was declined.").into())
     }
+}
+
+/// Settles, every so often, the charges whose outcome was left unknown at least `after` ago.
+pub async fn settle_unknown_charges_forever(app: AppState, after: Duration) {
+    let mut interval = tokio::time::interval((after / 4).clamp(Duration::from_millis(100), Duration::from_secs(15)));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if let Err(error) = settle_unknown_charges(&app, after).await {
+            tracing::warn!(%error, "settling unknown charges failed; trying again later");
+        }
+    }
+}
+
+/// Settles charges whose outcome was left unknown (the provider timed out or failed mid-call)
+/// at least `after` ago and that no later attempt has settled: asks the provider what
+/// happened under their key, which never charges, and records it. A charge that was made is
+/// recorded and the order paid; a decline is recorded; nothing is recorded when the provider
+/// has no charge. `after` leaves the client time to retry first.
+pub async fn settle_unknown_charges(app: &AppState, after: Duration) -> Result<(), AppError> {
+    let before = now() - chrono::TimeDelta::from_std(after).unwrap_or(chrono::TimeDelta::MAX);
+    for charge in store::unsettled_since(app.db.write(), before, 100).await? {
+        let outcome = match app.payments.find_charge(&charge.provider_key).await {
+            Ok(outcome) => outcome,
+            Err(unavailable) => {
+                tracing::warn!(
+                    reason = unavailable.reason,
+                    "cannot settle unknown charges: the payment provider is unavailable"
+                );
+                return Ok(());
+            }
+        };
+        settle_charge(app, &charge, outcome).await?;
+    }
+    Ok(())
+}
+
+async fn settle_charge(
+    app: &AppState,
+    charge: &UnsettledCharge,
+    outcome: Option<ChargeOutcome>,
+) -> Result<(), AppError> {
+    let transaction = app.db.write().begin().await?;
+    let Some(order) = orders::lock_order(&transaction, charge.order_id, None).await? else {
+        return Ok(());
+    };
+    // An attempt in flight uses the same key and settles the charge itself; another instance
+    // may have settled it already.
+    if orders::payment_in_flight(&order, now())
+        || !store::forget_unsettled(&transaction, order.id, Some(&charge.provider_key)).await?
+    {
+        return Ok(());
+    }
+    let outcome = match outcome {
+        Some(ChargeOutcome::Succeeded { reference }) => Ok(reference),
+        Some(ChargeOutcome::Declined { code }) => Err(code),
+        None => {
+            tracing::info!(order_id = %order.id, "an unknown charge was never made");
+            transaction.commit().await?;
+            return Ok(());
+        }
+    };
+    let succeeded = outcome.is_ok();
+    let new = NewPayment {
+        order_id: order.id,
+        user_id: charge.user_id,
+        amount: charge.amount,
+        currency: charge.currency.clone(),
+        outcome,
+    };
+    let payment = store::insert_payment(&transaction, new).await?;
+    let pending = order.status == OrderStatus::Pending.as_str();
+    if succeeded && pending {
+        orders::set_status(&transaction, &order, OrderStatus::Paid).await?;
+    }
+    transaction.commit().await?;
+    tracing::info!(order_id = %order.id, payment_id = %payment.id, status = %payment.status, "an unknown charge was settled");
+    if succeeded && !pending {
+        // The order was cancelled meanwhile: the money goes back.
+        tracing::warn!(order_id = %order.id, payment_id = %payment.id, "a charge was found for an order no longer pending; refunding it");
+        refund(app.clone(), payment.id, None, format!("orderly-refund-{}-unpayable", payment.id)).await?;
+    }
+    Ok(())
 }
 
 /// Refunds `amount` of a payment (all that is left when `None`). `key` identifies this request

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QuerySelect};
+use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -88,9 +88,32 @@ pub mod transaction {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+pub mod unsettled_charge {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "unsettled_charges")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub order_id: Uuid,
+        pub user_id: Uuid,
+        /// The key the charge was attempted under; a lookup by it tells what happened.
+        pub provider_key: String,
+        pub amount: i64,
+        pub currency: String,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 pub use payment::Model as Payment;
 pub use refund::Model as Refund;
 pub use transaction::Model as LedgerEntry;
+pub use unsettled_charge::Model as UnsettledCharge;
 
 /// A payment to record: the outcome of a charge.
 pub struct NewPayment {
@@ -128,6 +151,47 @@ pub async fn insert_payment(db: &impl ConnectionTrait, new: NewPayment) -> Resul
         append_ledger(db, "charge", &row, None, row.amount, now).await?;
     }
     Ok(row)
+}
+
+/// Remembers a charge whose outcome is unknown; a later unknown attempt on the same order
+/// replaces the earlier one (it used the same key, or a later one).
+pub async fn remember_unsettled(db: &impl ConnectionTrait, charge: UnsettledCharge) -> Result<(), DbErr> {
+    unsettled_charge::Entity::delete_by_id(charge.order_id).exec(db).await?;
+    unsettled_charge::Entity::insert(unsettled_charge::ActiveModel::from(charge)).exec_without_returning(db).await?;
+    Ok(())
+}
+
+/// Forgets an order's unsettled charge (only if it was attempted under `key`, when given);
+/// whether there was one to forget.
+pub async fn forget_unsettled(db: &impl ConnectionTrait, order_id: Uuid, key: Option<&str>) -> Result<bool, DbErr> {
+    let mut delete = unsettled_charge::Entity::delete_by_id(order_id);
+    if let Some(key) = key {
+        delete = delete.filter(unsettled_charge::Column::ProviderKey.eq(key));
+    }
+    Ok(delete.exec(db).await?.rows_affected > 0)
+}
+
+/// Unsettled charges left alone since before `before`, oldest first.
+pub async fn unsettled_since(
+    db: &impl ConnectionTrait,
+    before: DateTime<Utc>,
+    limit: u64,
+) -> Result<Vec<UnsettledCharge>, DbErr> {
+    unsettled_charge::Entity::find()
+        .filter(unsettled_charge::Column::CreatedAt.lt(before))
+        .order_by_asc(unsettled_charge::Column::CreatedAt)
+        .limit(limit)
+        .all(db)
+        .await
+}
+
+/// How many charges of an order were declined.
+pub async fn count_declined(db: &impl ConnectionTrait, order_id: Uuid) -> Result<u64, DbErr> {
+    payment::Entity::find()
+        .filter(payment::Column::OrderId.eq(order_id))
+        .filter(payment::Column::Status.eq("failed"))
+        .count(db)
+        .await
 }
 
 async fn append_ledger(

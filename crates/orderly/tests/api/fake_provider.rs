@@ -1,6 +1,7 @@
 //! A payment provider on a random local port, speaking the HTTP provider protocol
-//! (`POST /charges`, `POST /refunds`), that can decline, fail, hang or recover on command and
-//! records every charge and refund it makes with its idempotency key.
+//! (`POST /charges`, `POST /refunds`, `GET /charges?idempotency_key=`), that can decline, fail,
+//! hang or recover on command and records every charge and refund it makes with its
+//! idempotency key.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,8 +16,10 @@ use serde_json::{Value, json};
 
 #[derive(Default)]
 struct Ledger {
-    /// Calls that reached the provider, answered or not.
+    /// Charge and refund calls that reached the provider, answered or not.
     calls: usize,
+    /// Lookups of a charge by key.
+    lookups: usize,
     /// The next this many calls answer 500 without doing anything.
     fail_next: usize,
     /// Every call answers 500.
@@ -39,7 +42,7 @@ impl FakeProvider {
     pub async fn start() -> Self {
         let ledger = Arc::new(Mutex::new(Ledger::default()));
         let app = axum::Router::new()
-            .route("/charges", post(charge))
+            .route("/charges", post(charge).get(find_charge))
             .route("/refunds", post(refund))
             .with_state(Arc::clone(&ledger));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -62,6 +65,10 @@ impl FakeProvider {
 
     pub fn calls(&self) -> usize {
         self.ledger.lock().unwrap().calls
+    }
+
+    pub fn lookups(&self) -> usize {
+        self.ledger.lock().unwrap().lookups
     }
 
     /// Distinct charges made (one per idempotency key).
@@ -113,6 +120,21 @@ async fn charge(State(ledger): State<Shared>, headers: HeaderMap, Json(body): Js
         tokio::time::sleep(Duration::from_secs(60)).await;
     }
     (StatusCode::CREATED, Json(json!({"id": id}))).into_response()
+}
+
+async fn find_charge(
+    State(ledger): State<Shared>,
+    axum::extract::Query(query): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    let mut ledger = ledger.lock().unwrap();
+    ledger.lookups += 1;
+    if ledger.down {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    match ledger.charges.get(&query["idempotency_key"]) {
+        Some((id, _)) => (StatusCode::OK, Json(json!({"id": id}))).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 async fn refund(State(ledger): State<Shared>, headers: HeaderMap, Json(body): Json<Value>) -> Response {

@@ -242,12 +242,111 @@ async fn a_hanging_provider_is_503_in_time_and_a_later_retry_charges_once(backen
     assert_eq!(provider.charges().len(), 1, "the provider did charge before hanging");
 
     provider.set_hang(false);
-    let retried = pay(&app, &customer, &id(&order), "pm_card_visa", "hang").await;
+    // A client may retry under a new key after a 503; the provider's key is the order's, so
+    // the retry still finds the charge made before the hang instead of making another.
+    let retried = pay(&app, &customer, &id(&order), "pm_card_visa", "hang-retried-under-a-new-key").await;
     assert_eq!(retried.status(), StatusCode::CREATED);
     assert_eq!(provider.charges(), [1000], "the retry found the same charge");
     assert_eq!(payments_of(&app, &customer, &id(&order)).await.len(), 1);
     assert_eq!(ledger(&app, &admin).await.len(), 1);
     assert_eq!(order_status(&app, &customer, &id(&order)).await, "paid");
+}
+
+/// Flags for the settling scenarios: one quick attempt, and unknown outcomes settled after
+/// half a second.
+const SETTLE_QUICKLY: [&str; 8] = [
+    "--payment-provider-timeout",
+    "300ms",
+    "--payment-provider-attempts",
+    "1",
+    "--payment-provider-deadline",
+    "1s",
+    "--payment-settle-after",
+    "500ms",
+];
+
+/// Polls until `done` holds, for at most 10 s.
+async fn eventually(mut done: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if done().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+async fn a_charge_left_unknown_is_recorded_from_the_provider_when_nobody_retries(backend: Backend) {
+    let Some((app, provider)) = on_fake_provider(backend, &SETTLE_QUICKLY).await else { return };
+    let (admin, customer, order) = pending_order(&app, 1).await;
+    provider.set_hang(true);
+    let response = pay(&app, &customer, &id(&order), "pm_card_visa", "hang-and-leave").await;
+    assert_problem(response, StatusCode::SERVICE_UNAVAILABLE, "payment_provider_unavailable").await;
+    assert!(payments_of(&app, &customer, &id(&order)).await.is_empty(), "nothing recorded yet");
+    assert_eq!(provider.charges(), [1000], "but the provider charged");
+
+    let settled = eventually(async || payments_of(&app, &customer, &id(&order)).await.len() == 1).await;
+    assert!(settled, "the charge the provider made is recorded without any retry");
+    let payment = &payments_of(&app, &customer, &id(&order)).await[0];
+    assert_eq!((payment["status"].as_str(), payment["amount"].as_i64()), (Some("succeeded"), Some(1000)));
+    assert_eq!(order_status(&app, &customer, &id(&order)).await, "paid");
+    let rows = ledger(&app, &admin).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["amount"], 1000);
+
+    provider.set_hang(false);
+    let late = pay(&app, &customer, &id(&order), "pm_card_visa", "late-retry").await;
+    assert_problem(late, StatusCode::CONFLICT, "invalid_state").await;
+    assert_eq!(provider.charges(), [1000], "still one charge");
+    assert_eq!(payments_of(&app, &customer, &id(&order)).await.len(), 1);
+}
+
+async fn a_charge_that_never_happened_is_settled_as_nothing(backend: Backend) {
+    let Some((app, provider)) = on_fake_provider(backend, &SETTLE_QUICKLY).await else { return };
+    let (admin, customer, order) = pending_order(&app, 1).await;
+    provider.set_down(true);
+    let response = pay(&app, &customer, &id(&order), "pm_card_visa", "down").await;
+    assert_problem(response, StatusCode::SERVICE_UNAVAILABLE, "payment_provider_unavailable").await;
+    provider.set_down(false);
+
+    assert!(eventually(async || provider.lookups() >= 1).await, "the unknown outcome is looked up");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let lookups = provider.lookups();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(provider.lookups(), lookups, "once settled, it is not looked up again");
+    assert!(payments_of(&app, &customer, &id(&order)).await.is_empty());
+    assert!(ledger(&app, &admin).await.is_empty());
+    assert!(provider.charges().is_empty(), "looking up never charges");
+    assert_eq!(order_status(&app, &customer, &id(&order)).await, "pending");
+
+    assert_eq!(pay(&app, &customer, &id(&order), "pm_card_visa", "again").await.status(), StatusCode::CREATED);
+    assert_eq!(provider.charges(), [1000]);
+}
+
+async fn a_charge_found_for_an_order_cancelled_meanwhile_is_refunded(backend: Backend) {
+    let Some((app, provider)) = on_fake_provider(backend, &SETTLE_QUICKLY).await else { return };
+    let (admin, customer, order) = pending_order(&app, 1).await;
+    provider.set_hang(true);
+    let response = pay(&app, &customer, &id(&order), "pm_card_visa", "hang-then-cancel").await;
+    assert_problem(response, StatusCode::SERVICE_UNAVAILABLE, "payment_provider_unavailable").await;
+    provider.set_hang(false);
+    let cancel = app
+        .request(Method::POST, &format!("/api/v1/orders/{}/cancel", id(&order)))
+        .bearer_auth(&customer.access_token)
+        .header("idempotency-key", "cancel")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), StatusCode::OK);
+
+    assert!(eventually(async || provider.refunded() == 1000).await, "the charge goes back");
+    assert_eq!(provider.charges(), [1000]);
+    let rows = whole_ledger(&app, &admin).await;
+    let amounts: Vec<i64> = rows.iter().map(|row| row["amount"].as_i64().unwrap()).collect();
+    assert_eq!(amounts.iter().sum::<i64>(), 0, "charged and refunded: {amounts:?}");
+    assert_eq!(amounts.len(), 2);
+    assert_eq!(order_status(&app, &customer, &id(&order)).await, "cancelled");
 }
 
 async fn the_circuit_opens_after_repeated_failures_and_closes_after_recovery(backend: Backend) {
@@ -435,6 +534,9 @@ crate::on_every_backend_with_backend!(
     thirty_identical_requests_charge_once,
     a_provider_failing_twice_then_succeeding_charges_once,
     a_hanging_provider_is_503_in_time_and_a_later_retry_charges_once,
+    a_charge_left_unknown_is_recorded_from_the_provider_when_nobody_retries,
+    a_charge_that_never_happened_is_settled_as_nothing,
+    a_charge_found_for_an_order_cancelled_meanwhile_is_refunded,
     the_circuit_opens_after_repeated_failures_and_closes_after_recovery,
     an_attempt_in_flight_refuses_a_second_one_and_the_bulkhead_caps_provider_calls,
     a_failing_or_slow_sandbox_is_503_and_records_nothing,
