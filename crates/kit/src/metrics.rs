@@ -11,7 +11,9 @@
 //! - `http_request_duration_seconds{method, route, status}`: a latency histogram;
 //! - `http_requests_in_flight`: requests being served now, the autoscaling signal.
 //!
-//! and `idempotency_replays_total`, recorded by [`crate::idempotency`].
+//! `http_requests_shed_total` and `http_requests_deadline_exceeded_total` count the requests
+//! [`crate::middleware::shed_load`] refused and [`crate::middleware::deadline`] cut off,
+//! and `idempotency_replays_total` the replays of [`crate::idempotency`].
 //!
 //! `route` is the matched route template (`/api/v1/orders/{id}`), or `unmatched`, so the
 //! number of series stays bounded whatever paths clients send.

@@ -5,8 +5,9 @@
 //!    metrics of [`crate::metrics`].
 //! 2. [`finalize`]: turns bodiless error responses produced by the router (404, 405 with
 //!    `Allow`, 413, …) into problems, and marks anything without a cache policy `no-store`.
-//! 3. [`deadline`]: answers 503 `deadline_exceeded` when a request runs past its budget.
+//! 3. [`shed_load`]: past a cap on requests in flight, answers 503 `overloaded` at once.
 //! 4. [`panic_response`]: a panic becomes an opaque 500 problem, never a dropped connection.
+//! 5. [`deadline`]: answers 503 `deadline_exceeded` when a request runs past its budget.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
+use tokio::sync::Semaphore;
 
 use crate::context::{REQUEST_ID_HEADER, RequestContext};
 use crate::problem::Problem;
@@ -82,12 +84,34 @@ fn bare_status_problem(status: StatusCode) -> Problem {
     Problem::new(status, code, detail)
 }
 
+/// Caps the requests in flight on this instance: past `permits`, a request is answered 503
+/// `overloaded` with `Retry-After` at once rather than queued, so latency stays bounded and a
+/// load balancer can send it elsewhere. Paths in `exempt` (probes, metrics) are never shed, so
+/// an overloaded instance is neither restarted by its liveness probe nor hidden from its
+/// scraper.
+pub async fn shed_load(
+    permits: Arc<Semaphore>,
+    exempt: &'static [&'static str],
+    request: Request,
+    next: Next,
+) -> Response {
+    if exempt.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
+    let Ok(_permit) = permits.try_acquire() else {
+        metrics::counter!("http_requests_shed_total").increment(1);
+        return Problem::unavailable("overloaded", "The server is at capacity; retry shortly.", 1).into_response();
+    };
+    next.run(request).await
+}
+
 /// Bounds how long a request may run; past the deadline the client gets 503 and the work is
 /// dropped (cancelled at its next await point; database transactions roll back on drop).
 pub async fn deadline(budget: Duration, request: Request, next: Next) -> Response {
     match tokio::time::timeout(budget, next.run(request)).await {
         Ok(response) => response,
         Err(_) => {
+            metrics::counter!("http_requests_deadline_exceeded_total").increment(1);
             tracing::warn!(budget_ms = budget.as_millis() as u64, "request exceeded its deadline");
             Problem::unavailable("deadline_exceeded", "The request did not complete within its deadline.", 1)
                 .into_response()

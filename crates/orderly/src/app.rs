@@ -214,6 +214,7 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
         crate::payments::KEY_REQUIRED,
     );
     let deadline = http.request_timeout;
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(usize::try_from(http.max_in_flight).unwrap_or(usize::MAX)));
     let body_limit = usize::try_from(http.max_body_bytes).unwrap_or(usize::MAX);
     let compress =
         SizeAbove::new(1024).and(NotForContentType::GRPC).and(NotForContentType::IMAGES).and(NotForContentType::SSE);
@@ -225,6 +226,9 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
         .layer(axum::middleware::from_fn_with_state(state, crate::idempotency::middleware))
         .layer(axum::middleware::from_fn(move |request, next| middleware::deadline(deadline, request, next)))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            middleware::shed_load(Arc::clone(&in_flight), ops::NEVER_SHED, request, next)
+        }))
         .layer(axum::middleware::from_fn(middleware::finalize))
         .layer(CompressionLayer::new().compress_when(compress))
         .layer(axum::middleware::from_fn(middleware::request_context))

@@ -206,6 +206,10 @@ pub struct HttpConfig {
     #[arg(long, env = "ORDERLY_MAX_BODY_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=64 * 1024 * 1024))]
     pub max_body_bytes: u64,
 
+    /// Most requests served at once by this instance; beyond, 503 `overloaded` at once.
+    #[arg(long, env = "ORDERLY_MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_in_flight: u32,
+
     /// Deadline for handling one request.
     #[arg(long, env = "ORDERLY_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub request_timeout: Duration,

@@ -32,6 +32,8 @@ impl IntoResponse for AppError {
         match self {
             Self::Problem(problem) => problem.into_response(),
             Self::Database(error) if is_unavailable(&error) => {
+                let cause = if is_pool_timeout(&error) { "pool_timeout" } else { "unreachable" };
+                metrics::counter!("orderly_db_unavailable_total", "cause" => cause).increment(1);
                 tracing::warn!(error = %error, "database unavailable");
                 Problem::unavailable("database_unavailable", "The database is busy or unreachable; retry shortly.", 1)
                     .into_response()
@@ -52,6 +54,12 @@ fn is_unavailable(error: &DbErr) -> bool {
     matches!(error, DbErr::ConnectionAcquire(_) | DbErr::Conn(_))
         || matches!(error, DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e)) | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e))
             if matches!(e, sea_orm::sqlx::Error::PoolTimedOut | sea_orm::sqlx::Error::Io(_) | sea_orm::sqlx::Error::PoolClosed))
+}
+
+fn is_pool_timeout(error: &DbErr) -> bool {
+    matches!(error, DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::Timeout))
+        || matches!(error, DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e)) | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e))
+            if matches!(e, sea_orm::sqlx::Error::PoolTimedOut))
 }
 
 /// Maps a unique-constraint violation to the given 409; other errors pass through.

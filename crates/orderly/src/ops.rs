@@ -72,6 +72,9 @@ pub fn api_doc() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
+/// Paths that are served however loaded the instance is: probes and metrics.
+pub const NEVER_SHED: &[&str] = &["/healthz", "/readyz", "/metrics"];
+
 /// The documented operations routes.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(metrics)).routes(routes!(jwks))
@@ -148,6 +151,10 @@ pub fn describe_metrics() {
         "Database connections open, by pool (primary, read) and state (in_use, idle)."
     );
     metrics::describe_gauge!("orderly_db_pool_max_connections", "The most connections a database pool may open.");
+    metrics::describe_counter!(
+        "orderly_db_unavailable_total",
+        "Requests answered 503 database_unavailable, by cause (pool_timeout, unreachable)."
+    );
     metrics::describe_counter!(
         "orderly_cache_requests_total",
         "Cache lookups, by cache (products, stats) and result (hit, miss)."

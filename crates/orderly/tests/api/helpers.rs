@@ -160,6 +160,11 @@ impl TestApp {
         }
     }
 
+    /// The URL of this app's database, for tests that need to reach it from outside the app.
+    pub fn database_url(&self) -> &str {
+        &self._database.url
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }

@@ -135,6 +135,115 @@ async fn metrics_count_requests_by_route_template_status_and_replay(app: TestApp
     assert_eq!(count(&after, r#"orderly_payment_circuit_state{state="closed"}"#), 1.0);
 }
 
+/// Overload protection: the in-flight cap, request deadlines and database pool exhaustion.
+mod bounds {
+    use super::*;
+
+    /// Sends a request's head but never its body, so the request stays in flight until the
+    /// connection is dropped.
+    async fn hold_a_request(app: &TestApp) -> tokio::net::TcpStream {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(app.address.trim_start_matches("http://")).await.unwrap();
+        let head = "POST /api/v1/auth/register HTTP/1.1\r\nHost: orderly\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n";
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream
+    }
+
+    async fn past_the_in_flight_cap_requests_are_shed_at_once_but_probes_are_not(backend: Backend) {
+        let Some(app) = TestApp::spawn_with(backend, &["--max-in-flight", "2"]).await else { return };
+        let shed_before = scrape_metrics(&app).await.get("http_requests_shed_total").copied().unwrap_or(0.0);
+        let held = [hold_a_request(&app).await, hold_a_request(&app).await];
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+        let started = std::time::Instant::now();
+        let shed = app.get("/api/v1/products", None).await;
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "shed at once, not queued");
+        assert_eq!(shed.headers()["retry-after"], "1");
+        crate::helpers::assert_problem(shed, StatusCode::SERVICE_UNAVAILABLE, "overloaded").await;
+        for probe in ["/healthz", "/readyz"] {
+            assert_eq!(app.get(probe, None).await.status(), StatusCode::OK, "{probe} is never shed");
+        }
+        let shed_after = scrape_metrics(&app).await.get("http_requests_shed_total").copied().unwrap_or(0.0);
+        assert!(shed_after - shed_before >= 1.0, "shedding is counted");
+
+        drop(held);
+        let mut recovered = false;
+        for _ in 0..50 {
+            if app.get("/api/v1/products", None).await.status() == StatusCode::OK {
+                recovered = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(recovered, "capacity returns when the held requests end");
+    }
+
+    async fn a_stuck_database_is_503_at_the_deadline_and_an_exhausted_pool_is_503_at_once(backend: Backend) {
+        use sea_orm::{ConnectionTrait, TransactionTrait};
+        let flags = [
+            "--database-max-connections",
+            "1",
+            "--database-acquire-timeout",
+            "200ms",
+            "--request-timeout",
+            "1500ms",
+            "--payment-provider-deadline",
+            "500ms",
+        ];
+        let Some(app) = TestApp::spawn_with(backend, &flags).await else { return };
+        let admin = app.admin().await;
+        let before = scrape_metrics(&app).await;
+        let create = |sku: &'static str| {
+            app.request(reqwest::Method::POST, "/api/v1/products")
+                .bearer_auth(&admin.access_token)
+                .json(
+                    &serde_json::json!({"sku": sku, "name": "Stuck", "unit_price": 100, "currency": "EUR", "stock": 1}),
+                )
+                .send()
+        };
+
+        // Another client holds the lock every product write needs.
+        let blocker = sea_orm::Database::connect(app.database_url()).await.unwrap();
+        let transaction = blocker.begin().await.unwrap();
+        let hold = match backend {
+            Backend::Postgres => "LOCK TABLE products IN ACCESS EXCLUSIVE MODE",
+            Backend::Sqlite => "CREATE TABLE hold_the_write_lock (x INTEGER)",
+        };
+        transaction.execute_unprepared(hold).await.unwrap();
+
+        let stuck = tokio::spawn(create("STUCK-1"));
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let started = std::time::Instant::now();
+        let exhausted = create("STUCK-2").await.unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "no connection is 503 at once, not a hang");
+        crate::helpers::assert_problem(exhausted, StatusCode::SERVICE_UNAVAILABLE, "database_unavailable").await;
+        let stuck = stuck.await.unwrap().unwrap();
+        crate::helpers::assert_problem(stuck, StatusCode::SERVICE_UNAVAILABLE, "deadline_exceeded").await;
+
+        transaction.rollback().await.unwrap();
+        let mut recovered = false;
+        for _ in 0..100 {
+            if create("AFTER").await.unwrap().status() == StatusCode::CREATED {
+                recovered = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(recovered, "writes succeed again once the lock is gone");
+
+        let after = scrape_metrics(&app).await;
+        let delta =
+            |series: &str| after.get(series).copied().unwrap_or(0.0) - before.get(series).copied().unwrap_or(0.0);
+        assert!(delta("http_requests_deadline_exceeded_total") >= 1.0, "deadlines are counted");
+        assert!(delta(r#"orderly_db_unavailable_total{cause="pool_timeout"}"#) >= 1.0, "pool timeouts are counted");
+    }
+
+    crate::on_every_backend_with_backend!(
+        past_the_in_flight_cap_requests_are_shed_at_once_but_probes_are_not,
+        a_stuck_database_is_503_at_the_deadline_and_an_exhausted_pool_is_503_at_once,
+    );
+}
+
 crate::on_every_backend!(
     liveness_and_readiness_report_ok,
     metrics_count_requests_by_route_template_status_and_replay,
