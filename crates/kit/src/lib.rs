@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod pagination;
 pub mod problem;
+pub mod ratelimit;
 pub mod resilience;
 pub mod telemetry;
 pub mod timestamp;
