@@ -25,7 +25,7 @@ pub async fn request_context(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let context = Arc::new(RequestContext::from_headers(request.headers(), request.uri().path()));
     let method = request.method().clone();
-    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let in_flight = crate::metrics::InFlight::start();
     let mut response = Arc::clone(&context).scope(next.run(request)).await;
     drop(in_flight);
@@ -33,7 +33,7 @@ pub async fn request_context(request: Request, next: Next) -> Response {
     let request_id = HeaderValue::from_str(&context.request_id).expect("request ids are validated header values");
     response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
     let elapsed = started.elapsed();
-    let route = route.as_deref().unwrap_or("unmatched");
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     crate::metrics::record_request(&method, route, response.status(), elapsed);
     let status = response.status().as_u16();
     let latency_ms = elapsed.as_secs_f64() * 1000.0;

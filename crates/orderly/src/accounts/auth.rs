@@ -31,6 +31,12 @@ impl Principal {
     pub fn is_admin(&self) -> bool {
         self.role == Role::Admin
     }
+
+    /// The owner that scopes what this caller may see: their own id, or `None` for an admin,
+    /// who sees everyone's.
+    pub fn owner_scope(&self) -> Option<Uuid> {
+        (!self.is_admin()).then_some(self.user_id)
+    }
 }
 
 impl FromRequestParts<AppState> for Principal {

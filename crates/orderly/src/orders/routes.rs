@@ -86,11 +86,6 @@ fn order_value(order: &Order) -> Value {
     serde_json::to_value(order_body(order)).expect("representations serialize")
 }
 
-/// The caller's scope over orders: their own, or all for an admin.
-fn owner_scope(principal: Principal) -> Option<Uuid> {
-    (!principal.is_admin()).then_some(principal.user_id)
-}
-
 /// Body of `POST /orders`.
 #[derive(Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -176,7 +171,7 @@ async fn list_orders(
     let (params, status, user_id, created_after, created_before) =
         query.finish((params, status, user_id, created_after, created_before))?;
     // A customer sees only their own orders, whatever `user_id` says.
-    let user_id = match owner_scope(principal) {
+    let user_id = match principal.owner_scope() {
         Some(own) if user_id.is_some_and(|asked| asked != own) => return Ok(empty_list(&uri)),
         Some(own) => Some(own),
         None => user_id,
@@ -220,7 +215,7 @@ async fn get_order(
 ) -> ApiResult {
     let fields = read_fields(&mut query, ORDER_FIELDS);
     let (fields,) = query.finish((fields,))?;
-    let order = store::find_order(app.db.read(), id, owner_scope(principal)).await?.ok_or_else(Problem::not_found)?;
+    let order = store::find_order(app.db.read(), id, principal.owner_scope()).await?.ok_or_else(Problem::not_found)?;
     let value = select(fields.as_ref(), order_value(&order));
     Ok(conditional_response(&headers, &value, order.updated_at, CacheControl::Private))
 }

@@ -109,7 +109,7 @@ fn mixed_currencies() -> Problem {
 /// Cancels a pending order and returns its stock. Cancelling a cancelled order returns it
 /// unchanged; any other state is 409 `invalid_state`.
 pub async fn cancel_order(app: &App, caller: Principal, id: Uuid) -> Result<Order, AppError> {
-    let owner = (!caller.is_admin()).then_some(caller.user_id);
+    let owner = caller.owner_scope();
     let transaction = app.db.write().begin().await?;
     let order = store::lock_order(&transaction, id, owner).await?.ok_or_else(Problem::not_found)?;
     match OrderStatus::parse(&order.status).map_err(|_| AppError::internal("stored order status is invalid"))? {

@@ -240,7 +240,7 @@ async fn list_payments(
         Uuid::try_parse(v).map_err(|_| Invalid::new("invalid_format", "must be an order id"))
     });
     let (params, order_id) = query.finish((params, order_id))?;
-    let filter = PaymentFilter { user_id: (!principal.is_admin()).then_some(principal.user_id), order_id };
+    let filter = PaymentFilter { user_id: principal.owner_scope(), order_id };
     let scope = ("payments", &params.sort, &filter);
     let after = params.position(&app.cursors, &scope)?;
     let page = store::list_payments(app.db.read(), &filter, &params, after).await?;
@@ -274,7 +274,7 @@ async fn get_payment(
 ) -> ApiResult {
     let fields = read_fields(&mut query, PAYMENT_FIELDS);
     let (fields,) = query.finish((fields,))?;
-    let owner = (!principal.is_admin()).then_some(principal.user_id);
+    let owner = principal.owner_scope();
     // Read from the primary: a client reads its payment right after paying.
     let payment = store::find_payment(app.db.write(), id, owner).await?.ok_or_else(Problem::not_found)?;
     let value = select(fields.as_ref(), payment_value(&payment));
@@ -342,7 +342,7 @@ async fn get_refund(
 ) -> ApiResult {
     let fields = read_fields(&mut query, REFUND_FIELDS);
     let (fields,) = query.finish((fields,))?;
-    let owner = (!principal.is_admin()).then_some(principal.user_id);
+    let owner = principal.owner_scope();
     // Read from the primary: the refund's Location is followed right after it is created.
     let refund = store::find_refund(app.db.write(), id, owner).await?.ok_or_else(Problem::not_found)?;
     let value = select(fields.as_ref(), refund_value(&refund));

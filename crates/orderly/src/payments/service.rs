@@ -38,7 +38,7 @@ pub async fn pay(
     order_id: Uuid,
     payment_method: String,
 ) -> Result<Payment, AppError> {
-    let owner = (!caller.is_admin()).then_some(caller.user_id);
+    let owner = caller.owner_scope();
     let attempt = Uuid::now_v7();
     let transaction = app.db.write().begin().await?;
     let order = orders::lock_order(&transaction, order_id, owner).await?.ok_or_else(Problem::not_found)?;

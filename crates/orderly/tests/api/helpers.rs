@@ -295,6 +295,18 @@ impl TestApp {
 }
 
 /// Asserts a problem response and returns its body.
+/// Polls until `done` holds, for at most 10 s.
+pub async fn eventually(mut done: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if done().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
+
 /// One scrape of `/metrics`: each series (name with its labels, as rendered) and its value.
 pub async fn scrape_metrics(app: &TestApp) -> std::collections::HashMap<String, f64> {
     let response = app.get("/metrics", None).await;

@@ -4,7 +4,7 @@
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{Backend, TestApp, scrape_metrics};
+use crate::helpers::{Backend, TestApp, eventually, scrape_metrics};
 
 async fn liveness_and_readiness_report_ok(app: TestApp) {
     let health = app.get("/healthz", None).await;
@@ -167,14 +167,7 @@ mod bounds {
         assert!(shed_after - shed_before >= 1.0, "shedding is counted");
 
         drop(held);
-        let mut recovered = false;
-        for _ in 0..50 {
-            if app.get("/api/v1/products", None).await.status() == StatusCode::OK {
-                recovered = true;
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        let recovered = eventually(async || app.get("/api/v1/products", None).await.status() == StatusCode::OK).await;
         assert!(recovered, "capacity returns when the held requests end");
     }
 
@@ -221,14 +214,7 @@ mod bounds {
         crate::helpers::assert_problem(stuck, StatusCode::SERVICE_UNAVAILABLE, "deadline_exceeded").await;
 
         transaction.rollback().await.unwrap();
-        let mut recovered = false;
-        for _ in 0..100 {
-            if create("AFTER").await.unwrap().status() == StatusCode::CREATED {
-                recovered = true;
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        let recovered = eventually(async || create("AFTER").await.unwrap().status() == StatusCode::CREATED).await;
         assert!(recovered, "writes succeed again once the lock is gone");
 
         let after = scrape_metrics(&app).await;

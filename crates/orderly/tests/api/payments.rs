@@ -7,7 +7,7 @@ use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 
 use crate::fake_provider::FakeProvider;
-use crate::helpers::{Backend, Credentials, TestApp, assert_problem, scrape_metrics};
+use crate::helpers::{Backend, Credentials, TestApp, assert_problem, eventually, scrape_metrics};
 
 fn id(value: &Value) -> String {
     value["id"].as_str().unwrap().to_owned()
@@ -264,18 +264,6 @@ const SETTLE_QUICKLY: [&str; 8] = [
     "--payment-settle-after",
     "500ms",
 ];
-
-/// Polls until `done` holds, for at most 10 s.
-async fn eventually(mut done: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if done().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
-}
 
 async fn a_charge_left_unknown_is_recorded_from_the_provider_when_nobody_retries(backend: Backend) {
     let Some((app, provider)) = on_fake_provider(backend, &SETTLE_QUICKLY).await else { return };
