@@ -105,6 +105,7 @@ async fn metrics_count_requests_by_route_template_status_and_replay(app: TestApp
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     let admin = app.admin().await;
     let key = format!("metrics-{missing}");
+    let mut product = Value::Null;
     for _ in 0..2 {
         let response = app
             .request(reqwest::Method::POST, "/api/v1/products")
@@ -115,6 +116,12 @@ async fn metrics_count_requests_by_route_template_status_and_replay(app: TestApp
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::CREATED);
+        product = response.json().await.unwrap();
+    }
+    // A product read after its creation loads it (a miss), the next one is served cached (a hit).
+    for _ in 0..2 {
+        let read = app.get(&format!("/api/v1/products/{}", product["id"].as_str().unwrap()), None).await;
+        assert_eq!(read.status(), StatusCode::OK);
     }
 
     let after = scrape_metrics(&app).await;
@@ -127,6 +134,10 @@ async fn metrics_count_requests_by_route_template_status_and_replay(app: TestApp
         "requests are labelled with the route template"
     );
     assert!(after.keys().all(|series| !series.contains(&missing.to_string())), "never with the raw path");
+    for result in ["hit", "miss"] {
+        let series = format!(r#"orderly_cache_requests_total{{cache="products",result="{result}"}}"#);
+        assert!(count(&after, &series) - count(&before, &series) >= 1.0, "product cache {result}s are counted");
+    }
     let replays = "idempotency_replays_total";
     assert!(count(&after, replays) - count(&before, replays) >= 1.0, "the repeated key was a replay");
     assert!(count(&after, "http_requests_in_flight") >= 1.0, "the scrape itself is in flight");

@@ -353,6 +353,8 @@ async fn the_circuit_opens_after_repeated_failures_and_closes_after_recovery(bac
     assert_problem(refused, StatusCode::SERVICE_UNAVAILABLE, "payment_provider_unavailable").await;
     assert_eq!(provider.calls(), 3, "an open circuit does not call the provider");
     assert_eq!(circuit_state(&app).await, "open", "the open circuit shows in the metrics");
+    let refusals = r#"orderly_payment_provider_calls_total{operation="charge",outcome="circuit_open"}"#;
+    assert!(scrape_metrics(&app).await.get(refusals).is_some_and(|n| *n >= 1.0), "refusals are counted");
 
     provider.set_down(false);
     tokio::time::sleep(Duration::from_millis(1200)).await;
