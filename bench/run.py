@@ -111,6 +111,12 @@ class Server:
             ORDERLY_LOG_FORMAT="json",
             ORDERLY_ACCESS_TOKEN_TTL="6h",
             ORDERLY_SHUTDOWN_GRACE="5s",
+            # One load generator on one address: quotas out of reach, still checked per request.
+            ORDERLY_RATE_LIMIT_ANONYMOUS="1000000/1s",
+            ORDERLY_RATE_LIMIT_USER="1000000/1s",
+            ORDERLY_RATE_LIMIT_API_KEY="1000000/1s",
+            ORDERLY_RATE_LIMIT_CREDENTIALS="1000000/1s",
+            ORDERLY_RATE_LIMIT_ACCOUNT_LOGIN="1000000/1s",
         )
         if self.backend == "sqlite":
             env["ORDERLY_DATABASE_URL"] = f"sqlite://{self.workdir}/orderly.db"

@@ -6,6 +6,7 @@
 //! keyset cursors, `fields=` selection, strong ETags with conditional requests, and the
 //! middleware that bounds, times, logs and measures each request.
 
+pub mod client_ip;
 pub mod conditional;
 pub mod context;
 pub mod cursor;
@@ -18,6 +19,7 @@ pub mod middleware;
 pub mod pagination;
 pub mod problem;
 pub mod ratelimit;
+pub mod redis;
 pub mod resilience;
 pub mod telemetry;
 pub mod timestamp;

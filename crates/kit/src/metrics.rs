@@ -15,6 +15,11 @@
 //! [`crate::middleware::shed_load`] refused and [`crate::middleware::deadline`] cut off,
 //! and `idempotency_replays_total` the replays of [`crate::idempotency`].
 //!
+//! `ratelimit_rejections_total{policy}` counts 429s of [`crate::ratelimit`], and
+//! `ratelimit_local_fallbacks_total` the decisions it made in memory because Redis could not
+//! answer. [`crate::redis`] counts failed calls in `redis_errors_total{operation}` and, at
+//! scrape time, sets `redis_available` (1 when calls go to Redis, 0 while it is bypassed).
+//!
 //! `route` is the matched route template (`/api/v1/orders/{id}`), or `unmatched`, so the
 //! number of series stays bounded whatever paths clients send.
 
@@ -65,6 +70,16 @@ fn describe() {
     metrics::describe_counter!(
         "idempotency_replays_total",
         "Stored responses replayed for a repeated Idempotency-Key."
+    );
+    metrics::describe_counter!("ratelimit_rejections_total", "Requests refused 429 rate_limited, by policy.");
+    metrics::describe_counter!(
+        "ratelimit_local_fallbacks_total",
+        "Rate-limit decisions made per instance because Redis could not answer: quotas are not global meanwhile."
+    );
+    metrics::describe_counter!("redis_errors_total", "Redis calls that failed or timed out, by operation.");
+    metrics::describe_gauge!(
+        "redis_available",
+        "1 while shared state is used through Redis, 0 while Redis is bypassed after failures."
     );
 }
 

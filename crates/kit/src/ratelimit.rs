@@ -9,13 +9,21 @@
 //! 429 `rate_limited` with `Retry-After` equal to `t`, so a client that waits as told is
 //! let through.
 //!
-//! [`LocalLimiter`] decides in process memory (per instance).
+//! A [`Limiter`] decides in process memory (quotas per instance) or, given a
+//! [`SharedRedis`], with one atomic Redis script per decision (quotas global across
+//! instances, on Redis's clock). When Redis cannot answer, it decides in memory instead and
+//! counts the decision in `ratelimit_local_fallbacks_total`: a Redis outage loosens quotas to
+//! per instance for its duration rather than failing or refusing requests.
+//! [`enforce`] applies one decision to a request.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::str::FromStr;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use axum::extract::Request;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
@@ -24,6 +32,7 @@ use governor::{Quota, RateLimiter};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::problem::Problem;
+use crate::redis::SharedRedis;
 
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -54,6 +63,9 @@ impl FromStr for Rate {
         if limit == 0 || seconds == 0 || seconds > 86_400 {
             return Err(format!("`{text}`: the limit must be at least 1 and the window 1 s to 1 day"));
         }
+        if u64::from(limit) > seconds * 1_000_000 {
+            return Err(format!("`{text}`: at most one request per microsecond"));
+        }
         Ok(Self { limit, window: Duration::from_secs(seconds) })
     }
 }
@@ -80,12 +92,13 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// Adds `RateLimit-Policy` and `RateLimit` to a response's headers.
+    /// Adds this policy to a response's `RateLimit-Policy` and `RateLimit` lists (a request
+    /// under two policies carries both).
     pub fn write_headers(&self, headers: &mut HeaderMap) {
         let policy = format!("\"{}\";q={};w={}", self.policy.name, self.policy.limit, self.policy.window.as_secs());
         let state = format!("\"{}\";r={};t={}", self.policy.name, self.remaining, self.reset_secs());
-        headers.insert(RATELIMIT_POLICY, HeaderValue::from_str(&policy).expect("policy names are plain tokens"));
-        headers.insert(RATELIMIT, HeaderValue::from_str(&state).expect("numbers are valid header text"));
+        headers.append(RATELIMIT_POLICY, HeaderValue::from_str(&policy).expect("policy names are plain tokens"));
+        headers.append(RATELIMIT, HeaderValue::from_str(&state).expect("numbers are valid header text"));
     }
 
     /// `t` in whole seconds, rounded up so that waiting `t` is always enough.
@@ -110,16 +123,110 @@ impl Decision {
     }
 }
 
+/// Counts one request against `key` under `policy`, and answers 429 when over quota; otherwise
+/// runs the request and adds the rate-limit headers to its response.
+pub async fn enforce(limiter: &Limiter, policy: &str, key: &str, request: Request, next: Next) -> Response {
+    let decision = limiter.check(policy, key).await;
+    if !decision.allowed {
+        return decision.rejection();
+    }
+    let mut response = next.run(request).await;
+    decision.write_headers(response.headers_mut());
+    response
+}
+
+/// Named quotas, decided in Redis when it is configured and answers, in memory otherwise.
+pub struct Limiter {
+    local: LocalLimiter,
+    shared: Option<Arc<SharedRedis>>,
+}
+
+impl Limiter {
+    pub fn new(policies: impl IntoIterator<Item = Policy>, shared: Option<Arc<SharedRedis>>) -> Self {
+        Self { local: LocalLimiter::new(policies), shared }
+    }
+
+    /// Counts one request against `key` under the named policy.
+    ///
+    /// # Panics
+    /// If no policy of that name was given to [`Limiter::new`].
+    pub async fn check(&self, policy: &str, key: &str) -> Decision {
+        let decision = match &self.shared {
+            Some(redis) => match check_in_redis(redis, self.local.policy(policy), key).await {
+                Ok(decision) => decision,
+                Err(_) => {
+                    metrics::counter!("ratelimit_local_fallbacks_total").increment(1);
+                    self.local.check(policy, key)
+                }
+            },
+            None => self.local.check(policy, key),
+        };
+        if !decision.allowed {
+            metrics::counter!("ratelimit_rejections_total", "policy" => decision.policy.name).increment(1);
+        }
+        decision
+    }
+
+    /// Drops in-memory buckets that are full again; call now and then so memory follows
+    /// active clients.
+    pub fn forget_idle(&self) {
+        self.local.forget_idle();
+    }
+}
+
+/// GCRA over one key holding the bucket's theoretical arrival time, in microseconds of Redis's
+/// own clock (so instances with skewed clocks still agree). Returns `{allowed, remaining,
+/// reset µs}`; the key expires once the bucket would be full again.
+static GCRA: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local interval = tonumber(ARGV[1])
+local window = interval * tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local next_tat = tat + interval
+local allow_at = next_tat - window
+if allow_at > now then
+  return {0, 0, allow_at - now}
+end
+redis.call('SET', KEYS[1], string.format('%.0f', next_tat), 'PX', math.ceil((next_tat - now) / 1000))
+return {1, math.floor((now - allow_at) / interval), next_tat - now}
+",
+    )
+});
+
+async fn check_in_redis(
+    redis: &SharedRedis,
+    policy: &Policy,
+    key: &str,
+) -> Result<Decision, crate::redis::Unavailable> {
+    let bucket = redis.key(format_args!("ratelimit:{}:{key}", policy.name));
+    let interval = u64::try_from(policy.emission_interval().as_micros()).unwrap_or(u64::MAX).max(1);
+    let (allowed, remaining, reset): (u8, u32, u64) = redis
+        .call("ratelimit", async |connection| {
+            GCRA.key(&bucket).arg(interval).arg(policy.limit).invoke_async(connection).await
+        })
+        .await?;
+    Ok(Decision {
+        policy: policy.clone(),
+        allowed: allowed == 1,
+        remaining: remaining.min(policy.limit),
+        reset: Duration::from_micros(reset),
+    })
+}
+
 type KeyedLimiter = RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
 
 /// Per-instance limiter: one GCRA bucket per policy and key, in memory.
-pub struct LocalLimiter {
+struct LocalLimiter {
     clock: DefaultClock,
     limiters: HashMap<&'static str, (Policy, KeyedLimiter)>,
 }
 
 impl LocalLimiter {
-    pub fn new(policies: impl IntoIterator<Item = Policy>) -> Self {
+    fn new(policies: impl IntoIterator<Item = Policy>) -> Self {
         let limiters = policies
             .into_iter()
             .map(|policy| {
@@ -133,11 +240,11 @@ impl LocalLimiter {
         Self { clock: DefaultClock::default(), limiters }
     }
 
-    /// Counts one request against `key` under the named policy.
-    ///
-    /// # Panics
-    /// If no policy of that name was given to [`LocalLimiter::new`].
-    pub fn check(&self, policy: &str, key: &str) -> Decision {
+    fn policy(&self, name: &str) -> &Policy {
+        &self.limiters.get(name).expect("the policy is configured").0
+    }
+
+    fn check(&self, policy: &str, key: &str) -> Decision {
         let (policy, limiter) = self.limiters.get(policy).expect("the policy is configured");
         match limiter.check_key(&key.to_owned()) {
             Ok(snapshot) => {
@@ -155,8 +262,7 @@ impl LocalLimiter {
         }
     }
 
-    /// Drops buckets that are full again; call now and then so memory follows active clients.
-    pub fn forget_idle(&self) {
+    fn forget_idle(&self) {
         for (_, limiter) in self.limiters.values() {
             limiter.retain_recent();
             limiter.shrink_to_fit();
@@ -175,7 +281,7 @@ mod tests {
     #[test]
     fn rates_parse_strictly() {
         assert_eq!("100/60s".parse(), Ok(Rate { limit: 100, window: Duration::from_secs(60) }));
-        for bad in ["", "100", "100/60", "0/60s", "10/0s", "x/60s", "10/90000s", "-1/60s"] {
+        for bad in ["", "100", "100/60", "0/60s", "10/0s", "x/60s", "10/90000s", "-1/60s", "2000000/1s"] {
             assert!(bad.parse::<Rate>().is_err(), "{bad}");
         }
     }

@@ -8,9 +8,12 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use orderly_kit::client_ip::TrustedProxies;
 use orderly_kit::cursor::CursorCodec;
 use orderly_kit::idempotency;
 use orderly_kit::middleware;
+use orderly_kit::ratelimit::Limiter;
+use orderly_kit::redis::SharedRedis;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
@@ -23,6 +26,8 @@ use crate::{accounts, catalog, ops, orders, payments, reports};
 
 /// How often expired idempotency records are deleted.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
+/// How often in-memory rate-limit buckets that are full again are dropped.
+const LIMITER_UPKEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Shared, cheaply cloneable application state.
 #[derive(Clone)]
@@ -54,6 +59,12 @@ pub struct App {
     pub stats: reports::stats::StatsCache,
     /// Renders `/metrics`.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// State shared by all instances; `None` when each keeps its own.
+    pub redis: Option<Arc<SharedRedis>>,
+    /// Rate limits by tier; see [`crate::limits`].
+    pub limiter: Limiter,
+    /// Whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: TrustedProxies,
     /// Set when shutdown begins so `/readyz` fails at once while in-flight requests finish.
     shutting_down: AtomicBool,
 }
@@ -100,6 +111,13 @@ impl Application {
         if config.migrate_on_start {
             db.migrate().await.map_err(StartError::Migration)?;
         }
+        let redis = match &config.redis.redis_url {
+            None => None,
+            Some(url) => Some(Arc::new(
+                SharedRedis::connect(url, &config.redis.redis_key_prefix, config.redis.redis_timeout)
+                    .map_err(|error| ConfigError::new("ORDERLY_REDIS_URL", error.to_string()))?,
+            )),
+        };
         let state = AppState(Arc::new(App {
             cursors: CursorCodec::new(&keys.derive_secret("orderly cursor signing v1")),
             idempotency: crate::idempotency::DatabaseStore::new(db.clone()),
@@ -123,6 +141,9 @@ impl Application {
                 .map_err(|error| ConfigError::new("ORDERLY_PAYMENT_PROVIDER_URL", error.to_string()))?,
             stats: reports::stats::StatsCache::new(config.http.stats_cache_ttl),
             metrics,
+            limiter: Limiter::new(crate::limits::policies(&config.limits), redis.clone()),
+            trusted_proxies: config.limits.trusted_proxies.clone(),
+            redis,
             shutting_down: AtomicBool::new(false),
         }));
         let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|error| {
@@ -161,7 +182,8 @@ impl Application {
             self.state.clone(),
             self.payment_settle_after,
         ));
-        let background = [sweeper, metrics_upkeep, settler];
+        let limiter_upkeep = tokio::spawn(limiter_upkeep(self.state.clone()));
+        let background = [sweeper, metrics_upkeep, settler, limiter_upkeep];
         tokio::select! {
             result = &mut server => {
                 background.iter().for_each(tokio::task::JoinHandle::abort);
@@ -194,6 +216,14 @@ async fn metrics_upkeep(handle: metrics_exporter_prometheus::PrometheusHandle) {
     }
 }
 
+async fn limiter_upkeep(app: AppState) {
+    let mut interval = tokio::time::interval(LIMITER_UPKEEP_INTERVAL);
+    loop {
+        interval.tick().await;
+        app.limiter.forget_idle();
+    }
+}
+
 /// The whole HTTP surface with its layers, outermost last.
 pub fn router(state: AppState, http: &HttpConfig) -> Router {
     let (api, openapi) = OpenApiRouter::with_openapi(ops::api_doc())
@@ -223,7 +253,8 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
         .merge(ops::docs_router(openapi))
         .with_state(state.clone())
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(axum::middleware::from_fn_with_state(state, crate::idempotency::middleware))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::idempotency::middleware))
+        .layer(axum::middleware::from_fn_with_state(state, crate::limits::middleware))
         .layer(axum::middleware::from_fn(move |request, next| middleware::deadline(deadline, request, next)))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
         .layer(axum::middleware::from_fn(move |request, next| {

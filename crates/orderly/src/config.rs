@@ -9,9 +9,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use orderly_kit::client_ip::TrustedProxies;
+use orderly_kit::ratelimit::Rate;
 
 #[derive(Debug, Parser)]
-#[command(name = "orderly", version, about = "Orders-and-payments HTTP API")]
+#[command(name = "orderly", version, about = "Orders-and-payments HTTP API", args_override_self = true)]
 pub struct Cli {
     /// Read settings from an env-style file (`ORDERLY_X=value` lines); real environment
     /// variables and flags take precedence.
@@ -111,6 +113,12 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub payments: PaymentsConfig,
+
+    #[command(flatten)]
+    pub limits: LimitsConfig,
+
+    #[command(flatten)]
+    pub redis: RedisConfig,
 
     /// Log format: `json` (one object per line), `text`, or `auto` (text on a terminal).
     #[arg(long, env = "ORDERLY_LOG_FORMAT", value_enum, default_value = "auto")]
@@ -241,6 +249,52 @@ pub struct HttpConfig {
     /// How long in-flight requests may run after SIGTERM before the server stops anyway.
     #[arg(long, env = "ORDERLY_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+}
+
+/// Rate limits, each `<requests>/<seconds>s`. Per instance, or global across instances when
+/// `ORDERLY_REDIS_URL` is set.
+#[derive(Debug, Clone, Args)]
+pub struct LimitsConfig {
+    /// Calls without valid credentials, per client IP (IPv6: per /64).
+    #[arg(long, env = "ORDERLY_RATE_LIMIT_ANONYMOUS", default_value = "600/60s")]
+    pub rate_limit_anonymous: Rate,
+
+    /// Calls with an access token, per user.
+    #[arg(long, env = "ORDERLY_RATE_LIMIT_USER", default_value = "1200/60s")]
+    pub rate_limit_user: Rate,
+
+    /// Calls with an API key, per key.
+    #[arg(long, env = "ORDERLY_RATE_LIMIT_API_KEY", default_value = "6000/60s")]
+    pub rate_limit_api_key: Rate,
+
+    /// Calls to the credential endpoints (`/api/v1/auth/*`), per client IP.
+    #[arg(long, env = "ORDERLY_RATE_LIMIT_CREDENTIALS", default_value = "20/60s")]
+    pub rate_limit_credentials: Rate,
+
+    /// Password attempts per account, whoever makes them.
+    #[arg(long, env = "ORDERLY_RATE_LIMIT_ACCOUNT_LOGIN", default_value = "10/600s")]
+    pub rate_limit_account_login: Rate,
+
+    /// Proxies (addresses or CIDR ranges, comma-separated) whose `X-Forwarded-For` names the
+    /// client. Requests from anyone else are limited by their own address.
+    #[arg(long, env = "ORDERLY_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: TrustedProxies,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RedisConfig {
+    /// Shared state for all instances: rate-limit buckets and cached representations.
+    /// Unset: each instance keeps its own in memory.
+    #[arg(long, env = "ORDERLY_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every key this deployment writes, so several can share one Redis.
+    #[arg(long, env = "ORDERLY_REDIS_KEY_PREFIX", default_value = "orderly:")]
+    pub redis_key_prefix: String,
+
+    /// Deadline of one Redis call; past it, the instance uses its own state for that request.
+    #[arg(long, env = "ORDERLY_REDIS_TIMEOUT", default_value = "250ms", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

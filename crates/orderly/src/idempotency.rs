@@ -138,7 +138,11 @@ pub async fn middleware(State(app): State<AppState>, mut request: Request, next:
     if request.method() != Method::POST || EXEMPT_PATHS.contains(&path.as_str()) {
         return next.run(request).await;
     }
-    let scope = match auth::authenticate(&app, request.headers()).await {
+    let caller = match request.extensions().get::<auth::Principal>() {
+        Some(principal) => Ok(Some(*principal)),
+        None => auth::authenticate(&app, request.headers()).await,
+    };
+    let scope = match caller {
         Ok(Some(principal)) => {
             request.extensions_mut().insert(principal);
             format!("user:{}", principal.user_id)

@@ -11,6 +11,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod idempotency;
+pub mod limits;
 pub mod listing;
 pub mod migrations;
 pub mod ops;

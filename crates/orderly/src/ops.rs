@@ -101,7 +101,9 @@ async fn healthz() -> Json<Health> {
 }
 
 /// Readiness: 200 only when the database answers and migrations are applied; 503 with
-/// per-check detail otherwise, and at once when shutdown has begun.
+/// per-check detail otherwise, and at once when shutdown has begun. Redis, when configured,
+/// is reported in the detail but does not decide readiness: without it the instance serves
+/// with per-instance limits and caches.
 #[utoipa::path(
     get, path = "/readyz", tag = "operations",
     responses((status = 200, body = Health, description = "Ready"), (status = 503, body = Health, description = "Not ready"))
@@ -112,7 +114,17 @@ async fn readyz(State(app): State<AppState>) -> Response {
     }
     let database = app.db.check().await;
     let ready = database.is_ok();
-    let checks = BTreeMap::from([("database", database.map(|()| "ok".to_owned()).unwrap_or_else(|e| e))]);
+    let mut checks = BTreeMap::from([("database", database.map(|()| "ok".to_owned()).unwrap_or_else(|e| e))]);
+    // Redis holds only what each instance can keep itself (limits, cached copies): without it
+    // the instance serves, degraded, so Redis is reported but never makes it unready. Failing
+    // readiness on it would take every instance out of rotation at once.
+    if let Some(redis) = &app.redis {
+        let state = match redis.ping().await {
+            Ok(()) => "ok".to_owned(),
+            Err(error) => format!("degraded: {error}; serving with per-instance limits and caches"),
+        };
+        checks.insert("redis", state);
+    }
     if ready {
         Json(Health { status: "ready", checks }).into_response()
     } else {
@@ -141,6 +153,9 @@ async fn metrics(State(app): State<AppState>) -> Response {
     let _scrape = SCRAPE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     app.payments.publish_metrics();
     app.db.publish_metrics();
+    if let Some(redis) = &app.redis {
+        redis.publish_metrics();
+    }
     orderly_kit::metrics::exposition(&app.metrics)
 }
 

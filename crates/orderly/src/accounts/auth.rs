@@ -25,6 +25,8 @@ pub const API_KEY_PREFIX: &str = "sk_";
 pub struct Principal {
     pub user_id: Uuid,
     pub role: Role,
+    /// The API key the caller presented; `None` for an access token.
+    pub api_key_id: Option<Uuid>,
 }
 
 impl Principal {
@@ -67,11 +69,12 @@ pub async fn authenticate(state: &AppState, headers: &http::HeaderMap) -> Result
             .filter(|token| !token.is_empty())
             .ok_or_else(|| unauthorized(Some("The Authorization header must be `Bearer <token>`.")))?;
         let principal = if token.starts_with(API_KEY_PREFIX) {
-            let owner = store::find_api_key_owner(state.db.read(), &hash_secret(token)).await?;
-            let owner = owner.ok_or_else(|| unauthorized(Some("The API key is unknown or revoked.")))?;
+            let found = store::find_api_key_owner(state.db.read(), &hash_secret(token)).await?;
+            let (key_id, owner) = found.ok_or_else(|| unauthorized(Some("The API key is unknown or revoked.")))?;
             Principal {
                 user_id: owner.id,
                 role: Role::parse(&owner.role).map_err(|_| AppError::internal("stored role is invalid"))?,
+                api_key_id: Some(key_id),
             }
         } else {
             let claims = state
@@ -79,7 +82,7 @@ pub async fn authenticate(state: &AppState, headers: &http::HeaderMap) -> Result
                 .verify_access_token(token)
                 .ok_or_else(|| unauthorized(Some("The access token is invalid or expired.")))?;
             let role = Role::parse(&claims.role).map_err(|_| unauthorized(Some("The access token is invalid.")))?;
-            Principal { user_id: claims.sub, role }
+            Principal { user_id: claims.sub, role, api_key_id: None }
         };
         RequestContext::record_user(&principal.user_id.to_string());
         Ok(Some(principal))

@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use crate::app::AppState;
 use crate::error::ApiResult;
+use crate::limits;
 use crate::listing::{CreatedAtSort, FieldsQuery, ListParams, read_fields};
 use crate::responses::{created, written};
 use crate::schemas;
@@ -250,17 +251,27 @@ async fn token(State(app): State<AppState>, request: Request) -> ApiResult {
         Ok(params) => params,
         Err(error) => return Ok(error.into_response()),
     };
+    let mut account_guard = None;
     let outcome = match token_request(&params) {
         Err(error) => TokenOutcome::Refused(error),
         Ok(TokenGrantRequest::Password { username, password }) => {
+            let guard = limits::check_account_login(&app, &username).await;
+            if !guard.allowed {
+                return Ok(guard.rejection());
+            }
+            account_guard = Some(guard);
             service::grant_password(&app, &username, password).await?
         }
         Ok(TokenGrantRequest::Refresh { refresh_token }) => service::grant_refresh(&app, &refresh_token).await?,
     };
-    Ok(match outcome {
+    let mut response = match outcome {
         TokenOutcome::Granted(grant) => grant.into_response(),
         TokenOutcome::Refused(error) => error.into_response(),
-    })
+    };
+    if let Some(guard) = account_guard {
+        guard.write_headers(response.headers_mut());
+    }
+    Ok(response)
 }
 
 enum TokenGrantRequest {

@@ -299,11 +299,12 @@ pub async fn insert_api_key(
 }
 
 /// The key with this secret digest and its owner.
-pub async fn find_api_key_owner(db: &impl ConnectionTrait, secret_hash: &str) -> Result<Option<User>, DbErr> {
+/// The id of the key with this secret hash, and its owner.
+pub async fn find_api_key_owner(db: &impl ConnectionTrait, secret_hash: &str) -> Result<Option<(Uuid, User)>, DbErr> {
     let Some(key) = api_key::Entity::find().filter(api_key::Column::SecretHash.eq(secret_hash)).one(db).await? else {
         return Ok(None);
     };
-    find_user(db, key.user_id).await
+    Ok(find_user(db, key.user_id).await?.map(|owner| (key.id, owner)))
 }
 
 /// A key owned by `user_id`; another user's key is indistinguishable from a missing one.

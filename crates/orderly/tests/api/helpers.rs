@@ -130,6 +130,11 @@ impl TestApp {
         if backend == Backend::Postgres {
             args.push(format!("--jwt-private-key={}", generate_private_key_pem()));
         }
+        // Every test client is 127.0.0.1: quotas out of reach unless a test sets its own
+        // (later flags win).
+        for tier in ["anonymous", "user", "api-key", "credentials", "account-login"] {
+            args.push(format!("--rate-limit-{tier}=1000000/1s"));
+        }
         args.extend(extra_args.iter().map(|s| s.to_string()));
         let Command::Serve(config) = Cli::try_parse_from(args).expect("test configuration parses").command else {
             unreachable!("the serve command was given")
@@ -437,6 +442,98 @@ impl Drop for TestDatabase {
             })
             .join();
         }
+    }
+}
+
+/// The Redis of the suites that need one (`ORDERLY_TEST_REDIS_URL`); `None`, with the reason
+/// printed, when unset outside CI. Under `CI=true` a missing Redis fails the test.
+pub fn redis_url() -> Option<String> {
+    match std::env::var("ORDERLY_TEST_REDIS_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("CI").is_ok_and(|ci| ci == "true") => {
+            panic!("CI=true but ORDERLY_TEST_REDIS_URL is not set: the Redis suite must run in CI")
+        }
+        _ => {
+            eprintln!("skipping a Redis scenario: ORDERLY_TEST_REDIS_URL is not set");
+            None
+        }
+    }
+}
+
+/// Flags that point an app at `redis_url` under `prefix`: apps given the same prefix share
+/// their state, as instances of one deployment do, and no other test's keys are touched.
+pub fn redis_flags(redis_url: &str, prefix: &str) -> Vec<String> {
+    vec![format!("--redis-url={redis_url}"), format!("--redis-key-prefix={prefix}")]
+}
+
+/// A Redis key prefix no other test uses.
+pub fn unique_redis_prefix() -> String {
+    format!("orderly-test-{}:", Uuid::now_v7().simple())
+}
+
+/// A `redis-server` of a test's own on a free port, for scenarios that stop and restart Redis
+/// without disturbing the shared one. Killed when dropped.
+pub struct PrivateRedis {
+    port: u16,
+    server: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    /// `None`, with the reason printed, when `redis-server` cannot be run outside CI; under
+    /// `CI=true` that fails the test.
+    pub fn start() -> Option<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut redis = Self { port, server: None };
+        match redis.spawn() {
+            Ok(()) => Some(redis),
+            Err(error) if std::env::var("CI").is_ok_and(|ci| ci == "true") => {
+                panic!("CI=true but redis-server cannot be started: {error}")
+            }
+            Err(error) => {
+                eprintln!("skipping a Redis outage scenario: redis-server cannot be started: {error}");
+                None
+            }
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server at once, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+    }
+
+    /// Starts it again on the same port, empty.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn().expect("redis-server restarts");
+    }
+
+    fn spawn(&mut self) -> std::io::Result<()> {
+        let server = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        self.server = Some(server);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if std::time::Instant::now() > deadline {
+                return Err(std::io::Error::other("redis-server did not start listening within 10 s"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 

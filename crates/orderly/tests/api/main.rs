@@ -13,3 +13,4 @@ mod operations;
 mod orders;
 mod pagination;
 mod payments;
+mod ratelimits;

@@ -1,0 +1,84 @@
+//! Who is rate-limited by which quota. The mechanics (GCRA, Redis, headers, 429) are in
+//! `orderly_kit::ratelimit`; this module names the tiers and classifies each API request:
+//!
+//! | policy          | applies to                                   | keyed by                 |
+//! |-----------------|----------------------------------------------|--------------------------|
+//! | `credentials`   | `/api/v1/auth/*` (token, register, logout)   | client IP                |
+//! | `account_login` | password grants, in the token handler        | the account's email      |
+//! | `api_key`       | calls with a valid API key                   | the key                  |
+//! | `user`          | calls with a valid access token              | the user                 |
+//! | `anonymous`     | calls without valid credentials              | client IP                |
+//!
+//! A request with a bad credential counts as anonymous, so guessing tokens spends the
+//! guesser's own per-IP quota. The caller authenticated here is handed on to the handlers, so
+//! the credential is checked once per request. Operations endpoints are never limited.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use orderly_kit::client_ip;
+use orderly_kit::ratelimit::{self, Decision, Policy};
+
+use crate::accounts::auth;
+use crate::app::AppState;
+use crate::config::LimitsConfig;
+
+pub const ANONYMOUS: &str = "anonymous";
+pub const USER: &str = "user";
+pub const API_KEY: &str = "api_key";
+pub const CREDENTIALS: &str = "credentials";
+pub const ACCOUNT_LOGIN: &str = "account_login";
+
+const CREDENTIAL_PATHS: &str = "/api/v1/auth/";
+
+pub fn policies(config: &LimitsConfig) -> [Policy; 5] {
+    [
+        Policy::new(ANONYMOUS, config.rate_limit_anonymous),
+        Policy::new(USER, config.rate_limit_user),
+        Policy::new(API_KEY, config.rate_limit_api_key),
+        Policy::new(CREDENTIALS, config.rate_limit_credentials),
+        Policy::new(ACCOUNT_LOGIN, config.rate_limit_account_login),
+    ]
+}
+
+pub async fn middleware(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    if !path.starts_with("/api/") {
+        return next.run(request).await;
+    }
+    let (policy, key) = if path.starts_with(CREDENTIAL_PATHS) {
+        (CREDENTIALS, client_key(&app, &request))
+    } else {
+        match auth::authenticate(&app, request.headers()).await {
+            Ok(Some(caller)) => {
+                request.extensions_mut().insert(caller);
+                match caller.api_key_id {
+                    Some(key_id) => (API_KEY, key_id.to_string()),
+                    None => (USER, caller.user_id.to_string()),
+                }
+            }
+            Ok(None) | Err(_) => (ANONYMOUS, client_key(&app, &request)),
+        }
+    };
+    ratelimit::enforce(&app.limiter, policy, &key, request, next).await
+}
+
+/// The client's address as the limit key, believing `X-Forwarded-For` only from trusted
+/// proxies.
+fn client_key(app: &AppState, request: &Request) -> String {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |connection| connection.0.ip());
+    client_ip::limit_key(app.trusted_proxies.client_ip(peer, request.headers()))
+}
+
+/// Counts one password attempt against an account. The email is hashed into the key, so
+/// shared state never holds addresses.
+pub async fn check_account_login(app: &AppState, email: &str) -> Decision {
+    let digest = ring::digest::digest(&ring::digest::SHA256, email.trim().to_lowercase().as_bytes());
+    let key: String = digest.as_ref()[..16].iter().map(|byte| format!("{byte:02x}")).collect();
+    app.limiter.check(ACCOUNT_LOGIN, &key).await
+}
