@@ -132,14 +132,10 @@ impl Application {
             db,
             refresh_token_ttl: config.auth.refresh_token_ttl,
             catalog_max_age: config.http.catalog_max_age,
-            products: crate::catalog::cache::ProductCache::new(config.http.catalog_cache_ttl.unwrap_or(
-                // Embedded, this instance makes every write and invalidates on each; shared,
-                // the TTL bounds how long another instance's write takes to show.
-                if embedded { Duration::from_secs(60) } else { Duration::from_secs(2) },
-            )),
+            products: product_cache(config.http.catalog_cache_ttl, embedded, redis.as_ref()),
             payments: payments::provider::PaymentGateway::new(&config.payments)
                 .map_err(|error| ConfigError::new("ORDERLY_PAYMENT_PROVIDER_URL", error.to_string()))?,
-            stats: reports::stats::StatsCache::new(config.http.stats_cache_ttl),
+            stats: reports::stats::StatsCache::new(config.http.stats_cache_ttl, redis.clone()),
             metrics,
             limiter: Limiter::new(crate::limits::policies(&config.limits), redis.clone()),
             trusted_proxies: config.limits.trusted_proxies.clone(),
@@ -213,6 +209,28 @@ async fn metrics_upkeep(handle: metrics_exporter_prometheus::PrometheusHandle) {
     loop {
         interval.tick().await;
         handle.run_upkeep();
+    }
+}
+
+/// Products are cached in Redis when it is configured (every write invalidates the one shared
+/// copy), else in memory: embedded, this instance makes every write and invalidates on each;
+/// on PostgreSQL without Redis, the short TTL bounds how long another instance's write takes
+/// to show.
+fn product_cache(
+    configured_ttl: Option<Duration>,
+    embedded: bool,
+    redis: Option<&Arc<SharedRedis>>,
+) -> crate::catalog::cache::ProductCache {
+    use crate::catalog::cache::ProductCache;
+    match redis {
+        Some(redis) if configured_ttl != Some(Duration::ZERO) => {
+            ProductCache::shared(Arc::clone(redis), configured_ttl.unwrap_or(Duration::from_secs(60)))
+        }
+        _ => ProductCache::local(configured_ttl.unwrap_or(if embedded {
+            Duration::from_secs(60)
+        } else {
+            Duration::from_secs(2)
+        })),
     }
 }
 

@@ -49,6 +49,8 @@ impl DatabaseKind {
 pub struct Database {
     write: DatabaseConnection,
     read: DatabaseConnection,
+    /// Sees every committed write: the SQLite read pool, or the PostgreSQL primary.
+    current: DatabaseConnection,
     /// Whether `read` is a pool of its own rather than a handle on the primary's.
     separate_read_pool: bool,
 }
@@ -64,7 +66,7 @@ impl Database {
                     Some(read_url) => connect_postgres(read_url, "ORDERLY_DATABASE_READ_URL", config).await?,
                     None => write.clone(),
                 };
-                Ok(Self { write, read, separate_read_pool: config.database_read_url.is_some() })
+                Ok(Self { current: write.clone(), write, read, separate_read_pool: config.database_read_url.is_some() })
             }
         }
     }
@@ -111,9 +113,11 @@ impl Database {
             .connect_with(options.read_only(true).pragma("cache_size", "-256"))
             .await
             .map_err(unreachable)?;
+        let read = SqlxSqliteConnector::from_sqlx_sqlite_pool(read);
         Ok(Self {
             write: SqlxSqliteConnector::from_sqlx_sqlite_pool(write),
-            read: SqlxSqliteConnector::from_sqlx_sqlite_pool(read),
+            current: read.clone(),
+            read,
             separate_read_pool: true,
         })
     }
@@ -126,6 +130,13 @@ impl Database {
     /// A replica when configured, else the primary: lists and reads that tolerate lag.
     pub fn read(&self) -> &DatabaseConnection {
         &self.read
+    }
+
+    /// Reads that must see every committed write but write nothing: loads that fill caches
+    /// shared beyond one request. The primary on PostgreSQL; on SQLite the read pool, whose
+    /// WAL readers see every commit without queueing behind the one writer.
+    pub fn current(&self) -> &DatabaseConnection {
+        &self.current
     }
 
     pub fn backend(&self) -> DbBackend {

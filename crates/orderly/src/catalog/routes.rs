@@ -220,7 +220,7 @@ async fn get_product(
 ) -> ApiResult {
     let fields = read_fields(&mut query, PRODUCT_FIELDS);
     let (fields,) = query.finish((fields,))?;
-    let product = app.products.get(app.db.read(), id, product_value).await?.ok_or_else(Problem::not_found)?;
+    let product = app.products.get(app.db.current(), id, product_value).await?.ok_or_else(Problem::not_found)?;
     let cache = CacheControl::Public { max_age: app.catalog_max_age };
     Ok(match fields {
         None => prepared_conditional_response(&headers, product.body.clone(), &product.etag, product.updated_at, cache),
@@ -386,12 +386,18 @@ async fn change_product(
     let current = store::lock_product(&transaction, id).await?.ok_or_else(Problem::not_found)?;
     check_if_match(headers, &product_value(&current))?;
     let desired = changes.applied_to(&current);
-    if desired == current {
-        return Ok(current);
-    }
-    let updated =
-        store::update_product(&transaction, &current, desired).await.map_err(|e| conflict_on_unique(e, sku_taken))?;
-    transaction.commit().await?;
-    app.products.invalidate([id]);
+    let updated = if desired == current {
+        drop(transaction);
+        current
+    } else {
+        let updated = store::update_product(&transaction, &current, desired)
+            .await
+            .map_err(|e| conflict_on_unique(e, sku_taken))?;
+        transaction.commit().await?;
+        updated
+    };
+    // Also when nothing changed: a retry of a write whose first attempt committed but was cut
+    // off before invalidating must still leave no older copy behind.
+    app.products.invalidate([id]).await;
     Ok(updated)
 }

@@ -55,7 +55,7 @@ pub async fn place_order(app: &App, user_id: Uuid, lines: &[OrderLine]) -> Resul
         .collect();
     let placed = store::insert_order(&transaction, user_id, currency, &items).await?;
     transaction.commit().await?;
-    app.products.invalidate(by_id.iter().map(|line| line.product_id));
+    app.products.invalidate(by_id.iter().map(|line| line.product_id)).await;
     Ok(placed)
 }
 
@@ -131,7 +131,7 @@ pub async fn cancel_order(app: &App, caller: Principal, id: Uuid) -> Result<Orde
     }
     let cancelled = store::set_status(&transaction, &order, OrderStatus::Cancelled).await?;
     transaction.commit().await?;
-    app.products.invalidate(items.iter().map(|item| item.product_id));
+    app.products.invalidate(items.iter().map(|item| item.product_id)).await;
     Ok(cancelled)
 }
 

@@ -1,14 +1,18 @@
 //! `GET /stats`: counts and revenue, computed by concurrent queries and kept for a few seconds.
 //!
 //! One computation runs at a time: callers that find the figures stale wait for the one
-//! computing them instead of each running the queries (no stampede).
+//! computing them instead of each running the queries (no stampede). With Redis configured the
+//! figures are kept there, so every instance serves the same ones; if Redis cannot answer, the
+//! instance keeps its own.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use orderly_kit::redis::SharedRedis;
 use sea_orm::DbErr;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use utoipa::ToSchema;
 
@@ -16,7 +20,7 @@ use crate::db::Database;
 use crate::orders::domain::OrderStatus;
 
 /// Figures over all users, orders and payments.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Stats {
     pub users: u64,
     pub orders: i64,
@@ -33,11 +37,12 @@ pub struct Stats {
 pub struct StatsCache {
     ttl: Duration,
     latest: Mutex<Option<(Instant, Stats)>>,
+    shared: Option<Arc<SharedRedis>>,
 }
 
 impl StatsCache {
-    pub fn new(ttl: Duration) -> Self {
-        Self { ttl, latest: Mutex::new(None) }
+    pub fn new(ttl: Duration, shared: Option<Arc<SharedRedis>>) -> Self {
+        Self { ttl, latest: Mutex::new(None), shared }
     }
 
     pub fn ttl(&self) -> Duration {
@@ -46,18 +51,55 @@ impl StatsCache {
 
     /// The figures, computed at most `ttl` ago.
     pub async fn get(&self, db: &Database) -> Result<Stats, DbErr> {
+        if self.ttl.is_zero() {
+            return compute(db).await;
+        }
+        if let Some(stats) = self.shared_copy().await {
+            count("hit");
+            return Ok(stats);
+        }
         let mut latest = self.latest.lock().await;
         if let Some((at, stats)) = latest.as_ref()
             && at.elapsed() < self.ttl
         {
-            metrics::counter!("orderly_cache_requests_total", "cache" => "stats", "result" => "hit").increment(1);
+            count("hit");
             return Ok(stats.clone());
         }
-        metrics::counter!("orderly_cache_requests_total", "cache" => "stats", "result" => "miss").increment(1);
+        count("miss");
         let stats = compute(db).await?;
         *latest = Some((Instant::now(), stats.clone()));
+        self.share(&stats).await;
         Ok(stats)
     }
+
+    async fn shared_copy(&self) -> Option<Stats> {
+        let redis = self.shared.as_ref()?;
+        let key = redis.key("stats");
+        let cached: Vec<u8> = redis
+            .call("cache_get", async |connection| {
+                redis::cmd("GET").arg(&key).query_async::<Option<Vec<u8>>>(connection).await
+            })
+            .await
+            .ok()??;
+        serde_json::from_slice(&cached).ok()
+    }
+
+    async fn share(&self, stats: &Stats) {
+        let Some(redis) = &self.shared else { return };
+        let key = redis.key("stats");
+        let body = serde_json::to_vec(stats).expect("figures serialize");
+        let ttl = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
+        // A failed store only costs another computation later.
+        let _ = redis
+            .call("cache_fill", async |connection| {
+                redis::cmd("SET").arg(&key).arg(body).arg("PX").arg(ttl).query_async::<()>(connection).await
+            })
+            .await;
+    }
+}
+
+fn count(result: &'static str) {
+    metrics::counter!("orderly_cache_requests_total", "cache" => "stats", "result" => result).increment(1);
 }
 
 async fn compute(db: &Database) -> Result<Stats, DbErr> {

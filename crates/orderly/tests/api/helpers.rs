@@ -72,7 +72,9 @@ pub struct TestApp {
     pub client: reqwest::Client,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    _database: TestDatabase,
+    _database: std::sync::Arc<TestDatabase>,
+    /// The `serve` arguments it started with, for siblings.
+    args: Vec<String>,
 }
 
 pub struct Credentials {
@@ -96,6 +98,14 @@ impl TestApp {
     pub async fn spawn_with(backend: Backend, extra_args: &[&str]) -> Option<Self> {
         let database = TestDatabase::create(backend).await?;
         Some(Self::spawn_on(database, backend, extra_args).await)
+    }
+
+    /// Another instance of the same deployment: same database, same signing key, same
+    /// settings, then `extra_args`.
+    pub async fn spawn_sibling(&self, extra_args: &[&str]) -> Self {
+        let mut args = self.args.clone();
+        args.extend(extra_args.iter().map(|s| s.to_string()));
+        Self::start(std::sync::Arc::clone(&self._database), args).await
     }
 
     /// Starts the app on a database migrated only up to `migration` and then filled by
@@ -136,7 +146,11 @@ impl TestApp {
             args.push(format!("--rate-limit-{tier}=1000000/1s"));
         }
         args.extend(extra_args.iter().map(|s| s.to_string()));
-        let Command::Serve(config) = Cli::try_parse_from(args).expect("test configuration parses").command else {
+        Self::start(std::sync::Arc::new(database), args).await
+    }
+
+    async fn start(database: std::sync::Arc<TestDatabase>, args: Vec<String>) -> Self {
+        let Command::Serve(config) = Cli::try_parse_from(&args).expect("test configuration parses").command else {
             unreachable!("the serve command was given")
         };
         let config: ServeConfig = *config;
@@ -147,7 +161,7 @@ impl TestApp {
             let _ = stopped.await;
         }));
         let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-        Self { address, client, shutdown: Some(shutdown), server: Some(server), _database: database }
+        Self { address, client, shutdown: Some(shutdown), server: Some(server), _database: database, args }
     }
 
     /// Signals the server to shut down, as SIGTERM does.

@@ -3,6 +3,7 @@
 
 mod accounts;
 mod binary;
+mod caching;
 mod catalog;
 mod concurrency;
 mod conventions;
