@@ -10,6 +10,7 @@ mod m0004_orders;
 mod m0005_order_items_inline;
 mod m0006_payments;
 mod m0007_unsettled_charges;
+mod m0008_order_idempotency_claims;
 
 pub struct Migrator;
 
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0005_order_items_inline::Migration),
             Box::new(m0006_payments::Migration),
             Box::new(m0007_unsettled_charges::Migration),
+            Box::new(m0008_order_idempotency_claims::Migration),
         ]
     }
 }

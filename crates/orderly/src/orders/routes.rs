@@ -1,5 +1,6 @@
 //! Order endpoints: place, list, read, cancel.
 
+use axum::Extension;
 use axum::extract::{OriginalUri, State};
 use chrono::{DateTime, Utc};
 use http::HeaderMap;
@@ -10,6 +11,7 @@ use orderly_kit::docs::{
 };
 use orderly_kit::extract::{Id, JsonBody, Query};
 use orderly_kit::fields::select;
+use orderly_kit::idempotency::Claim;
 use orderly_kit::validation::query;
 use serde::Serialize;
 use serde_json::Value;
@@ -118,10 +120,16 @@ pub struct OrderLineRequest {
         (status = 422, response = ValidationFailed),
     )
 )]
-async fn place_order(State(app): State<AppState>, principal: Principal, JsonBody(mut body): JsonBody) -> ApiResult {
+async fn place_order(
+    State(app): State<AppState>,
+    principal: Principal,
+    claim: Option<Extension<Claim>>,
+    JsonBody(mut body): JsonBody,
+) -> ApiResult {
     let items = body.required("items", parse_items);
     let (items,) = body.finish((items,))?;
-    let order = service::place_order(&app, principal.user_id, &items).await?;
+    let claim = claim.as_ref().map(|Extension(claim)| claim.id.as_str());
+    let order = service::place_order(&app, principal.user_id, &items, claim).await?;
     Ok(created(format!("/api/v1/orders/{}", order.id), &order_value(&order), order.updated_at))
 }
 

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use crate::accounts::auth::Principal;
 use crate::app::App;
 use crate::catalog::store::Product;
+use crate::db::is_unique_violation;
 use crate::error::AppError;
 
 use super::domain::{OrderItem, OrderLine, OrderStatus};
@@ -21,7 +22,42 @@ use super::store::{self, Order};
 /// The hot path is one conditional decrement per line and one insert. Only when a decrement
 /// finds nothing does the order read its products, to say which rule it broke: unknown or
 /// archived products and mixed currencies (422) before missing stock (409).
-pub async fn place_order(app: &App, user_id: Uuid, lines: &[OrderLine]) -> Result<Order, AppError> {
+///
+/// `claim` is the request's idempotency claim, stored with the order. Two orders under one
+/// claim mean the request ran twice: its first run committed but did not live to keep its
+/// response (its instance died), and the idempotency layer let a retry run again once the
+/// first run's lock lapsed. That retry gets the order the first run placed. A claim on an
+/// order older than the idempotency TTL belongs to a key that expired and was used again; it
+/// is released and the new order placed.
+pub async fn place_order(
+    app: &App,
+    user_id: Uuid,
+    lines: &[OrderLine],
+    claim: Option<&str>,
+) -> Result<Order, AppError> {
+    let taken = match insert_order(app, user_id, lines, claim).await? {
+        Ok(placed) => return Ok(placed),
+        Err(taken) => taken,
+    };
+    let claim = claim.expect("only a claimed order can find its claim taken");
+    let expired_before = chrono::Utc::now()
+        - chrono::TimeDelta::from_std(app.idempotency_settings.ttl).unwrap_or(chrono::TimeDelta::days(1));
+    match store::find_order_by_claim(app.db.write(), claim).await? {
+        Some(placed) if placed.user_id == user_id && placed.created_at > expired_before => return Ok(placed),
+        Some(_) => store::release_claim(app.db.write(), claim).await?,
+        None => {}
+    }
+    insert_order(app, user_id, lines, Some(claim)).await?.map_err(|_| AppError::from(taken))
+}
+
+/// Takes the stock and inserts the order, in one transaction; `Ok(Err(_))` when another order
+/// holds `claim` (nothing is changed then).
+async fn insert_order(
+    app: &App,
+    user_id: Uuid,
+    lines: &[OrderLine],
+    claim: Option<&str>,
+) -> Result<Result<Order, sea_orm::DbErr>, AppError> {
     let mut by_id: Vec<&OrderLine> = lines.iter().collect();
     by_id.sort_by_key(|line| line.product_id);
     let transaction = app.db.write().begin().await?;
@@ -53,10 +89,15 @@ pub async fn place_order(app: &App, user_id: Uuid, lines: &[OrderLine]) -> Resul
             }
         })
         .collect();
-    let placed = store::insert_order(&transaction, user_id, currency, &items).await?;
+    let placed = match store::insert_order(&transaction, user_id, currency, &items, claim).await {
+        Ok(placed) => placed,
+        // Dropping the transaction gives the stock back.
+        Err(error) if claim.is_some() && is_unique_violation(&error) => return Ok(Err(error)),
+        Err(error) => return Err(error.into()),
+    };
     transaction.commit().await?;
     app.products.invalidate(by_id.iter().map(|line| line.product_id)).await;
-    Ok(placed)
+    Ok(Ok(placed))
 }
 
 /// Why an order cannot be placed, once the decrement for `short` changed nothing. The caller

@@ -47,6 +47,8 @@ pub mod order {
         /// The payment attempt in flight, if any, and until when it holds the order.
         pub payment_attempt: Option<Uuid>,
         pub payment_attempt_until: Option<DateTimeUtc>,
+        /// The idempotency claim of the request that placed it, if it had a key.
+        pub idempotency_claim: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -144,11 +146,13 @@ pub async fn return_stock(db: &impl ConnectionTrait, product_id: Uuid, quantity:
 }
 
 /// Inserts a pending order with its items (in the order given).
+/// Inserts an order; a second order under the same idempotency claim is a unique violation.
 pub async fn insert_order(
     db: &impl ConnectionTrait,
     user_id: Uuid,
     currency: &str,
     items: &[OrderItem],
+    claim: Option<&str>,
 ) -> Result<Order, DbErr> {
     let now = now();
     let row = order::Model {
@@ -163,6 +167,7 @@ pub async fn insert_order(
         items: serde_json::to_string(items).expect("items serialize"),
         payment_attempt: None,
         payment_attempt_until: None,
+        idempotency_claim: claim.map(str::to_owned),
     };
     order::Entity::insert(order::ActiveModel::from(row.clone())).exec_without_returning(db).await?;
     Order::try_from(row)
@@ -176,6 +181,27 @@ pub async fn find_order(db: &impl ConnectionTrait, id: Uuid, owner: Option<Uuid>
         select = select.filter(order::Column::UserId.eq(owner));
     }
     select.one(db).await?.map(Order::try_from).transpose()
+}
+
+/// The order placed under an idempotency claim, if any.
+pub async fn find_order_by_claim(db: &impl ConnectionTrait, claim: &str) -> Result<Option<Order>, DbErr> {
+    order::Entity::find()
+        .filter(order::Column::IdempotencyClaim.eq(claim))
+        .one(db)
+        .await?
+        .map(Order::try_from)
+        .transpose()
+}
+
+/// Detaches an idempotency claim from the order that holds it (its key expired and is used
+/// again).
+pub async fn release_claim(db: &impl ConnectionTrait, claim: &str) -> Result<(), DbErr> {
+    order::Entity::update_many()
+        .col_expr(order::Column::IdempotencyClaim, Expr::value(Option::<String>::None))
+        .filter(order::Column::IdempotencyClaim.eq(claim))
+        .exec(db)
+        .await
+        .map(drop)
 }
 
 /// As [`find_order`], locked until the transaction ends.

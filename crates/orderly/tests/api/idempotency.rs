@@ -325,3 +325,59 @@ async fn the_sweep_deletes_only_expired_records() {
     assert_eq!(live.map(|record| record.fingerprint).as_deref(), Some("fingerprint-b"), "the live record stands");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// An instance that dies after its order committed but before it kept the response leaves the
+/// key unfinished; once its lock lapses a retry runs again, and must find that order rather
+/// than place a second one.
+async fn a_retry_after_the_first_run_died_uncompleted_finds_its_order(app: TestApp) {
+    use sea_orm::sea_query::Expr;
+    use sea_orm::{EntityTrait, sea_query::Value as SqlValue};
+
+    let admin = app.admin().await;
+    let customer = app.customer().await;
+    let product = app.create_product(&admin, json!({"stock": 10})).await;
+    let product_id = product["id"].as_str().unwrap();
+    let order = json!({"items": [{"product_id": product_id, "quantity": 2}]});
+    let place = || {
+        app.request(Method::POST, "/api/v1/orders")
+            .bearer_auth(&customer.access_token)
+            .header("Idempotency-Key", "dies-after-commit")
+            .json(&order)
+    };
+    let first = place().send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = first.json().await.unwrap();
+
+    // What a SIGKILL between the commit and the keeping of the response leaves behind.
+    let config = orderly::config::DatabaseConfig {
+        database_url: app.database_url().to_owned(),
+        database_read_url: None,
+        database_max_connections: 1,
+        database_acquire_timeout: std::time::Duration::from_secs(5),
+    };
+    let db = orderly::db::Database::connect(&config).await.unwrap();
+    let lapsed = chrono::Utc::now() - chrono::TimeDelta::minutes(1);
+    use orderly::idempotency::record;
+    record::Entity::update_many()
+        .col_expr(record::Column::Response, Expr::value(SqlValue::Bytes(None)))
+        .col_expr(record::Column::LockedUntil, Expr::value(lapsed))
+        .exec(db.write())
+        .await
+        .unwrap();
+
+    let retried = place().send().await.unwrap();
+    assert_eq!(retried.status(), StatusCode::CREATED);
+    let retried: Value = retried.json().await.unwrap();
+    assert_eq!(retried["id"], first["id"], "the retry finds the order its first run placed");
+    let orders: Value = app.get("/api/v1/orders", Some(&customer.access_token)).await.json().await.unwrap();
+    assert_eq!(orders["data"].as_array().unwrap().len(), 1);
+    assert_eq!(app.stock_of(product_id).await, 8, "stock was taken once");
+    // Settled now: later retries replay.
+    let replayed = place().send().await.unwrap();
+    assert_eq!(replayed.headers()["idempotent-replayed"], "true");
+}
+
+mod after_a_crash {
+    use super::*;
+    crate::on_every_backend!(a_retry_after_the_first_run_died_uncompleted_finds_its_order);
+}
