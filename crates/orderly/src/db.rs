@@ -127,14 +127,16 @@ impl Database {
         &self.write
     }
 
-    /// A replica when configured, else the primary: lists and reads that tolerate lag.
+    /// A replica when configured, else the primary: lists and figures, which tolerate lag.
     pub fn read(&self) -> &DatabaseConnection {
         &self.read
     }
 
-    /// Reads that must see every committed write but write nothing: loads that fill caches
-    /// shared beyond one request. The primary on PostgreSQL; on SQLite the read pool, whose
-    /// WAL readers see every commit without queueing behind the one writer.
+    /// Reads that must see every committed write but write nothing: single resources (a
+    /// client follows a `Location` or reads back what it just wrote), credentials (a key just
+    /// created must work), and loads that fill caches shared beyond one request. The primary
+    /// on PostgreSQL; on SQLite the read pool, whose WAL readers see every commit without
+    /// queueing behind the one writer.
     pub fn current(&self) -> &DatabaseConnection {
         &self.current
     }

@@ -69,7 +69,7 @@ pub async fn authenticate(state: &AppState, headers: &http::HeaderMap) -> Result
             .filter(|token| !token.is_empty())
             .ok_or_else(|| unauthorized(Some("The Authorization header must be `Bearer <token>`.")))?;
         let principal = if token.starts_with(API_KEY_PREFIX) {
-            let found = store::find_api_key_owner(state.db.read(), &hash_secret(token)).await?;
+            let found = store::find_api_key_owner(state.db.current(), &hash_secret(token)).await?;
             let (key_id, owner) = found.ok_or_else(|| unauthorized(Some("The API key is unknown or revoked.")))?;
             Principal {
                 user_id: owner.id,

@@ -394,7 +394,7 @@ async fn get_me(
 ) -> ApiResult {
     let fields = read_fields(&mut query, USER_FIELDS);
     let (fields,) = query.finish((fields,))?;
-    let user = store::find_user(app.db.read(), principal.user_id).await?.ok_or_else(Problem::not_found)?;
+    let user = store::find_user(app.db.current(), principal.user_id).await?.ok_or_else(Problem::not_found)?;
     Ok(conditional_response(
         &headers,
         &select(fields.as_ref(), user_value(&user)),
@@ -493,7 +493,7 @@ async fn get_user(
 ) -> ApiResult {
     let fields = read_fields(&mut query, USER_FIELDS);
     let (fields,) = query.finish((fields,))?;
-    let user = store::find_user(app.db.read(), id).await?.ok_or_else(Problem::not_found)?;
+    let user = store::find_user(app.db.current(), id).await?.ok_or_else(Problem::not_found)?;
     Ok(conditional_response(
         &headers,
         &select(fields.as_ref(), user_value(&user)),
@@ -645,7 +645,7 @@ async fn get_api_key(
 ) -> ApiResult {
     let fields = read_fields(&mut query, API_KEY_FIELDS);
     let (fields,) = query.finish((fields,))?;
-    let key = store::find_api_key(app.db.read(), principal.user_id, id).await?.ok_or_else(Problem::not_found)?;
+    let key = store::find_api_key(app.db.current(), principal.user_id, id).await?.ok_or_else(Problem::not_found)?;
     Ok(conditional_response(
         &headers,
         &select(fields.as_ref(), api_key_value(&key)),

@@ -223,7 +223,8 @@ async fn get_order(
 ) -> ApiResult {
     let fields = read_fields(&mut query, ORDER_FIELDS);
     let (fields,) = query.finish((fields,))?;
-    let order = store::find_order(app.db.read(), id, principal.owner_scope()).await?.ok_or_else(Problem::not_found)?;
+    let order =
+        store::find_order(app.db.current(), id, principal.owner_scope()).await?.ok_or_else(Problem::not_found)?;
     let value = select(fields.as_ref(), order_value(&order));
     Ok(conditional_response(&headers, &value, order.updated_at, CacheControl::Private))
 }

@@ -276,7 +276,7 @@ async fn get_payment(
     let (fields,) = query.finish((fields,))?;
     let owner = principal.owner_scope();
     // Read from the primary: a client reads its payment right after paying.
-    let payment = store::find_payment(app.db.write(), id, owner).await?.ok_or_else(Problem::not_found)?;
+    let payment = store::find_payment(app.db.current(), id, owner).await?.ok_or_else(Problem::not_found)?;
     let value = select(fields.as_ref(), payment_value(&payment));
     Ok(conditional_response(&headers, &value, payment.updated_at, CacheControl::Private))
 }
@@ -344,7 +344,7 @@ async fn get_refund(
     let (fields,) = query.finish((fields,))?;
     let owner = principal.owner_scope();
     // Read from the primary: the refund's Location is followed right after it is created.
-    let refund = store::find_refund(app.db.write(), id, owner).await?.ok_or_else(Problem::not_found)?;
+    let refund = store::find_refund(app.db.current(), id, owner).await?.ok_or_else(Problem::not_found)?;
     let value = select(fields.as_ref(), refund_value(&refund));
     Ok(conditional_response(&headers, &value, refund.created_at, CacheControl::Private))
 }
