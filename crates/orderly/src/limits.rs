@@ -22,14 +22,15 @@ use orderly_kit::client_ip;
 use orderly_kit::ratelimit::{self, Decision, Policy};
 
 use crate::accounts::auth;
+use crate::accounts::tokens::hash_secret;
 use crate::app::AppState;
 use crate::config::LimitsConfig;
 
-pub const ANONYMOUS: &str = "anonymous";
-pub const USER: &str = "user";
-pub const API_KEY: &str = "api_key";
-pub const CREDENTIALS: &str = "credentials";
-pub const ACCOUNT_LOGIN: &str = "account_login";
+const ANONYMOUS: &str = "anonymous";
+const USER: &str = "user";
+const API_KEY: &str = "api_key";
+const CREDENTIALS: &str = "credentials";
+const ACCOUNT_LOGIN: &str = "account_login";
 
 const CREDENTIAL_PATHS: &str = "/api/v1/auth/";
 
@@ -78,7 +79,6 @@ fn client_key(app: &AppState, request: &Request) -> String {
 /// Counts one password attempt against an account. The email is hashed into the key, so
 /// shared state never holds addresses.
 pub async fn check_account_login(app: &AppState, email: &str) -> Decision {
-    let digest = ring::digest::digest(&ring::digest::SHA256, email.trim().to_lowercase().as_bytes());
-    let key: String = digest.as_ref()[..16].iter().map(|byte| format!("{byte:02x}")).collect();
+    let key = hash_secret(&email.trim().to_lowercase());
     app.limiter.check(ACCOUNT_LOGIN, &key).await
 }

@@ -35,10 +35,9 @@ pub async fn place_order(
     lines: &[OrderLine],
     claim: Option<&str>,
 ) -> Result<Order, AppError> {
-    let taken = match insert_order(app, user_id, lines, claim).await? {
-        Ok(placed) => return Ok(placed),
-        Err(taken) => taken,
-    };
+    if let Some(placed) = insert_order(app, user_id, lines, claim).await? {
+        return Ok(placed);
+    }
     let claim = claim.expect("only a claimed order can find its claim taken");
     let expired_before = chrono::Utc::now()
         - chrono::TimeDelta::from_std(app.idempotency_settings.ttl).unwrap_or(chrono::TimeDelta::days(1));
@@ -47,17 +46,19 @@ pub async fn place_order(
         Some(_) => store::release_claim(app.db.write(), claim).await?,
         None => {}
     }
-    insert_order(app, user_id, lines, Some(claim)).await?.map_err(|_| AppError::from(taken))
+    insert_order(app, user_id, lines, Some(claim))
+        .await?
+        .ok_or_else(|| AppError::internal("an order's idempotency claim was taken again right after its release"))
 }
 
-/// Takes the stock and inserts the order, in one transaction; `Ok(Err(_))` when another order
-/// holds `claim` (nothing is changed then).
+/// Takes the stock and inserts the order, in one transaction; `None` when another order holds
+/// `claim` (nothing is changed then).
 async fn insert_order(
     app: &App,
     user_id: Uuid,
     lines: &[OrderLine],
     claim: Option<&str>,
-) -> Result<Result<Order, sea_orm::DbErr>, AppError> {
+) -> Result<Option<Order>, AppError> {
     let mut by_id: Vec<&OrderLine> = lines.iter().collect();
     by_id.sort_by_key(|line| line.product_id);
     let transaction = app.db.write().begin().await?;
@@ -92,12 +93,12 @@ async fn insert_order(
     let placed = match store::insert_order(&transaction, user_id, currency, &items, claim).await {
         Ok(placed) => placed,
         // Dropping the transaction gives the stock back.
-        Err(error) if claim.is_some() && is_unique_violation(&error) => return Ok(Err(error)),
+        Err(error) if claim.is_some() && is_unique_violation(&error) => return Ok(None),
         Err(error) => return Err(error.into()),
     };
     transaction.commit().await?;
     app.products.invalidate(by_id.iter().map(|line| line.product_id)).await;
-    Ok(Ok(placed))
+    Ok(Some(placed))
 }
 
 /// Why an order cannot be placed, once the decrement for `short` changed nothing. The caller

@@ -42,7 +42,8 @@ pub struct StatsCache {
 
 impl StatsCache {
     pub fn new(ttl: Duration, shared: Option<Arc<SharedRedis>>) -> Self {
-        Self { ttl, latest: Mutex::new(None), shared }
+        // Figures kept for no time are never worth sharing.
+        Self { ttl, latest: Mutex::new(None), shared: shared.filter(|_| !ttl.is_zero()) }
     }
 
     pub fn ttl(&self) -> Duration {
@@ -51,9 +52,6 @@ impl StatsCache {
 
     /// The figures, computed at most `ttl` ago.
     pub async fn get(&self, db: &Database) -> Result<Stats, DbErr> {
-        if self.ttl.is_zero() {
-            return compute(db).await;
-        }
         if let Some(stats) = self.shared_copy().await {
             count("hit");
             return Ok(stats);

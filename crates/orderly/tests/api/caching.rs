@@ -8,16 +8,6 @@ use serde_json::{Value, json};
 use crate::helpers::{Backend, Credentials, PrivateRedis, TestApp, redis_flags, redis_url, unique_redis_prefix};
 use crate::on_every_backend_with_backend;
 
-/// Two instances on one database sharing Redis under a fresh prefix; `None` when the backend
-/// is not available here.
-async fn two_instances(backend: Backend, redis_url: &str, prefix: &str) -> Option<(TestApp, TestApp)> {
-    let flags = redis_flags(redis_url, prefix);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let a = TestApp::spawn_with(backend, &flags).await?;
-    let b = a.spawn_sibling(&[]).await;
-    Some((a, b))
-}
-
 async fn product(app: &TestApp, id: &str) -> Value {
     let response = app.get(&format!("/api/v1/products/{id}"), None).await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -43,7 +33,7 @@ async fn redis_connection(url: &str) -> redis::aio::MultiplexedConnection {
 async fn an_update_on_one_instance_is_never_served_stale_by_another(backend: Backend) {
     let Some(redis_url) = redis_url() else { return };
     let prefix = unique_redis_prefix();
-    let Some((a, b)) = two_instances(backend, &redis_url, &prefix).await else { return };
+    let Some((a, b)) = TestApp::spawn_pair(backend, &redis_flags(&redis_url, &prefix)).await else { return };
     let admin = a.admin().await;
     let id = a.create_product(&admin, json!({"unit_price": 100})).await["id"].as_str().unwrap().to_owned();
     let mut redis = redis_connection(&redis_url).await;
@@ -81,7 +71,7 @@ async fn an_update_on_one_instance_is_never_served_stale_by_another(backend: Bac
 async fn with_redis_flushed_killed_and_restarted_reads_stay_fresh_and_nothing_fails(backend: Backend) {
     let Some(mut redis) = PrivateRedis::start() else { return };
     let prefix = unique_redis_prefix();
-    let Some((a, b)) = two_instances(backend, &redis.url(), &prefix).await else { return };
+    let Some((a, b)) = TestApp::spawn_pair(backend, &redis_flags(&redis.url(), &prefix)).await else { return };
     let admin = a.admin().await;
     let id = a.create_product(&admin, json!({"unit_price": 100})).await["id"].as_str().unwrap().to_owned();
     assert_eq!(product(&b, &id).await["unit_price"], 100);

@@ -100,6 +100,14 @@ impl TestApp {
         Some(Self::spawn_on(database, backend, extra_args).await)
     }
 
+    /// Two instances of one deployment started with `args`: one database, one signing key.
+    pub async fn spawn_pair(backend: Backend, args: &[String]) -> Option<(Self, Self)> {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let first = Self::spawn_with(backend, &args).await?;
+        let second = first.spawn_sibling(&[]).await;
+        Some((first, second))
+    }
+
     /// Another instance of the same deployment: same database, same signing key, same
     /// settings, then `extra_args`.
     pub async fn spawn_sibling(&self, extra_args: &[&str]) -> Self {

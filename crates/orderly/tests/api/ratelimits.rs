@@ -184,12 +184,11 @@ mod shared {
     use crate::helpers::{Backend, PrivateRedis, TestApp, eventually, redis_flags, redis_url, unique_redis_prefix};
     use crate::on_every_backend_with_backend;
 
-    /// Two instances of one deployment: same Redis, same key prefix.
+    /// Two instances of one deployment sharing Redis under a prefix of their own.
     async fn two_instances(backend: Backend, redis_url: &str, extra: &[&str]) -> Option<(TestApp, TestApp)> {
         let mut flags = redis_flags(redis_url, &unique_redis_prefix());
         flags.extend(extra.iter().map(|flag| flag.to_string()));
-        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-        Some((TestApp::spawn_with(backend, &flags).await?, TestApp::spawn_with(backend, &flags).await?))
+        TestApp::spawn_pair(backend, &flags).await
     }
 
     async fn with_redis_a_quota_is_global_across_instances(backend: Backend) {
