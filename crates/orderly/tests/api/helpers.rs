@@ -100,6 +100,13 @@ impl TestApp {
         Some(Self::spawn_on(database, backend, extra_args).await)
     }
 
+    /// Starts the app on a fresh database of `pair`'s primary, reading lists from its replica
+    /// (`--database-read-url`).
+    pub async fn spawn_on_replica_pair(pair: &ReplicaPair) -> Self {
+        let (database, read_url) = TestDatabase::on_replica_pair(pair).await;
+        Self::spawn_on(database, Backend::Postgres, &[&format!("--database-read-url={read_url}")]).await
+    }
+
     /// Two instances of one deployment started with `args`: one database, one signing key.
     pub async fn spawn_pair(backend: Backend, args: &[String]) -> Option<(Self, Self)> {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -381,41 +388,54 @@ fn generate_private_key_pem() -> String {
 struct TestDatabase {
     url: String,
     data_dir: PathBuf,
-    postgres: Option<(String, String)>,
+    backend: Backend,
+    /// The server URL and name to drop it by, when the test owns it on a shared server.
+    drop_from: Option<(String, String)>,
 }
 
 impl TestDatabase {
     async fn create(backend: Backend) -> Option<Self> {
         let data_dir = std::env::temp_dir().join(format!("orderly-test-{}", Uuid::now_v7().simple()));
         match backend {
-            Backend::Sqlite => {
-                Some(Self { url: format!("sqlite://{}/orderly.db", data_dir.display()), data_dir, postgres: None })
-            }
+            Backend::Sqlite => Some(Self {
+                url: format!("sqlite://{}/orderly.db", data_dir.display()),
+                data_dir,
+                backend,
+                drop_from: None,
+            }),
             Backend::Postgres => {
                 let admin_url = postgres_url()?;
-                let name = format!("orderly_test_{}", Uuid::now_v7().simple());
-                let mut connection = connect_admin(&admin_url).await;
-                sea_orm::sqlx::query(&format!("CREATE DATABASE {name}"))
-                    .execute(&mut connection)
-                    .await
-                    .expect("create the test database");
+                let name = create_postgres_database(&admin_url).await;
                 let url = with_database(&admin_url, &name);
-                Some(Self { url, data_dir, postgres: Some((admin_url, name)) })
+                Some(Self { url, data_dir, backend, drop_from: Some((admin_url, name)) })
             }
         }
+    }
+
+    /// A fresh database on `pair`'s primary, once the replica has it too; it goes with the pair.
+    async fn on_replica_pair(pair: &ReplicaPair) -> (Self, String) {
+        let name = create_postgres_database(&pair.primary_url).await;
+        pair.wait_caught_up().await;
+        let database = Self {
+            url: with_database(&pair.primary_url, &name),
+            data_dir: std::env::temp_dir().join(format!("orderly-test-{}", Uuid::now_v7().simple())),
+            backend: Backend::Postgres,
+            drop_from: None,
+        };
+        (database, with_database(&pair.replica_url, &name))
     }
 
     /// Runs `UPDATE … SET column = <value> WHERE id = <id>` (the statement given in pieces so
     /// values are bound, never spliced).
     async fn execute(&self, set: &str, value: &str, filter: &str, id: &str) {
         let id = Uuid::parse_str(id).unwrap();
-        match &self.postgres {
-            Some(_) => {
+        match self.backend {
+            Backend::Postgres => {
                 let mut connection = connect_admin(&self.url).await;
                 let sql = format!("{set}$1{filter}$2");
                 sea_orm::sqlx::query(&sql).bind(value).bind(id).execute(&mut connection).await.unwrap();
             }
-            None => {
+            Backend::Sqlite => {
                 use sea_orm::sqlx::Connection;
                 let mut connection = sea_orm::sqlx::SqliteConnection::connect(&self.url).await.unwrap();
                 let sql = format!("{set}?{filter}?");
@@ -426,8 +446,8 @@ impl TestDatabase {
 
     async fn promote_to_admin(&self, user_id: &str) {
         let id = Uuid::parse_str(user_id).unwrap();
-        match &self.postgres {
-            Some(_) => {
+        match self.backend {
+            Backend::Postgres => {
                 let mut connection = connect_admin(&self.url).await;
                 sea_orm::sqlx::query("UPDATE users SET role = 'admin' WHERE id = $1")
                     .bind(id)
@@ -435,7 +455,7 @@ impl TestDatabase {
                     .await
                     .unwrap();
             }
-            None => {
+            Backend::Sqlite => {
                 use sea_orm::sqlx::Connection;
                 let mut connection = sea_orm::sqlx::SqliteConnection::connect(&self.url).await.unwrap();
                 sea_orm::sqlx::query("UPDATE users SET role = 'admin' WHERE id = ?")
@@ -451,7 +471,7 @@ impl TestDatabase {
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.data_dir);
-        if let Some((admin_url, name)) = self.postgres.take() {
+        if let Some((admin_url, name)) = self.drop_from.take() {
             // Drop runs outside any runtime we may block; use a private one on its own thread.
             let _ = std::thread::spawn(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -572,6 +592,17 @@ fn postgres_url() -> Option<String> {
     }
 }
 
+/// Creates a uniquely named database on the server at `admin_url`; returns its name.
+async fn create_postgres_database(admin_url: &str) -> String {
+    let name = format!("orderly_test_{}", Uuid::now_v7().simple());
+    let mut connection = connect_admin(admin_url).await;
+    sea_orm::sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut connection)
+        .await
+        .expect("create the test database");
+    name
+}
+
 async fn connect_admin(url: &str) -> sea_orm::sqlx::PgConnection {
     use sea_orm::sqlx::Connection;
     sea_orm::sqlx::PgConnection::connect(url).await.expect("connect to ORDERLY_TEST_DATABASE_URL")
@@ -586,4 +617,116 @@ fn with_database(url: &str, database: &str) -> String {
     let authority_end = base.find("://").map(|i| i + 3).unwrap_or(0);
     let path_start = base[authority_end..].find('/').map(|i| i + authority_end).unwrap_or(base.len());
     format!("{}/{database}{query}", &base[..path_start])
+}
+
+/// A private PostgreSQL primary and its streaming replica on free ports, started by
+/// `deploy/pg_replica.sh`, for scenarios that hold the replica back or stop it. Removed when
+/// dropped.
+pub struct ReplicaPair {
+    dir: PathBuf,
+    pub primary_url: String,
+    pub replica_url: String,
+}
+
+impl ReplicaPair {
+    const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/pg_replica.sh");
+
+    /// `None`, with the reason printed, when the pair cannot be started outside CI (no
+    /// PostgreSQL server programs); under `CI=true` that fails the test.
+    pub fn start() -> Option<Self> {
+        let dir = std::env::temp_dir().join(format!("orderly-replica-{}", Uuid::now_v7().simple()));
+        let [primary_port, replica_port] = [free_port(), free_port()];
+        let started = std::process::Command::new("bash")
+            .arg(Self::SCRIPT)
+            .args(["start".as_ref(), dir.as_os_str()])
+            .args([primary_port.to_string(), replica_port.to_string()])
+            .output();
+        let pair = Self {
+            dir,
+            primary_url: format!("postgres://postgres@127.0.0.1:{primary_port}/postgres"),
+            replica_url: format!("postgres://postgres@127.0.0.1:{replica_port}/postgres"),
+        };
+        let failure = match started {
+            Ok(output) if output.status.success() => return Some(pair),
+            Ok(output) => String::from_utf8_lossy(&output.stderr).into_owned(),
+            Err(error) => error.to_string(),
+        };
+        if std::env::var("CI").is_ok_and(|ci| ci == "true") {
+            panic!("CI=true but the PostgreSQL replica pair cannot be started: {failure}");
+        }
+        eprintln!("skipping a read-replica scenario: the PostgreSQL replica pair cannot be started: {failure}");
+        None
+    }
+
+    /// Stops replaying WAL on the replica and waits until it has stopped: from then on it
+    /// serves the data as of that moment, however far the primary moves on.
+    pub async fn pause_replay(&self) {
+        let mut replica = connect_admin(&self.replica_url).await;
+        sea_orm::sqlx::query("SELECT pg_wal_replay_pause()").execute(&mut replica).await.unwrap();
+        let paused = eventually(async || {
+            let state: String = sea_orm::sqlx::query_scalar("SELECT pg_get_wal_replay_pause_state()")
+                .fetch_one(&mut replica)
+                .await
+                .unwrap();
+            state == "paused"
+        })
+        .await;
+        assert!(paused, "the replica pauses its replay");
+    }
+
+    pub async fn resume_replay(&self) {
+        let mut replica = connect_admin(&self.replica_url).await;
+        sea_orm::sqlx::query("SELECT pg_wal_replay_resume()").execute(&mut replica).await.unwrap();
+    }
+
+    /// Waits until the replica has replayed everything the primary has written so far.
+    pub async fn wait_caught_up(&self) {
+        let mut primary = connect_admin(&self.primary_url).await;
+        let written: String =
+            sea_orm::sqlx::query_scalar("SELECT pg_current_wal_lsn()::text").fetch_one(&mut primary).await.unwrap();
+        let mut replica = connect_admin(&self.replica_url).await;
+        let caught_up = eventually(async || {
+            sea_orm::sqlx::query_scalar("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn")
+                .bind(&written)
+                .fetch_one(&mut replica)
+                .await
+                .unwrap()
+        })
+        .await;
+        assert!(caught_up, "the replica catches up with the primary");
+    }
+
+    /// Stops the replica at once, as a crash would.
+    #[allow(dead_code)]
+    pub fn kill_replica(&self) {
+        self.run(&["kill", "replica"]);
+    }
+
+    /// Starts the replica again on its port.
+    #[allow(dead_code)]
+    pub fn restart_replica(&self) {
+        self.run(&["restart", "replica"]);
+    }
+
+    fn run(&self, command: &[&str]) {
+        let (name, rest) = command.split_first().unwrap();
+        let status = std::process::Command::new("bash")
+            .arg(Self::SCRIPT)
+            .arg(name)
+            .arg(&self.dir)
+            .args(rest)
+            .status()
+            .expect("run deploy/pg_replica.sh");
+        assert!(status.success(), "deploy/pg_replica.sh {command:?} failed");
+    }
+}
+
+impl Drop for ReplicaPair {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash").arg(Self::SCRIPT).arg("stop").arg(&self.dir).status();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

@@ -15,3 +15,4 @@ mod orders;
 mod pagination;
 mod payments;
 mod ratelimits;
+mod replica;
