@@ -179,7 +179,8 @@ impl Application {
             self.payment_settle_after,
         ));
         let limiter_upkeep = tokio::spawn(limiter_upkeep(self.state.clone()));
-        let background = [sweeper, metrics_upkeep, settler, limiter_upkeep];
+        let replica_watch = tokio::spawn(self.state.db.clone().watch_replica());
+        let background = [sweeper, metrics_upkeep, settler, limiter_upkeep, replica_watch];
         tokio::select! {
             result = &mut server => {
                 background.iter().for_each(tokio::task::JoinHandle::abort);

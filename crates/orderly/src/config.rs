@@ -79,9 +79,15 @@ pub struct DatabaseConfig {
     #[arg(long, env = "ORDERLY_DATABASE_URL", default_value = "sqlite://data/orderly.db", hide_env_values = true)]
     pub database_url: String,
 
-    /// Optional read replica (PostgreSQL); list and read endpoints use it, writes never do.
+    /// Optional read replica (PostgreSQL) for lists and figures; writes and reads of single
+    /// resources always use the primary.
     #[arg(long, env = "ORDERLY_DATABASE_READ_URL", hide_env_values = true)]
     pub database_read_url: Option<String>,
+
+    /// How far the replica may fall behind the primary before lists read the primary instead
+    /// (as they do while the replica is unreachable).
+    #[arg(long, env = "ORDERLY_DATABASE_READ_MAX_LAG", default_value = "5s", value_parser = parse_duration)]
+    pub database_read_max_lag: Duration,
 
     /// Maximum connections per pool. SQLite uses one writer and at most one reader per CPU.
     #[arg(long, env = "ORDERLY_DATABASE_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]

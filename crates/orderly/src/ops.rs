@@ -101,9 +101,10 @@ async fn healthz() -> Json<Health> {
 }
 
 /// Readiness: 200 only when the database answers and migrations are applied; 503 with
-/// per-check detail otherwise, and at once when shutdown has begun. Redis, when configured,
-/// is reported in the detail but does not decide readiness: without it the instance serves
-/// with per-instance limits and caches.
+/// per-check detail otherwise, and at once when shutdown has begun. A read replica and Redis,
+/// when configured, are reported in the detail but do not decide readiness: without the
+/// replica lists read the primary, without Redis the instance serves with per-instance limits
+/// and caches.
 #[utoipa::path(
     get, path = "/readyz", tag = "operations",
     responses((status = 200, body = Health, description = "Ready"), (status = 503, body = Health, description = "Not ready"))
@@ -115,9 +116,12 @@ async fn readyz(State(app): State<AppState>) -> Response {
     let database = app.db.check().await;
     let ready = database.is_ok();
     let mut checks = BTreeMap::from([("database", database.map(|()| "ok".to_owned()).unwrap_or_else(|e| e))]);
-    // Redis holds only what each instance can keep itself (limits, cached copies): without it
-    // the instance serves, degraded, so Redis is reported but never makes it unready. Failing
-    // readiness on it would take every instance out of rotation at once.
+    // The replica and Redis are shared by every instance, and each instance can serve
+    // without them (lists from the primary; per-instance limits and cached copies): they are
+    // reported, but failing readiness on them would take every instance out of rotation at once.
+    if let Some(replica) = app.db.replica_status() {
+        checks.insert("read_replica", replica);
+    }
     if let Some(redis) = &app.redis {
         let state = match redis.ping().await {
             Ok(()) => "ok".to_owned(),
@@ -169,6 +173,14 @@ pub fn describe_metrics() {
     metrics::describe_counter!(
         "orderly_db_unavailable_total",
         "Requests answered 503 database_unavailable, by cause (pool_timeout, unreachable)."
+    );
+    metrics::describe_gauge!(
+        "orderly_db_replica_in_use",
+        "1 while lists read the replica; 0 while they read the primary (replica unreachable or too far behind)."
+    );
+    metrics::describe_gauge!(
+        "orderly_db_replica_lag_seconds",
+        "How far the replica's replay is behind the primary, as of its last check."
     );
     metrics::describe_counter!(
         "orderly_cache_requests_total",

@@ -101,10 +101,12 @@ impl TestApp {
     }
 
     /// Starts the app on a fresh database of `pair`'s primary, reading lists from its replica
-    /// (`--database-read-url`).
-    pub async fn spawn_on_replica_pair(pair: &ReplicaPair) -> Self {
+    /// (`--database-read-url`), with extra `serve` flags.
+    pub async fn spawn_on_replica_pair(pair: &ReplicaPair, extra_args: &[&str]) -> Self {
         let (database, read_url) = TestDatabase::on_replica_pair(pair).await;
-        Self::spawn_on(database, Backend::Postgres, &[&format!("--database-read-url={read_url}")]).await
+        let read_url = format!("--database-read-url={read_url}");
+        let args: Vec<&str> = std::iter::once(read_url.as_str()).chain(extra_args.iter().copied()).collect();
+        Self::spawn_on(database, Backend::Postgres, &args).await
     }
 
     /// Two instances of one deployment started with `args`: one database, one signing key.
@@ -135,6 +137,7 @@ impl TestApp {
         let config = orderly::config::DatabaseConfig {
             database_url: database.url.clone(),
             database_read_url: None,
+            database_read_max_lag: std::time::Duration::from_secs(5),
             database_max_connections: 2,
             database_acquire_timeout: std::time::Duration::from_secs(5),
         };
@@ -697,13 +700,11 @@ impl ReplicaPair {
     }
 
     /// Stops the replica at once, as a crash would.
-    #[allow(dead_code)]
     pub fn kill_replica(&self) {
         self.run(&["kill", "replica"]);
     }
 
     /// Starts the replica again on its port.
-    #[allow(dead_code)]
     pub fn restart_replica(&self) {
         self.run(&["restart", "replica"]);
     }

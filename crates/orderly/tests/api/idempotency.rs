@@ -352,6 +352,7 @@ async fn a_retry_after_the_first_run_died_uncompleted_finds_its_order(app: TestA
     let config = orderly::config::DatabaseConfig {
         database_url: app.database_url().to_owned(),
         database_read_url: None,
+        database_read_max_lag: std::time::Duration::from_secs(5),
         database_max_connections: 1,
         database_acquire_timeout: std::time::Duration::from_secs(5),
     };

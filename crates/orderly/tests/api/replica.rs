@@ -1,12 +1,17 @@
 //! `ORDERLY_DATABASE_READ_URL` on a real streaming replica: a private primary and replica
-//! started by `deploy/pg_replica.sh`, held back by pausing the replica's replay. While it lags,
-//! lists may miss the newest writes, but every write, every read of a single resource and
-//! every credential check goes to the primary, so a client always sees what it just wrote.
+//! started by `deploy/pg_replica.sh`, held back by pausing the replica's replay, or killed.
+//! While it lags within the bound, lists may miss the newest writes, but every write, every
+//! read of a single resource and every credential check goes to the primary, so a client
+//! always sees what it just wrote. Beyond the bound, or while it is down, lists read the
+//! primary; once it is back they use it again, without a failed request.
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{ReplicaPair, TestApp, eventually};
+use crate::helpers::{ReplicaPair, TestApp, eventually, scrape_metrics};
+
+/// A bound the paused replica stays within for the length of a scenario.
+const GENEROUS_LAG: &str = "--database-read-max-lag=60s";
 
 async fn json_of(app: &TestApp, path: &str, token: &str) -> Value {
     let response = app.get(path, Some(token)).await;
@@ -18,10 +23,33 @@ fn ids(list: &Value) -> Vec<String> {
     list["data"].as_array().unwrap().iter().map(|item| item["id"].as_str().unwrap().to_owned()).collect()
 }
 
+/// The `read_replica` line of a readiness answer, which must be 200 whatever the replica does.
+async fn replica_readiness(app: &TestApp) -> String {
+    let ready = app.get("/readyz", None).await;
+    assert_eq!(ready.status(), StatusCode::OK, "the replica never decides readiness");
+    let body: Value = ready.json().await.unwrap();
+    body["checks"]["read_replica"].as_str().unwrap().to_owned()
+}
+
+async fn replica_gauges(app: &TestApp) -> (f64, f64) {
+    let metrics = scrape_metrics(app).await;
+    (metrics["orderly_db_replica_in_use"], metrics["orderly_db_replica_lag_seconds"])
+}
+
+/// The statuses of `count` concurrent GETs of `path`.
+async fn concurrent_gets(app: &TestApp, path: &str, token: &str, count: usize) -> Vec<StatusCode> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        let request = app.client.get(app.url(path)).bearer_auth(token);
+        tasks.spawn(async move { request.send().await.unwrap().status() });
+    }
+    tasks.join_all().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_the_replica_lags_lists_may_miss_new_writes_but_their_own_urls_show_them() {
     let Some(pair) = ReplicaPair::start() else { return };
-    let app = TestApp::spawn_on_replica_pair(&pair).await;
+    let app = TestApp::spawn_on_replica_pair(&pair, &[GENEROUS_LAG]).await;
     let admin = app.admin().await;
     let customer = app.customer().await;
     let product = app.create_product(&admin, json!({"stock": 10})).await;
@@ -84,7 +112,7 @@ async fn while_the_replica_lags_lists_may_miss_new_writes_but_their_own_urls_sho
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_created_while_the_replica_lags_work_at_once() {
     let Some(pair) = ReplicaPair::start() else { return };
-    let app = TestApp::spawn_on_replica_pair(&pair).await;
+    let app = TestApp::spawn_on_replica_pair(&pair, &[GENEROUS_LAG]).await;
     pair.wait_caught_up().await;
 
     pair.pause_replay().await;
@@ -111,7 +139,81 @@ async fn credentials_created_while_the_replica_lags_work_at_once() {
     assert!(ids(&keys).is_empty(), "the key list is served by the paused replica: {keys}");
 
     pair.resume_replay().await;
-    let listed = eventually(async || ids(&json_of(&app, "/api/v1/api-keys", &customer.access_token).await) == [key_id.as_str()])
-        .await;
+    let listed =
+        eventually(async || ids(&json_of(&app, "/api/v1/api-keys", &customer.access_token).await) == [key_id.as_str()])
+            .await;
     assert!(listed, "the key list shows the key once the replica catches up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_read_the_primary_while_the_replica_is_further_behind_than_the_bound() {
+    let Some(pair) = ReplicaPair::start() else { return };
+    let app = TestApp::spawn_on_replica_pair(&pair, &["--database-read-max-lag=1s"]).await;
+    let admin = app.admin().await;
+    let customer = app.customer().await;
+    let product = app.create_product(&admin, json!({})).await;
+    let product_id = product["id"].as_str().unwrap();
+    pair.wait_caught_up().await;
+    assert!(eventually(async || replica_readiness(&app).await == "ok").await, "the replica is in use");
+    assert_eq!(replica_gauges(&app).await.0, 1.0);
+
+    pair.pause_replay().await;
+    let order: Value = app.place_order(&customer, &[(product_id, 1)]).await.json().await.unwrap();
+    let order_id = order["id"].as_str().unwrap();
+    // Replay stays paused: the order shows in the list only because the list now reads the
+    // primary, once the replica is more than a second behind.
+    let fresh =
+        eventually(async || ids(&json_of(&app, "/api/v1/orders", &customer.access_token).await) == [order_id]).await;
+    assert!(fresh, "a list never lags by more than the bound (plus a check)");
+    let readiness = replica_readiness(&app).await;
+    assert!(readiness.starts_with("degraded: ") && readiness.contains("behind"), "{readiness}");
+    let (in_use, lag) = replica_gauges(&app).await;
+    assert_eq!(in_use, 0.0);
+    assert!(lag > 1.0, "the lag is reported: {lag}");
+
+    pair.resume_replay().await;
+    assert!(eventually(async || replica_readiness(&app).await == "ok").await, "the replica is used again");
+    let (in_use, lag) = replica_gauges(&app).await;
+    assert_eq!(in_use, 1.0);
+    assert!(lag <= 1.0, "{lag}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_read_the_primary_while_the_replica_is_down_and_the_replica_again_once_it_is_back() {
+    let Some(pair) = ReplicaPair::start() else { return };
+    let app = TestApp::spawn_on_replica_pair(&pair, &[GENEROUS_LAG]).await;
+    let admin = app.admin().await;
+    let customer = app.customer().await;
+    let product = app.create_product(&admin, json!({})).await;
+    let product_id = product["id"].as_str().unwrap();
+    pair.wait_caught_up().await;
+    // Several pooled replica connections, which the crash below leaves dead.
+    let statuses = concurrent_gets(&app, "/api/v1/orders", &customer.access_token, 8).await;
+    assert!(statuses.iter().all(|status| *status == StatusCode::OK), "{statuses:?}");
+
+    pair.kill_replica();
+    let noticed = eventually(async || replica_readiness(&app).await.starts_with("degraded: ")).await;
+    assert!(noticed, "the watch notices the replica is down");
+    assert_eq!(replica_gauges(&app).await.0, 0.0);
+    let first: Value = app.place_order(&customer, &[(product_id, 1)]).await.json().await.unwrap();
+    let first_id = first["id"].as_str().unwrap().to_owned();
+    let orders = json_of(&app, "/api/v1/orders", &customer.access_token).await;
+    assert_eq!(ids(&orders), [first_id.as_str()], "lists are served by the primary while the replica is down");
+    let statuses = concurrent_gets(&app, "/api/v1/orders", &customer.access_token, 16).await;
+    assert!(statuses.iter().all(|status| *status == StatusCode::OK), "{statuses:?}");
+
+    pair.restart_replica();
+    assert!(eventually(async || replica_readiness(&app).await == "ok").await, "the replica is used again");
+    // Connections opened before the crash are not handed out again.
+    for _ in 0..3 {
+        let statuses = concurrent_gets(&app, "/api/v1/orders", &customer.access_token, 8).await;
+        assert!(statuses.iter().all(|status| *status == StatusCode::OK), "{statuses:?}");
+    }
+    // And it is the replica that serves them: held back, it misses a new order.
+    pair.wait_caught_up().await;
+    pair.pause_replay().await;
+    assert_eq!(app.place_order(&customer, &[(product_id, 1)]).await.status(), StatusCode::CREATED);
+    let orders = json_of(&app, "/api/v1/orders", &customer.access_token).await;
+    assert_eq!(ids(&orders), [first_id.as_str()], "the list is served by the replica again");
+    pair.resume_replay().await;
 }

@@ -4,8 +4,10 @@
 //! [`Database::read`]. On SQLite the write pool holds a single connection: SQLite admits one
 //! writer at a time anyway, and queueing writers in the pool (bounded by the acquire timeout)
 //! avoids `SQLITE_BUSY` failures under concurrency; reads use a separate read-only pool and
-//! run beside the writer thanks to WAL. On PostgreSQL both are ordinary pools (the read pool is
-//! the write pool unless a replica is configured).
+//! run beside the writer thanks to WAL. On PostgreSQL the primary is one pool, and a replica,
+//! when configured, another (see [`replica`]).
+
+mod replica;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -48,11 +50,9 @@ impl DatabaseKind {
 #[derive(Debug, Clone)]
 pub struct Database {
     write: DatabaseConnection,
-    read: DatabaseConnection,
     /// Sees every committed write: the SQLite read pool, or the PostgreSQL primary.
     current: DatabaseConnection,
-    /// Whether `read` is a pool of its own rather than a handle on the primary's.
-    separate_read_pool: bool,
+    replica: Option<replica::Replica>,
 }
 
 impl Database {
@@ -62,11 +62,11 @@ impl Database {
             DatabaseKind::Sqlite => Self::connect_sqlite(config).await,
             DatabaseKind::Postgres => {
                 let write = connect_postgres(&config.database_url, "ORDERLY_DATABASE_URL", config).await?;
-                let read = match &config.database_read_url {
-                    Some(read_url) => connect_postgres(read_url, "ORDERLY_DATABASE_READ_URL", config).await?,
-                    None => write.clone(),
+                let replica = match &config.database_read_url {
+                    Some(read_url) => Some(replica::Replica::connect(read_url, config).await?),
+                    None => None,
                 };
-                Ok(Self { current: write.clone(), write, read, separate_read_pool: config.database_read_url.is_some() })
+                Ok(Self { current: write.clone(), write, replica })
             }
         }
     }
@@ -114,12 +114,7 @@ impl Database {
             .await
             .map_err(unreachable)?;
         let read = SqlxSqliteConnector::from_sqlx_sqlite_pool(read);
-        Ok(Self {
-            write: SqlxSqliteConnector::from_sqlx_sqlite_pool(write),
-            current: read.clone(),
-            read,
-            separate_read_pool: true,
-        })
+        Ok(Self { write: SqlxSqliteConnector::from_sqlx_sqlite_pool(write), current: read, replica: None })
     }
 
     /// The primary: every write and every read that must see the latest write.
@@ -127,9 +122,10 @@ impl Database {
         &self.write
     }
 
-    /// A replica when configured, else the primary: lists and figures, which tolerate lag.
+    /// Lists and figures, which tolerate lag: the replica while it is usable (reachable and
+    /// within `ORDERLY_DATABASE_READ_MAX_LAG`), else the same as [`Database::current`].
     pub fn read(&self) -> &DatabaseConnection {
-        &self.read
+        self.replica.as_ref().and_then(replica::Replica::usable).unwrap_or(&self.current)
     }
 
     /// Reads that must see every committed write but write nothing: single resources (a
@@ -149,23 +145,38 @@ impl Database {
         Migrator::up(&self.write, None).await
     }
 
-    /// Sets the pool gauges; called before metrics are rendered. With no read URL the read
-    /// pool is the primary pool and is reported once.
-    pub fn publish_metrics(&self) {
-        publish_pool_metrics("primary", &self.write);
-        if self.separate_read_pool {
-            publish_pool_metrics("read", &self.read);
+    /// Checks the replica, when there is one, for as long as the instance runs.
+    pub async fn watch_replica(self) {
+        if let Some(replica) = self.replica {
+            replica.watch_forever().await;
         }
     }
 
-    /// Readiness: every pool answers and no migration is pending.
+    /// Sets the pool gauges; called before metrics are rendered. The read pool is the SQLite
+    /// read-only pool or the replica's; a PostgreSQL primary without replica reports one pool.
+    pub fn publish_metrics(&self) {
+        publish_pool_metrics("primary", &self.write);
+        match &self.replica {
+            Some(replica) => replica.publish_metrics(),
+            None if self.backend() == DbBackend::Sqlite => publish_pool_metrics("read", &self.current),
+            None => {}
+        }
+    }
+
+    /// For readiness, when a replica is configured: "ok", or why lists read the primary.
+    pub fn replica_status(&self) -> Option<String> {
+        self.replica.as_ref().map(replica::Replica::status)
+    }
+
+    /// Readiness: the primary (and on SQLite the read pool) answers and no migration is
+    /// pending. A replica is not required: without it lists read the primary.
     pub async fn check(&self) -> Result<(), String> {
         let ping = |db: &DatabaseConnection| {
             let db = db.clone();
             async move { db.execute_unprepared("SELECT 1").await.map(drop) }
         };
         ping(&self.write).await.map_err(|_| "primary database is unreachable".to_owned())?;
-        ping(&self.read).await.map_err(|_| "read database is unreachable".to_owned())?;
+        ping(&self.current).await.map_err(|_| "read database is unreachable".to_owned())?;
         let pending = Migrator::get_pending_migrations(&self.write)
             .await
             .map_err(|_| "cannot read the migration table".to_owned())?;
