@@ -63,7 +63,7 @@ impl Database {
             DatabaseKind::Postgres => {
                 let write = connect_postgres(&config.database_url, "ORDERLY_DATABASE_URL", config).await?;
                 let replica = match &config.database_read_url {
-                    Some(read_url) => Some(replica::Replica::connect(read_url, config).await?),
+                    Some(read_url) => Some(replica::Replica::connect(config, read_url).await?),
                     None => None,
                 };
                 Ok(Self { current: write.clone(), write, replica })

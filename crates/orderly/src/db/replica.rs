@@ -1,11 +1,20 @@
 //! The read replica: its pool, and the watch that decides once a second whether lists and
 //! figures may read it. They read the primary instead while the replica is unreachable or
-//! further behind than `ORDERLY_DATABASE_READ_MAX_LAG`, so a failed or stalled replica costs
-//! the primary some load, never an answer and never more staleness than the bound.
+//! further behind than `ORDERLY_DATABASE_READ_MAX_LAG`, so a failed, stalled or cut-off
+//! replica costs the primary some load, never an answer and never more staleness than the
+//! bound.
+//!
+//! Lag is measured against the primary, not by the replica alone: each check notes the
+//! primary's WAL position, then asks the replica how far it has replayed. A replica that has
+//! replayed past a position noted at time `t` holds every transaction committed before `t`, so
+//! its lag is at most the age of the newest such note. A replica asked on its own can only say
+//! how much of what it *received* it has replayed, which stays "all of it" when it is cut off
+//! from the primary and receives nothing.
 
+use std::collections::VecDeque;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
@@ -14,30 +23,31 @@ use sea_orm::{DatabaseConnection, SqlxPostgresConnector};
 
 use crate::config::{ConfigError, DatabaseConfig};
 
-const SETTING: &str = "ORDERLY_DATABASE_READ_URL";
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);
-/// A replica that cannot answer this small query within this time is treated as unreachable.
+/// A server that cannot answer one small query within this time counts as unreachable.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+/// Notes of the primary's position are kept this much longer than the lag bound, so a replica
+/// that never catches up is reported as "at least this far behind" with a bounded memory.
+const NOTES_KEPT_BEYOND_BOUND: Duration = Duration::from_secs(10);
 
-/// How far behind the primary the replica is, in seconds: zero when it has replayed all it has
-/// received (or is not a replica at all), else the age of the last transaction it replayed.
-/// NULL when that is unknown (no transaction replayed since it started).
-const LAG_QUERY: &str = "SELECT CASE \
-    WHEN NOT pg_is_in_recovery() THEN 0::float8 \
-    WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0::float8 \
-    ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())::float8 END";
+/// The primary's WAL position, in bytes.
+const PRIMARY_POSITION: &str = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint";
+/// Whether the server replays WAL (is a standby), and how far it has replayed, in bytes.
+const REPLAY_POSITION: &str = "SELECT pg_is_in_recovery(), (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint";
 
 #[derive(Debug, Clone)]
 pub(super) struct Replica {
     pool: DatabaseConnection,
     watch: Arc<Watch>,
+    /// For the watch's own connections, apart from the pools so a busy pool is not taken
+    /// for a failed server.
+    primary_options: PgConnectOptions,
+    replica_options: PgConnectOptions,
 }
 
+/// What the checks found, shared with every request that picks a connection.
 #[derive(Debug)]
 struct Watch {
-    /// For the watch's own connection, apart from the pool so a busy pool is not mistaken
-    /// for a failed replica.
-    options: PgConnectOptions,
     max_lag: Duration,
     in_use: AtomicBool,
     /// As of the last check, as `f64` bits; NaN when unknown.
@@ -58,15 +68,35 @@ enum State {
     Unreachable { reason: String },
 }
 
+/// The checks' own connections and the primary's recent positions, carried from one check to
+/// the next.
+struct Probe {
+    primary: Option<PgConnection>,
+    replica: Option<PgConnection>,
+    /// (when, the primary's position then), oldest first.
+    notes: VecDeque<(Instant, i64)>,
+}
+
+/// How far behind the replica is: at most `Within` (it holds every transaction committed
+/// before then), or `AtLeast` when it has not caught up with any position still noted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Lag {
+    Within(Duration),
+    AtLeast(Duration),
+}
+
 impl Replica {
     /// The pool connects lazily and the first check runs now: an instance starts, with lists
     /// on the primary, while its replica is down.
-    pub(super) async fn connect(url: &str, config: &DatabaseConfig) -> Result<Self, ConfigError> {
-        let options = PgConnectOptions::from_str(url)
-            .map_err(|_| ConfigError::new(SETTING, "is not a valid PostgreSQL URL"))?
-            .disable_statement_logging();
+    pub(super) async fn connect(config: &DatabaseConfig, read_url: &str) -> Result<Self, ConfigError> {
+        let parse = |url: &str, setting: &'static str| {
+            PgConnectOptions::from_str(url)
+                .map(|options| options.disable_statement_logging())
+                .map_err(|_| ConfigError::new(setting, "is not a valid PostgreSQL URL"))
+        };
+        let primary_options = parse(&config.database_url, "ORDERLY_DATABASE_URL")?;
+        let replica_options = parse(read_url, "ORDERLY_DATABASE_READ_URL")?;
         let watch = Arc::new(Watch {
-            options: options.clone(),
             max_lag: config.database_read_max_lag,
             in_use: AtomicBool::new(false),
             lag_seconds: AtomicU64::new(f64::NAN.to_bits()),
@@ -86,9 +116,14 @@ impl Replica {
                 let opened_after_outage = fresh.opened_after_outage(meta.age);
                 Box::pin(async move { Ok(opened_after_outage) })
             })
-            .connect_lazy_with(options);
-        let replica = Self { pool: SqlxPostgresConnector::from_sqlx_postgres_pool(pool), watch };
-        replica.check(&mut None).await;
+            .connect_lazy_with(replica_options.clone());
+        let replica = Self {
+            pool: SqlxPostgresConnector::from_sqlx_postgres_pool(pool),
+            watch,
+            primary_options,
+            replica_options,
+        };
+        replica.check(&mut Probe::new()).await;
         Ok(replica)
     }
 
@@ -108,77 +143,136 @@ impl Replica {
 
     /// For readiness: "ok", or why lists read the primary.
     pub(super) fn status(&self) -> String {
-        let max_lag = self.watch.max_lag.as_secs_f64();
-        match &*self.watch.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner) {
+        match &*self.watch.state.lock().unwrap_or_else(PoisonError::into_inner) {
             State::InUse => "ok".to_owned(),
-            State::Unchecked => "unchecked; lists read the primary".to_owned(),
-            State::Behind { lag } => {
-                format!("degraded: {:.1} s behind (more than {max_lag} s); lists read the primary", lag.as_secs_f64())
-            }
-            State::LagUnknown => "degraded: its replay position is unknown; lists read the primary".to_owned(),
-            State::Unreachable { reason } => format!("degraded: {reason}; lists read the primary"),
+            state => format!("degraded: {}; lists read the primary", self.watch.describe(state)),
         }
     }
 
     /// Checks the replica every second, for as long as the instance runs.
     pub(super) async fn watch_forever(self) {
-        let mut connection = None;
+        let mut probe = Probe::new();
         let mut interval = tokio::time::interval(CHECK_INTERVAL);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             interval.tick().await;
-            self.check(&mut connection).await;
+            self.check(&mut probe).await;
         }
     }
 
-    async fn check(&self, connection: &mut Option<PgConnection>) {
-        let measured = tokio::time::timeout(CHECK_TIMEOUT, measure_lag(&self.watch.options, connection)).await;
-        let lag = measured.as_ref().ok().and_then(|result| result.as_ref().ok()).copied().flatten();
-        let state = match measured {
-            Ok(Ok(Some(lag))) if lag <= self.watch.max_lag => State::InUse,
-            Ok(Ok(Some(lag))) => State::Behind { lag },
-            Ok(Ok(None)) => State::LagUnknown,
-            Ok(Err(error)) => {
-                *connection = None;
-                State::Unreachable { reason: super::describe_connect_error(&error) }
-            }
-            Err(_) => {
-                *connection = None;
-                State::Unreachable { reason: format!("no answer within {} s", CHECK_TIMEOUT.as_secs()) }
+    async fn check(&self, probe: &mut Probe) {
+        // The primary first: whatever it had committed by now, a replica that has replayed
+        // past this position holds.
+        if let Ok(position) = probe.primary_position(&self.primary_options).await {
+            probe.notes.push_back((Instant::now(), position));
+        }
+        let (state, lag) = match probe.replay_position(&self.replica_options).await {
+            Err(reason) => (State::Unreachable { reason }, None),
+            // Not a standby (a promoted replica, say): there is nothing for it to lag behind.
+            Ok(None) => (State::InUse, Some(Duration::ZERO)),
+            Ok(Some(replayed)) => {
+                let keep = self.watch.max_lag + NOTES_KEPT_BEYOND_BOUND;
+                match probe.lag(replayed, Instant::now(), keep) {
+                    Lag::Within(lag) if lag <= self.watch.max_lag => (State::InUse, Some(lag)),
+                    Lag::Within(lag) => (State::Behind { lag }, Some(lag)),
+                    Lag::AtLeast(lag) if lag > self.watch.max_lag => (State::Behind { lag }, Some(lag)),
+                    Lag::AtLeast(_) => (State::LagUnknown, None),
+                }
             }
         };
         self.watch.record(state, lag);
     }
 }
 
+impl Probe {
+    fn new() -> Self {
+        Self { primary: None, replica: None, notes: VecDeque::new() }
+    }
+
+    async fn primary_position(&mut self, options: &PgConnectOptions) -> Result<i64, String> {
+        let position = query_within(&mut self.primary, options, async |connection| {
+            sea_orm::sqlx::query_scalar(PRIMARY_POSITION).fetch_one(connection).await
+        });
+        position.await
+    }
+
+    /// How far the replica has replayed; `None` when it is not a standby.
+    async fn replay_position(&mut self, options: &PgConnectOptions) -> Result<Option<i64>, String> {
+        let replay = query_within(&mut self.replica, options, async |connection| {
+            sea_orm::sqlx::query_as::<_, (bool, Option<i64>)>(REPLAY_POSITION).fetch_one(connection).await
+        });
+        let (standby, replayed) = replay.await?;
+        Ok(standby.then(|| replayed.unwrap_or(0)))
+    }
+
+    /// The replica's lag given how far it has `replayed`, dropping notes it no longer needs:
+    /// those older than the newest it has caught up with, and those older than `keep`.
+    fn lag(&mut self, replayed: i64, now: Instant, keep: Duration) -> Lag {
+        if let Some(newest) = self.notes.iter().rposition(|(_, position)| *position <= replayed) {
+            self.notes.drain(..newest);
+            return Lag::Within(now.saturating_duration_since(self.notes[0].0));
+        }
+        while self.notes.len() > 1 && now.saturating_duration_since(self.notes[1].0) > keep {
+            self.notes.pop_front();
+        }
+        Lag::AtLeast(self.notes.front().map_or(Duration::ZERO, |(noted, _)| now.saturating_duration_since(*noted)))
+    }
+}
+
+/// Runs `query` on the probe's connection to one server, opening it when needed, within
+/// [`CHECK_TIMEOUT`]. On failure the connection is dropped, to be opened afresh next time.
+async fn query_within<T>(
+    connection: &mut Option<PgConnection>,
+    options: &PgConnectOptions,
+    query: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sea_orm::sqlx::Error>,
+) -> Result<T, String> {
+    let attempt = async {
+        let open = match connection.as_mut() {
+            Some(open) => open,
+            None => connection.insert(PgConnection::connect_with(options).await?),
+        };
+        query(open).await
+    };
+    let outcome = match tokio::time::timeout(CHECK_TIMEOUT, attempt).await {
+        Ok(Ok(value)) => return Ok(value),
+        Ok(Err(error)) => super::describe_connect_error(&error),
+        Err(_) => format!("no answer within {} s", CHECK_TIMEOUT.as_secs()),
+    };
+    *connection = None;
+    Err(outcome)
+}
+
 impl Watch {
     fn record(&self, state: State, lag: Option<Duration>) {
         let in_use = state == State::InUse;
         self.lag_seconds.store(lag.map_or(f64::NAN, |lag| lag.as_secs_f64()).to_bits(), Ordering::Relaxed);
-        let mut current = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut current = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if matches!(*current, State::Unreachable { .. }) && !matches!(state, State::Unreachable { .. }) {
             let now = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
             self.reachable_since.store(now, Ordering::Relaxed);
         }
         // Logged when lists move between the replica and the primary, not on every check.
-        let was_in_use = *current == State::InUse;
-        let first = *current == State::Unchecked;
-        *current = state;
-        drop(current);
-        self.in_use.store(in_use, Ordering::Relaxed);
-        if in_use && !was_in_use {
+        let moved = (*current == State::InUse) != in_use || *current == State::Unchecked;
+        if moved && in_use {
             tracing::info!("the read replica is in use");
-        } else if !in_use && (was_in_use || first) {
-            tracing::warn!(replica = %self.state_text(), "the read replica is not used; lists read the primary");
+        } else if moved {
+            tracing::warn!(replica = %self.describe(&state), "the read replica is not used; lists read the primary");
         }
+        *current = state;
+        self.in_use.store(in_use, Ordering::Relaxed);
     }
 
-    fn state_text(&self) -> String {
-        match &*self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner) {
-            State::Behind { lag } => format!("{:.1} s behind", lag.as_secs_f64()),
-            State::LagUnknown => "replay position unknown".to_owned(),
-            State::Unreachable { reason } => reason.clone(),
-            State::Unchecked | State::InUse => String::new(),
+    fn describe(&self, state: &State) -> String {
+        match state {
+            State::Unchecked => "not checked yet".to_owned(),
+            State::InUse => "in use".to_owned(),
+            State::Behind { lag } => format!(
+                "{:.1} s behind the primary, more than the {} s allowed",
+                lag.as_secs_f64(),
+                self.max_lag.as_secs_f64()
+            ),
+            State::LagUnknown => "catching up with the primary".to_owned(),
+            State::Unreachable { reason } => format!("unreachable ({reason})"),
         }
     }
 
@@ -189,16 +283,39 @@ impl Watch {
     }
 }
 
-/// The replica's lag (see [`LAG_QUERY`]) over the watch's own connection, opened when needed.
-async fn measure_lag(
-    options: &PgConnectOptions,
-    connection: &mut Option<PgConnection>,
-) -> Result<Option<Duration>, sea_orm::sqlx::Error> {
-    let connection = match connection {
-        Some(connection) => connection,
-        None => connection.insert(PgConnection::connect_with(options).await?),
-    };
-    let seconds: Option<f64> = sea_orm::sqlx::query_scalar(LAG_QUERY).fetch_one(connection).await?;
-    // A replica clock behind the primary's gives a negative age: it is not behind.
-    Ok(seconds.and_then(|seconds| Duration::try_from_secs_f64(seconds.max(0.0)).ok()))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe_with(notes: &[(u64, i64)], start: Instant) -> Probe {
+        let mut probe = Probe::new();
+        probe.notes = notes.iter().map(|(secs, position)| (start + Duration::from_secs(*secs), *position)).collect();
+        probe
+    }
+
+    #[test]
+    fn lag_is_the_age_of_the_newest_primary_position_the_replica_has_replayed_past() {
+        let start = Instant::now();
+        let mut probe = probe_with(&[(0, 100), (1, 200), (2, 300)], start);
+        assert_eq!(
+            probe.lag(250, start + Duration::from_secs(3), Duration::from_secs(60)),
+            Lag::Within(Duration::from_secs(2))
+        );
+        assert_eq!(probe.notes.len(), 2, "notes older than the one caught up with are dropped");
+        assert_eq!(
+            probe.lag(300, start + Duration::from_secs(3), Duration::from_secs(60)),
+            Lag::Within(Duration::from_secs(1))
+        );
+    }
+
+    #[test]
+    fn a_replica_behind_every_note_is_at_least_as_far_behind_as_the_oldest_kept() {
+        let start = Instant::now();
+        let notes: Vec<(u64, i64)> = (0..30).map(|second| (second, 1000 + second as i64)).collect();
+        let mut probe = probe_with(&notes, start);
+        let lag = probe.lag(999, start + Duration::from_secs(30), Duration::from_secs(15));
+        assert_eq!(lag, Lag::AtLeast(Duration::from_secs(16)), "one note older than what is kept is kept");
+        assert_eq!(probe.notes.len(), 16, "older notes are dropped");
+        assert_eq!(Probe::new().lag(0, start, Duration::from_secs(15)), Lag::AtLeast(Duration::ZERO));
+    }
 }

@@ -699,6 +699,31 @@ impl ReplicaPair {
         assert!(caught_up, "the replica catches up with the primary");
     }
 
+    /// Cuts the replica off from its primary, as a network partition would: it keeps serving
+    /// what it has but receives nothing more. Returns what [`Self::reconnect_replica`] needs.
+    pub async fn disconnect_replica(&self) -> String {
+        let mut replica = connect_admin(&self.replica_url).await;
+        let source: String = sea_orm::sqlx::query_scalar("SELECT current_setting('primary_conninfo')")
+            .fetch_one(&mut replica)
+            .await
+            .unwrap();
+        set_primary_conninfo(&mut replica, "").await;
+        let stopped = eventually(async || {
+            sea_orm::sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pg_stat_wal_receiver")
+                .fetch_one(&mut replica)
+                .await
+                .unwrap()
+                == 0
+        })
+        .await;
+        assert!(stopped, "the replica stops receiving");
+        source
+    }
+
+    pub async fn reconnect_replica(&self, source: &str) {
+        set_primary_conninfo(&mut connect_admin(&self.replica_url).await, source).await;
+    }
+
     /// Stops the replica at once, as a crash would.
     pub fn kill_replica(&self) {
         self.run(&["kill", "replica"]);
@@ -726,6 +751,16 @@ impl Drop for ReplicaPair {
     fn drop(&mut self) {
         let _ = std::process::Command::new("bash").arg(Self::SCRIPT).arg("stop").arg(&self.dir).status();
     }
+}
+
+async fn set_primary_conninfo(replica: &mut sea_orm::sqlx::PgConnection, conninfo: &str) {
+    // ALTER SYSTEM takes no parameters; the value is quoted as a literal.
+    let literal = conninfo.replace('\'', "''");
+    sea_orm::sqlx::query(&format!("ALTER SYSTEM SET primary_conninfo = '{literal}'"))
+        .execute(&mut *replica)
+        .await
+        .unwrap();
+    sea_orm::sqlx::query("SELECT pg_reload_conf()").execute(&mut *replica).await.unwrap();
 }
 
 fn free_port() -> u16 {

@@ -179,6 +179,31 @@ async fn lists_read_the_primary_while_the_replica_is_further_behind_than_the_bou
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_from_its_primary_is_not_read_once_it_is_further_behind_than_the_bound() {
+    let Some(pair) = ReplicaPair::start() else { return };
+    let app = TestApp::spawn_on_replica_pair(&pair, &["--database-read-max-lag=1s"]).await;
+    let admin = app.admin().await;
+    let customer = app.customer().await;
+    let product = app.create_product(&admin, json!({})).await;
+    let product_id = product["id"].as_str().unwrap();
+    pair.wait_caught_up().await;
+    assert!(eventually(async || replica_readiness(&app).await == "ok").await, "the replica is in use");
+
+    // Cut off, the replica has replayed all it received: only the primary knows it is behind.
+    let source = pair.disconnect_replica().await;
+    let order: Value = app.place_order(&customer, &[(product_id, 1)]).await.json().await.unwrap();
+    let order_id = order["id"].as_str().unwrap();
+    let fresh =
+        eventually(async || ids(&json_of(&app, "/api/v1/orders", &customer.access_token).await) == [order_id]).await;
+    assert!(fresh, "a list never lags by more than the bound, however the replica falls behind");
+    let readiness = replica_readiness(&app).await;
+    assert!(readiness.contains("behind"), "{readiness}");
+
+    pair.reconnect_replica(&source).await;
+    assert!(eventually(async || replica_readiness(&app).await == "ok").await, "the replica is used again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_read_the_primary_while_the_replica_is_down_and_the_replica_again_once_it_is_back() {
     let Some(pair) = ReplicaPair::start() else { return };
     let app = TestApp::spawn_on_replica_pair(&pair, &[GENEROUS_LAG]).await;
