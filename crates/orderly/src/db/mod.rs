@@ -63,7 +63,7 @@ impl Database {
             DatabaseKind::Postgres => {
                 let write = connect_postgres(&config.database_url, "ORDERLY_DATABASE_URL", config).await?;
                 let replica = match &config.database_read_url {
-                    Some(read_url) => Some(replica::Replica::connect(config, read_url).await?),
+                    Some(read_url) => Some(replica::Replica::connect(config, read_url)?),
                     None => None,
                 };
                 Ok(Self { current: write.clone(), write, replica })
@@ -176,7 +176,9 @@ impl Database {
             async move { db.execute_unprepared("SELECT 1").await.map(drop) }
         };
         ping(&self.write).await.map_err(|_| "primary database is unreachable".to_owned())?;
-        ping(&self.current).await.map_err(|_| "read database is unreachable".to_owned())?;
+        if self.backend() == DbBackend::Sqlite {
+            ping(&self.current).await.map_err(|_| "read database is unreachable".to_owned())?;
+        }
         let pending = Migrator::get_pending_migrations(&self.write)
             .await
             .map_err(|_| "cannot read the migration table".to_owned())?;

@@ -49,9 +49,8 @@ pub(super) struct Replica {
 #[derive(Debug)]
 struct Watch {
     max_lag: Duration,
+    /// Whether `state` is `InUse`, read by every list without taking the lock.
     in_use: AtomicBool,
-    /// As of the last check, as `f64` bits; NaN when unknown.
-    lag_seconds: AtomicU64,
     state: Mutex<State>,
     started: Instant,
     /// When the replica last became reachable again, in nanoseconds after `started`. Pooled
@@ -62,7 +61,7 @@ struct Watch {
 #[derive(Debug, Clone, PartialEq)]
 enum State {
     Unchecked,
-    InUse,
+    InUse { lag: Duration },
     Behind { lag: Duration },
     LagUnknown,
     Unreachable { reason: String },
@@ -86,9 +85,10 @@ enum Lag {
 }
 
 impl Replica {
-    /// The pool connects lazily and the first check runs now: an instance starts, with lists
-    /// on the primary, while its replica is down.
-    pub(super) async fn connect(config: &DatabaseConfig, read_url: &str) -> Result<Self, ConfigError> {
+    /// The pool connects lazily, and lists read the primary until the first check (when the
+    /// instance starts serving) finds the replica usable: an instance starts while its
+    /// replica is down.
+    pub(super) fn connect(config: &DatabaseConfig, read_url: &str) -> Result<Self, ConfigError> {
         let parse = |url: &str, setting: &'static str| {
             PgConnectOptions::from_str(url)
                 .map(|options| options.disable_statement_logging())
@@ -99,7 +99,6 @@ impl Replica {
         let watch = Arc::new(Watch {
             max_lag: config.database_read_max_lag,
             in_use: AtomicBool::new(false),
-            lag_seconds: AtomicU64::new(f64::NAN.to_bits()),
             state: Mutex::new(State::Unchecked),
             started: Instant::now(),
             reachable_since: AtomicU64::new(0),
@@ -117,14 +116,7 @@ impl Replica {
                 Box::pin(async move { Ok(opened_after_outage) })
             })
             .connect_lazy_with(replica_options.clone());
-        let replica = Self {
-            pool: SqlxPostgresConnector::from_sqlx_postgres_pool(pool),
-            watch,
-            primary_options,
-            replica_options,
-        };
-        replica.check(&mut Probe::new()).await;
-        Ok(replica)
+        Ok(Self { pool: SqlxPostgresConnector::from_sqlx_postgres_pool(pool), watch, primary_options, replica_options })
     }
 
     /// The pool, while lists may read it.
@@ -136,7 +128,10 @@ impl Replica {
     pub(super) fn publish_metrics(&self) {
         let in_use = self.watch.in_use.load(Ordering::Relaxed);
         metrics::gauge!("orderly_db_replica_in_use").set(if in_use { 1.0 } else { 0.0 });
-        let lag = f64::from_bits(self.watch.lag_seconds.load(Ordering::Relaxed));
+        let lag = match &*self.watch.state.lock().unwrap_or_else(PoisonError::into_inner) {
+            State::InUse { lag } | State::Behind { lag } => lag.as_secs_f64(),
+            State::Unchecked | State::LagUnknown | State::Unreachable { .. } => f64::NAN,
+        };
         metrics::gauge!("orderly_db_replica_lag_seconds").set(lag);
         super::publish_pool_metrics("read", &self.pool);
     }
@@ -144,7 +139,7 @@ impl Replica {
     /// For readiness: "ok", or why lists read the primary.
     pub(super) fn status(&self) -> String {
         match &*self.watch.state.lock().unwrap_or_else(PoisonError::into_inner) {
-            State::InUse => "ok".to_owned(),
+            State::InUse { .. } => "ok".to_owned(),
             state => format!("degraded: {}; lists read the primary", self.watch.describe(state)),
         }
     }
@@ -166,21 +161,21 @@ impl Replica {
         if let Ok(position) = probe.primary_position(&self.primary_options).await {
             probe.notes.push_back((Instant::now(), position));
         }
-        let (state, lag) = match probe.replay_position(&self.replica_options).await {
-            Err(reason) => (State::Unreachable { reason }, None),
+        let state = match probe.replay_position(&self.replica_options).await {
+            Err(reason) => State::Unreachable { reason },
             // Not a standby (a promoted replica, say): there is nothing for it to lag behind.
-            Ok(None) => (State::InUse, Some(Duration::ZERO)),
+            Ok(None) => State::InUse { lag: Duration::ZERO },
             Ok(Some(replayed)) => {
                 let keep = self.watch.max_lag + NOTES_KEPT_BEYOND_BOUND;
                 match probe.lag(replayed, Instant::now(), keep) {
-                    Lag::Within(lag) if lag <= self.watch.max_lag => (State::InUse, Some(lag)),
-                    Lag::Within(lag) => (State::Behind { lag }, Some(lag)),
-                    Lag::AtLeast(lag) if lag > self.watch.max_lag => (State::Behind { lag }, Some(lag)),
-                    Lag::AtLeast(_) => (State::LagUnknown, None),
+                    Lag::Within(lag) if lag <= self.watch.max_lag => State::InUse { lag },
+                    Lag::Within(lag) => State::Behind { lag },
+                    Lag::AtLeast(lag) if lag > self.watch.max_lag => State::Behind { lag },
+                    Lag::AtLeast(_) => State::LagUnknown,
                 }
             }
         };
-        self.watch.record(state, lag);
+        self.watch.record(state);
     }
 }
 
@@ -243,16 +238,15 @@ async fn query_within<T>(
 }
 
 impl Watch {
-    fn record(&self, state: State, lag: Option<Duration>) {
-        let in_use = state == State::InUse;
-        self.lag_seconds.store(lag.map_or(f64::NAN, |lag| lag.as_secs_f64()).to_bits(), Ordering::Relaxed);
+    fn record(&self, state: State) {
+        let in_use = matches!(state, State::InUse { .. });
         let mut current = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if matches!(*current, State::Unreachable { .. }) && !matches!(state, State::Unreachable { .. }) {
             let now = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
             self.reachable_since.store(now, Ordering::Relaxed);
         }
         // Logged when lists move between the replica and the primary, not on every check.
-        let moved = (*current == State::InUse) != in_use || *current == State::Unchecked;
+        let moved = matches!(*current, State::InUse { .. }) != in_use || *current == State::Unchecked;
         if moved && in_use {
             tracing::info!("the read replica is in use");
         } else if moved {
@@ -265,7 +259,7 @@ impl Watch {
     fn describe(&self, state: &State) -> String {
         match state {
             State::Unchecked => "not checked yet".to_owned(),
-            State::InUse => "in use".to_owned(),
+            State::InUse { .. } => "in use".to_owned(),
             State::Behind { lag } => format!(
                 "{:.1} s behind the primary, more than the {} s allowed",
                 lag.as_secs_f64(),

@@ -495,7 +495,7 @@ impl Drop for TestDatabase {
 pub fn redis_url() -> Option<String> {
     match std::env::var("ORDERLY_TEST_REDIS_URL") {
         Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var("CI").is_ok_and(|ci| ci == "true") => {
+        _ if in_ci() => {
             panic!("CI=true but ORDERLY_TEST_REDIS_URL is not set: the Redis suite must run in CI")
         }
         _ => {
@@ -527,11 +527,10 @@ impl PrivateRedis {
     /// `None`, with the reason printed, when `redis-server` cannot be run outside CI; under
     /// `CI=true` that fails the test.
     pub fn start() -> Option<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut redis = Self { port, server: None };
+        let mut redis = Self { port: free_port(), server: None };
         match redis.spawn() {
             Ok(()) => Some(redis),
-            Err(error) if std::env::var("CI").is_ok_and(|ci| ci == "true") => {
+            Err(error) if in_ci() => {
                 panic!("CI=true but redis-server cannot be started: {error}")
             }
             Err(error) => {
@@ -585,7 +584,7 @@ impl Drop for PrivateRedis {
 fn postgres_url() -> Option<String> {
     match std::env::var("ORDERLY_TEST_DATABASE_URL") {
         Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var("CI").is_ok_and(|ci| ci == "true") => {
+        _ if in_ci() => {
             panic!("CI=true but ORDERLY_TEST_DATABASE_URL is not set: the PostgreSQL suite must run in CI")
         }
         _ => {
@@ -654,7 +653,7 @@ impl ReplicaPair {
             Ok(output) => String::from_utf8_lossy(&output.stderr).into_owned(),
             Err(error) => error.to_string(),
         };
-        if std::env::var("CI").is_ok_and(|ci| ci == "true") {
+        if in_ci() {
             panic!("CI=true but the PostgreSQL replica pair cannot be started: {failure}");
         }
         eprintln!("skipping a read-replica scenario: the PostgreSQL replica pair cannot be started: {failure}");
@@ -761,6 +760,12 @@ async fn set_primary_conninfo(replica: &mut sea_orm::sqlx::PgConnection, conninf
         .await
         .unwrap();
     sea_orm::sqlx::query("SELECT pg_reload_conf()").execute(&mut *replica).await.unwrap();
+}
+
+/// Under `CI=true` a service a suite needs must be there: its absence fails the test
+/// instead of skipping it.
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|ci| ci == "true")
 }
 
 fn free_port() -> u16 {

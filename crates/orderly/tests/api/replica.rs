@@ -8,10 +8,50 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{ReplicaPair, TestApp, eventually, scrape_metrics};
+use crate::helpers::{Credentials, ReplicaPair, TestApp, eventually, scrape_metrics};
 
 /// A bound the paused replica stays within for the length of a scenario.
 const GENEROUS_LAG: &str = "--database-read-max-lag=60s";
+
+/// An app reading lists from a replica pair, with a customer and a product (10 in stock),
+/// once the replica has caught up and is in use.
+struct Shop {
+    // Before the pair: the app stops before its databases do.
+    app: TestApp,
+    customer: Credentials,
+    product_id: String,
+    pair: ReplicaPair,
+}
+
+async fn shop(max_lag: &str) -> Option<Shop> {
+    let pair = ReplicaPair::start()?;
+    let app = TestApp::spawn_on_replica_pair(&pair, &[max_lag]).await;
+    let admin = app.admin().await;
+    let customer = app.customer().await;
+    let product = app.create_product(&admin, json!({"stock": 10})).await;
+    let product_id = product["id"].as_str().unwrap().to_owned();
+    pair.wait_caught_up().await;
+    assert!(eventually(async || replica_readiness(&app).await == "ok").await, "the replica is in use");
+    Some(Shop { app, customer, product_id, pair })
+}
+
+impl Shop {
+    /// The ids on the customer's first page of orders.
+    async fn listed_orders(&self) -> Vec<String> {
+        ids(&json_of(&self.app, "/api/v1/orders", &self.customer.access_token).await)
+    }
+
+    /// Lists the customer's orders `count` times at once; every one must succeed.
+    async fn assert_concurrent_lists_succeed(&self, count: usize) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..count {
+            let request = self.app.client.get(self.app.url("/api/v1/orders")).bearer_auth(&self.customer.access_token);
+            tasks.spawn(async move { request.send().await.unwrap().status() });
+        }
+        let statuses = tasks.join_all().await;
+        assert!(statuses.iter().all(|status| *status == StatusCode::OK), "{statuses:?}");
+    }
+}
 
 async fn json_of(app: &TestApp, path: &str, token: &str) -> Value {
     let response = app.get(path, Some(token)).await;
@@ -36,73 +76,53 @@ async fn replica_gauges(app: &TestApp) -> (f64, f64) {
     (metrics["orderly_db_replica_in_use"], metrics["orderly_db_replica_lag_seconds"])
 }
 
-/// The statuses of `count` concurrent GETs of `path`.
-async fn concurrent_gets(app: &TestApp, path: &str, token: &str, count: usize) -> Vec<StatusCode> {
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..count {
-        let request = app.client.get(app.url(path)).bearer_auth(token);
-        tasks.spawn(async move { request.send().await.unwrap().status() });
-    }
-    tasks.join_all().await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_the_replica_lags_lists_may_miss_new_writes_but_their_own_urls_show_them() {
-    let Some(pair) = ReplicaPair::start() else { return };
-    let app = TestApp::spawn_on_replica_pair(&pair, &[GENEROUS_LAG]).await;
-    let admin = app.admin().await;
-    let customer = app.customer().await;
-    let product = app.create_product(&admin, json!({"stock": 10})).await;
-    let product_id = product["id"].as_str().unwrap().to_owned();
-    pair.wait_caught_up().await;
-    let products = json_of(&app, "/api/v1/products", &customer.access_token).await;
+    let Some(shop) = shop(GENEROUS_LAG).await else { return };
+    let Shop { app, customer, product_id, pair } = &shop;
+    let place = async || {
+        app.request(Method::POST, "/api/v1/orders")
+            .bearer_auth(&customer.access_token)
+            .header("Idempotency-Key", "lagging-order")
+            .json(&json!({"items": [{"product_id": product_id, "quantity": 3}]}))
+            .send()
+            .await
+            .unwrap()
+    };
+    let products = json_of(app, "/api/v1/products", &customer.access_token).await;
     assert_eq!(products["data"][0]["stock"], 10);
 
     pair.pause_replay().await;
-    let placed = app
-        .request(Method::POST, "/api/v1/orders")
-        .bearer_auth(&customer.access_token)
-        .header("Idempotency-Key", "lagging-order")
-        .json(&json!({"items": [{"product_id": product_id, "quantity": 3}]}))
-        .send()
-        .await
-        .unwrap();
+    let placed = place().await;
     assert_eq!(placed.status(), StatusCode::CREATED);
     let location = placed.headers()["location"].to_str().unwrap().to_owned();
     let order: Value = placed.json().await.unwrap();
     let order_id = order["id"].as_str().unwrap().to_owned();
 
     // The order's own URL and the product read from the primary at once ...
-    let read_back = json_of(&app, &location, &customer.access_token).await;
+    let read_back = json_of(app, &location, &customer.access_token).await;
     assert_eq!(read_back["id"], order_id.as_str());
-    assert_eq!(app.stock_of(&product_id).await, 7);
+    assert_eq!(app.stock_of(product_id).await, 7);
     // ... while the lists, read from the replica, are as of the pause.
-    let orders = json_of(&app, "/api/v1/orders", &customer.access_token).await;
-    assert!(ids(&orders).is_empty(), "the list is served by the paused replica: {orders}");
-    let products = json_of(&app, "/api/v1/products", &customer.access_token).await;
+    let orders = shop.listed_orders().await;
+    assert!(orders.is_empty(), "the list is served by the paused replica: {orders:?}");
+    let products = json_of(app, "/api/v1/products", &customer.access_token).await;
     assert_eq!(products["data"][0]["stock"], 10, "the list shows stock as of the pause");
 
     // A retry replays the same order, and writes that read first (cancelling checks the
     // status, returns the stock) see the latest state, not the replica's.
-    let retried = app
-        .request(Method::POST, "/api/v1/orders")
-        .bearer_auth(&customer.access_token)
-        .header("Idempotency-Key", "lagging-order")
-        .json(&json!({"items": [{"product_id": product_id, "quantity": 3}]}))
-        .send()
-        .await
-        .unwrap();
+    let retried = place().await;
     assert_eq!(retried.status(), StatusCode::CREATED);
     assert_eq!(retried.json::<Value>().await.unwrap()["id"], order_id.as_str());
     let cancelled = app.post_json(&format!("{location}/cancel"), Some(&customer.access_token), &json!({})).await;
     assert_eq!(cancelled.status(), StatusCode::OK);
-    assert_eq!(app.stock_of(&product_id).await, 10);
-    assert_eq!(json_of(&app, &location, &customer.access_token).await["status"], "cancelled");
+    assert_eq!(app.stock_of(product_id).await, 10);
+    assert_eq!(json_of(app, &location, &customer.access_token).await["status"], "cancelled");
 
     // Once the replica replays again the lists catch up.
     pair.resume_replay().await;
     let caught_up = eventually(async || {
-        let orders = json_of(&app, "/api/v1/orders", &customer.access_token).await;
+        let orders = json_of(app, "/api/v1/orders", &customer.access_token).await;
         orders["data"][0]["id"] == order_id.as_str() && orders["data"][0]["status"] == "cancelled"
     })
     .await;
@@ -147,98 +167,74 @@ async fn credentials_created_while_the_replica_lags_work_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_read_the_primary_while_the_replica_is_further_behind_than_the_bound() {
-    let Some(pair) = ReplicaPair::start() else { return };
-    let app = TestApp::spawn_on_replica_pair(&pair, &["--database-read-max-lag=1s"]).await;
-    let admin = app.admin().await;
-    let customer = app.customer().await;
-    let product = app.create_product(&admin, json!({})).await;
-    let product_id = product["id"].as_str().unwrap();
-    pair.wait_caught_up().await;
-    assert!(eventually(async || replica_readiness(&app).await == "ok").await, "the replica is in use");
-    assert_eq!(replica_gauges(&app).await.0, 1.0);
+    let Some(shop) = shop("--database-read-max-lag=1s").await else { return };
+    let Shop { app, customer, product_id, pair } = &shop;
+    assert_eq!(replica_gauges(app).await.0, 1.0);
 
     pair.pause_replay().await;
-    let order: Value = app.place_order(&customer, &[(product_id, 1)]).await.json().await.unwrap();
+    let order: Value = app.place_order(customer, &[(product_id, 1)]).await.json().await.unwrap();
     let order_id = order["id"].as_str().unwrap();
     // Replay stays paused: the order shows in the list only because the list now reads the
     // primary, once the replica is more than a second behind.
-    let fresh =
-        eventually(async || ids(&json_of(&app, "/api/v1/orders", &customer.access_token).await) == [order_id]).await;
+    let fresh = eventually(async || shop.listed_orders().await == [order_id]).await;
     assert!(fresh, "a list never lags by more than the bound (plus a check)");
-    let readiness = replica_readiness(&app).await;
+    let readiness = replica_readiness(app).await;
     assert!(readiness.starts_with("degraded: ") && readiness.contains("behind"), "{readiness}");
-    let (in_use, lag) = replica_gauges(&app).await;
+    let (in_use, lag) = replica_gauges(app).await;
     assert_eq!(in_use, 0.0);
     assert!(lag > 1.0, "the lag is reported: {lag}");
 
     pair.resume_replay().await;
-    assert!(eventually(async || replica_readiness(&app).await == "ok").await, "the replica is used again");
-    let (in_use, lag) = replica_gauges(&app).await;
+    assert!(eventually(async || replica_readiness(app).await == "ok").await, "the replica is used again");
+    let (in_use, lag) = replica_gauges(app).await;
     assert_eq!(in_use, 1.0);
     assert!(lag <= 1.0, "{lag}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_cut_off_from_its_primary_is_not_read_once_it_is_further_behind_than_the_bound() {
-    let Some(pair) = ReplicaPair::start() else { return };
-    let app = TestApp::spawn_on_replica_pair(&pair, &["--database-read-max-lag=1s"]).await;
-    let admin = app.admin().await;
-    let customer = app.customer().await;
-    let product = app.create_product(&admin, json!({})).await;
-    let product_id = product["id"].as_str().unwrap();
-    pair.wait_caught_up().await;
-    assert!(eventually(async || replica_readiness(&app).await == "ok").await, "the replica is in use");
+    let Some(shop) = shop("--database-read-max-lag=1s").await else { return };
+    let Shop { app, customer, product_id, pair } = &shop;
 
     // Cut off, the replica has replayed all it received: only the primary knows it is behind.
     let source = pair.disconnect_replica().await;
-    let order: Value = app.place_order(&customer, &[(product_id, 1)]).await.json().await.unwrap();
+    let order: Value = app.place_order(customer, &[(product_id, 1)]).await.json().await.unwrap();
     let order_id = order["id"].as_str().unwrap();
-    let fresh =
-        eventually(async || ids(&json_of(&app, "/api/v1/orders", &customer.access_token).await) == [order_id]).await;
+    let fresh = eventually(async || shop.listed_orders().await == [order_id]).await;
     assert!(fresh, "a list never lags by more than the bound, however the replica falls behind");
-    let readiness = replica_readiness(&app).await;
+    let readiness = replica_readiness(app).await;
     assert!(readiness.contains("behind"), "{readiness}");
 
     pair.reconnect_replica(&source).await;
-    assert!(eventually(async || replica_readiness(&app).await == "ok").await, "the replica is used again");
+    assert!(eventually(async || replica_readiness(app).await == "ok").await, "the replica is used again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_read_the_primary_while_the_replica_is_down_and_the_replica_again_once_it_is_back() {
-    let Some(pair) = ReplicaPair::start() else { return };
-    let app = TestApp::spawn_on_replica_pair(&pair, &[GENEROUS_LAG]).await;
-    let admin = app.admin().await;
-    let customer = app.customer().await;
-    let product = app.create_product(&admin, json!({})).await;
-    let product_id = product["id"].as_str().unwrap();
-    pair.wait_caught_up().await;
+    let Some(shop) = shop(GENEROUS_LAG).await else { return };
+    let Shop { app, customer, product_id, pair } = &shop;
     // Several pooled replica connections, which the crash below leaves dead.
-    let statuses = concurrent_gets(&app, "/api/v1/orders", &customer.access_token, 8).await;
-    assert!(statuses.iter().all(|status| *status == StatusCode::OK), "{statuses:?}");
+    shop.assert_concurrent_lists_succeed(8).await;
 
     pair.kill_replica();
-    let noticed = eventually(async || replica_readiness(&app).await.starts_with("degraded: ")).await;
+    let noticed = eventually(async || replica_readiness(app).await.starts_with("degraded: ")).await;
     assert!(noticed, "the watch notices the replica is down");
-    assert_eq!(replica_gauges(&app).await.0, 0.0);
-    let first: Value = app.place_order(&customer, &[(product_id, 1)]).await.json().await.unwrap();
-    let first_id = first["id"].as_str().unwrap().to_owned();
-    let orders = json_of(&app, "/api/v1/orders", &customer.access_token).await;
-    assert_eq!(ids(&orders), [first_id.as_str()], "lists are served by the primary while the replica is down");
-    let statuses = concurrent_gets(&app, "/api/v1/orders", &customer.access_token, 16).await;
-    assert!(statuses.iter().all(|status| *status == StatusCode::OK), "{statuses:?}");
+    assert_eq!(replica_gauges(app).await.0, 0.0);
+    let first: Value = app.place_order(customer, &[(product_id, 1)]).await.json().await.unwrap();
+    let first_id = first["id"].as_str().unwrap();
+    assert_eq!(shop.listed_orders().await, [first_id], "lists are served by the primary while the replica is down");
+    shop.assert_concurrent_lists_succeed(16).await;
 
     pair.restart_replica();
-    assert!(eventually(async || replica_readiness(&app).await == "ok").await, "the replica is used again");
+    assert!(eventually(async || replica_readiness(app).await == "ok").await, "the replica is used again");
     // Connections opened before the crash are not handed out again.
     for _ in 0..3 {
-        let statuses = concurrent_gets(&app, "/api/v1/orders", &customer.access_token, 8).await;
-        assert!(statuses.iter().all(|status| *status == StatusCode::OK), "{statuses:?}");
+        shop.assert_concurrent_lists_succeed(8).await;
     }
     // And it is the replica that serves them: held back, it misses a new order.
     pair.wait_caught_up().await;
     pair.pause_replay().await;
-    assert_eq!(app.place_order(&customer, &[(product_id, 1)]).await.status(), StatusCode::CREATED);
-    let orders = json_of(&app, "/api/v1/orders", &customer.access_token).await;
-    assert_eq!(ids(&orders), [first_id.as_str()], "the list is served by the replica again");
+    assert_eq!(app.place_order(customer, &[(product_id, 1)]).await.status(), StatusCode::CREATED);
+    assert_eq!(shop.listed_orders().await, [first_id], "the list is served by the replica again");
     pair.resume_replay().await;
 }
