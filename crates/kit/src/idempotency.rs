@@ -7,8 +7,8 @@
 //! with the same key and the same body. The same key with another body is 422
 //! `idempotency_key_reused`; while the first request still runs, 409
 //! `idempotency_request_in_progress` with `Retry-After`. Responses to requests rejected before
-//! running (400, 401, 403, 405, 412, 413, 415, 422, 429) and 5xx results are not kept, so the
-//! client may fix the request or retry it.
+//! running (400, 401, 403, 405, 412, 413, 415, 422, 429), 5xx results and any response with
+//! `Retry-After` are not kept, so the client may fix the request or retry it.
 //!
 //! Records live behind [`IdempotencyStore`], shared by every instance. Stored responses are
 //! sealed (AES-256-GCM): they may hold secrets shown once, such as a new API key.
@@ -200,7 +200,7 @@ pub async fn run<S: IdempotencyStore>(
         }
     };
     // Settle the key before answering, so a retry that follows this response sees it settled.
-    let settled = if is_kept(parts.status) {
+    let settled = if is_kept(parts.status, &parts.headers) {
         let stored = StoredResponse {
             status: parts.status.as_u16(),
             location: header_string(&parts.headers, header::LOCATION),
@@ -220,9 +220,13 @@ pub async fn run<S: IdempotencyStore>(
 }
 
 /// Whether a response is the outcome of running the request (kept) or a rejection before or
-/// instead of running it (not kept, so the client may retry).
-fn is_kept(status: StatusCode) -> bool {
-    !(status.is_server_error() || matches!(status.as_u16(), 400 | 401 | 403 | 405 | 408 | 412 | 413 | 415 | 422 | 429))
+/// instead of running it (not kept, so the client may retry). A response with `Retry-After`
+/// asks for the same request again later (a 409 while other work holds the resource, say), so
+/// it is not an outcome either.
+fn is_kept(status: StatusCode, headers: &http::HeaderMap) -> bool {
+    !(status.is_server_error()
+        || matches!(status.as_u16(), 400 | 401 | 403 | 405 | 408 | 412 | 413 | 415 | 422 | 429)
+        || headers.contains_key(header::RETRY_AFTER))
 }
 
 fn replay(sealer: &Sealer, sealed: &[u8]) -> Response {
@@ -359,12 +363,16 @@ mod tests {
     }
 
     #[test]
-    fn rejections_and_server_errors_are_not_kept() {
+    fn rejections_server_errors_and_answers_to_retry_later_are_not_kept() {
+        let none = http::HeaderMap::new();
         for status in [400, 401, 403, 412, 413, 415, 422, 429, 500, 503] {
-            assert!(!is_kept(StatusCode::from_u16(status).unwrap()), "{status}");
+            assert!(!is_kept(StatusCode::from_u16(status).unwrap(), &none), "{status}");
         }
         for status in [200, 201, 202, 204, 402, 404, 409] {
-            assert!(is_kept(StatusCode::from_u16(status).unwrap()), "{status}");
+            assert!(is_kept(StatusCode::from_u16(status).unwrap(), &none), "{status}");
         }
+        let mut retry_later = http::HeaderMap::new();
+        retry_later.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        assert!(!is_kept(StatusCode::CONFLICT, &retry_later));
     }
 }

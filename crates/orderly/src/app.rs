@@ -55,6 +55,8 @@ pub struct App {
     pub products: crate::catalog::cache::ProductCache,
     /// The payment provider, behind retries, a circuit breaker and a bulkhead.
     pub payments: payments::provider::PaymentGateway,
+    /// How long after it was made an unsettled provider call is reconciled.
+    pub payment_settle_after: Duration,
     /// `GET /stats` figures, recomputed at most once per TTL.
     pub stats: reports::stats::StatsCache,
     /// Renders `/metrics`.
@@ -82,7 +84,6 @@ pub struct Application {
     state: AppState,
     shutdown_grace: Duration,
     shutdown_drain_delay: Duration,
-    payment_settle_after: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +136,7 @@ impl Application {
             products: product_cache(config.http.catalog_cache_ttl, embedded, redis.as_ref()),
             payments: payments::provider::PaymentGateway::new(&config.payments)
                 .map_err(|error| ConfigError::new("ORDERLY_PAYMENT_PROVIDER_URL", error.to_string()))?,
+            payment_settle_after: config.payments.payment_settle_after,
             stats: reports::stats::StatsCache::new(config.http.stats_cache_ttl, redis.clone()),
             metrics,
             limiter: Limiter::new(crate::limits::policies(&config.limits), redis.clone()),
@@ -151,7 +153,6 @@ impl Application {
             state,
             shutdown_grace: config.http.shutdown_grace,
             shutdown_drain_delay: config.http.shutdown_drain_delay,
-            payment_settle_after: config.payments.payment_settle_after,
         })
     }
 
@@ -174,13 +175,13 @@ impl Application {
         let mut server = tokio::spawn(server.into_future());
         let sweeper = tokio::spawn(crate::idempotency::sweep_forever(self.state.idempotency.clone(), SWEEP_INTERVAL));
         let metrics_upkeep = tokio::spawn(metrics_upkeep(self.state.metrics.clone()));
-        let settler = tokio::spawn(payments::service::settle_unknown_charges_forever(
+        let reconciler = tokio::spawn(payments::reconciler::reconcile_forever(
             self.state.clone(),
-            self.payment_settle_after,
+            self.state.payment_settle_after,
         ));
         let limiter_upkeep = tokio::spawn(limiter_upkeep(self.state.clone()));
         let replica_watch = tokio::spawn(self.state.db.clone().watch_replica());
-        let background = [sweeper, metrics_upkeep, settler, limiter_upkeep, replica_watch];
+        let background = [sweeper, metrics_upkeep, reconciler, limiter_upkeep, replica_watch];
         tokio::select! {
             result = &mut server => {
                 background.iter().for_each(tokio::task::JoinHandle::abort);

@@ -53,7 +53,16 @@ impl IntoResponse for AppError {
 fn is_unavailable(error: &DbErr) -> bool {
     matches!(error, DbErr::ConnectionAcquire(_) | DbErr::Conn(_))
         || matches!(error, DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e)) | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e))
-            if matches!(e, sea_orm::sqlx::Error::PoolTimedOut | sea_orm::sqlx::Error::Io(_) | sea_orm::sqlx::Error::PoolClosed))
+            if matches!(e, sea_orm::sqlx::Error::PoolTimedOut | sea_orm::sqlx::Error::Io(_) | sea_orm::sqlx::Error::PoolClosed)
+                || is_locked_out(e))
+}
+
+/// SQLite's `SQLITE_BUSY`: another process held the database past the busy timeout, as an
+/// outage would; PostgreSQL's connection and shutdown errors (class 08, 57P): the server is
+/// going away or restarting.
+fn is_locked_out(error: &sea_orm::sqlx::Error) -> bool {
+    let sea_orm::sqlx::Error::Database(error) = error else { return false };
+    error.code().is_some_and(|code| code == "5" || code.starts_with("08") || code.starts_with("57P"))
 }
 
 fn is_pool_timeout(error: &DbErr) -> bool {

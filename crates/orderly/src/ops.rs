@@ -194,6 +194,18 @@ pub fn describe_metrics() {
         "orderly_payment_circuit_state",
         "1 for the payment provider circuit's present state (closed, open, half_open), 0 for the others."
     );
+    metrics::describe_gauge!(
+        "orderly_payment_attempts_unsettled",
+        "Provider calls written ahead whose outcome is not recorded yet, by kind (charge, refund, reversal)."
+    );
+    metrics::describe_gauge!(
+        "orderly_payment_attempt_oldest_unsettled_seconds",
+        "Age of the oldest unsettled provider call; 0 when there is none."
+    );
+    metrics::describe_counter!(
+        "orderly_payment_attempts_reconciled_total",
+        "Provider calls settled by the reconciler, by kind and outcome (succeeded, declined, reversed, not_made)."
+    );
 }
 
 /// The public keys that verify access tokens (RFC 7517), selected by the token's `kid`.

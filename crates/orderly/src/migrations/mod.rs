@@ -11,6 +11,7 @@ mod m0005_order_items_inline;
 mod m0006_payments;
 mod m0007_unsettled_charges;
 mod m0008_order_idempotency_claims;
+mod m0009_payment_attempts;
 
 pub struct Migrator;
 
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0006_payments::Migration),
             Box::new(m0007_unsettled_charges::Migration),
             Box::new(m0008_order_idempotency_claims::Migration),
+            Box::new(m0009_payment_attempts::Migration),
         ]
     }
 }

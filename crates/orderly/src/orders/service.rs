@@ -149,7 +149,8 @@ fn mixed_currencies() -> Problem {
 }
 
 /// Cancels a pending order and returns its stock. Cancelling a cancelled order returns it
-/// unchanged; any other state is 409 `invalid_state`.
+/// unchanged; any other state is 409 `invalid_state`; while a charge of the order is unsettled,
+/// 409 `payment_in_progress`.
 pub async fn cancel_order(app: &App, caller: Principal, id: Uuid) -> Result<Order, AppError> {
     let owner = caller.owner_scope();
     let transaction = app.db.write().begin().await?;
@@ -164,6 +165,10 @@ pub async fn cancel_order(app: &App, caller: Principal, id: Uuid) -> Result<Orde
             )
             .into());
         }
+    }
+    // Cancelling and paying exclude each other: the stock goes back only with the money.
+    if let Some(refusal) = crate::payments::service::charge_in_flight(app, &transaction, order.id).await? {
+        return Err(refusal);
     }
     let mut items = order.item_list()?;
     // In id order, the order stock is taken in.

@@ -44,9 +44,6 @@ pub mod order {
         pub updated_at: DateTimeUtc,
         /// JSON array of [`crate::orders::domain::OrderItem`], in the order requested.
         pub items: String,
-        /// The payment attempt in flight, if any, and until when it holds the order.
-        pub payment_attempt: Option<Uuid>,
-        pub payment_attempt_until: Option<DateTimeUtc>,
         /// The idempotency claim of the request that placed it, if it had a key.
         pub idempotency_claim: Option<String>,
     }
@@ -69,8 +66,6 @@ pub struct Order {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub items: Box<RawValue>,
-    pub payment_attempt: Option<Uuid>,
-    pub payment_attempt_until: Option<DateTime<Utc>>,
 }
 
 impl Order {
@@ -96,8 +91,6 @@ impl TryFrom<order::Model> for Order {
             created_at: row.created_at,
             updated_at: row.updated_at,
             items,
-            payment_attempt: row.payment_attempt,
-            payment_attempt_until: row.payment_attempt_until,
         })
     }
 }
@@ -145,8 +138,7 @@ pub async fn return_stock(db: &impl ConnectionTrait, product_id: Uuid, quantity:
         .map(drop)
 }
 
-/// Inserts a pending order with its items (in the order given).
-/// Inserts an order; a second order under the same idempotency claim is a unique violation.
+/// Inserts a pending order with its items (in the order given); a second order under the same idempotency claim is a unique violation.
 pub async fn insert_order(
     db: &impl ConnectionTrait,
     user_id: Uuid,
@@ -165,8 +157,6 @@ pub async fn insert_order(
         created_at: now,
         updated_at: now,
         items: serde_json::to_string(items).expect("items serialize"),
-        payment_attempt: None,
-        payment_attempt_until: None,
         idempotency_claim: claim.map(str::to_owned),
     };
     order::Entity::insert(order::ActiveModel::from(row.clone())).exec_without_returning(db).await?;
@@ -228,39 +218,6 @@ pub async fn set_status(db: &impl ConnectionTrait, current: &Order, status: Orde
         return Err(DbErr::RecordNotUpdated);
     }
     Ok(Order { status: status.as_str().to_owned(), version: current.version + 1, updated_at, ..current.clone() })
-}
-
-/// Whether a payment attempt holds the order at `now`.
-pub fn payment_in_flight(order: &Order, now: DateTime<Utc>) -> bool {
-    order.payment_attempt.is_some() && order.payment_attempt_until.is_some_and(|until| until > now)
-}
-
-/// Marks `attempt` as the payment in flight on an order read under lock in this transaction.
-pub async fn start_payment_attempt(
-    db: &impl ConnectionTrait,
-    order_id: Uuid,
-    attempt: Uuid,
-    until: DateTime<Utc>,
-) -> Result<(), DbErr> {
-    order::Entity::update_many()
-        .col_expr(order::Column::PaymentAttempt, Expr::value(attempt))
-        .col_expr(order::Column::PaymentAttemptUntil, Expr::value(until))
-        .filter(order::Column::Id.eq(order_id))
-        .exec(db)
-        .await
-        .map(drop)
-}
-
-/// Clears the in-flight mark if it is still `attempt`'s (a lapsed mark may have been taken).
-pub async fn end_payment_attempt(db: &impl ConnectionTrait, order_id: Uuid, attempt: Uuid) -> Result<(), DbErr> {
-    order::Entity::update_many()
-        .col_expr(order::Column::PaymentAttempt, Expr::value(Option::<Uuid>::None))
-        .col_expr(order::Column::PaymentAttemptUntil, Expr::value(Option::<DateTime<Utc>>::None))
-        .filter(order::Column::Id.eq(order_id))
-        .filter(order::Column::PaymentAttempt.eq(attempt))
-        .exec(db)
-        .await
-        .map(drop)
 }
 
 /// How many orders are in each status (statuses without orders are absent).

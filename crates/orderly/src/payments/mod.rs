@@ -1,11 +1,13 @@
 //! Payments: charging an order through the payment provider, refunds, and the ledger.
 //!
-//! Owns the `payments`, `refunds` and `transactions` (ledger) tables. Money moves exactly once:
-//! each request's `Idempotency-Key` (required here) is forwarded to the provider on every
-//! attempt, and what the provider did is recorded in one transaction with its ledger row and
-//! the order's new status.
+//! Owns the `payments`, `refunds`, `transactions` (ledger) and `payment_attempts` tables. Money
+//! moves exactly once: every provider call is written ahead as an attempt and carries a key the
+//! provider deduplicates on; what the provider did is recorded in one transaction with its
+//! ledger row and the order's new status, by the request or, if it cannot, by the reconciler.
 
+pub mod attempts;
 pub mod provider;
+pub mod reconciler;
 mod routes;
 pub mod service;
 pub mod store;

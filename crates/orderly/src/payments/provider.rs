@@ -15,6 +15,8 @@
 //! - `GET {url}/charges?idempotency_key={key}` → 2xx `{id}` for the charge made under that key,
 //!   402 `{code}` if it was declined, 404 if there is none: how an unknown outcome is settled
 //!   without charging.
+//! - `GET {url}/refunds?idempotency_key={key}` → 2xx `{id}` for the refund made under that key,
+//!   404 if there is none.
 //!
 //! Metrics: `orderly_payment_provider_calls_total{operation, outcome}` counts every attempt
 //! (`ok`, `failed`, `timeout`) and every refusal (`circuit_open`, `bulkhead_full`);
@@ -135,6 +137,12 @@ impl PaymentGateway {
         self.call("refund", || self.provider.refund(request)).await
     }
 
+    /// The provider's id of the refund made under `key`, without refunding: `None` if the
+    /// provider has no refund under that key.
+    pub async fn find_refund(&self, key: &str) -> Result<Option<String>, Unavailable> {
+        self.call("lookup", || self.provider.find_refund(key)).await
+    }
+
     async fn call<T, F, Fut>(&self, operation: &'static str, call: F) -> Result<T, Unavailable>
     where
         F: Fn() -> Fut,
@@ -226,6 +234,13 @@ impl Provider {
             Self::Http(http) => http.refund(request).await,
         }
     }
+
+    async fn find_refund(&self, key: &str) -> Result<Option<String>, Retryable> {
+        match self {
+            Self::Sandbox(sandbox) => sandbox.find_refund(key).await,
+            Self::Http(http) => http.find_refund(key).await,
+        }
+    }
 }
 
 /// In-process provider for development and tests: `pm_card_visa` succeeds, anything else is
@@ -271,6 +286,11 @@ impl Sandbox {
         self.arrive().await?;
         Ok(self.refunds.get_with(request.key.clone(), || format!("re_sandbox_{}", Uuid::now_v7().simple())))
     }
+
+    async fn find_refund(&self, key: &str) -> Result<Option<String>, Retryable> {
+        self.arrive().await?;
+        Ok(self.refunds.get(key))
+    }
 }
 
 /// Outcomes by idempotency key, for a day.
@@ -282,6 +302,11 @@ struct HttpProvider {
     client: reqwest::Client,
     charges_url: String,
     refunds_url: String,
+}
+
+/// Keys are ours (letters, digits and dashes), safe in a query as they are.
+fn by_key(url: &str, key: &str) -> String {
+    format!("{url}?idempotency_key={key}")
 }
 
 #[derive(Deserialize)]
@@ -326,9 +351,7 @@ impl HttpProvider {
     }
 
     async fn find_charge(&self, key: &str) -> Result<Option<ChargeOutcome>, Retryable> {
-        // Keys are ours: letters, digits and dashes, safe in a query as they are.
-        let url = format!("{}?idempotency_key={key}", self.charges_url);
-        let response = self.send(self.client.get(url)).await?;
+        let response = self.send(self.client.get(by_key(&self.charges_url, key))).await?;
         if response.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -342,6 +365,18 @@ impl HttpProvider {
         }
         let created: Created = response.json().await.map_err(|_| Retryable("unreadable answer"))?;
         Ok(created.id)
+    }
+
+    async fn find_refund(&self, key: &str) -> Result<Option<String>, Retryable> {
+        let response = self.send(self.client.get(by_key(&self.refunds_url, key))).await?;
+        match response.status().as_u16() {
+            404 => Ok(None),
+            200..=299 => {
+                let created: Created = response.json().await.map_err(|_| Retryable("unreadable answer"))?;
+                Ok(Some(created.id))
+            }
+            _ => Err(Retryable("unexpected answer")),
+        }
     }
 }
 

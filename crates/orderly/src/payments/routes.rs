@@ -203,11 +203,13 @@ async fn pay_order(
     State(app): State<AppState>,
     principal: Principal,
     Id(order_id): Id,
+    claim: Option<Extension<Claim>>,
     JsonBody(mut body): JsonBody,
 ) -> ApiResult {
     let method = body.required("payment_method", payment_method);
     let (method,) = body.finish((method,))?;
-    let payment = service::pay(app, principal, order_id, method).await?;
+    let claim = claimed(claim)?;
+    let payment = service::pay(app, principal, order_id, method, claim).await?;
     Ok(created(format!("/api/v1/payments/{}", payment.id), &payment_value(&payment), payment.updated_at))
 }
 

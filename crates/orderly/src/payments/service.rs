@@ -1,17 +1,25 @@
-//! Money movement: charging an order and refunding a payment, exactly once.
+//! Money movement: charging an order and refunding a payment, exactly once, through crashes,
+//! outages and races.
 //!
-//! Neither holds a database transaction or lock while the provider is called. Instead a short
-//! transaction marks the attempt in flight on the order (or payment), which makes a concurrent
-//! attempt answer 409 until this one ends; the mark lapses by itself if the process dies. The
-//! outcome is then recorded in a second transaction: the payment or refund, its ledger row
-//! and the order's new status together. The provider call and the recording run in a task of
-//! their own, so a client that hangs up cannot leave a charge made but unrecorded.
+//! Every provider call is written ahead ([`super::attempts`]): a short transaction commits the
+//! attempt (order or payment, provider key, amount) before the call goes out, and no database
+//! lock is held while the provider is called. The outcome is then recorded in one transaction:
+//! the payment or refund, its ledger row, the order's new status, and the attempt settled. When
+//! that never happens (the process died, the database was down, the provider never answered),
+//! the reconciler ([`super::reconciler`]) asks the provider what happened under the attempt's
+//! key and records it. The call and the recording run in a task of their own, so a client that
+//! hangs up cannot leave a charge made but unrecorded.
 //!
-//! A charge whose outcome is unknown (the provider timed out, or the process died) is found
-//! again by the next attempt to pay the order: the provider's idempotency key is derived from
-//! the order and its declines so far ([`charge_key`]), not from the client's
-//! `Idempotency-Key`, so even a retry under a new key cannot charge an order twice. If nobody
-//! retries, [`settle_unknown_charges`] looks the charge up at the provider and records it.
+//! What keeps money right:
+//! - An unsettled charge attempt holds its order: a second payment waits for it (409
+//!   `payment_in_progress`), and so does a cancel, so cancelling and paying cannot both win.
+//! - A charge's provider key comes from the order and its declines so far ([`charge_key`]), not
+//!   from the client's `Idempotency-Key`: every attempt to pay an order, under any key, finds
+//!   the charge an earlier one may have made instead of making another.
+//! - A recorded outcome is found again: by provider key (each call's outcome is recorded once)
+//!   and by idempotency claim (a retried request answers what its first run did).
+//! - A charge that lands on an order that can no longer be paid is recorded and given back
+//!   (a reversal, itself written ahead), never kept.
 
 use std::time::Duration;
 
@@ -22,47 +30,79 @@ use sea_orm::TransactionTrait;
 use uuid::Uuid;
 
 use crate::accounts::auth::Principal;
-use crate::app::AppState;
+use crate::app::{App, AppState};
 use crate::db::now;
 use crate::error::AppError;
 use crate::orders::domain::OrderStatus;
 use crate::orders::store as orders;
 
+use super::attempts::{self, Attempt, Kind, NewAttempt, Outcome, Settlement};
 use super::provider::{ChargeOutcome, ChargeRequest, RefundRequest, Unavailable};
-use super::store::{self, NewPayment, Payment, Refund, UnsettledCharge};
+use super::store::{self, NewPayment, Payment, Refund};
 
-/// Charges an order's total.
+/// Charges an order's total. `claim` is the request's idempotency claim.
 pub async fn pay(
     app: AppState,
     caller: Principal,
     order_id: Uuid,
     payment_method: String,
+    claim: String,
 ) -> Result<Payment, AppError> {
-    let owner = caller.owner_scope();
-    let attempt = Uuid::now_v7();
     let transaction = app.db.write().begin().await?;
-    let order = orders::lock_order(&transaction, order_id, owner).await?.ok_or_else(Problem::not_found)?;
+    let order =
+        orders::lock_order(&transaction, order_id, caller.owner_scope()).await?.ok_or_else(Problem::not_found)?;
+    if let Some(earlier) = attempts::settled_for_claim(&transaction, &claim, Kind::Charge, claim_horizon(&app)).await?
+        && let Some(outcome) = earlier.outcome().filter(|outcome| *outcome != Outcome::NotMade)
+    {
+        // A retry of a request whose charge was recorded, by its first run or anyone else.
+        let payment = recorded_payment(&transaction, earlier.payment_id).await?;
+        return charge_answer(outcome, payment);
+    }
     if order.status != OrderStatus::Pending.as_str() {
         return Err(invalid_state(format!("Only pending orders can be paid; this one is {}.", order.status)));
     }
-    if orders::payment_in_flight(&order, now()) {
-        return Err(in_progress("A payment for this order is already being processed; retry shortly."));
+    let unsettled = attempts::unsettled_charges(&transaction, order.id).await?;
+    if unsettled.iter().any(|attempt| attempt.is_held(now())) {
+        return Err(in_progress("A payment for this order is already being processed; retry shortly.", 1));
     }
-    let declines = store::count_declined(&transaction, order.id).await?;
-    orders::start_payment_attempt(&transaction, order.id, attempt, hold_until(&app)).await?;
+    // A lapsed attempt's outcome is unknown: take it over under its key, so that whatever it
+    // did at the provider is found rather than done again.
+    let provider_key = match unsettled.first() {
+        Some(lapsed) => lapsed.provider_key.clone(),
+        None => charge_key(order.id, store::count_declined(&transaction, order.id).await?),
+    };
+    let attempt = attempts::insert(
+        &transaction,
+        NewAttempt {
+            kind: Kind::Charge,
+            order_id: order.id,
+            payment_id: None,
+            user_id: order.user_id,
+            provider_key,
+            charge_reference: None,
+            amount: order.total,
+            currency: order.currency.clone(),
+            idempotency_claim: Some(claim),
+            hold_until: hold_until(&app),
+        },
+    )
+    .await?;
     transaction.commit().await?;
 
     let request = ChargeRequest {
-        key: charge_key(order.id, declines),
-        amount: order.total,
-        currency: order.currency.clone(),
+        key: attempt.provider_key.clone(),
+        amount: attempt.amount,
+        currency: attempt.currency.clone(),
         payment_method,
         reference: order.id,
     };
-    let owner_id = order.user_id;
     let task = tokio::spawn(async move {
-        let outcome = app.payments.charge(&request).await;
-        record_charge(&app, owner_id, &request, attempt, outcome).await
+        let outcome = match app.payments.charge(&request).await {
+            Ok(outcome) => outcome,
+            Err(unavailable) => return Err(call_failed(&app, &attempt, &unavailable).await),
+        };
+        let (outcome, payment) = record_charge(&app, &attempt, Some(outcome)).await?;
+        charge_answer(outcome, payment)
     });
     task.await.map_err(|_| AppError::internal("the payment task panicked"))?
 }
@@ -76,165 +116,185 @@ fn charge_key(order_id: Uuid, declines: u64) -> String {
     format!("orderly-charge-{order_id}-{declines}")
 }
 
-async fn record_charge(
-    app: &AppState,
-    user_id: Uuid,
-    request: &ChargeRequest,
-    attempt: Uuid,
-    outcome: Result<ChargeOutcome, Unavailable>,
-) -> Result<Payment, AppError> {
-    let outcome = match outcome {
-        Ok(ChargeOutcome::Succeeded { reference }) => Ok(reference),
-        Ok(ChargeOutcome::Declined { code }) => Err(code),
-        Err(unavailable) => {
-            let transaction = app.db.write().begin().await?;
-            if unavailable.reached {
-                // The provider may have charged: remember to find out, should nobody retry.
-                let unsettled = UnsettledCharge {
-                    order_id: request.reference,
-                    user_id,
-                    provider_key: request.key.clone(),
-                    amount: request.amount,
-                    currency: request.currency.clone(),
-                    created_at: now(),
-                };
-                store::remember_unsettled(&transaction, unsettled).await?;
-            }
-            orders::end_payment_attempt(&transaction, request.reference, attempt).await?;
-            transaction.commit().await?;
-            return Err(provider_unavailable(&unavailable));
+/// The provider's idempotency key for giving back a charge that landed on an order that could
+/// no longer be paid.
+fn reversal_key(payment_id: Uuid) -> String {
+    format!("orderly-reversal-{payment_id}")
+}
+
+/// What a charge request answers once its outcome is recorded.
+fn charge_answer(outcome: Outcome, payment: Option<Payment>) -> Result<Payment, AppError> {
+    match (outcome, payment) {
+        (Outcome::Succeeded, Some(payment)) => Ok(payment),
+        (Outcome::Declined, _) => {
+            Err(Problem::new(StatusCode::PAYMENT_REQUIRED, "card_declined", "The payment method was declined.").into())
         }
-    };
-    let transaction = app.db.write().begin().await?;
-    let order = orders::lock_order(&transaction, request.reference, None).await?.ok_or_else(Problem::not_found)?;
-    store::forget_unsettled(&transaction, order.id, None).await?;
-    let succeeded = outcome.is_ok();
-    let payment = store::insert_payment(
-        &transaction,
-        NewPayment {
-            order_id: request.reference,
-            user_id,
-            amount: request.amount,
-            currency: request.currency.clone(),
-            outcome,
-        },
-    )
-    .await?;
-    if succeeded {
-        if order.payment_attempt != Some(attempt) || order.status != OrderStatus::Pending.as_str() {
-            // Only if this attempt outlived its mark: the money moved, so it is recorded, but
-            // the order may already have been settled by another attempt.
-            tracing::error!(order_id = %order.id, payment_id = %payment.id, "a charge completed after its attempt lapsed");
-        }
-        if order.status == OrderStatus::Pending.as_str() {
-            orders::set_status(&transaction, &order, OrderStatus::Paid).await?;
-        }
+        (Outcome::Reversed, _) => Err(invalid_state(
+            "The order could no longer be paid when the charge went through (it was cancelled or paid meanwhile); \
+             the charge is being refunded."
+                .into(),
+        )),
+        _ => Err(AppError::internal("a recorded charge has no payment")),
     }
-    orders::end_payment_attempt(&transaction, request.reference, attempt).await?;
-    transaction.commit().await?;
-    if succeeded {
-        Ok(payment)
+}
+
+async fn recorded_payment(
+    db: &impl sea_orm::ConnectionTrait,
+    payment_id: Option<Uuid>,
+) -> Result<Option<Payment>, AppError> {
+    match payment_id {
+        Some(id) => Ok(store::find_payment(db, id, None).await?),
+        None => Ok(None),
+    }
+}
+
+/// A provider call failed. If it never went out, nothing happened there and the attempt is
+/// settled as such (a reversal stays due: it is owed). Otherwise the outcome is unknown: the
+/// hold ends, so a retry may take the attempt over at once, and the reconciler finds out if
+/// nobody does.
+async fn call_failed(app: &App, attempt: &Attempt, unavailable: &Unavailable) -> AppError {
+    let settled = if unavailable.reached || attempt.kind() == Some(Kind::Reversal) {
+        attempts::release(app.db.write(), attempt.id).await
     } else {
-        Err(Problem::new(StatusCode::PAYMENT_REQUIRED, "card_declined", "The payment method was declined.").into())
+        attempts::settle_unsent(app.db.write(), attempt.id).await
+    };
+    if let Err(error) = settled {
+        // The attempt stays held until its hold lapses; then the reconciler settles it.
+        tracing::warn!(%error, attempt_id = %attempt.id, "could not release a payment attempt");
     }
+    provider_unavailable(unavailable)
 }
 
-/// Settles, every so often, the charges whose outcome was left unknown at least `after` ago.
-pub async fn settle_unknown_charges_forever(app: AppState, after: Duration) {
-    let mut interval = tokio::time::interval((after / 4).clamp(Duration::from_millis(100), Duration::from_secs(15)));
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        interval.tick().await;
-        if let Err(error) = settle_unknown_charges(&app, after).await {
-            tracing::warn!(%error, "settling unknown charges failed; trying again later");
-        }
-    }
-}
-
-/// Settles charges whose outcome was left unknown (the provider timed out or failed mid-call)
-/// at least `after` ago and that no later attempt has settled: asks the provider what
-/// happened under their key, which never charges, and records it. A charge that was made is
-/// recorded and the order paid; a decline is recorded; nothing is recorded when the provider
-/// has no charge. `after` leaves the client time to retry first.
-pub async fn settle_unknown_charges(app: &AppState, after: Duration) -> Result<(), AppError> {
-    let before = now() - chrono::TimeDelta::from_std(after).unwrap_or(chrono::TimeDelta::MAX);
-    for charge in store::unsettled_since(app.db.write(), before, 100).await? {
-        let outcome = match app.payments.find_charge(&charge.provider_key).await {
-            Ok(outcome) => outcome,
-            Err(unavailable) => {
-                tracing::warn!(
-                    reason = unavailable.reason,
-                    "cannot settle unknown charges: the payment provider is unavailable"
-                );
-                return Ok(());
-            }
-        };
-        settle_charge(app, &charge, outcome).await?;
-    }
-    Ok(())
-}
-
-async fn settle_charge(
+/// Records what a charge did at the provider (`None`: nothing, as a lookup found), once for
+/// every attempt under its key, and settles them. A charge that succeeded on an order that is
+/// no longer pending is recorded and reversed. Returns how the attempts were settled, with the
+/// payment recorded, if any.
+pub(super) async fn record_charge(
     app: &AppState,
-    charge: &UnsettledCharge,
+    charge: &Attempt,
     outcome: Option<ChargeOutcome>,
-) -> Result<(), AppError> {
+) -> Result<(Outcome, Option<Payment>), AppError> {
     let transaction = app.db.write().begin().await?;
-    let Some(order) = orders::lock_order(&transaction, charge.order_id, None).await? else {
-        return Ok(());
+    let order = orders::lock_order(&transaction, charge.order_id, None)
+        .await?
+        .ok_or_else(|| AppError::internal("a payment attempt's order is gone"))?;
+    let settlement = |outcome, payment_id| Settlement {
+        order_id: order.id,
+        provider_key: &charge.provider_key,
+        outcome,
+        payment_id,
+        refund_id: None,
     };
-    // An attempt in flight uses the same key and settles the charge itself; another instance
-    // may have settled it already.
-    if orders::payment_in_flight(&order, now())
-        || !store::forget_unsettled(&transaction, order.id, Some(&charge.provider_key)).await?
+    if let Some(recorded) = attempts::recorded_under_key(&transaction, order.id, &charge.provider_key).await?
+        && let Some(outcome) = recorded.outcome()
     {
-        return Ok(());
+        // Another attempt under this key (one call at the provider) recorded it already.
+        attempts::settle(&transaction, settlement(outcome, recorded.payment_id)).await?;
+        let payment = recorded_payment(&transaction, recorded.payment_id).await?;
+        transaction.commit().await?;
+        return Ok((outcome, payment));
     }
-    let outcome = match outcome {
-        Some(ChargeOutcome::Succeeded { reference }) => Ok(reference),
-        Some(ChargeOutcome::Declined { code }) => Err(code),
-        None => {
-            tracing::info!(order_id = %order.id, "an unknown charge was never made");
-            transaction.commit().await?;
-            return Ok(());
-        }
-    };
-    let succeeded = outcome.is_ok();
-    let new = NewPayment {
+    let new_payment = |outcome| NewPayment {
         order_id: order.id,
         user_id: charge.user_id,
         amount: charge.amount,
         currency: charge.currency.clone(),
         outcome,
     };
-    let payment = store::insert_payment(&transaction, new).await?;
-    let pending = order.status == OrderStatus::Pending.as_str();
-    if succeeded && pending {
-        orders::set_status(&transaction, &order, OrderStatus::Paid).await?;
-    }
+    let (outcome, payment, reversal) = match outcome {
+        None => {
+            attempts::settle(&transaction, settlement(Outcome::NotMade, None)).await?;
+            (Outcome::NotMade, None, None)
+        }
+        Some(ChargeOutcome::Declined { code }) => {
+            let payment = store::insert_payment(&transaction, new_payment(Err(code))).await?;
+            attempts::settle(&transaction, settlement(Outcome::Declined, Some(payment.id))).await?;
+            (Outcome::Declined, Some(payment), None)
+        }
+        Some(ChargeOutcome::Succeeded { reference }) => {
+            let payment = store::insert_payment(&transaction, new_payment(Ok(reference.clone()))).await?;
+            if order.status == OrderStatus::Pending.as_str() {
+                orders::set_status(&transaction, &order, OrderStatus::Paid).await?;
+                attempts::settle(&transaction, settlement(Outcome::Succeeded, Some(payment.id))).await?;
+                (Outcome::Succeeded, Some(payment), None)
+            } else {
+                // Defence in depth: paying and cancelling exclude each other, so only a stray
+                // charge gets here. The money goes back, and that is written ahead too.
+                let reversal = attempts::insert(
+                    &transaction,
+                    NewAttempt {
+                        kind: Kind::Reversal,
+                        order_id: order.id,
+                        payment_id: Some(payment.id),
+                        user_id: charge.user_id,
+                        provider_key: reversal_key(payment.id),
+                        charge_reference: Some(reference),
+                        amount: payment.amount,
+                        currency: payment.currency.clone(),
+                        idempotency_claim: None,
+                        hold_until: hold_until(app),
+                    },
+                )
+                .await?;
+                attempts::settle(&transaction, settlement(Outcome::Reversed, Some(payment.id))).await?;
+                tracing::warn!(
+                    order.id = %order.id, payment.id = %payment.id, order.status = %order.status,
+                    "a charge landed on an order that can no longer be paid; reversing it"
+                );
+                (Outcome::Reversed, Some(payment), Some(reversal))
+            }
+        }
+    };
     transaction.commit().await?;
-    tracing::info!(order_id = %order.id, payment_id = %payment.id, status = %payment.status, "an unknown charge was settled");
-    if succeeded && !pending {
-        // The order was cancelled meanwhile: the money goes back.
-        tracing::warn!(order_id = %order.id, payment_id = %payment.id, "a charge was found for an order no longer pending; refunding it");
-        refund(app.clone(), payment.id, None, format!("orderly-refund-{}-unpayable", payment.id)).await?;
+    if let Some(reversal) = reversal {
+        // Best effort now; the reconciler carries it out if this does not.
+        let _ = reverse(app, &reversal).await;
     }
-    Ok(())
+    Ok((outcome, payment))
 }
 
-/// Refunds `amount` of a payment (all that is left when `None`). `key` identifies this request
-/// across retries; it becomes the provider's idempotency key.
+/// Gives back the charge of a reversal attempt, under the reversal's key: a repeat returns the
+/// refund already made.
+pub(super) async fn reverse(app: &AppState, reversal: &Attempt) -> Result<Outcome, AppError> {
+    let request = RefundRequest {
+        key: reversal.provider_key.clone(),
+        charge: reversal.charge_reference.clone().unwrap_or_default(),
+        amount: reversal.amount,
+        currency: reversal.currency.clone(),
+    };
+    match app.payments.refund(&request).await {
+        Ok(reference) => record_refund(app, reversal, Some(reference)).await.map(|_| Outcome::Succeeded),
+        Err(unavailable) => Err(call_failed(app, reversal, &unavailable).await),
+    }
+}
+
+/// Refunds `amount` of a payment (all that is left when `None`). `claim` is the request's
+/// idempotency claim; it is also the provider's key for this refund.
 pub async fn refund(
     app: AppState,
     payment_id: Uuid,
     amount: Option<i64>,
-    key: String,
+    claim: String,
 ) -> Result<(Payment, Refund), AppError> {
-    let attempt = Uuid::now_v7();
     let transaction = app.db.write().begin().await?;
     let payment = store::lock_payment(&transaction, payment_id).await?.ok_or_else(Problem::not_found)?;
+    if let Some(earlier) = attempts::settled_for_claim(&transaction, &claim, Kind::Refund, claim_horizon(&app)).await?
+        && earlier.payment_id == Some(payment.id)
+        && let Some(refund_id) = earlier.refund_id
+    {
+        // A retry of a request whose refund was recorded, by its first run or the reconciler.
+        let refund = store::find_refund(&transaction, refund_id, None)
+            .await?
+            .ok_or_else(|| AppError::internal("a recorded refund is gone"))?;
+        return Ok((payment, refund));
+    }
     if payment.status != "succeeded" {
         return Err(invalid_state("Only succeeded payments can be refunded.".into()));
+    }
+    let unsettled = attempts::unsettled_refunds(&transaction, payment.id).await?;
+    if unsettled.iter().any(|attempt| attempt.provider_key != claim || attempt.is_held(now())) {
+        let wait = retry_after(&app, &unsettled);
+        return Err(in_progress("A refund of this payment is already being processed; retry shortly.", wait));
     }
     let refundable = payment.amount - payment.refunded_amount;
     if refundable == 0 {
@@ -249,72 +309,139 @@ pub async fn refund(
         }])
         .into());
     }
-    if store::refund_in_flight(&payment, now()) {
-        return Err(in_progress("A refund of this payment is already being processed; retry shortly."));
-    }
-    store::start_refund_attempt(&transaction, payment.id, attempt, hold_until(&app)).await?;
+    let attempt = attempts::insert(
+        &transaction,
+        NewAttempt {
+            kind: Kind::Refund,
+            order_id: payment.order_id,
+            payment_id: Some(payment.id),
+            user_id: payment.user_id,
+            provider_key: claim.clone(),
+            charge_reference: payment.provider_reference.clone(),
+            amount,
+            currency: payment.currency.clone(),
+            idempotency_claim: Some(claim),
+            hold_until: hold_until(&app),
+        },
+    )
+    .await?;
     transaction.commit().await?;
 
     let request = RefundRequest {
-        key,
-        charge: payment.provider_reference.clone().unwrap_or_default(),
+        key: attempt.provider_key.clone(),
+        charge: attempt.charge_reference.clone().unwrap_or_default(),
         amount,
-        currency: payment.currency.clone(),
+        currency: attempt.currency.clone(),
     };
     let task = tokio::spawn(async move {
-        let outcome = app.payments.refund(&request).await;
-        record_refund(&app, payment_id, &request, attempt, outcome).await
+        let reference = match app.payments.refund(&request).await {
+            Ok(reference) => reference,
+            Err(unavailable) => return Err(call_failed(&app, &attempt, &unavailable).await),
+        };
+        record_refund(&app, &attempt, Some(reference))
+            .await?
+            .ok_or_else(|| AppError::internal("a refund the provider made was not recorded"))
     });
     task.await.map_err(|_| AppError::internal("the refund task panicked"))?
 }
 
-async fn record_refund(
-    app: &AppState,
-    payment_id: Uuid,
-    request: &RefundRequest,
-    attempt: Uuid,
-    outcome: Result<String, Unavailable>,
-) -> Result<(Payment, Refund), AppError> {
-    let reference = match outcome {
-        Ok(reference) => reference,
-        Err(unavailable) => {
-            store::end_refund_attempt(app.db.write(), payment_id, attempt).await?;
-            return Err(provider_unavailable(&unavailable));
+/// Records what a refund or reversal did at the provider (`None`: nothing, as a lookup found)
+/// and settles its attempts. A refund at the provider is recorded once, whoever learns of it:
+/// the refund, its ledger row, the payment's refunded amount, and the order `refunded` once
+/// none of its payments holds money.
+pub(super) async fn record_refund(
+    app: &App,
+    attempt: &Attempt,
+    reference: Option<String>,
+) -> Result<Option<(Payment, Refund)>, AppError> {
+    let payment_id = attempt.payment_id.ok_or_else(|| AppError::internal("a refund attempt has no payment"))?;
+    let transaction = app.db.write().begin().await?;
+    let payment = store::lock_payment(&transaction, payment_id)
+        .await?
+        .ok_or_else(|| AppError::internal("a refund attempt's payment is gone"))?;
+    let order_id = payment.order_id;
+    let settlement = |outcome, refund_id| Settlement {
+        order_id,
+        provider_key: &attempt.provider_key,
+        outcome,
+        payment_id: None,
+        refund_id,
+    };
+    let Some(reference) = reference else {
+        attempts::settle(&transaction, settlement(Outcome::NotMade, None)).await?;
+        transaction.commit().await?;
+        return Ok(None);
+    };
+    let recorded = match store::refund_by_reference(&transaction, &reference).await? {
+        Some(refund) => (payment, refund),
+        None => {
+            // The database refuses a refund beyond the amount (CHECK): one refund runs per
+            // payment at a time, so only a broken invariant could get there, and then this
+            // fails instead of over-refunding.
+            let (payment, refund) = store::insert_refund(&transaction, &payment, attempt.amount, reference).await?;
+            if payment.refunded_amount == payment.amount {
+                let order = orders::lock_order(&transaction, payment.order_id, None)
+                    .await?
+                    .ok_or_else(|| AppError::internal("a payment's order is gone"))?;
+                if order.status == OrderStatus::Paid.as_str() && store::count_holding_money(&transaction, order.id).await? == 0
+                {
+                    orders::set_status(&transaction, &order, OrderStatus::Refunded).await?;
+                }
+            }
+            (payment, refund)
         }
     };
-    let transaction = app.db.write().begin().await?;
-    let payment = store::lock_payment(&transaction, payment_id).await?.ok_or_else(Problem::not_found)?;
-    if payment.refund_attempt != Some(attempt) {
-        tracing::error!(payment_id = %payment.id, "a refund completed after its attempt lapsed");
-    }
-    // The database refuses a refund beyond the amount (CHECK); only a lapsed attempt racing
-    // another could get there, and then this one fails instead of over-refunding.
-    let (payment, refund) = store::insert_refund(&transaction, &payment, request.amount, reference).await?;
-    if payment.refunded_amount == payment.amount {
-        let order = orders::lock_order(&transaction, payment.order_id, None).await?.ok_or_else(Problem::not_found)?;
-        if order.status == OrderStatus::Paid.as_str() {
-            orders::set_status(&transaction, &order, OrderStatus::Refunded).await?;
-        }
-    }
-    store::end_refund_attempt(&transaction, payment.id, attempt).await?;
+    attempts::settle(&transaction, settlement(Outcome::Succeeded, Some(recorded.1.id))).await?;
     transaction.commit().await?;
-    Ok((payment, refund))
+    Ok(Some(recorded))
 }
 
-/// How long an attempt's mark holds: the provider's whole budget, with a margin.
-fn hold_until(app: &AppState) -> DateTime<Utc> {
-    now()
-        + chrono::TimeDelta::from_std(app.payments.deadline() + Duration::from_secs(5))
-            .unwrap_or(chrono::TimeDelta::minutes(1))
+/// The problem a cancel gets while a charge of the order is unsettled; `None` if none is.
+pub async fn charge_in_flight(
+    app: &App,
+    db: &impl sea_orm::ConnectionTrait,
+    order_id: Uuid,
+) -> Result<Option<AppError>, AppError> {
+    let unsettled = attempts::unsettled_charges(db, order_id).await?;
+    if unsettled.is_empty() {
+        return Ok(None);
+    }
+    let detail = "A payment of this order is being processed; it can be cancelled once that is settled.";
+    Ok(Some(in_progress(detail, retry_after(app, &unsettled))))
+}
+
+/// When unsettled attempts will have been settled: at once for one held by its request (it is
+/// about to end), else when the reconciler is due to look it up.
+fn retry_after(app: &App, unsettled: &[Attempt]) -> u64 {
+    let now = now();
+    if unsettled.iter().any(|attempt| attempt.is_held(now)) {
+        return 1;
+    }
+    let settle_after = chrono::TimeDelta::from_std(app.payment_settle_after).unwrap_or(chrono::TimeDelta::MAX);
+    let due = unsettled.iter().map(|attempt| attempt.created_at + settle_after).max().unwrap_or(now);
+    u64::try_from((due - now).num_seconds()).unwrap_or(0).max(1)
+}
+
+/// How long an attempt is held by the request that made it: the provider's whole budget, with
+/// a margin for recording its outcome.
+fn hold_until(app: &App) -> DateTime<Utc> {
+    now() + chrono::TimeDelta::from_std(app.payments.deadline() + Duration::from_secs(5))
+        .unwrap_or(chrono::TimeDelta::minutes(1))
+}
+
+/// The oldest a request's attempt may be for a retry to be answered with its outcome: as long
+/// as idempotency keys are kept.
+fn claim_horizon(app: &App) -> DateTime<Utc> {
+    now() - chrono::TimeDelta::from_std(app.idempotency_settings.ttl).unwrap_or(chrono::TimeDelta::days(1))
 }
 
 fn invalid_state(detail: String) -> AppError {
     Problem::conflict("invalid_state", detail).into()
 }
 
-fn in_progress(detail: &str) -> AppError {
+fn in_progress(detail: &str, retry_after_secs: u64) -> AppError {
     Problem::conflict("payment_in_progress", detail.to_owned())
-        .with_header(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"))
+        .with_header(http::header::RETRY_AFTER, http::HeaderValue::from(retry_after_secs))
         .into()
 }
 
@@ -322,7 +449,8 @@ fn provider_unavailable(unavailable: &Unavailable) -> AppError {
     tracing::warn!(reason = unavailable.reason, "payment provider unavailable");
     Problem::unavailable(
         "payment_provider_unavailable",
-        "The payment provider did not answer in time; nothing was recorded. Retrying with the same `Idempotency-Key` is safe.",
+        "The payment provider did not answer in time. Retrying with the same `Idempotency-Key` is safe: a charge \
+         the provider made meanwhile is found, not made again.",
         unavailable.retry_after.as_secs().max(1),
     )
     .into()

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -27,11 +27,8 @@ pub mod payment {
         pub status: String,
         pub failure_code: Option<String>,
         pub refunded_amount: i64,
-        /// The provider's id of the charge.
+        /// The provider's id of the charge; unique.
         pub provider_reference: Option<String>,
-        /// The refund in flight, if any, and until when it holds the payment.
-        pub refund_attempt: Option<Uuid>,
-        pub refund_attempt_until: Option<DateTimeUtc>,
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
     }
@@ -88,32 +85,9 @@ pub mod transaction {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
-pub mod unsettled_charge {
-    use sea_orm::entity::prelude::*;
-
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
-    #[sea_orm(table_name = "unsettled_charges")]
-    pub struct Model {
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub order_id: Uuid,
-        pub user_id: Uuid,
-        /// The key the charge was attempted under; a lookup by it tells what happened.
-        pub provider_key: String,
-        pub amount: i64,
-        pub currency: String,
-        pub created_at: DateTimeUtc,
-    }
-
-    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-    pub enum Relation {}
-
-    impl ActiveModelBehavior for ActiveModel {}
-}
-
 pub use payment::Model as Payment;
 pub use refund::Model as Refund;
 pub use transaction::Model as LedgerEntry;
-pub use unsettled_charge::Model as UnsettledCharge;
 
 /// A payment to record: the outcome of a charge.
 pub struct NewPayment {
@@ -141,8 +115,6 @@ pub async fn insert_payment(db: &impl ConnectionTrait, new: NewPayment) -> Resul
         failure_code,
         refunded_amount: 0,
         provider_reference,
-        refund_attempt: None,
-        refund_attempt_until: None,
         created_at: now,
         updated_at: now,
     };
@@ -153,35 +125,23 @@ pub async fn insert_payment(db: &impl ConnectionTrait, new: NewPayment) -> Resul
     Ok(row)
 }
 
-/// Remembers a charge whose outcome is unknown; a later unknown attempt on the same order
-/// replaces the earlier one (it used the same key, or a later one).
-pub async fn remember_unsettled(db: &impl ConnectionTrait, charge: UnsettledCharge) -> Result<(), DbErr> {
-    unsettled_charge::Entity::delete_by_id(charge.order_id).exec(db).await?;
-    unsettled_charge::Entity::insert(unsettled_charge::ActiveModel::from(charge)).exec_without_returning(db).await?;
-    Ok(())
+/// The payment recorded for a charge at the provider, if any.
+pub async fn payment_by_reference(db: &impl ConnectionTrait, reference: &str) -> Result<Option<Payment>, DbErr> {
+    payment::Entity::find().filter(payment::Column::ProviderReference.eq(reference)).one(db).await
 }
 
-/// Forgets an order's unsettled charge (only if it was attempted under `key`, when given);
-/// whether there was one to forget.
-pub async fn forget_unsettled(db: &impl ConnectionTrait, order_id: Uuid, key: Option<&str>) -> Result<bool, DbErr> {
-    let mut delete = unsettled_charge::Entity::delete_by_id(order_id);
-    if let Some(key) = key {
-        delete = delete.filter(unsettled_charge::Column::ProviderKey.eq(key));
-    }
-    Ok(delete.exec(db).await?.rows_affected > 0)
+/// The refund recorded for a refund at the provider, if any.
+pub async fn refund_by_reference(db: &impl ConnectionTrait, reference: &str) -> Result<Option<Refund>, DbErr> {
+    refund::Entity::find().filter(refund::Column::ProviderReference.eq(reference)).one(db).await
 }
 
-/// Unsettled charges left alone since before `before`, oldest first.
-pub async fn unsettled_since(
-    db: &impl ConnectionTrait,
-    before: DateTime<Utc>,
-    limit: u64,
-) -> Result<Vec<UnsettledCharge>, DbErr> {
-    unsettled_charge::Entity::find()
-        .filter(unsettled_charge::Column::CreatedAt.lt(before))
-        .order_by_asc(unsettled_charge::Column::CreatedAt)
-        .limit(limit)
-        .all(db)
+/// How many succeeded payments of an order still hold money.
+pub async fn count_holding_money(db: &impl ConnectionTrait, order_id: Uuid) -> Result<u64, DbErr> {
+    payment::Entity::find()
+        .filter(payment::Column::OrderId.eq(order_id))
+        .filter(payment::Column::Status.eq("succeeded"))
+        .filter(Expr::col(payment::Column::RefundedAmount).lt(Expr::col(payment::Column::Amount)))
+        .count(db)
         .await
 }
 
@@ -241,39 +201,6 @@ pub async fn find_refund(db: &impl ConnectionTrait, id: Uuid, owner: Option<Uuid
 /// As [`find_payment`] for any owner, locked until the transaction ends.
 pub async fn lock_payment(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<Payment>, DbErr> {
     payment::Entity::find_by_id(id).lock_exclusive().one(db).await
-}
-
-/// Whether a refund holds the payment at `now`.
-pub fn refund_in_flight(payment: &Payment, now: DateTime<Utc>) -> bool {
-    payment.refund_attempt.is_some() && payment.refund_attempt_until.is_some_and(|until| until > now)
-}
-
-/// Marks `attempt` as the refund in flight on a payment read under lock in this transaction.
-pub async fn start_refund_attempt(
-    db: &impl ConnectionTrait,
-    payment_id: Uuid,
-    attempt: Uuid,
-    until: DateTime<Utc>,
-) -> Result<(), DbErr> {
-    payment::Entity::update_many()
-        .col_expr(payment::Column::RefundAttempt, Expr::value(attempt))
-        .col_expr(payment::Column::RefundAttemptUntil, Expr::value(until))
-        .filter(payment::Column::Id.eq(payment_id))
-        .exec(db)
-        .await
-        .map(drop)
-}
-
-/// Clears the in-flight mark if it is still `attempt`'s.
-pub async fn end_refund_attempt(db: &impl ConnectionTrait, payment_id: Uuid, attempt: Uuid) -> Result<(), DbErr> {
-    payment::Entity::update_many()
-        .col_expr(payment::Column::RefundAttempt, Expr::value(Option::<Uuid>::None))
-        .col_expr(payment::Column::RefundAttemptUntil, Expr::value(Option::<DateTime<Utc>>::None))
-        .filter(payment::Column::Id.eq(payment_id))
-        .filter(payment::Column::RefundAttempt.eq(attempt))
-        .exec(db)
-        .await
-        .map(drop)
 }
 
 /// Records a refund of a payment read under lock in this transaction: the refund, its ledger
