@@ -175,10 +175,8 @@ impl Application {
         let mut server = tokio::spawn(server.into_future());
         let sweeper = tokio::spawn(crate::idempotency::sweep_forever(self.state.idempotency.clone(), SWEEP_INTERVAL));
         let metrics_upkeep = tokio::spawn(metrics_upkeep(self.state.metrics.clone()));
-        let reconciler = tokio::spawn(payments::reconciler::reconcile_forever(
-            self.state.clone(),
-            self.state.payment_settle_after,
-        ));
+        let reconciler =
+            tokio::spawn(payments::reconciler::reconcile_forever(self.state.clone(), self.state.payment_settle_after));
         let limiter_upkeep = tokio::spawn(limiter_upkeep(self.state.clone()));
         let replica_watch = tokio::spawn(self.state.db.clone().watch_replica());
         let background = [sweeper, metrics_upkeep, reconciler, limiter_upkeep, replica_watch];

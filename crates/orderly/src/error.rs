@@ -57,12 +57,18 @@ fn is_unavailable(error: &DbErr) -> bool {
                 || is_locked_out(e))
 }
 
-/// SQLite's `SQLITE_BUSY`: another process held the database past the busy timeout, as an
-/// outage would; PostgreSQL's connection and shutdown errors (class 08, 57P): the server is
+/// SQLite's `SQLITE_BUSY` family: another process held the database past the busy timeout, as
+/// an outage would. PostgreSQL's connection errors (class 08) and shutdown (57P): the server is
 /// going away or restarting.
 fn is_locked_out(error: &sea_orm::sqlx::Error) -> bool {
     let sea_orm::sqlx::Error::Database(error) = error else { return false };
-    error.code().is_some_and(|code| code == "5" || code.starts_with("08") || code.starts_with("57P"))
+    if let Some(sqlite) = error.try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>() {
+        const SQLITE_BUSY: i32 = 5;
+        return sea_orm::sqlx::error::DatabaseError::code(sqlite)
+            .and_then(|code| code.parse::<i32>().ok())
+            .is_some_and(|code| code & 0xff == SQLITE_BUSY);
+    }
+    error.code().is_some_and(|code| code.starts_with("08") || code.starts_with("57P"))
 }
 
 fn is_pool_timeout(error: &DbErr) -> bool {

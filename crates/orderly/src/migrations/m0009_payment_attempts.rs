@@ -158,10 +158,9 @@ async fn carry_over_unsettled_charges(manager: &SchemaManager<'_>) -> Result<(),
         .expr_as(SimpleExpr::SubQuery(None, Box::new(declines.into_sub_query_statement())), Alias::new("declines"))
         .from(Orders::Table)
         .and_where(Expr::col(Orders::PaymentAttempt).is_not_null())
-        .and_where(
-            Expr::col(Orders::Id)
-                .not_in_subquery(Query::select().column(UnsettledCharges::OrderId).from(UnsettledCharges::Table).to_owned()),
-        )
+        .and_where(Expr::col(Orders::Id).not_in_subquery(
+            Query::select().column(UnsettledCharges::OrderId).from(UnsettledCharges::Table).to_owned(),
+        ))
         .to_owned();
     for row in db.query_all(backend.build(&marked)).await? {
         let order_id: Uuid = row.try_get("", "id")?;

@@ -55,8 +55,8 @@ pub mod attempt {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
-pub use attempt::Model as Attempt;
 use attempt::Column;
+pub use attempt::Model as Attempt;
 
 /// What a provider call is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,7 +205,11 @@ pub async fn settled_for_claim(
 
 /// A settled charge attempt under `key` that recorded a payment (declined, succeeded or
 /// reversed), if any: the outcome of that call at the provider is on record.
-pub async fn recorded_under_key(db: &impl ConnectionTrait, order_id: Uuid, key: &str) -> Result<Option<Attempt>, DbErr> {
+pub async fn recorded_under_key(
+    db: &impl ConnectionTrait,
+    order_id: Uuid,
+    key: &str,
+) -> Result<Option<Attempt>, DbErr> {
     attempt::Entity::find()
         .filter(Column::OrderId.eq(order_id))
         .filter(Column::Kind.eq(Kind::Charge.as_str()))

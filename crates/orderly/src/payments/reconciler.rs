@@ -28,7 +28,8 @@ const BATCH: u64 = 100;
 
 /// Reconciles every so often until the task is aborted.
 pub async fn reconcile_forever(app: AppState, settle_after: Duration) {
-    let mut interval = tokio::time::interval((settle_after / 4).clamp(Duration::from_millis(100), Duration::from_secs(5)));
+    let mut interval =
+        tokio::time::interval((settle_after / 4).clamp(Duration::from_millis(100), Duration::from_secs(5)));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
@@ -82,7 +83,9 @@ async fn reconcile_one(app: &AppState, attempt: &Attempt) -> Result<Result<Outco
         Some(Kind::Refund) => {
             let found = app.payments.find_refund(&attempt.provider_key).await.map_err(|_| Unreachable)?;
             let made = found.is_some();
-            Ok(record_refund(app, attempt, found).await.map(|_| if made { Outcome::Succeeded } else { Outcome::NotMade }))
+            Ok(record_refund(app, attempt, found)
+                .await
+                .map(|_| if made { Outcome::Succeeded } else { Outcome::NotMade }))
         }
         Some(Kind::Reversal) => match reverse(app, attempt).await {
             Ok(outcome) => Ok(Ok(outcome)),

@@ -383,7 +383,8 @@ pub(super) async fn record_refund(
                 let order = orders::lock_order(&transaction, payment.order_id, None)
                     .await?
                     .ok_or_else(|| AppError::internal("a payment's order is gone"))?;
-                if order.status == OrderStatus::Paid.as_str() && store::count_holding_money(&transaction, order.id).await? == 0
+                if order.status == OrderStatus::Paid.as_str()
+                    && store::count_holding_money(&transaction, order.id).await? == 0
                 {
                     orders::set_status(&transaction, &order, OrderStatus::Refunded).await?;
                 }
@@ -425,8 +426,9 @@ fn retry_after(app: &App, unsettled: &[Attempt]) -> u64 {
 /// How long an attempt is held by the request that made it: the provider's whole budget, with
 /// a margin for recording its outcome.
 fn hold_until(app: &App) -> DateTime<Utc> {
-    now() + chrono::TimeDelta::from_std(app.payments.deadline() + Duration::from_secs(5))
-        .unwrap_or(chrono::TimeDelta::minutes(1))
+    now()
+        + chrono::TimeDelta::from_std(app.payments.deadline() + Duration::from_secs(5))
+            .unwrap_or(chrono::TimeDelta::minutes(1))
 }
 
 /// The oldest a request's attempt may be for a retry to be answered with its outcome: as long

@@ -1,7 +1,7 @@
 //! A payment provider on a random local port, speaking the HTTP provider protocol
-//! (`POST /charges`, `POST /refunds`, `GET /charges?idempotency_key=`), that can decline, fail,
-//! hang or recover on command and records every charge and refund it makes with its
-//! idempotency key.
+//! (`POST /charges`, `POST /refunds`, `GET /charges?idempotency_key=`,
+//! `GET /refunds?idempotency_key=`), that can decline, fail, slow down, hang or recover on
+//! command and records every charge and refund it makes with its idempotency key.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,6 +26,8 @@ struct Ledger {
     down: bool,
     /// Calls do their work, then never answer.
     hang: bool,
+    /// Calls wait this long before doing their work and answering.
+    delay: Duration,
     /// Charges made: idempotency key → (charge id, amount).
     charges: HashMap<String, (String, i64)>,
     /// Refunds made: idempotency key → (refund id, amount).
@@ -43,7 +45,7 @@ impl FakeProvider {
         let ledger = Arc::new(Mutex::new(Ledger::default()));
         let app = axum::Router::new()
             .route("/charges", post(charge).get(find_charge))
-            .route("/refunds", post(refund))
+            .route("/refunds", post(refund).get(find_refund))
             .with_state(Arc::clone(&ledger));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -61,6 +63,10 @@ impl FakeProvider {
 
     pub fn set_hang(&self, hang: bool) {
         self.ledger.lock().unwrap().hang = hang;
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        self.ledger.lock().unwrap().delay = delay;
     }
 
     pub fn calls(&self) -> usize {
@@ -83,11 +89,16 @@ impl FakeProvider {
 
 type Shared = Arc<Mutex<Ledger>>;
 
-/// What to do with a call: fail it (`Err`, answered 500), or do the work and then answer
-/// (`Ok(false)`) or hang (`Ok(true)`).
-fn arrive(ledger: &Shared) -> Result<bool, StatusCode> {
+/// What to do with a call, after its delay: fail it (`Err`, answered 500), or do the work and
+/// then answer (`Ok(false)`) or hang (`Ok(true)`).
+async fn arrive(ledger: &Shared) -> Result<bool, StatusCode> {
+    let delay = {
+        let mut ledger = ledger.lock().unwrap();
+        ledger.calls += 1;
+        ledger.delay
+    };
+    tokio::time::sleep(delay).await;
     let mut ledger = ledger.lock().unwrap();
-    ledger.calls += 1;
     if ledger.down {
         return Err(StatusCode::INTERNAL_SERVER_ERROR);
     }
@@ -103,7 +114,7 @@ fn key(headers: &HeaderMap) -> String {
 }
 
 async fn charge(State(ledger): State<Shared>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
-    let hang = match arrive(&ledger) {
+    let hang = match arrive(&ledger).await {
         Ok(hang) => hang,
         Err(status) => return status.into_response(),
     };
@@ -138,7 +149,7 @@ async fn find_charge(
 }
 
 async fn refund(State(ledger): State<Shared>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
-    let hang = match arrive(&ledger) {
+    let hang = match arrive(&ledger).await {
         Ok(hang) => hang,
         Err(status) => return status.into_response(),
     };
@@ -152,4 +163,19 @@ async fn refund(State(ledger): State<Shared>, headers: HeaderMap, Json(body): Js
         tokio::time::sleep(Duration::from_secs(60)).await;
     }
     (StatusCode::CREATED, Json(json!({"id": id}))).into_response()
+}
+
+async fn find_refund(
+    State(ledger): State<Shared>,
+    axum::extract::Query(query): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    let mut ledger = ledger.lock().unwrap();
+    ledger.lookups += 1;
+    if ledger.down {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    match ledger.refunds.get(&query["idempotency_key"]) {
+        Some((id, _)) => (StatusCode::OK, Json(json!({"id": id}))).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }

@@ -75,6 +75,9 @@ pub struct TestApp {
     _database: std::sync::Arc<TestDatabase>,
     /// The `serve` arguments it started with, for siblings.
     args: Vec<String>,
+    /// The `orderly` process serving it, for scenarios that kill it; `None` when it runs in
+    /// the test's own runtime.
+    process: Option<std::process::Child>,
 }
 
 pub struct Credentials {
@@ -148,22 +151,82 @@ impl TestApp {
         Some(Self::spawn_on(database, backend, &[]).await)
     }
 
+    /// Starts the `orderly` binary as a process of its own, with extra `serve` flags, so that a
+    /// scenario can kill it as a crash would ([`Self::kill`]) and start it again on the same
+    /// database ([`Self::restart`]).
+    pub async fn spawn_process(backend: Backend, extra_args: &[&str]) -> Option<Self> {
+        let database = TestDatabase::create(backend).await?;
+        let args = serve_args(&database, backend, extra_args);
+        Some(Self::start_process(std::sync::Arc::new(database), args).await)
+    }
+
+    /// As [`Self::spawn_with`], on a fresh database of the PostgreSQL server at `server_url`.
+    pub async fn spawn_on_server(server_url: &str, extra_args: &[&str]) -> Self {
+        let database = TestDatabase::on_server(server_url).await;
+        Self::spawn_on(database, Backend::Postgres, extra_args).await
+    }
+
+    /// Kills the process with SIGKILL: no shutdown, nothing flushed or finished.
+    pub fn kill(&mut self) {
+        let mut process = self.process.take().expect("only an app run as a process can be killed");
+        process.kill().expect("SIGKILL the app");
+        process.wait().expect("reap the app");
+    }
+
+    /// Starts the process again, after [`Self::kill`], on the same database with the same
+    /// settings (on another port).
+    pub async fn restart(&mut self) {
+        assert!(self.process.is_none(), "kill the app before restarting it");
+        let restarted = Self::start_process(std::sync::Arc::clone(&self._database), self.args.clone()).await;
+        *self = restarted;
+    }
+
+    async fn start_process(database: std::sync::Arc<TestDatabase>, args: Vec<String>) -> Self {
+        std::fs::create_dir_all(&database.data_dir).unwrap();
+        let log_path = database.data_dir.join(format!("process-{}.log", Uuid::now_v7().simple()));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_orderly"));
+        for (name, _) in std::env::vars() {
+            if name.starts_with("ORDERLY_") {
+                command.env_remove(name);
+            }
+        }
+        let process = command
+            .args(&args[1..])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start the orderly binary");
+        let mut app = Self {
+            address: String::new(),
+            client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
+            shutdown: None,
+            server: None,
+            _database: database,
+            args,
+            process: Some(process),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let listening = log.lines().filter_map(|line| serde_json::from_str::<Value>(line).ok()).find_map(|entry| {
+                entry["address"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .or_else(|| entry["fields"]["address"].as_str().map(str::to_owned))
+            });
+            if let Some(address) = listening {
+                app.address = format!("http://{address}");
+                return app;
+            }
+            let exited = app.process.as_mut().unwrap().try_wait().unwrap();
+            assert!(exited.is_none() && std::time::Instant::now() < deadline, "the app did not start: {log}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     async fn spawn_on(database: TestDatabase, backend: Backend, extra_args: &[&str]) -> Self {
-        let mut args: Vec<String> = ["orderly", "serve", "--listen", "127.0.0.1:0", "--log-format", "json"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        args.extend(["--database-url".into(), database.url.clone()]);
-        args.extend(["--data-dir".into(), database.data_dir.display().to_string()]);
-        if backend == Backend::Postgres {
-            args.push(format!("--jwt-private-key={}", generate_private_key_pem()));
-        }
-        // Every test client is 127.0.0.1: quotas out of reach unless a test sets its own
-        // (later flags win).
-        for tier in ["anonymous", "user", "api-key", "credentials", "account-login"] {
-            args.push(format!("--rate-limit-{tier}=1000000/1s"));
-        }
-        args.extend(extra_args.iter().map(|s| s.to_string()));
+        let args = serve_args(&database, backend, extra_args);
         Self::start(std::sync::Arc::new(database), args).await
     }
 
@@ -179,7 +242,15 @@ impl TestApp {
             let _ = stopped.await;
         }));
         let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-        Self { address, client, shutdown: Some(shutdown), server: Some(server), _database: database, args }
+        Self {
+            address,
+            client,
+            shutdown: Some(shutdown),
+            server: Some(server),
+            _database: database,
+            args,
+            process: None,
+        }
     }
 
     /// Signals the server to shut down, as SIGTERM does.
@@ -302,6 +373,16 @@ impl TestApp {
         product["stock"].as_i64().unwrap()
     }
 
+    /// Takes SQLite's write lock from another connection, as another process would, and holds
+    /// it until the returned connection is dropped: the app's writes wait, then fail.
+    pub async fn hold_sqlite_write_lock(&self) -> sea_orm::sqlx::SqliteConnection {
+        use sea_orm::sqlx::Connection;
+        assert_eq!(self._database.backend, Backend::Sqlite);
+        let mut connection = sea_orm::sqlx::SqliteConnection::connect(&self._database.url).await.unwrap();
+        sea_orm::sqlx::query("BEGIN EXCLUSIVE").execute(&mut connection).await.unwrap();
+        connection
+    }
+
     /// Sets an order's status directly in the database (for states no endpoint reaches yet).
     pub async fn force_order_status(&self, order_id: &str, status: &str) {
         self._database.execute("UPDATE orders SET status = ", status, " WHERE id = ", order_id).await;
@@ -331,10 +412,33 @@ impl TestApp {
     }
 }
 
-/// Asserts a problem response and returns its body.
+/// The `orderly serve` arguments of a test app on `database`: a random port, JSON logs, quotas
+/// out of reach, then `extra_args` (later flags win).
+fn serve_args(database: &TestDatabase, backend: Backend, extra_args: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> =
+        ["orderly", "serve", "--listen", "127.0.0.1:0", "--log-format", "json"].iter().map(|s| s.to_string()).collect();
+    args.extend(["--database-url".into(), database.url.clone()]);
+    args.extend(["--data-dir".into(), database.data_dir.display().to_string()]);
+    if backend == Backend::Postgres {
+        args.push(format!("--jwt-private-key={}", generate_private_key_pem()));
+    }
+    // Every test client is 127.0.0.1: quotas out of reach unless a test sets its own
+    // (later flags win).
+    for tier in ["anonymous", "user", "api-key", "credentials", "account-login"] {
+        args.push(format!("--rate-limit-{tier}=1000000/1s"));
+    }
+    args.extend(extra_args.iter().map(|s| s.to_string()));
+    args
+}
+
 /// Polls until `done` holds, for at most 10 s.
-pub async fn eventually(mut done: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+pub async fn eventually(done: impl AsyncFnMut() -> bool) -> bool {
+    eventually_within(std::time::Duration::from_secs(10), done).await
+}
+
+/// Polls until `done` holds, for at most `timeout`.
+pub async fn eventually_within(timeout: std::time::Duration, mut done: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
     while std::time::Instant::now() < deadline {
         if done().await {
             return true;
@@ -360,6 +464,7 @@ pub async fn scrape_metrics(app: &TestApp) -> std::collections::HashMap<String, 
         .collect()
 }
 
+/// Asserts a problem response and returns its body.
 pub async fn assert_problem(response: Response, status: StatusCode, code: &str) -> Value {
     assert_eq!(response.status(), status, "unexpected status for expected `{code}`");
     assert_eq!(response.headers()["content-type"], "application/problem+json");
@@ -426,6 +531,17 @@ impl TestDatabase {
             drop_from: None,
         };
         (database, with_database(&pair.replica_url, &name))
+    }
+
+    /// A fresh database on the PostgreSQL server at `server_url`; dropped with the server.
+    async fn on_server(server_url: &str) -> Self {
+        let name = create_postgres_database(server_url).await;
+        Self {
+            url: with_database(server_url, &name),
+            data_dir: std::env::temp_dir().join(format!("orderly-test-{}", Uuid::now_v7().simple())),
+            backend: Backend::Postgres,
+            drop_from: None,
+        }
     }
 
     /// Runs `UPDATE … SET column = <value> WHERE id = <id>` (the statement given in pieces so
@@ -770,4 +886,72 @@ fn in_ci() -> bool {
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A PostgreSQL server of a test's own on a free port, started by `deploy/pg_replica.sh`
+/// (primary only), for scenarios that crash it. Removed when dropped.
+pub struct PrivatePostgres {
+    dir: PathBuf,
+    pub url: String,
+}
+
+impl PrivatePostgres {
+    /// `None`, with the reason printed, when the server cannot be started outside CI (no
+    /// PostgreSQL server programs); under `CI=true` that fails the test.
+    pub fn start() -> Option<Self> {
+        let dir = std::env::temp_dir().join(format!("orderly-postgres-{}", Uuid::now_v7().simple()));
+        let port = free_port();
+        let started = std::process::Command::new("bash")
+            .arg(ReplicaPair::SCRIPT)
+            .args(["start".as_ref(), dir.as_os_str()])
+            .arg(port.to_string())
+            .output();
+        let server = Self { dir, url: format!("postgres://postgres@127.0.0.1:{port}/postgres") };
+        let failure = match started {
+            Ok(output) if output.status.success() => return Some(server),
+            Ok(output) => String::from_utf8_lossy(&output.stderr).into_owned(),
+            Err(error) => error.to_string(),
+        };
+        if in_ci() {
+            panic!("CI=true but a private PostgreSQL server cannot be started: {failure}");
+        }
+        eprintln!("skipping a PostgreSQL crash scenario: a private server cannot be started: {failure}");
+        None
+    }
+
+    /// Stops the server at once (`pg_ctl stop -m immediate`), as a crash would.
+    pub fn crash(&self) {
+        self.run("kill");
+    }
+
+    /// Starts it again after [`Self::crash`]; it recovers from its WAL.
+    pub fn start_again(&self) {
+        self.run("restart");
+    }
+
+    fn run(&self, command: &str) {
+        let status = std::process::Command::new("bash")
+            .arg(ReplicaPair::SCRIPT)
+            .arg(command)
+            .arg(&self.dir)
+            .arg("primary")
+            .status()
+            .expect("run deploy/pg_replica.sh");
+        assert!(status.success(), "deploy/pg_replica.sh {command} failed");
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash").arg(ReplicaPair::SCRIPT).arg("stop").arg(&self.dir).status();
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
 }

@@ -13,6 +13,7 @@ mod idempotency;
 mod operations;
 mod orders;
 mod pagination;
+mod payment_faults;
 mod payments;
 mod ratelimits;
 mod replica;

@@ -1,0 +1,307 @@
+//! Money is never lost between the provider and the ledger: charges and refunds survive a
+//! killed process, a database that goes away mid-call, a cancel racing a payment, and retries
+//! that come after someone else recorded the outcome. Faults are real: the `orderly` process is
+//! SIGKILLed, PostgreSQL is stopped at once, SQLite is locked by another connection.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::fake_provider::FakeProvider;
+use crate::helpers::{
+    Backend, Credentials, PrivatePostgres, TestApp, assert_problem, eventually, eventually_within, scrape_metrics,
+};
+use crate::payments::{
+    SETTLE_QUICKLY, id, ledger, on_fake_provider, order_status, pay, payments_of, pending_order, refund, whole_ledger,
+};
+
+/// A charge that outlives the process: one quick attempt (a hold of 1 s + 5 s), and unknown
+/// outcomes reconciled half a second after they were made.
+const CRASH_FLAGS: [&str; 8] = [
+    "--payment-provider-timeout",
+    "1s",
+    "--payment-provider-attempts",
+    "1",
+    "--payment-provider-deadline",
+    "1s",
+    "--payment-settle-after",
+    "500ms",
+];
+
+/// Long enough for a held attempt to lapse and be reconciled.
+const RECONCILED_WITHIN: Duration = Duration::from_secs(20);
+
+/// The `orderly` binary on the fake provider, as a process that can be killed.
+async fn process_on_fake_provider(backend: Backend) -> Option<(TestApp, FakeProvider)> {
+    let provider = FakeProvider::start().await;
+    let mut args = vec!["--payment-provider-url", provider.url.as_str()];
+    args.extend_from_slice(&CRASH_FLAGS);
+    let app = TestApp::spawn_process(backend, &args).await?;
+    Some((app, provider))
+}
+
+/// Sends a POST in the background; its answer may never come (the process dies).
+fn post_in_background(
+    app: &TestApp,
+    who: &Credentials,
+    path: &str,
+    key: &str,
+    body: Value,
+) -> tokio::task::JoinHandle<Option<reqwest::Response>> {
+    let request =
+        app.request(Method::POST, path).bearer_auth(&who.access_token).header("Idempotency-Key", key).json(&body);
+    tokio::spawn(async move { request.send().await.ok() })
+}
+
+/// A series' value in one scrape, 0 when absent.
+async fn metric(app: &TestApp, series: &str) -> f64 {
+    scrape_metrics(app).await.get(series).copied().unwrap_or(0.0)
+}
+
+async fn a_charge_made_before_the_process_is_killed_is_recorded_after_restart(backend: Backend) {
+    let Some((mut app, provider)) = process_on_fake_provider(backend).await else { return };
+    let (admin, customer, order) = pending_order(&app, 2).await;
+    provider.set_hang(true);
+
+    let path = format!("/api/v1/orders/{}/payments", id(&order));
+    let paying = post_in_background(&app, &customer, &path, "killed", json!({"payment_method": "pm_card_visa"}));
+    assert!(eventually(async || provider.charges().len() == 1).await, "the provider charges");
+    app.kill();
+    assert!(paying.await.unwrap().is_none(), "the killed process never answered");
+    provider.set_hang(false);
+    app.restart().await;
+
+    assert_eq!(metric(&app, r#"orderly_payment_attempts_unsettled{kind="charge"}"#).await, 1.0);
+    let recorded = eventually_within(RECONCILED_WITHIN, async || {
+        payments_of(&app, &customer, &id(&order)).await.iter().any(|payment| payment["status"] == "succeeded")
+    })
+    .await;
+    assert!(recorded, "the charge the provider made is recorded without any retry");
+    assert_eq!(provider.charges(), [2000], "one charge at the provider");
+    assert_eq!(provider.refunded(), 0);
+    assert_eq!(payments_of(&app, &customer, &id(&order)).await.len(), 1);
+    assert_eq!(order_status(&app, &customer, &id(&order)).await, "paid");
+    let amounts: Vec<i64> = ledger(&app, &admin).await.iter().map(|row| row["amount"].as_i64().unwrap()).collect();
+    assert_eq!(amounts, [2000], "the ledger matches the provider");
+    let stats: Value = app.get("/api/v1/stats", Some(&admin.access_token)).await.json().await.unwrap();
+    assert_eq!(stats["revenue"]["USD"], 2000);
+
+    let reconciled = r#"orderly_payment_attempts_reconciled_total{kind="charge",outcome="succeeded"}"#;
+    assert_eq!(metric(&app, reconciled).await, 1.0);
+    let settled = eventually(async || {
+        metric(&app, r#"orderly_payment_attempts_unsettled{kind="charge"}"#).await == 0.0
+            && metric(&app, "orderly_payment_attempt_oldest_unsettled_seconds").await == 0.0
+    })
+    .await;
+    assert!(settled, "nothing is left unsettled");
+}
+
+async fn a_refund_made_before_the_process_is_killed_is_recorded_after_restart(backend: Backend) {
+    let Some((mut app, provider)) = process_on_fake_provider(backend).await else { return };
+    let (admin, customer, order) = pending_order(&app, 2).await;
+    let payment: Value = pay(&app, &customer, &id(&order), "pm_card_visa", "pay").await.json().await.unwrap();
+    provider.set_hang(true);
+
+    let path = format!("/api/v1/payments/{}/refunds", id(&payment));
+    let refunding = post_in_background(&app, &admin, &path, "refund-killed", json!({}));
+    assert!(eventually(async || provider.refunded() == 2000).await, "the provider refunds");
+    app.kill();
+    assert!(refunding.await.unwrap().is_none(), "the killed process never answered");
+    provider.set_hang(false);
+    app.restart().await;
+
+    let recorded = eventually_within(RECONCILED_WITHIN, async || {
+        let payment: Value = app
+            .get(&format!("/api/v1/payments/{}", id(&payment)), Some(&admin.access_token))
+            .await
+            .json()
+            .await
+            .unwrap();
+        payment["refunded_amount"] == 2000
+    })
+    .await;
+    assert!(recorded, "the refund the provider made is recorded without any retry");
+    assert_eq!(provider.refunded(), 2000, "looking the refund up did not refund again");
+    let mut amounts: Vec<i64> = ledger(&app, &admin).await.iter().map(|row| row["amount"].as_i64().unwrap()).collect();
+    amounts.sort();
+    assert_eq!(amounts, [-2000, 2000]);
+    assert_eq!(order_status(&app, &customer, &id(&order)).await, "refunded");
+    let reconciled = r#"orderly_payment_attempts_reconciled_total{kind="refund",outcome="succeeded"}"#;
+    assert_eq!(metric(&app, reconciled).await, 1.0);
+}
+
+/// The database goes away while the provider charges, so the charge cannot be recorded:
+/// PostgreSQL is stopped at once (and started again), SQLite is locked by another connection
+/// (and released).
+async fn a_charge_made_while_the_database_is_down_is_recorded_once_it_is_back(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    let flags = [
+        "--payment-provider-url",
+        provider.url.as_str(),
+        "--payment-provider-timeout",
+        "3s",
+        "--payment-provider-attempts",
+        "1",
+        "--payment-provider-deadline",
+        "3s",
+        "--payment-settle-after",
+        "500ms",
+    ];
+    let server = match backend {
+        Backend::Postgres => match PrivatePostgres::start() {
+            Some(server) => Some(server),
+            None => return,
+        },
+        Backend::Sqlite => None,
+    };
+    let app = match &server {
+        Some(server) => TestApp::spawn_on_server(&server.url, &flags).await,
+        None => TestApp::spawn_with(backend, &flags).await.expect("SQLite always runs"),
+    };
+    let (admin, customer, order) = pending_order(&app, 3).await;
+    provider.set_delay(Duration::from_secs(1));
+
+    let path = format!("/api/v1/orders/{}/payments", id(&order));
+    let paying = post_in_background(&app, &customer, &path, "outage", json!({"payment_method": "pm_card_visa"}));
+    assert!(eventually(async || provider.calls() == 1).await, "the charge goes out");
+    let lock = match &server {
+        Some(server) => {
+            server.crash();
+            None
+        }
+        None => Some(app.hold_sqlite_write_lock().await),
+    };
+    let answer = paying.await.unwrap().expect("the app answers");
+    assert_problem(answer, StatusCode::SERVICE_UNAVAILABLE, "database_unavailable").await;
+    assert_eq!(provider.charges(), [3000], "the provider charged all the same");
+    match &server {
+        Some(server) => server.start_again(),
+        None => drop(lock),
+    }
+
+    let recorded = eventually_within(RECONCILED_WITHIN, async || {
+        let response =
+            app.get(&format!("/api/v1/payments?order_id={}", id(&order)), Some(&customer.access_token)).await;
+        response.status() == StatusCode::OK
+            && response.json::<Value>().await.unwrap()["data"].as_array().is_some_and(|data| data.len() == 1)
+    })
+    .await;
+    assert!(recorded, "the charge is recorded once the database is back");
+    assert_eq!(order_status(&app, &customer, &id(&order)).await, "paid");
+    let amounts: Vec<i64> = ledger(&app, &admin).await.iter().map(|row| row["amount"].as_i64().unwrap()).collect();
+    assert_eq!(amounts, [3000]);
+    assert_eq!(provider.charges(), [3000]);
+}
+
+async fn a_cancel_during_a_charge_is_refused_and_the_order_keeps_its_money_and_stock(backend: Backend) {
+    let Some((app, provider)) = on_fake_provider(backend, &[]).await else { return };
+    let admin = app.admin().await;
+    let customer = app.customer().await;
+    let product = app.create_product(&admin, json!({"unit_price": 1000, "stock": 10})).await;
+    let order: Value = app.place_order(&customer, &[(&id(&product), 4)]).await.json().await.unwrap();
+    provider.set_delay(Duration::from_secs(1));
+
+    let path = format!("/api/v1/orders/{}/payments", id(&order));
+    let paying = post_in_background(&app, &customer, &path, "slow", json!({"payment_method": "pm_card_visa"}));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let cancel_path = format!("/api/v1/orders/{}/cancel", id(&order));
+    let cancel = app.send_json(Method::POST, &cancel_path, Some(&customer.access_token), &json!({})).await;
+    assert!(cancel.headers().contains_key("retry-after"));
+    assert_problem(cancel, StatusCode::CONFLICT, "payment_in_progress").await;
+
+    assert_eq!(paying.await.unwrap().unwrap().status(), StatusCode::CREATED, "the payment goes through");
+    assert_eq!(order_status(&app, &customer, &id(&order)).await, "paid");
+    assert_eq!(app.stock_of(&id(&product)).await, 6, "the stock stays with the paid order");
+    assert_eq!(provider.charges(), [4000]);
+    assert_eq!(provider.refunded(), 0);
+    let amounts: Vec<i64> = ledger(&app, &admin).await.iter().map(|row| row["amount"].as_i64().unwrap()).collect();
+    assert_eq!(amounts, [4000], "the ledger matches the provider");
+    let again = app.send_json(Method::POST, &cancel_path, Some(&customer.access_token), &json!({})).await;
+    assert_problem(again, StatusCode::CONFLICT, "invalid_state").await;
+}
+
+async fn a_charge_landing_on_an_order_no_longer_payable_is_recorded_and_given_back(backend: Backend) {
+    let Some((app, provider)) = on_fake_provider(backend, &SETTLE_QUICKLY).await else { return };
+    let (admin, customer, order) = pending_order(&app, 1).await;
+    provider.set_hang(true);
+    let response = pay(&app, &customer, &id(&order), "pm_card_visa", "hang-then-cancel").await;
+    assert_problem(response, StatusCode::SERVICE_UNAVAILABLE, "payment_provider_unavailable").await;
+    provider.set_hang(false);
+    // A cancel that got past the guard, as one from an earlier release could have.
+    app.force_order_status(&id(&order), "cancelled").await;
+
+    // Orderly records the refund after the provider made it; the window is that of any
+    // provider call, so the ledger is awaited, not the provider.
+    let given_back = eventually(async || whole_ledger(&app, &admin).await.len() == 2).await;
+    assert!(given_back, "the charge and its refund are in the ledger");
+    let amounts: Vec<i64> =
+        whole_ledger(&app, &admin).await.iter().map(|row| row["amount"].as_i64().unwrap()).collect();
+    assert_eq!(amounts.iter().sum::<i64>(), 0, "charged and given back: {amounts:?}");
+    assert_eq!(provider.charges(), [1000]);
+    assert_eq!(provider.refunded(), 1000);
+    let payments = payments_of(&app, &customer, &id(&order)).await;
+    assert_eq!(payments.len(), 1);
+    assert_eq!(
+        (payments[0]["status"].as_str(), payments[0]["refunded_amount"].as_i64()),
+        (Some("succeeded"), Some(1000))
+    );
+    assert_eq!(order_status(&app, &customer, &id(&order)).await, "cancelled");
+    let stats: Value = app.get("/api/v1/stats", Some(&admin.access_token)).await.json().await.unwrap();
+    assert_eq!(stats["revenue"]["USD"].as_i64().unwrap_or(0), 0);
+    let reconciled = r#"orderly_payment_attempts_reconciled_total{kind="charge",outcome="reversed"}"#;
+    assert_eq!(metric(&app, reconciled).await, 1.0);
+
+    let retry = pay(&app, &customer, &id(&order), "pm_card_visa", "hang-then-cancel").await;
+    assert_problem(retry, StatusCode::CONFLICT, "invalid_state").await;
+    assert_eq!(provider.charges(), [1000], "still one charge");
+}
+
+async fn a_retry_after_the_reconciler_recorded_the_outcome_gets_it(backend: Backend) {
+    let Some((app, provider)) = on_fake_provider(backend, &SETTLE_QUICKLY).await else { return };
+    let (admin, customer, order) = pending_order(&app, 1).await;
+    provider.set_hang(true);
+    let response = pay(&app, &customer, &id(&order), "pm_card_visa", "pay-once").await;
+    assert_problem(response, StatusCode::SERVICE_UNAVAILABLE, "payment_provider_unavailable").await;
+    provider.set_hang(false);
+    assert!(eventually(async || payments_of(&app, &customer, &id(&order)).await.len() == 1).await);
+    let recorded = payments_of(&app, &customer, &id(&order)).await.remove(0);
+
+    let retry = pay(&app, &customer, &id(&order), "pm_card_visa", "pay-once").await;
+    assert_eq!(retry.status(), StatusCode::CREATED, "the retry gets the payment its key paid for");
+    assert_eq!(retry.headers()["location"], format!("/api/v1/payments/{}", id(&recorded)).as_str());
+    assert_eq!(retry.json::<Value>().await.unwrap(), recorded);
+    assert_eq!(provider.charges(), [1000]);
+
+    provider.set_hang(true);
+    let response = refund(&app, &admin, &id(&recorded), Some(400), "refund-once").await;
+    assert_problem(response, StatusCode::SERVICE_UNAVAILABLE, "payment_provider_unavailable").await;
+    provider.set_hang(false);
+    let refunded = eventually(async || {
+        let payment: Value = app
+            .get(&format!("/api/v1/payments/{}", id(&recorded)), Some(&admin.access_token))
+            .await
+            .json()
+            .await
+            .unwrap();
+        payment["refunded_amount"] == 400
+    })
+    .await;
+    assert!(refunded, "the refund is recorded without any retry");
+    let retry = refund(&app, &admin, &id(&recorded), Some(400), "refund-once").await;
+    assert_eq!(retry.status(), StatusCode::CREATED, "the retry gets the refund its key made");
+    let body: Value = retry.json().await.unwrap();
+    let rows = ledger(&app, &admin).await;
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["refund_id"], body["id"], "the same refund, not another");
+    assert_eq!(provider.refunded(), 400);
+}
+
+crate::on_every_backend_with_backend!(
+    a_charge_made_before_the_process_is_killed_is_recorded_after_restart,
+    a_refund_made_before_the_process_is_killed_is_recorded_after_restart,
+    a_charge_made_while_the_database_is_down_is_recorded_once_it_is_back,
+    a_cancel_during_a_charge_is_refused_and_the_order_keeps_its_money_and_stock,
+    a_charge_landing_on_an_order_no_longer_payable_is_recorded_and_given_back,
+    a_retry_after_the_reconciler_recorded_the_outcome_gets_it,
+);
