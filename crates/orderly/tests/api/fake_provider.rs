@@ -65,6 +65,13 @@ impl FakeProvider {
         self.ledger.lock().unwrap().hang = hang;
     }
 
+    /// Makes a charge under `key`, as a call that got no answer would have.
+    pub fn charge_under(&self, key: &str, amount: i64) {
+        let mut ledger = self.ledger.lock().unwrap();
+        let next = ledger.charges.len();
+        ledger.charges.insert(key.to_owned(), (format!("ch_fake_{next}"), amount));
+    }
+
     pub fn set_delay(&self, delay: Duration) {
         self.ledger.lock().unwrap().delay = delay;
     }

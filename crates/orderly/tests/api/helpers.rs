@@ -134,6 +134,7 @@ impl TestApp {
         backend: Backend,
         migration: u32,
         prepare: impl AsyncFnOnce(&sea_orm::DatabaseConnection),
+        extra_args: &[&str],
     ) -> Option<Self> {
         use sea_orm_migration::MigratorTrait;
         let database = TestDatabase::create(backend).await?;
@@ -148,7 +149,7 @@ impl TestApp {
         orderly::migrations::Migrator::up(earlier.write(), Some(migration)).await.expect("earlier migrations apply");
         prepare(earlier.write()).await;
         earlier.write().clone().close().await.expect("close the earlier connection");
-        Some(Self::spawn_on(database, backend, &[]).await)
+        Some(Self::spawn_on(database, backend, extra_args).await)
     }
 
     /// Starts the `orderly` binary as a process of its own, with extra `serve` flags, so that a

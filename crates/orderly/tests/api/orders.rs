@@ -355,7 +355,7 @@ async fn orders_placed_before_the_items_moved_keep_them(backend: Backend) {
             db.execute(insert("order_items", &item_columns, item)).await.unwrap();
         }
     };
-    let Some(app) = TestApp::spawn_after_migration(backend, 4, prepare).await else { return };
+    let Some(app) = TestApp::spawn_after_migration(backend, 4, prepare, &[]).await else { return };
     let admin = app.admin().await;
     let token = Some(admin.access_token.as_str());
 
