@@ -200,8 +200,10 @@ pub struct PaymentsConfig {
     #[arg(long, env = "ORDERLY_PAYMENT_MAX_CONCURRENT", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10000))]
     pub payment_max_concurrent: u32,
 
-    /// How long after a charge ended with an unknown outcome (a timeout) the provider is asked
-    /// what became of it, if no retry has settled it by then.
+    /// How long after a provider call whose outcome was never recorded (timeout, crash,
+    /// database outage) the provider is asked what became of it, if no retry has settled it by
+    /// then. Must exceed the provider deadline plus the provider's own processing time: a
+    /// lookup that finds nothing is taken as "never made".
     #[arg(long, env = "ORDERLY_PAYMENT_SETTLE_AFTER", default_value = "60s", value_parser = parse_duration)]
     pub payment_settle_after: Duration,
 

@@ -16,8 +16,8 @@ use crate::payments::{
     SETTLE_QUICKLY, id, ledger, on_fake_provider, order_status, pay, payments_of, pending_order, refund, whole_ledger,
 };
 
-/// A charge that outlives the process: one quick attempt (a hold of 1 s + 5 s), and unknown
-/// outcomes reconciled half a second after they were made.
+/// A charge that outlives the process: one quick attempt, held by its request for 1 s + 5 s,
+/// then reconciled.
 const CRASH_FLAGS: [&str; 8] = [
     "--payment-provider-timeout",
     "1s",
@@ -26,7 +26,7 @@ const CRASH_FLAGS: [&str; 8] = [
     "--payment-provider-deadline",
     "1s",
     "--payment-settle-after",
-    "500ms",
+    "2s",
 ];
 
 /// Long enough for a held attempt to lapse and be reconciled.
@@ -153,7 +153,7 @@ async fn a_charge_made_while_the_database_is_down_is_recorded_once_it_is_back(ba
         "--payment-provider-deadline",
         "3s",
         "--payment-settle-after",
-        "500ms",
+        "4s",
     ];
     let server = match backend {
         Backend::Postgres => match PrivatePostgres::start() {

@@ -266,7 +266,7 @@ pub(crate) const SETTLE_QUICKLY: [&str; 8] = [
     "--payment-provider-attempts",
     "1",
     "--payment-provider-deadline",
-    "1s",
+    "400ms",
     "--payment-settle-after",
     "500ms",
 ];
