@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # A private PostgreSQL primary and its streaming replica, for trying and testing
-# ORDERLY_DATABASE_READ_URL on one machine.
+# ORDERLY_DATABASE_READ_URL on one machine; or a private primary alone, for runs that crash it.
 #
 #   deploy/pg_replica.sh start DIR PRIMARY_PORT REPLICA_PORT
 #       creates both clusters under DIR (which must not exist or be empty), starts them on
 #       127.0.0.1 and prints two lines: `primary=URL` and `replica=URL`
+#   deploy/pg_replica.sh start DIR PRIMARY_PORT
+#       the same with the primary alone; prints `primary=URL`
 #   deploy/pg_replica.sh stop DIR
-#       stops both at once (no checkpoint) and removes DIR
+#       stops what runs (no checkpoint) and removes DIR
 #   deploy/pg_replica.sh kill DIR primary|replica
 #   deploy/pg_replica.sh restart DIR primary|replica
 #       stops one server at once, as a crash would; starts it again on its port
@@ -18,7 +20,7 @@
 set -euo pipefail
 
 usage() {
-  echo "usage: $0 start DIR PRIMARY_PORT REPLICA_PORT | stop DIR | kill|restart DIR primary|replica" >&2
+  echo "usage: $0 start DIR PRIMARY_PORT [REPLICA_PORT] | stop DIR | kill|restart DIR primary|replica" >&2
   exit 2
 }
 
@@ -71,8 +73,8 @@ BIN=$(bindir)
 
 case "$command" in
   start)
-    [ $# -eq 4 ] || usage
-    primary_port=$3 replica_port=$4
+    [ $# -eq 3 ] || [ $# -eq 4 ] || usage
+    primary_port=$3 replica_port=${4:-}
     mkdir -p "$DIR"
     DIR=$(cd "$DIR" && pwd)
     if [ "$(id -u)" -eq 0 ]; then chown postgres "$DIR"; fi
@@ -82,12 +84,16 @@ case "$command" in
       { cat "$DIR/initdb.log" >&2; exit 1; }
     configure primary "$primary_port"
     start_server primary
-    # -R writes standby.signal and primary_conninfo: the copy starts as a streaming replica.
-    as_owner "$BIN/pg_basebackup" -h 127.0.0.1 -p "$primary_port" -U postgres -D "$DIR/replica" -R -X stream
-    configure replica "$replica_port"
-    start_server replica
+    if [ -n "$replica_port" ]; then
+      # -R writes standby.signal and primary_conninfo: the copy starts as a streaming replica.
+      as_owner "$BIN/pg_basebackup" -h 127.0.0.1 -p "$primary_port" -U postgres -D "$DIR/replica" -R -X stream
+      configure replica "$replica_port"
+      start_server replica
+    fi
     echo "primary=postgres://postgres@127.0.0.1:$primary_port/postgres"
-    echo "replica=postgres://postgres@127.0.0.1:$replica_port/postgres"
+    if [ -n "$replica_port" ]; then
+      echo "replica=postgres://postgres@127.0.0.1:$replica_port/postgres"
+    fi
     ;;
   stop)
     [ $# -eq 2 ] || usage
