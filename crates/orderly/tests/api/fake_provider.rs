@@ -140,19 +140,8 @@ async fn charge(State(ledger): State<Shared>, headers: HeaderMap, Json(body): Js
     (StatusCode::CREATED, Json(json!({"id": id}))).into_response()
 }
 
-async fn find_charge(
-    State(ledger): State<Shared>,
-    axum::extract::Query(query): axum::extract::Query<HashMap<String, String>>,
-) -> Response {
-    let mut ledger = ledger.lock().unwrap();
-    ledger.lookups += 1;
-    if ledger.down {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    }
-    match ledger.charges.get(&query["idempotency_key"]) {
-        Some((id, _)) => (StatusCode::OK, Json(json!({"id": id}))).into_response(),
-        None => StatusCode::NOT_FOUND.into_response(),
-    }
+async fn find_charge(State(ledger): State<Shared>, query: axum::extract::Query<HashMap<String, String>>) -> Response {
+    look_up(&ledger, query, |ledger| &ledger.charges)
 }
 
 async fn refund(State(ledger): State<Shared>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
@@ -172,16 +161,22 @@ async fn refund(State(ledger): State<Shared>, headers: HeaderMap, Json(body): Js
     (StatusCode::CREATED, Json(json!({"id": id}))).into_response()
 }
 
-async fn find_refund(
-    State(ledger): State<Shared>,
+async fn find_refund(State(ledger): State<Shared>, query: axum::extract::Query<HashMap<String, String>>) -> Response {
+    look_up(&ledger, query, |ledger| &ledger.refunds)
+}
+
+/// Answers a lookup by idempotency key: 200 with what was made under it, 404 if nothing was.
+fn look_up(
+    ledger: &Shared,
     axum::extract::Query(query): axum::extract::Query<HashMap<String, String>>,
+    made: impl Fn(&Ledger) -> &HashMap<String, (String, i64)>,
 ) -> Response {
     let mut ledger = ledger.lock().unwrap();
     ledger.lookups += 1;
     if ledger.down {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
-    match ledger.refunds.get(&query["idempotency_key"]) {
+    match made(&ledger).get(&query["idempotency_key"]) {
         Some((id, _)) => (StatusCode::OK, Json(json!({"id": id}))).into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
     }

@@ -465,6 +465,22 @@ pub async fn scrape_metrics(app: &TestApp) -> std::collections::HashMap<String, 
         .collect()
 }
 
+/// `INSERT INTO table (columns) VALUES (values)` for `db`'s backend, for tests that write rows
+/// as an earlier release did.
+pub fn insert_row(
+    db: &sea_orm::DatabaseConnection,
+    table: &str,
+    columns: &[&str],
+    values: Vec<sea_orm::Value>,
+) -> sea_orm::Statement {
+    use sea_orm::ConnectionTrait;
+    use sea_orm::sea_query::{Alias, Query};
+    let mut statement = Query::insert();
+    statement.into_table(Alias::new(table)).columns(columns.iter().map(|c| Alias::new(*c)));
+    statement.values_panic(values.into_iter().map(Into::into));
+    db.get_database_backend().build(&statement)
+}
+
 /// Asserts a problem response and returns its body.
 pub async fn assert_problem(response: Response, status: StatusCode, code: &str) -> Value {
     assert_eq!(response.status(), status, "unexpected status for expected `{code}`");
@@ -755,26 +771,12 @@ impl ReplicaPair {
     pub fn start() -> Option<Self> {
         let dir = std::env::temp_dir().join(format!("orderly-replica-{}", Uuid::now_v7().simple()));
         let [primary_port, replica_port] = [free_port(), free_port()];
-        let started = std::process::Command::new("bash")
-            .arg(Self::SCRIPT)
-            .args(["start".as_ref(), dir.as_os_str()])
-            .args([primary_port.to_string(), replica_port.to_string()])
-            .output();
-        let pair = Self {
+        start_private_servers(&dir, &[primary_port, replica_port], "the PostgreSQL replica pair", "a read-replica")?;
+        Some(Self {
             dir,
             primary_url: format!("postgres://postgres@127.0.0.1:{primary_port}/postgres"),
             replica_url: format!("postgres://postgres@127.0.0.1:{replica_port}/postgres"),
-        };
-        let failure = match started {
-            Ok(output) if output.status.success() => return Some(pair),
-            Ok(output) => String::from_utf8_lossy(&output.stderr).into_owned(),
-            Err(error) => error.to_string(),
-        };
-        if in_ci() {
-            panic!("CI=true but the PostgreSQL replica pair cannot be started: {failure}");
-        }
-        eprintln!("skipping a read-replica scenario: the PostgreSQL replica pair cannot be started: {failure}");
-        None
+        })
     }
 
     /// Stops replaying WAL on the replica and waits until it has stopped: from then on it
@@ -889,6 +891,27 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Runs `deploy/pg_replica.sh start DIR PORTS…`; `None`, with the reason printed, when that
+/// fails outside CI (no PostgreSQL server programs); under `CI=true` that fails the test.
+fn start_private_servers(dir: &std::path::Path, ports: &[u16], what: &str, scenario: &str) -> Option<()> {
+    let started = std::process::Command::new("bash")
+        .arg(ReplicaPair::SCRIPT)
+        .args(["start".as_ref(), dir.as_os_str()])
+        .args(ports.iter().map(u16::to_string))
+        .output();
+    let failure = match started {
+        Ok(output) if output.status.success() => return Some(()),
+        Ok(output) => String::from_utf8_lossy(&output.stderr).into_owned(),
+        Err(error) => error.to_string(),
+    };
+    let _ = std::process::Command::new("bash").arg(ReplicaPair::SCRIPT).arg("stop").arg(dir).status();
+    if in_ci() {
+        panic!("CI=true but {what} cannot be started: {failure}");
+    }
+    eprintln!("skipping {scenario} scenario: {what} cannot be started: {failure}");
+    None
+}
+
 /// A PostgreSQL server of a test's own on a free port, started by `deploy/pg_replica.sh`
 /// (primary only), for scenarios that crash it. Removed when dropped.
 pub struct PrivatePostgres {
@@ -902,22 +925,8 @@ impl PrivatePostgres {
     pub fn start() -> Option<Self> {
         let dir = std::env::temp_dir().join(format!("orderly-postgres-{}", Uuid::now_v7().simple()));
         let port = free_port();
-        let started = std::process::Command::new("bash")
-            .arg(ReplicaPair::SCRIPT)
-            .args(["start".as_ref(), dir.as_os_str()])
-            .arg(port.to_string())
-            .output();
-        let server = Self { dir, url: format!("postgres://postgres@127.0.0.1:{port}/postgres") };
-        let failure = match started {
-            Ok(output) if output.status.success() => return Some(server),
-            Ok(output) => String::from_utf8_lossy(&output.stderr).into_owned(),
-            Err(error) => error.to_string(),
-        };
-        if in_ci() {
-            panic!("CI=true but a private PostgreSQL server cannot be started: {failure}");
-        }
-        eprintln!("skipping a PostgreSQL crash scenario: a private server cannot be started: {failure}");
-        None
+        start_private_servers(&dir, &[port], "a private PostgreSQL server", "a PostgreSQL crash")?;
+        Some(Self { dir, url: format!("postgres://postgres@127.0.0.1:{port}/postgres") })
     }
 
     /// Stops the server at once (`pg_ctl stop -m immediate`), as a crash would.

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use uuid::Uuid;
 
-use crate::helpers::{Backend, TestApp, assert_problem, error_fields};
+use crate::helpers::{Backend, TestApp, assert_problem, error_fields, insert_row};
 
 fn id(value: &Value) -> String {
     value["id"].as_str().unwrap().to_owned()
@@ -271,7 +271,6 @@ crate::on_every_backend!(
 /// Orders written before items moved into `orders.items` (migration 5) read, list and cancel
 /// as before: the upgrade copies every item, in its position.
 async fn orders_placed_before_the_items_moved_keep_them(backend: Backend) {
-    use sea_orm::sea_query::{Alias, Query};
     use sea_orm::{ConnectionTrait, DatabaseConnection};
 
     let (user_id, product_id, order_id) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
@@ -279,12 +278,7 @@ async fn orders_placed_before_the_items_moved_keep_them(backend: Backend) {
     let gone_id = Uuid::now_v7();
     let at = chrono::Utc::now();
     let prepare = async |db: &DatabaseConnection| {
-        let insert = |table: &str, columns: &[&str], values: Vec<sea_orm::Value>| {
-            let mut statement = Query::insert();
-            statement.into_table(Alias::new(table)).columns(columns.iter().map(|c| Alias::new(*c)));
-            statement.values_panic(values.into_iter().map(Into::into));
-            db.get_database_backend().build(&statement)
-        };
+        let insert = |table: &str, columns: &[&str], values| insert_row(db, table, columns, values);
         let user_columns = ["id", "email", "name", "role", "password_hash", "version", "created_at", "updated_at"];
         let user = vec![
             user_id.into(),

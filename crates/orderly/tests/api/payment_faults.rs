@@ -10,10 +10,12 @@ use serde_json::{Value, json};
 
 use crate::fake_provider::FakeProvider;
 use crate::helpers::{
-    Backend, Credentials, PrivatePostgres, TestApp, assert_problem, eventually, eventually_within, scrape_metrics,
+    Backend, Credentials, PrivatePostgres, TestApp, assert_problem, eventually, eventually_within, insert_row,
+    scrape_metrics,
 };
 use crate::payments::{
-    SETTLE_QUICKLY, id, ledger, on_fake_provider, order_status, pay, payments_of, pending_order, refund, whole_ledger,
+    SETTLE_QUICKLY, id, ledger, on_fake_provider, order_status, pay, payment as payment_of, payments_of, pending_order,
+    refund, whole_ledger,
 };
 
 /// A charge that outlives the process: one quick attempt, held by its request for 1 s + 5 s,
@@ -119,13 +121,7 @@ async fn a_refund_made_before_the_process_is_killed_is_recorded_after_restart(ba
     app.restart().await;
 
     let recorded = eventually_within(RECONCILED_WITHIN, async || {
-        let payment: Value = app
-            .get(&format!("/api/v1/payments/{}", id(&payment)), Some(&admin.access_token))
-            .await
-            .json()
-            .await
-            .unwrap();
-        payment["refunded_amount"] == 2000
+        payment_of(&app, &admin, &id(&payment)).await["refunded_amount"] == 2000
     })
     .await;
     assert!(recorded, "the refund the provider made is recorded without any retry");
@@ -293,16 +289,7 @@ async fn a_retry_after_the_reconciler_recorded_the_outcome_gets_it(backend: Back
     let response = refund(&app, &admin, &id(&recorded), Some(400), "refund-once").await;
     assert_problem(response, StatusCode::SERVICE_UNAVAILABLE, "payment_provider_unavailable").await;
     provider.set_hang(false);
-    let refunded = eventually(async || {
-        let payment: Value = app
-            .get(&format!("/api/v1/payments/{}", id(&recorded)), Some(&admin.access_token))
-            .await
-            .json()
-            .await
-            .unwrap();
-        payment["refunded_amount"] == 400
-    })
-    .await;
+    let refunded = eventually(async || payment_of(&app, &admin, &id(&recorded)).await["refunded_amount"] == 400).await;
     assert!(refunded, "the refund is recorded without any retry");
     let retry = refund(&app, &admin, &id(&recorded), Some(400), "refund-once").await;
     assert_eq!(retry.status(), StatusCode::CREATED, "the retry gets the refund its key made");
@@ -318,7 +305,6 @@ async fn a_retry_after_the_reconciler_recorded_the_outcome_gets_it(backend: Back
 /// died mid-call). Both become attempts on upgrade, and the charges the provider made are
 /// recorded.
 async fn charges_left_unsettled_by_the_previous_release_are_recorded_after_upgrade(backend: Backend) {
-    use sea_orm::sea_query::{Alias, Query};
     use sea_orm::{ConnectionTrait, DatabaseConnection};
 
     let provider = FakeProvider::start().await;
@@ -327,12 +313,7 @@ async fn charges_left_unsettled_by_the_previous_release_are_recorded_after_upgra
     provider.charge_under(&format!("orderly-charge-{marked}-0"), 2500);
     let at = chrono::Utc::now() - chrono::TimeDelta::minutes(5);
     let prepare = async |db: &DatabaseConnection| {
-        let insert = |table: &str, columns: &[&str], values: Vec<sea_orm::Value>| {
-            let mut statement = Query::insert();
-            statement.into_table(Alias::new(table)).columns(columns.iter().map(|c| Alias::new(*c)));
-            statement.values_panic(values.into_iter().map(Into::into));
-            db.get_database_backend().build(&statement)
-        };
+        let insert = |table: &str, columns: &[&str], values| insert_row(db, table, columns, values);
         let user_columns = ["id", "email", "name", "role", "password_hash", "version", "created_at", "updated_at"];
         let email = format!("{}@example.com", user_id.simple());
         let user = vec![

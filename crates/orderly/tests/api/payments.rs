@@ -58,6 +58,11 @@ pub(crate) async fn order_status(app: &TestApp, who: &Credentials, order_id: &st
     order["status"].as_str().unwrap().to_owned()
 }
 
+/// A payment as `who` reads it.
+pub(crate) async fn payment(app: &TestApp, who: &Credentials, payment_id: &str) -> Value {
+    app.get(&format!("/api/v1/payments/{payment_id}"), Some(&who.access_token)).await.json().await.unwrap()
+}
+
 pub(crate) async fn payments_of(app: &TestApp, who: &Credentials, order_id: &str) -> Vec<Value> {
     let page: Value =
         app.get(&format!("/api/v1/payments?order_id={order_id}"), Some(&who.access_token)).await.json().await.unwrap();
