@@ -186,8 +186,10 @@ pub async fn unsettled_refunds(db: &impl ConnectionTrait, payment_id: Uuid) -> R
         .await
 }
 
-/// The newest settled attempt of `kind` made under an idempotency claim since `since`.
-pub async fn settled_for_claim(
+/// The newest attempt of `kind` made under an idempotency claim since `since` whose call did
+/// something at the provider (its outcome is on record). Attempts that did nothing are passed
+/// over: a retry refused before its call went out must not hide what an earlier one did.
+pub async fn recorded_for_claim(
     db: &impl ConnectionTrait,
     claim: &str,
     kind: Kind,
@@ -197,6 +199,7 @@ pub async fn settled_for_claim(
         .filter(Column::IdempotencyClaim.eq(claim))
         .filter(Column::Kind.eq(kind.as_str()))
         .filter(Column::SettledAt.is_not_null())
+        .filter(Column::Outcome.ne(Outcome::NotMade.as_str()))
         .filter(Column::CreatedAt.gt(since))
         .order_by_desc(Column::CreatedAt)
         .one(db)

@@ -51,8 +51,8 @@ pub async fn pay(
     let transaction = app.db.write().begin().await?;
     let order =
         orders::lock_order(&transaction, order_id, caller.owner_scope()).await?.ok_or_else(Problem::not_found)?;
-    if let Some(earlier) = attempts::settled_for_claim(&transaction, &claim, Kind::Charge, claim_horizon(&app)).await?
-        && let Some(outcome) = earlier.outcome().filter(|outcome| *outcome != Outcome::NotMade)
+    if let Some(earlier) = attempts::recorded_for_claim(&transaction, &claim, Kind::Charge, claim_horizon(&app)).await?
+        && let Some(outcome) = earlier.outcome()
     {
         // A retry of a request whose charge was recorded, by its first run or anyone else.
         let payment = recorded_payment(&transaction, earlier.payment_id).await?;
@@ -278,7 +278,7 @@ pub async fn refund(
 ) -> Result<(Payment, Refund), AppError> {
     let transaction = app.db.write().begin().await?;
     let payment = store::lock_payment(&transaction, payment_id).await?.ok_or_else(Problem::not_found)?;
-    if let Some(earlier) = attempts::settled_for_claim(&transaction, &claim, Kind::Refund, claim_horizon(&app)).await?
+    if let Some(earlier) = attempts::recorded_for_claim(&transaction, &claim, Kind::Refund, claim_horizon(&app)).await?
         && earlier.payment_id == Some(payment.id)
         && let Some(refund_id) = earlier.refund_id
     {

@@ -300,6 +300,28 @@ async fn a_retry_after_the_reconciler_recorded_the_outcome_gets_it(backend: Back
     assert_eq!(provider.refunded(), 400);
 }
 
+async fn a_retry_refused_before_its_call_went_out_does_not_hide_an_earlier_charge(backend: Backend) {
+    let mut flags = SETTLE_QUICKLY.to_vec();
+    flags.extend(["--payment-circuit-failures", "1", "--payment-circuit-open", "1s"]);
+    let Some((app, provider)) = on_fake_provider(backend, &flags).await else { return };
+    let (_admin, customer, order) = pending_order(&app, 1).await;
+    provider.set_hang(true);
+    let first = pay(&app, &customer, &id(&order), "pm_card_visa", "one-key").await;
+    assert_problem(first, StatusCode::SERVICE_UNAVAILABLE, "payment_provider_unavailable").await;
+    provider.set_hang(false);
+    // The timeout opened the circuit: this retry takes the charge over but never calls.
+    let refused = pay(&app, &customer, &id(&order), "pm_card_visa", "one-key").await;
+    assert_problem(refused, StatusCode::SERVICE_UNAVAILABLE, "payment_provider_unavailable").await;
+    assert_eq!(provider.calls(), 1);
+
+    assert!(eventually(async || order_status(&app, &customer, &id(&order)).await == "paid").await);
+    let recorded = payments_of(&app, &customer, &id(&order)).await.remove(0);
+    let retry = pay(&app, &customer, &id(&order), "pm_card_visa", "one-key").await;
+    assert_eq!(retry.status(), StatusCode::CREATED, "the charge made under the key is found");
+    assert_eq!(retry.json::<Value>().await.unwrap(), recorded);
+    assert_eq!(provider.charges(), [1000]);
+}
+
 /// The previous release left a charge unsettled in two ways: a row in `unsettled_charges` (its
 /// call failed after reaching the provider), or only the order's in-flight mark (its process
 /// died mid-call). Both become attempts on upgrade, and the charges the provider made are
@@ -395,4 +417,5 @@ crate::on_every_backend_with_backend!(
     a_cancel_during_a_charge_is_refused_and_the_order_keeps_its_money_and_stock,
     a_charge_landing_on_an_order_no_longer_payable_is_recorded_and_given_back,
     a_retry_after_the_reconciler_recorded_the_outcome_gets_it,
+    a_retry_refused_before_its_call_went_out_does_not_hide_an_earlier_charge,
 );
