@@ -14,7 +14,7 @@ Then, once every instance reports no unsettled payment attempt, it checks:
 
 - for every order, the provider's net money (charges minus refunds) equals its ledger rows;
 - the ledger's total equals the revenue `/stats` reports;
-- an order has at most one succeeded payment that still holds money;
+- an order has at most one succeeded payment;
 - order status agrees with the money: `paid` holds its total (less what was refunded),
   `pending`, `cancelled` and `refunded` hold nothing;
 - stock is conserved: initial stock less the quantities of orders not cancelled;
@@ -968,14 +968,18 @@ def check_money(world, load):
 
 
 def check_orders_agree_with_money(orders, payments, provider_net):
-    holding = collections.defaultdict(list)  # order id → its succeeded payments still holding money
+    succeeded = collections.defaultdict(list)  # order id → its succeeded payments
+    holding = collections.defaultdict(list)  # order id → those still holding money
     for payment in payments:
-        if payment["status"] == "succeeded" and payment["refunded_amount"] < payment["amount"]:
-            holding[payment["order_id"]].append(payment)
+        if payment["status"] == "succeeded":
+            succeeded[payment["order_id"]].append(payment)
+            if payment["refunded_amount"] < payment["amount"]:
+                holding[payment["order_id"]].append(payment)
     for order_id, order in orders.items():
         net, held = provider_net.get(order_id, 0), holding[order_id]
         where = f"order {order_id} ({order['status']}, total {order['total']}, net {net})"
-        expect(len(held) <= 1, f"{where}: {len(held)} succeeded payments hold money: {[p['id'] for p in held]}")
+        charged = succeeded[order_id]
+        expect(len(charged) <= 1, f"{where}: {len(charged)} succeeded payments: {[p['id'] for p in charged]}")
         if order["status"] == "paid":
             # A partial refund leaves the order paid, holding its total less the refund.
             expect(held, f"{where}: paid, but no payment holds money")

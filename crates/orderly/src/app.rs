@@ -106,14 +106,6 @@ impl Application {
             )
             .into());
         }
-        if config.payments.payment_settle_after <= config.payments.payment_provider_deadline {
-            return Err(ConfigError::new(
-                "ORDERLY_PAYMENT_SETTLE_AFTER",
-                "must be longer than ORDERLY_PAYMENT_PROVIDER_DEADLINE (plus the provider's own processing time), so a \
-                 call the provider is still working on is not taken for one it never received",
-            )
-            .into());
-        }
         let keys = SigningKeys::load(&config.auth, embedded)?;
         crate::accounts::passwords::configure(usize::from(config.auth.password_hashers));
         let db = Database::connect(&config.database).await?;

@@ -202,8 +202,8 @@ pub struct PaymentsConfig {
 
     /// How long after a provider call whose outcome was never recorded (timeout, crash,
     /// database outage) the provider is asked what became of it, if no retry has settled it by
-    /// then. Must exceed the provider deadline plus the provider's own processing time: a
-    /// lookup that finds nothing is taken as "never made".
+    /// then. A lookup that finds nothing is believed only once the call is also older than the
+    /// provider deadline + 5 s.
     #[arg(long, env = "ORDERLY_PAYMENT_SETTLE_AFTER", default_value = "60s", value_parser = parse_duration)]
     pub payment_settle_after: Duration,
 

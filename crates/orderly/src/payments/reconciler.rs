@@ -4,8 +4,10 @@
 //! An attempt is its work once its hold has lapsed and it is older than
 //! `ORDERLY_PAYMENT_SETTLE_AFTER` (time for the client to retry first). A charge or a refund is
 //! looked up at the provider under its key (a lookup never moves money) and what it did is
-//! recorded: the charge, the decline, the refund, or nothing. A reversal is owed, so it is
-//! carried out (the provider's key makes a repeat return the refund already made).
+//! recorded: the charge, the decline, the refund, or nothing. "Nothing" is believed only once
+//! the attempt is also older than the provider deadline plus a margin: until then a call under
+//! its key may still land. A reversal is owed, so it is carried out (the provider's key makes a
+//! repeat return the refund already made).
 //!
 //! Instances may reconcile the same attempt at once: recording locks the order (or payment)
 //! and finds a call already recorded by its key or the provider's id, so each is recorded once.
@@ -26,6 +28,9 @@ use super::service::{record_charge, record_refund, reverse};
 /// Attempts reconciled per pass; the rest wait for the next.
 const BATCH: u64 = 100;
 
+/// How long past our own deadline a provider may still be acting on a call.
+const PROVIDER_MARGIN: Duration = Duration::from_secs(5);
+
 /// Reconciles every so often until the task is aborted.
 pub async fn reconcile_forever(app: AppState, settle_after: Duration) {
     let mut interval =
@@ -44,16 +49,21 @@ pub async fn reconcile_forever(app: AppState, settle_after: Duration) {
 
 /// One pass over the attempts due for reconciliation.
 pub async fn reconcile(app: &AppState, settle_after: Duration) -> Result<(), AppError> {
-    let before = now() - chrono::TimeDelta::from_std(settle_after).unwrap_or(chrono::TimeDelta::MAX);
-    for attempt in attempts::lapsed(app.db.write(), before, BATCH).await? {
-        let outcome = match reconcile_one(app, &attempt).await {
-            Ok(outcome) => outcome,
+    let now = now();
+    let ago = |duration: Duration| now - chrono::TimeDelta::from_std(duration).unwrap_or(chrono::TimeDelta::MAX);
+    // A lookup that finds nothing proves nothing while a call under the key may still land:
+    // "nothing" is believed only once every call of the attempt has had its whole deadline
+    // and a margin for the provider's own processing, however short `settle_after` is.
+    let silent_before = ago(settle_after.max(app.payments.deadline() + PROVIDER_MARGIN));
+    for attempt in attempts::lapsed(app.db.write(), ago(settle_after), BATCH).await? {
+        let outcome = match reconcile_one(app, &attempt, attempt.created_at < silent_before).await {
+            Ok(Some(outcome)) => outcome?,
+            Ok(None) => continue,
             Err(Unreachable) => {
                 tracing::warn!("cannot reconcile payment attempts: the payment provider is unavailable");
                 return Ok(());
             }
         };
-        let outcome = outcome?;
         metrics::counter!(
             "orderly_payment_attempts_reconciled_total",
             "kind" => attempt.kind.clone(),
@@ -74,26 +84,36 @@ pub async fn reconcile(app: &AppState, settle_after: Duration) -> Result<(), App
 /// The provider could not be asked; the pass ends and the next one tries again.
 struct Unreachable;
 
-async fn reconcile_one(app: &AppState, attempt: &Attempt) -> Result<Result<Outcome, AppError>, Unreachable> {
+/// Settles one attempt; `None` when the provider has nothing under its key yet and that cannot
+/// be believed (`silence_is_final` is false): a later pass asks again.
+async fn reconcile_one(
+    app: &AppState,
+    attempt: &Attempt,
+    silence_is_final: bool,
+) -> Result<Option<Result<Outcome, AppError>>, Unreachable> {
     match attempt.kind() {
         Some(Kind::Charge) => {
             let found = app.payments.find_charge(&attempt.provider_key).await.map_err(|_| Unreachable)?;
-            Ok(record_charge(app, attempt, found).await.map(|(outcome, _)| outcome))
+            if found.is_none() && !silence_is_final {
+                return Ok(None);
+            }
+            Ok(Some(record_charge(app, attempt, found).await.map(|(outcome, _)| outcome)))
         }
         Some(Kind::Refund) => {
             let found = app.payments.find_refund(&attempt.provider_key).await.map_err(|_| Unreachable)?;
-            let made = found.is_some();
-            Ok(record_refund(app, attempt, found)
-                .await
-                .map(|_| if made { Outcome::Succeeded } else { Outcome::NotMade }))
+            if found.is_none() && !silence_is_final {
+                return Ok(None);
+            }
+            let outcome = if found.is_some() { Outcome::Succeeded } else { Outcome::NotMade };
+            Ok(Some(record_refund(app, attempt, found).await.map(|_| outcome)))
         }
         Some(Kind::Reversal) => match reverse(app, attempt).await {
-            Ok(outcome) => Ok(Ok(outcome)),
+            Ok(outcome) => Ok(Some(Ok(outcome))),
             // Logged where it failed; a reversal is never given up.
             Err(AppError::Problem(_)) => Err(Unreachable),
-            Err(error) => Ok(Err(error)),
+            Err(error) => Ok(Some(Err(error))),
         },
-        None => Ok(Err(AppError::internal(format!("payment attempt {} has an unknown kind", attempt.id)))),
+        None => Ok(Some(Err(AppError::internal(format!("payment attempt {} has an unknown kind", attempt.id))))),
     }
 }
 

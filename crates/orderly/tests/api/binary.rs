@@ -58,7 +58,6 @@ fn bad_configuration_stops_the_process_with_one_line_naming_the_setting() {
         ("ORDERLY_JWT_PRIVATE_KEY", secret_key, "ORDERLY_JWT_PRIVATE_KEY"),
         ("ORDERLY_DATABASE_URL", "postgres://user:hunter2@127.0.0.1:1/db", "ORDERLY_JWT_PRIVATE_KEY"),
         ("ORDERLY_PAYMENT_PROVIDER_DEADLINE", "10s", "ORDERLY_PAYMENT_PROVIDER_DEADLINE"),
-        ("ORDERLY_PAYMENT_SETTLE_AFTER", "6s", "ORDERLY_PAYMENT_SETTLE_AFTER"),
         ("ORDERLY_SANDBOX_FAILURE_RATE", "1.5", "ORDERLY_SANDBOX_FAILURE_RATE"),
         // A replica needs PostgreSQL; the embedded default is SQLite.
         ("ORDERLY_DATABASE_READ_URL", "postgres://user:hunter2@127.0.0.1:1/db", "ORDERLY_DATABASE_READ_URL"),

@@ -121,23 +121,9 @@ fn key(headers: &HeaderMap) -> String {
 }
 
 async fn charge(State(ledger): State<Shared>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
-    let hang = match arrive(&ledger).await {
-        Ok(hang) => hang,
-        Err(status) => return status.into_response(),
-    };
-    if body["payment_method"] == "pm_card_declined" {
-        return (StatusCode::PAYMENT_REQUIRED, Json(json!({"code": "card_declined"}))).into_response();
-    }
-    let amount = body["amount"].as_i64().unwrap();
-    let id = {
-        let mut ledger = ledger.lock().unwrap();
-        let next = ledger.charges.len();
-        ledger.charges.entry(key(&headers)).or_insert_with(|| (format!("ch_fake_{next}"), amount)).0.clone()
-    };
-    if hang {
-        tokio::time::sleep(Duration::from_secs(60)).await;
-    }
-    (StatusCode::CREATED, Json(json!({"id": id}))).into_response()
+    let declined = body["payment_method"] == "pm_card_declined";
+    act(ledger, key(&headers), body["amount"].as_i64().unwrap(), declined, |ledger| &mut ledger.charges, "ch_fake")
+        .await
 }
 
 async fn find_charge(State(ledger): State<Shared>, query: axum::extract::Query<HashMap<String, String>>) -> Response {
@@ -145,20 +131,40 @@ async fn find_charge(State(ledger): State<Shared>, query: axum::extract::Query<H
 }
 
 async fn refund(State(ledger): State<Shared>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
-    let hang = match arrive(&ledger).await {
-        Ok(hang) => hang,
-        Err(status) => return status.into_response(),
-    };
-    let amount = body["amount"].as_i64().unwrap();
-    let id = {
+    act(ledger, key(&headers), body["amount"].as_i64().unwrap(), false, |ledger| &mut ledger.refunds, "re_fake").await
+}
+
+/// Makes a charge or refund of `amount` under `key` (once per key: a repeat gets the first
+/// one's id), or declines it. Like a real provider, it finishes what it started even when the
+/// caller has given up waiting.
+async fn act(
+    ledger: Shared,
+    key: String,
+    amount: i64,
+    declined: bool,
+    made: fn(&mut Ledger) -> &mut HashMap<String, (String, i64)>,
+    prefix: &'static str,
+) -> Response {
+    let work = tokio::spawn(async move {
+        let hang = arrive(&ledger).await?;
+        if declined {
+            return Ok((StatusCode::PAYMENT_REQUIRED, json!({"code": "card_declined"}), hang));
+        }
         let mut ledger = ledger.lock().unwrap();
-        let next = ledger.refunds.len();
-        ledger.refunds.entry(key(&headers)).or_insert_with(|| (format!("re_fake_{next}"), amount)).0.clone()
-    };
-    if hang {
-        tokio::time::sleep(Duration::from_secs(60)).await;
+        let made = made(&mut ledger);
+        let next = made.len();
+        let id = made.entry(key).or_insert_with(|| (format!("{prefix}_{next}"), amount)).0.clone();
+        Ok::<_, StatusCode>((StatusCode::CREATED, json!({"id": id}), hang))
+    });
+    match work.await.unwrap() {
+        Err(status) => status.into_response(),
+        Ok((status, body, hang)) => {
+            if hang {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+            (status, Json(body)).into_response()
+        }
     }
-    (StatusCode::CREATED, Json(json!({"id": id}))).into_response()
 }
 
 async fn find_refund(State(ledger): State<Shared>, query: axum::extract::Query<HashMap<String, String>>) -> Response {

@@ -14,21 +14,21 @@ use crate::helpers::{
     scrape_metrics,
 };
 use crate::payments::{
-    SETTLE_QUICKLY, id, ledger, on_fake_provider, order_status, pay, payment as payment_of, payments_of, pending_order,
-    refund, whole_ledger,
+    SETTLE_QUICKLY, id, ledger, on_fake_provider, on_fake_provider_process, order_status, pay, payment as payment_of,
+    payments_of, pending_order, refund, whole_ledger,
 };
 
-/// A charge that outlives the process: one quick attempt, held by its request for 1 s + 5 s,
-/// then reconciled.
+/// A call that outlives the process: one attempt of up to 3 s (time to kill the process while
+/// it hangs), held by its request for 3 s + 5 s, then reconciled.
 const CRASH_FLAGS: [&str; 8] = [
     "--payment-provider-timeout",
-    "1s",
+    "3s",
     "--payment-provider-attempts",
     "1",
     "--payment-provider-deadline",
-    "1s",
+    "3s",
     "--payment-settle-after",
-    "2s",
+    "4s",
 ];
 
 /// Long enough for a held attempt to lapse and be reconciled.
@@ -36,11 +36,7 @@ const RECONCILED_WITHIN: Duration = Duration::from_secs(20);
 
 /// The `orderly` binary on the fake provider, as a process that can be killed.
 async fn process_on_fake_provider(backend: Backend) -> Option<(TestApp, FakeProvider)> {
-    let provider = FakeProvider::start().await;
-    let mut args = vec!["--payment-provider-url", provider.url.as_str()];
-    args.extend_from_slice(&CRASH_FLAGS);
-    let app = TestApp::spawn_process(backend, &args).await?;
-    Some((app, provider))
+    on_fake_provider_process(backend, &CRASH_FLAGS).await
 }
 
 /// Sends a POST in the background; its answer may never come (the process dies).
@@ -69,12 +65,7 @@ async fn a_charge_made_before_the_process_is_killed_is_recorded_after_restart(ba
     let path = format!("/api/v1/orders/{}/payments", id(&order));
     let paying = post_in_background(&app, &customer, &path, "killed", json!({"payment_method": "pm_card_visa"}));
     assert!(eventually(async || provider.charges().len() == 1).await, "the provider charges");
-    app.kill();
-    assert!(paying.await.unwrap().is_none(), "the killed process never answered");
-    provider.set_hang(false);
-    app.restart().await;
-
-    // Still held by the dead request for a few seconds: seen, not yet reconciled.
+    // The call hangs: the attempt is unsettled and shows, and it is no outage.
     let seen = eventually(async || {
         metric(&app, r#"orderly_payment_attempts_unsettled{kind="charge"}"#).await == 1.0
             && metric(&app, "orderly_payment_attempt_oldest_unsettled_seconds").await > 0.0
@@ -82,6 +73,11 @@ async fn a_charge_made_before_the_process_is_killed_is_recorded_after_restart(ba
     .await;
     assert!(seen, "the unsettled charge shows in the metrics");
     assert_eq!(app.get("/readyz", None).await.status(), StatusCode::OK, "an unsettled charge is no outage");
+    app.kill();
+    assert!(paying.await.unwrap().is_none(), "the killed process never answered");
+    provider.set_hang(false);
+    app.restart().await;
+
     let recorded = eventually_within(RECONCILED_WITHIN, async || {
         payments_of(&app, &customer, &id(&order)).await.iter().any(|payment| payment["status"] == "succeeded")
     })
@@ -134,54 +130,71 @@ async fn a_refund_made_before_the_process_is_killed_is_recorded_after_restart(ba
     assert_eq!(metric(&app, reconciled).await, 1.0);
 }
 
-/// The database goes away while the provider charges, so the charge cannot be recorded:
-/// PostgreSQL is stopped at once (and started again), SQLite is locked by another connection
-/// (and released).
+/// The app's database, which a scenario takes away and gives back: a PostgreSQL server of the
+/// test's own, stopped at once and started again; or SQLite, locked by another connection and
+/// released.
+struct Outage {
+    server: Option<PrivatePostgres>,
+    lock: Option<sea_orm::sqlx::SqliteConnection>,
+}
+
+impl Outage {
+    /// The app on the fake provider, on a database that can be taken away. Provider calls
+    /// get 3 s, so one can be in flight while the database goes.
+    async fn start(backend: Backend) -> Option<(Self, TestApp, FakeProvider)> {
+        let provider = FakeProvider::start().await;
+        let flags = [
+            "--payment-provider-url",
+            provider.url.as_str(),
+            "--payment-provider-timeout",
+            "3s",
+            "--payment-provider-attempts",
+            "1",
+            "--payment-provider-deadline",
+            "3s",
+            "--payment-settle-after",
+            "4s",
+        ];
+        let server = match backend {
+            Backend::Postgres => Some(PrivatePostgres::start()?),
+            Backend::Sqlite => None,
+        };
+        let app = match &server {
+            Some(server) => TestApp::spawn_on_server(&server.url, &flags).await,
+            None => TestApp::spawn_with(backend, &flags).await?,
+        };
+        Some((Self { server, lock: None }, app, provider))
+    }
+
+    async fn begin(&mut self, app: &TestApp) {
+        match &self.server {
+            Some(server) => server.crash(),
+            None => self.lock = Some(app.hold_sqlite_write_lock().await),
+        }
+    }
+
+    fn end(&mut self) {
+        match &self.server {
+            Some(server) => server.start_again(),
+            None => self.lock = None,
+        }
+    }
+}
+
+/// The database goes away while the provider charges, so the charge cannot be recorded.
 async fn a_charge_made_while_the_database_is_down_is_recorded_once_it_is_back(backend: Backend) {
-    let provider = FakeProvider::start().await;
-    let flags = [
-        "--payment-provider-url",
-        provider.url.as_str(),
-        "--payment-provider-timeout",
-        "3s",
-        "--payment-provider-attempts",
-        "1",
-        "--payment-provider-deadline",
-        "3s",
-        "--payment-settle-after",
-        "4s",
-    ];
-    let server = match backend {
-        Backend::Postgres => match PrivatePostgres::start() {
-            Some(server) => Some(server),
-            None => return,
-        },
-        Backend::Sqlite => None,
-    };
-    let app = match &server {
-        Some(server) => TestApp::spawn_on_server(&server.url, &flags).await,
-        None => TestApp::spawn_with(backend, &flags).await.expect("SQLite always runs"),
-    };
+    let Some((mut outage, app, provider)) = Outage::start(backend).await else { return };
     let (admin, customer, order) = pending_order(&app, 3).await;
     provider.set_delay(Duration::from_secs(1));
 
     let path = format!("/api/v1/orders/{}/payments", id(&order));
     let paying = post_in_background(&app, &customer, &path, "outage", json!({"payment_method": "pm_card_visa"}));
     assert!(eventually(async || provider.calls() == 1).await, "the charge goes out");
-    let lock = match &server {
-        Some(server) => {
-            server.crash();
-            None
-        }
-        None => Some(app.hold_sqlite_write_lock().await),
-    };
+    outage.begin(&app).await;
     let answer = paying.await.unwrap().expect("the app answers");
     assert_problem(answer, StatusCode::SERVICE_UNAVAILABLE, "database_unavailable").await;
     assert_eq!(provider.charges(), [3000], "the provider charged all the same");
-    match &server {
-        Some(server) => server.start_again(),
-        None => drop(lock),
-    }
+    outage.end();
 
     let recorded = eventually_within(RECONCILED_WITHIN, async || {
         let response =
@@ -197,7 +210,39 @@ async fn a_charge_made_while_the_database_is_down_is_recorded_once_it_is_back(ba
     assert_eq!(provider.charges(), [3000]);
 }
 
-async fn a_cancel_during_a_charge_is_refused_and_the_order_keeps_its_money_and_stock(backend: Backend) {
+/// The database goes away while the provider refunds, so the refund cannot be recorded.
+async fn a_refund_made_while_the_database_is_down_is_recorded_once_it_is_back(backend: Backend) {
+    let Some((mut outage, app, provider)) = Outage::start(backend).await else { return };
+    let (admin, customer, order) = pending_order(&app, 3).await;
+    let payment: Value = pay(&app, &customer, &id(&order), "pm_card_visa", "pay").await.json().await.unwrap();
+    provider.set_delay(Duration::from_secs(1));
+
+    let path = format!("/api/v1/payments/{}/refunds", id(&payment));
+    let refunding = post_in_background(&app, &admin, &path, "refund-outage", json!({"amount": 1000}));
+    assert!(eventually(async || provider.calls() == 2).await, "the refund goes out");
+    outage.begin(&app).await;
+    let answer = refunding.await.unwrap().expect("the app answers");
+    assert_problem(answer, StatusCode::SERVICE_UNAVAILABLE, "database_unavailable").await;
+    assert_eq!(provider.refunded(), 1000, "the provider refunded all the same");
+    outage.end();
+
+    let recorded = eventually_within(RECONCILED_WITHIN, async || {
+        let response = app.get(&format!("/api/v1/payments/{}", id(&payment)), Some(&admin.access_token)).await;
+        response.status() == StatusCode::OK && response.json::<Value>().await.unwrap()["refunded_amount"] == 1000
+    })
+    .await;
+    assert!(recorded, "the refund is recorded once the database is back");
+    let mut amounts: Vec<i64> = ledger(&app, &admin).await.iter().map(|row| row["amount"].as_i64().unwrap()).collect();
+    amounts.sort();
+    assert_eq!(amounts, [-1000, 3000]);
+    assert_eq!(provider.refunded(), 1000, "refunded once");
+    assert_eq!(order_status(&app, &customer, &id(&order)).await, "paid", "part of the money stays");
+}
+
+/// Cancel 0.2 s into a charge: the cancel is refused and the order keeps its money and stock,
+/// or (had the cancel come first) the payment is refused, nothing is charged and the stock is
+/// back. Never both, never neither.
+async fn a_cancel_racing_a_charge_never_lets_both_win(backend: Backend) {
     let Some((app, provider)) = on_fake_provider(backend, &[]).await else { return };
     let admin = app.admin().await;
     let customer = app.customer().await;
@@ -208,6 +253,41 @@ async fn a_cancel_during_a_charge_is_refused_and_the_order_keeps_its_money_and_s
     let path = format!("/api/v1/orders/{}/payments", id(&order));
     let paying = post_in_background(&app, &customer, &path, "slow", json!({"payment_method": "pm_card_visa"}));
     tokio::time::sleep(Duration::from_millis(200)).await;
+    let cancel_path = format!("/api/v1/orders/{}/cancel", id(&order));
+    let cancel = app.send_json(Method::POST, &cancel_path, Some(&customer.access_token), &json!({})).await;
+    let cancel_status = cancel.status();
+    let payment_status = paying.await.unwrap().unwrap().status();
+
+    let amounts: Vec<i64> = ledger(&app, &admin).await.iter().map(|row| row["amount"].as_i64().unwrap()).collect();
+    match (cancel_status, payment_status) {
+        (StatusCode::CONFLICT, StatusCode::CREATED) => {
+            assert_eq!(order_status(&app, &customer, &id(&order)).await, "paid");
+            assert_eq!(app.stock_of(&id(&product)).await, 6, "the stock stays with the paid order");
+            assert_eq!(provider.charges(), [4000]);
+            assert_eq!(amounts, [4000], "the ledger matches the provider");
+        }
+        (StatusCode::OK, StatusCode::CONFLICT) => {
+            assert_eq!(order_status(&app, &customer, &id(&order)).await, "cancelled");
+            assert_eq!(app.stock_of(&id(&product)).await, 10, "the stock is back");
+            assert!(provider.charges().is_empty());
+            assert!(amounts.is_empty());
+        }
+        other => panic!("cancel and payment answered {other:?}"),
+    }
+    assert_eq!(provider.refunded(), 0);
+}
+
+async fn a_cancel_while_a_charge_is_in_flight_is_refused_until_it_is_settled(backend: Backend) {
+    let Some((app, provider)) = on_fake_provider(backend, &[]).await else { return };
+    let admin = app.admin().await;
+    let customer = app.customer().await;
+    let product = app.create_product(&admin, json!({"unit_price": 1000, "stock": 10})).await;
+    let order: Value = app.place_order(&customer, &[(&id(&product), 4)]).await.json().await.unwrap();
+    provider.set_delay(Duration::from_secs(1));
+
+    let path = format!("/api/v1/orders/{}/payments", id(&order));
+    let paying = post_in_background(&app, &customer, &path, "slow", json!({"payment_method": "pm_card_visa"}));
+    assert!(eventually(async || provider.calls() == 1).await, "the charge is in flight");
     let cancel_path = format!("/api/v1/orders/{}/cancel", id(&order));
     let cancel = || {
         app.request(Method::POST, &cancel_path)
@@ -234,7 +314,10 @@ async fn a_cancel_during_a_charge_is_refused_and_the_order_keeps_its_money_and_s
 }
 
 async fn a_charge_landing_on_an_order_no_longer_payable_is_recorded_and_given_back(backend: Backend) {
-    let Some((app, provider)) = on_fake_provider(backend, &SETTLE_QUICKLY).await else { return };
+    // Reconciled 2 s after the charge: well after the cancel below.
+    let mut flags = SETTLE_QUICKLY.to_vec();
+    flags.extend(["--payment-settle-after", "2s"]);
+    let Some((app, provider)) = on_fake_provider_process(backend, &flags).await else { return };
     let (admin, customer, order) = pending_order(&app, 1).await;
     provider.set_hang(true);
     let response = pay(&app, &customer, &id(&order), "pm_card_visa", "hang-then-cancel").await;
@@ -302,7 +385,7 @@ async fn a_retry_after_the_reconciler_recorded_the_outcome_gets_it(backend: Back
 
 async fn a_retry_refused_before_its_call_went_out_does_not_hide_an_earlier_charge(backend: Backend) {
     let mut flags = SETTLE_QUICKLY.to_vec();
-    flags.extend(["--payment-circuit-failures", "1", "--payment-circuit-open", "1s"]);
+    flags.extend(["--payment-circuit-failures", "1", "--payment-circuit-open", "3s"]);
     let Some((app, provider)) = on_fake_provider(backend, &flags).await else { return };
     let (_admin, customer, order) = pending_order(&app, 1).await;
     provider.set_hang(true);
@@ -320,6 +403,25 @@ async fn a_retry_refused_before_its_call_went_out_does_not_hide_an_earlier_charg
     assert_eq!(retry.status(), StatusCode::CREATED, "the charge made under the key is found");
     assert_eq!(retry.json::<Value>().await.unwrap(), recorded);
     assert_eq!(provider.charges(), [1000]);
+}
+
+async fn a_charge_that_lands_after_its_call_gave_up_is_recorded_not_taken_for_none(backend: Backend) {
+    let Some((app, provider)) = on_fake_provider_process(backend, &SETTLE_QUICKLY).await else { return };
+    let (admin, customer, order) = pending_order(&app, 1).await;
+    // The provider takes 1.5 s to act: our call (0.3 s) gives up long before, and the first
+    // lookups (from 0.5 s) find nothing.
+    provider.set_delay(Duration::from_millis(1500));
+    let response = pay(&app, &customer, &id(&order), "pm_card_visa", "late").await;
+    assert_problem(response, StatusCode::SERVICE_UNAVAILABLE, "payment_provider_unavailable").await;
+    assert!(provider.charges().is_empty(), "nothing charged yet");
+
+    assert!(eventually(async || order_status(&app, &customer, &id(&order)).await == "paid").await);
+    assert!(provider.lookups() >= 2, "looked up before and after the charge landed");
+    assert_eq!(provider.charges(), [1000]);
+    let amounts: Vec<i64> = ledger(&app, &admin).await.iter().map(|row| row["amount"].as_i64().unwrap()).collect();
+    assert_eq!(amounts, [1000]);
+    let not_made = r#"orderly_payment_attempts_reconciled_total{kind="charge",outcome="not_made"}"#;
+    assert_eq!(metric(&app, not_made).await, 0.0);
 }
 
 /// The previous release left a charge unsettled in two ways: a row in `unsettled_charges` (its
@@ -414,8 +516,11 @@ crate::on_every_backend_with_backend!(
     a_charge_made_before_the_process_is_killed_is_recorded_after_restart,
     a_refund_made_before_the_process_is_killed_is_recorded_after_restart,
     a_charge_made_while_the_database_is_down_is_recorded_once_it_is_back,
-    a_cancel_during_a_charge_is_refused_and_the_order_keeps_its_money_and_stock,
+    a_refund_made_while_the_database_is_down_is_recorded_once_it_is_back,
+    a_cancel_racing_a_charge_never_lets_both_win,
+    a_cancel_while_a_charge_is_in_flight_is_refused_until_it_is_settled,
     a_charge_landing_on_an_order_no_longer_payable_is_recorded_and_given_back,
     a_retry_after_the_reconciler_recorded_the_outcome_gets_it,
     a_retry_refused_before_its_call_went_out_does_not_hide_an_earlier_charge,
+    a_charge_that_lands_after_its_call_gave_up_is_recorded_not_taken_for_none,
 );

@@ -7,7 +7,7 @@ use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 
 use crate::fake_provider::FakeProvider;
-use crate::helpers::{Backend, Credentials, TestApp, assert_problem, eventually, scrape_metrics};
+use crate::helpers::{Backend, Credentials, TestApp, assert_problem, eventually, eventually_within, scrape_metrics};
 
 pub(crate) fn id(value: &Value) -> String {
     value["id"].as_str().unwrap().to_owned()
@@ -77,10 +77,22 @@ pub(crate) async fn ledger(app: &TestApp, admin: &Credentials) -> Vec<Value> {
 /// Starts the app on the fake provider, with quick retries and the given extra flags.
 pub(crate) async fn on_fake_provider(backend: Backend, extra: &[&str]) -> Option<(TestApp, FakeProvider)> {
     let provider = FakeProvider::start().await;
+    let app = TestApp::spawn_with(backend, &fake_provider_flags(&provider, extra)).await?;
+    Some((app, provider))
+}
+
+/// As [`on_fake_provider`], with the app in a process of its own: it can be killed, and its
+/// metrics are its own (apps in the test process share one recorder).
+pub(crate) async fn on_fake_provider_process(backend: Backend, extra: &[&str]) -> Option<(TestApp, FakeProvider)> {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::spawn_process(backend, &fake_provider_flags(&provider, extra)).await?;
+    Some((app, provider))
+}
+
+fn fake_provider_flags<'a>(provider: &'a FakeProvider, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["--payment-provider-url", provider.url.as_str(), "--payment-provider-backoff", "10ms"];
     args.extend_from_slice(extra);
-    let app = TestApp::spawn_with(backend, &args).await?;
-    Some((app, provider))
+    args
 }
 
 async fn a_sandbox_payment_pays_the_order_once_and_writes_the_ledger(backend: Backend) {
@@ -302,7 +314,7 @@ async fn a_charge_left_unknown_is_recorded_from_the_provider_when_nobody_retries
 }
 
 async fn a_charge_that_never_happened_is_settled_as_nothing(backend: Backend) {
-    let Some((app, provider)) = on_fake_provider(backend, &SETTLE_QUICKLY).await else { return };
+    let Some((app, provider)) = on_fake_provider_process(backend, &SETTLE_QUICKLY).await else { return };
     let (admin, customer, order) = pending_order(&app, 1).await;
     provider.set_down(true);
     let response = pay(&app, &customer, &id(&order), "pm_card_visa", "down").await;
@@ -310,7 +322,13 @@ async fn a_charge_that_never_happened_is_settled_as_nothing(backend: Backend) {
     provider.set_down(false);
 
     assert!(eventually(async || provider.lookups() >= 1).await, "the unknown outcome is looked up");
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let not_made = r#"orderly_payment_attempts_reconciled_total{kind="charge",outcome="not_made"}"#;
+    assert_eq!(scrape_metrics(&app).await.get(not_made), None, "nothing found is not believed at once");
+    // It is once the call has had its deadline and the provider's margin (0.4 s + 5 s).
+    let settled =
+        eventually_within(Duration::from_secs(15), async || scrape_metrics(&app).await.get(not_made) == Some(&1.0))
+            .await;
+    assert!(settled, "settled as never made");
     let lookups = provider.lookups();
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(provider.lookups(), lookups, "once settled, it is not looked up again");
