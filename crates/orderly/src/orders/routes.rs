@@ -229,7 +229,9 @@ async fn get_order(
     Ok(conditional_response(&headers, &value, order.updated_at, CacheControl::Private))
 }
 
-/// Cancel a pending order and return its stock. Cancelling a cancelled order returns it as is.
+/// Cancel a pending order and return its stock. Cancelling a cancelled order returns it as is;
+/// an order that is not pending is 409 `invalid_state`; while a payment of the order is being
+/// processed (its outcome not yet recorded), 409 `payment_in_progress` with `Retry-After`.
 #[utoipa::path(
     post, path = "/orders/{id}/cancel", tag = "orders", params(("id" = Uuid, Path)), security(("bearer" = [])),
     responses(

@@ -167,9 +167,7 @@ pub async fn cancel_order(app: &App, caller: Principal, id: Uuid) -> Result<Orde
         }
     }
     // Cancelling and paying exclude each other: the stock goes back only with the money.
-    if let Some(refusal) = crate::payments::service::charge_in_flight(app, &transaction, order.id).await? {
-        return Err(refusal);
-    }
+    crate::payments::service::refuse_while_charging(app, &transaction, order.id).await?;
     let mut items = order.item_list()?;
     // In id order, the order stock is taken in.
     items.sort_by_key(|item| item.product_id);

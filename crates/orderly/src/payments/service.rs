@@ -397,18 +397,19 @@ pub(super) async fn record_refund(
     Ok(Some(recorded))
 }
 
-/// The problem a cancel gets while a charge of the order is unsettled; `None` if none is.
-pub async fn charge_in_flight(
+/// Refuses (409 `payment_in_progress`) while a charge of the order is unsettled: a cancel must
+/// not return the stock of an order whose money may be moving.
+pub async fn refuse_while_charging(
     app: &App,
     db: &impl sea_orm::ConnectionTrait,
     order_id: Uuid,
-) -> Result<Option<AppError>, AppError> {
+) -> Result<(), AppError> {
     let unsettled = attempts::unsettled_charges(db, order_id).await?;
     if unsettled.is_empty() {
-        return Ok(None);
+        return Ok(());
     }
     let detail = "A payment of this order is being processed; it can be cancelled once that is settled.";
-    Ok(Some(in_progress(detail, retry_after(app, &unsettled))))
+    Err(in_progress(detail, retry_after(app, &unsettled)))
 }
 
 /// When unsettled attempts will have been settled: at once for one held by its request (it is
