@@ -382,13 +382,14 @@ async fn circuit_state(app: &TestApp) -> &'static str {
 }
 
 async fn an_attempt_in_flight_refuses_a_second_one_and_the_bulkhead_caps_provider_calls(backend: Backend) {
+    // The first call hangs for 3 s: the checks below run while it holds the only slot.
     let flags = [
         "--payment-provider-attempts",
         "1",
         "--payment-provider-timeout",
-        "1s",
+        "3s",
         "--payment-provider-deadline",
-        "1s",
+        "3s",
         "--payment-max-concurrent",
         "1",
     ];
