@@ -20,10 +20,9 @@ use std::time::Duration;
 
 use crate::app::AppState;
 use crate::db::now;
-use crate::error::AppError;
 
 use super::attempts::{self, Attempt, Kind, Outcome};
-use super::service::{record_charge, record_refund, reverse};
+use super::service::{PaymentError, record_charge, record_refund, reverse};
 
 /// Attempts reconciled per pass; the rest wait for the next.
 const BATCH: u64 = 100;
@@ -48,7 +47,7 @@ pub async fn reconcile_forever(app: AppState, settle_after: Duration) {
 }
 
 /// One pass over the attempts due for reconciliation.
-pub async fn reconcile(app: &AppState, settle_after: Duration) -> Result<(), AppError> {
+pub async fn reconcile(app: &AppState, settle_after: Duration) -> Result<(), PaymentError> {
     let now = now();
     let ago = |duration: Duration| now - chrono::TimeDelta::from_std(duration).unwrap_or(chrono::TimeDelta::MAX);
     // A lookup that finds nothing proves nothing while a call under the key may still land:
@@ -90,7 +89,7 @@ async fn reconcile_one(
     app: &AppState,
     attempt: &Attempt,
     silence_is_final: bool,
-) -> Result<Option<Result<Outcome, AppError>>, Unreachable> {
+) -> Result<Option<Result<Outcome, PaymentError>>, Unreachable> {
     match attempt.kind() {
         Some(Kind::Charge) => {
             let found = app.payments.find_charge(&attempt.provider_key).await.map_err(|_| Unreachable)?;
@@ -110,15 +109,15 @@ async fn reconcile_one(
         Some(Kind::Reversal) => match reverse(app, attempt).await {
             Ok(outcome) => Ok(Some(Ok(outcome))),
             // Logged where it failed; a reversal is never given up.
-            Err(AppError::Problem(_)) => Err(Unreachable),
+            Err(PaymentError::ProviderUnavailable { .. }) => Err(Unreachable),
             Err(error) => Ok(Some(Err(error))),
         },
-        None => Ok(Some(Err(AppError::internal(format!("payment attempt {} has an unknown kind", attempt.id))))),
+        None => Ok(Some(Err(PaymentError::Internal("a payment attempt has an unknown kind")))),
     }
 }
 
 /// Sets the gauges of unsettled attempts.
-async fn publish_metrics(app: &AppState) -> Result<(), AppError> {
+async fn publish_metrics(app: &AppState) -> Result<(), sea_orm::DbErr> {
     let unsettled = attempts::unsettled_by_kind(app.db.write()).await?;
     let now = now();
     for kind in [Kind::Charge, Kind::Refund, Kind::Reversal] {

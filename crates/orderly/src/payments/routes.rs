@@ -5,7 +5,6 @@ use axum::Extension;
 use axum::extract::{OriginalUri, State};
 use chrono::{DateTime, Utc};
 use http::HeaderMap;
-use orderly_kit::Problem;
 use orderly_kit::conditional::{CacheControl, conditional_response};
 use orderly_kit::docs::{
     BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, PaymentRequired, ServiceUnavailable, Unauthorized,
@@ -15,6 +14,7 @@ use orderly_kit::extract::{Id, JsonBody, Query};
 use orderly_kit::fields::select;
 use orderly_kit::idempotency::Claim;
 use orderly_kit::validation::{Invalid, json};
+use orderly_kit::{FieldError, Problem};
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::accounts::auth::{Admin, Principal};
 use crate::app::AppState;
-use crate::error::ApiResult;
+use crate::error::{ApiResult, AppError};
 use crate::listing::{CreatedAtListQuery, FieldsQuery, ListParams, read_fields};
 use crate::responses::created;
 
@@ -154,6 +154,36 @@ fn transaction_body(entry: &LedgerEntry) -> TransactionBody<'_> {
         amount: entry.amount,
         currency: &entry.currency,
         created_at: entry.created_at,
+    }
+}
+
+/// Each payment error as the problem the API answers with.
+impl From<service::PaymentError> for AppError {
+    fn from(error: service::PaymentError) -> Self {
+        use service::PaymentError as E;
+        let problem = match error {
+            E::NotFound => Problem::not_found(),
+            E::InvalidState(detail) => Problem::conflict("invalid_state", detail),
+            E::InProgress { detail, retry_after_secs } => Problem::conflict("payment_in_progress", detail.to_owned())
+                .with_header(http::header::RETRY_AFTER, http::HeaderValue::from(retry_after_secs)),
+            E::ExceedsRefundable { refundable } => Problem::validation(vec![FieldError {
+                field: "amount".into(),
+                code: "exceeds_refundable".into(),
+                message: format!("must be at most {refundable}, what is left to refund"),
+            }]),
+            E::Declined { .. } => {
+                Problem::new(http::StatusCode::PAYMENT_REQUIRED, "card_declined", "The payment method was declined.")
+            }
+            E::ProviderUnavailable { retry_after_secs, .. } => Problem::unavailable(
+                "payment_provider_unavailable",
+                "The payment provider did not answer in time. Retrying with the same `Idempotency-Key` is safe: a \
+                 charge the provider made meanwhile is found, not made again.",
+                retry_after_secs,
+            ),
+            E::Database(error) => return error.into(),
+            E::Internal(message) => return AppError::internal(message),
+        };
+        problem.into()
     }
 }
 

@@ -24,21 +24,47 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use http::StatusCode;
-use orderly_kit::{FieldError, Problem};
-use sea_orm::TransactionTrait;
+use sea_orm::{DbErr, TransactionTrait};
 use uuid::Uuid;
 
 use crate::accounts::auth::Principal;
 use crate::app::{App, AppState};
 use crate::db::now;
-use crate::error::AppError;
 use crate::orders::domain::OrderStatus;
 use crate::orders::store as orders;
 
 use super::attempts::{self, Attempt, Kind, NewAttempt, Outcome, Settlement};
 use super::provider::{ChargeOutcome, ChargeRequest, RefundRequest, Unavailable};
 use super::store::{self, NewPayment, Payment, Refund};
+
+/// Why a payment or refund did not go through, or not yet; the routes answer each with its
+/// problem.
+#[derive(Debug, thiserror::Error)]
+pub enum PaymentError {
+    /// No such order or payment, or not the caller's.
+    #[error("not found")]
+    NotFound,
+    /// The order or payment is not in a state that allows it.
+    #[error("{0}")]
+    InvalidState(String),
+    /// Another charge or refund holds the order or payment until it is settled.
+    #[error("{detail}")]
+    InProgress { detail: &'static str, retry_after_secs: u64 },
+    /// A refund larger than what is left of the payment.
+    #[error("at most {refundable} is left to refund")]
+    ExceedsRefundable { refundable: i64 },
+    /// The provider declined the charge.
+    #[error("the charge was declined ({code})")]
+    Declined { code: String },
+    /// The provider could not be asked, or did not answer in time.
+    #[error("payment provider unavailable: {reason}")]
+    ProviderUnavailable { reason: &'static str, retry_after_secs: u64 },
+    #[error("database: {0}")]
+    Database(#[from] DbErr),
+    /// A broken invariant: a row that should be there is not.
+    #[error("{0}")]
+    Internal(&'static str),
+}
 
 /// Charges an order's total. `claim` is the request's idempotency claim.
 pub async fn pay(
@@ -47,10 +73,10 @@ pub async fn pay(
     order_id: Uuid,
     payment_method: String,
     claim: String,
-) -> Result<Payment, AppError> {
+) -> Result<Payment, PaymentError> {
     let transaction = app.db.write().begin().await?;
     let order =
-        orders::lock_order(&transaction, order_id, caller.owner_scope()).await?.ok_or_else(Problem::not_found)?;
+        orders::lock_order(&transaction, order_id, caller.owner_scope()).await?.ok_or(PaymentError::NotFound)?;
     if let Some(earlier) = attempts::recorded_for_claim(&transaction, &claim, Kind::Charge, claim_horizon(&app)).await?
         && let Some(outcome) = earlier.outcome()
     {
@@ -104,7 +130,7 @@ pub async fn pay(
         let (outcome, payment) = record_charge(&app, &attempt, Some(outcome)).await?;
         charge_answer(outcome, payment)
     });
-    task.await.map_err(|_| AppError::internal("the payment task panicked"))?
+    task.await.map_err(|_| PaymentError::Internal("the payment task panicked"))?
 }
 
 /// The provider's idempotency key for charging an order: the same for every attempt until one
@@ -123,25 +149,25 @@ fn reversal_key(payment_id: Uuid) -> String {
 }
 
 /// What a charge request answers once its outcome is recorded.
-fn charge_answer(outcome: Outcome, payment: Option<Payment>) -> Result<Payment, AppError> {
+fn charge_answer(outcome: Outcome, payment: Option<Payment>) -> Result<Payment, PaymentError> {
     match (outcome, payment) {
         (Outcome::Succeeded, Some(payment)) => Ok(payment),
-        (Outcome::Declined, _) => {
-            Err(Problem::new(StatusCode::PAYMENT_REQUIRED, "card_declined", "The payment method was declined.").into())
-        }
+        (Outcome::Declined, payment) => Err(PaymentError::Declined {
+            code: payment.and_then(|payment| payment.failure_code).unwrap_or_else(|| "card_declined".into()),
+        }),
         (Outcome::Reversed, _) => Err(invalid_state(
             "The order could no longer be paid when the charge went through (it was cancelled or paid meanwhile); \
              the charge is being refunded."
                 .into(),
         )),
-        _ => Err(AppError::internal("a recorded charge has no payment")),
+        _ => Err(PaymentError::Internal("a recorded charge has no payment")),
     }
 }
 
 async fn recorded_payment(
     db: &impl sea_orm::ConnectionTrait,
     payment_id: Option<Uuid>,
-) -> Result<Option<Payment>, AppError> {
+) -> Result<Option<Payment>, PaymentError> {
     match payment_id {
         Some(id) => Ok(store::find_payment(db, id, None).await?),
         None => Ok(None),
@@ -152,7 +178,7 @@ async fn recorded_payment(
 /// settled as such (a reversal stays due: it is owed). Otherwise the outcome is unknown: the
 /// hold ends, so a retry may take the attempt over at once, and the reconciler finds out if
 /// nobody does.
-async fn call_failed(app: &App, attempt: &Attempt, unavailable: &Unavailable) -> AppError {
+async fn call_failed(app: &App, attempt: &Attempt, unavailable: &Unavailable) -> PaymentError {
     let settled = if unavailable.reached || attempt.kind() == Some(Kind::Reversal) {
         attempts::release(app.db.write(), attempt.id).await
     } else {
@@ -173,11 +199,11 @@ pub(super) async fn record_charge(
     app: &AppState,
     charge: &Attempt,
     outcome: Option<ChargeOutcome>,
-) -> Result<(Outcome, Option<Payment>), AppError> {
+) -> Result<(Outcome, Option<Payment>), PaymentError> {
     let transaction = app.db.write().begin().await?;
     let order = orders::lock_order(&transaction, charge.order_id, None)
         .await?
-        .ok_or_else(|| AppError::internal("a payment attempt's order is gone"))?;
+        .ok_or(PaymentError::Internal("a payment attempt's order is gone"))?;
     let settlement = |outcome, payment_id| Settlement {
         order_id: order.id,
         provider_key: &charge.provider_key,
@@ -255,7 +281,7 @@ pub(super) async fn record_charge(
 
 /// Gives back the charge of a reversal attempt, under the reversal's key: a repeat returns the
 /// refund already made.
-pub(super) async fn reverse(app: &AppState, reversal: &Attempt) -> Result<Outcome, AppError> {
+pub(super) async fn reverse(app: &AppState, reversal: &Attempt) -> Result<Outcome, PaymentError> {
     let request = RefundRequest {
         key: reversal.provider_key.clone(),
         charge: reversal.charge_reference.clone().unwrap_or_default(),
@@ -275,9 +301,9 @@ pub async fn refund(
     payment_id: Uuid,
     amount: Option<i64>,
     claim: String,
-) -> Result<(Payment, Refund), AppError> {
+) -> Result<(Payment, Refund), PaymentError> {
     let transaction = app.db.write().begin().await?;
-    let payment = store::lock_payment(&transaction, payment_id).await?.ok_or_else(Problem::not_found)?;
+    let payment = store::lock_payment(&transaction, payment_id).await?.ok_or(PaymentError::NotFound)?;
     if let Some(earlier) = attempts::recorded_for_claim(&transaction, &claim, Kind::Refund, claim_horizon(&app)).await?
         && earlier.payment_id == Some(payment.id)
         && let Some(refund_id) = earlier.refund_id
@@ -285,7 +311,7 @@ pub async fn refund(
         // A retry of a request whose refund was recorded, by its first run or the reconciler.
         let refund = store::find_refund(&transaction, refund_id, None)
             .await?
-            .ok_or_else(|| AppError::internal("a recorded refund is gone"))?;
+            .ok_or(PaymentError::Internal("a recorded refund is gone"))?;
         return Ok((payment, refund));
     }
     if payment.status != "succeeded" {
@@ -302,12 +328,7 @@ pub async fn refund(
     }
     let amount = amount.unwrap_or(refundable);
     if amount > refundable {
-        return Err(Problem::validation(vec![FieldError {
-            field: "amount".into(),
-            code: "exceeds_refundable".into(),
-            message: format!("must be at most {refundable}, what is left to refund"),
-        }])
-        .into());
+        return Err(PaymentError::ExceedsRefundable { refundable });
     }
     let attempt = attempts::insert(
         &transaction,
@@ -340,9 +361,9 @@ pub async fn refund(
         };
         record_refund(&app, &attempt, Some(reference))
             .await?
-            .ok_or_else(|| AppError::internal("a refund the provider made was not recorded"))
+            .ok_or(PaymentError::Internal("a refund the provider made was not recorded"))
     });
-    task.await.map_err(|_| AppError::internal("the refund task panicked"))?
+    task.await.map_err(|_| PaymentError::Internal("the refund task panicked"))?
 }
 
 /// Records what a refund or reversal did at the provider (`None`: nothing, as a lookup found)
@@ -353,12 +374,12 @@ pub(super) async fn record_refund(
     app: &App,
     attempt: &Attempt,
     reference: Option<String>,
-) -> Result<Option<(Payment, Refund)>, AppError> {
-    let payment_id = attempt.payment_id.ok_or_else(|| AppError::internal("a refund attempt has no payment"))?;
+) -> Result<Option<(Payment, Refund)>, PaymentError> {
+    let payment_id = attempt.payment_id.ok_or(PaymentError::Internal("a refund attempt has no payment"))?;
     let transaction = app.db.write().begin().await?;
     let payment = store::lock_payment(&transaction, payment_id)
         .await?
-        .ok_or_else(|| AppError::internal("a refund attempt's payment is gone"))?;
+        .ok_or(PaymentError::Internal("a refund attempt's payment is gone"))?;
     let order_id = payment.order_id;
     let settlement = |outcome, refund_id| Settlement {
         order_id,
@@ -382,7 +403,7 @@ pub(super) async fn record_refund(
             if payment.refunded_amount == payment.amount {
                 let order = orders::lock_order(&transaction, payment.order_id, None)
                     .await?
-                    .ok_or_else(|| AppError::internal("a payment's order is gone"))?;
+                    .ok_or(PaymentError::Internal("a payment's order is gone"))?;
                 if order.status == OrderStatus::Paid.as_str()
                     && store::count_holding_money(&transaction, order.id).await? == 0
                 {
@@ -403,7 +424,7 @@ pub async fn refuse_while_charging(
     app: &App,
     db: &impl sea_orm::ConnectionTrait,
     order_id: Uuid,
-) -> Result<(), AppError> {
+) -> Result<(), PaymentError> {
     let unsettled = attempts::unsettled_charges(db, order_id).await?;
     if unsettled.is_empty() {
         return Ok(());
@@ -438,23 +459,18 @@ fn claim_horizon(app: &App) -> DateTime<Utc> {
     now() - chrono::TimeDelta::from_std(app.idempotency_settings.ttl).unwrap_or(chrono::TimeDelta::days(1))
 }
 
-fn invalid_state(detail: String) -> AppError {
-    Problem::conflict("invalid_state", detail).into()
+fn invalid_state(detail: String) -> PaymentError {
+    PaymentError::InvalidState(detail)
 }
 
-fn in_progress(detail: &str, retry_after_secs: u64) -> AppError {
-    Problem::conflict("payment_in_progress", detail.to_owned())
-        .with_header(http::header::RETRY_AFTER, http::HeaderValue::from(retry_after_secs))
-        .into()
+fn in_progress(detail: &'static str, retry_after_secs: u64) -> PaymentError {
+    PaymentError::InProgress { detail, retry_after_secs }
 }
 
-fn provider_unavailable(unavailable: &Unavailable) -> AppError {
+fn provider_unavailable(unavailable: &Unavailable) -> PaymentError {
     tracing::warn!(reason = unavailable.reason, "payment provider unavailable");
-    Problem::unavailable(
-        "payment_provider_unavailable",
-        "The payment provider did not answer in time. Retrying with the same `Idempotency-Key` is safe: a charge \
-         the provider made meanwhile is found, not made again.",
-        unavailable.retry_after.as_secs().max(1),
-    )
-    .into()
+    PaymentError::ProviderUnavailable {
+        reason: unavailable.reason,
+        retry_after_secs: unavailable.retry_after.as_secs().max(1),
+    }
 }
