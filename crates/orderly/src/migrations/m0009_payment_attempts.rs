@@ -32,6 +32,7 @@ enum PaymentAttempts {
     CreatedAt,
     SettledAt,
     Outcome,
+    ReconcileAfter,
 }
 
 #[derive(DeriveIden)]
@@ -90,6 +91,7 @@ impl MigrationTrait for Migration {
                     .col(ColumnDef::new(A::CreatedAt).timestamp_with_time_zone().not_null())
                     .col(ColumnDef::new(A::SettledAt).timestamp_with_time_zone().null())
                     .col(ColumnDef::new(A::Outcome).string_len(16).null())
+                    .col(ColumnDef::new(A::ReconcileAfter).timestamp_with_time_zone().null())
                     .check(Expr::col(A::Amount).gt(0))
                     .to_owned(),
             )

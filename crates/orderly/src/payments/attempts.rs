@@ -47,6 +47,8 @@ pub mod attempt {
         pub settled_at: Option<DateTimeUtc>,
         /// [`super::Outcome`], once settled.
         pub outcome: Option<String>,
+        /// Not before then: the last try to reconcile it failed.
+        pub reconcile_after: Option<DateTimeUtc>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -159,6 +161,7 @@ pub async fn insert(db: &impl ConnectionTrait, new: NewAttempt) -> Result<Attemp
         created_at: now(),
         settled_at: None,
         outcome: None,
+        reconcile_after: None,
     };
     attempt::Entity::insert(attempt::ActiveModel::from(row.clone())).exec_without_returning(db).await?;
     Ok(row)
@@ -279,17 +282,29 @@ pub async fn release(db: &impl ConnectionTrait, id: Uuid) -> Result<(), DbErr> {
         .map(drop)
 }
 
-/// Unsettled attempts whose hold has lapsed and that were made before `before`, oldest first:
-/// the reconciler's work.
+/// Unsettled attempts whose hold has lapsed and that were made before `before`, oldest first,
+/// but for those postponed after a failed try: the reconciler's work.
 pub async fn lapsed(db: &impl ConnectionTrait, before: DateTime<Utc>, limit: u64) -> Result<Vec<Attempt>, DbErr> {
+    let now = now();
     attempt::Entity::find()
         .filter(Column::SettledAt.is_null())
         .filter(Column::CreatedAt.lt(before))
-        .filter(Column::HoldUntil.lte(now()))
+        .filter(Column::HoldUntil.lte(now))
+        .filter(Column::ReconcileAfter.is_null().or(Column::ReconcileAfter.lte(now)))
         .order_by_asc(Column::CreatedAt)
         .limit(limit)
         .all(db)
         .await
+}
+
+/// Leaves an attempt to the reconciler's passes after `until` (its last try failed).
+pub async fn postpone(db: &impl ConnectionTrait, id: Uuid, until: DateTime<Utc>) -> Result<(), DbErr> {
+    attempt::Entity::update_many()
+        .col_expr(Column::ReconcileAfter, Expr::value(until))
+        .filter(Column::Id.eq(id))
+        .exec(db)
+        .await
+        .map(drop)
 }
 
 /// Per kind: how many attempts are unsettled, and when the oldest was made.

@@ -27,6 +27,9 @@ use super::service::{PaymentError, record_charge, record_refund, reverse};
 /// Attempts reconciled per pass; the rest wait for the next.
 const BATCH: u64 = 100;
 
+/// How long an attempt whose reconciliation failed waits for its next try.
+const RETRY_FAILED_AFTER: Duration = Duration::from_secs(30);
+
 /// How long past our own deadline a provider may still be acting on a call.
 const PROVIDER_MARGIN: Duration = Duration::from_secs(5);
 
@@ -46,7 +49,9 @@ pub async fn reconcile_forever(app: AppState, settle_after: Duration) {
     }
 }
 
-/// One pass over the attempts due for reconciliation.
+/// One pass over the attempts due for reconciliation. An attempt that cannot be settled now
+/// is left for a later pass without holding up the others; the pass ends early only when the
+/// provider refuses every call (circuit open).
 pub async fn reconcile(app: &AppState, settle_after: Duration) -> Result<(), PaymentError> {
     let now = now();
     let ago = |duration: Duration| now - chrono::TimeDelta::from_std(duration).unwrap_or(chrono::TimeDelta::MAX);
@@ -56,11 +61,22 @@ pub async fn reconcile(app: &AppState, settle_after: Duration) -> Result<(), Pay
     let silent_before = ago(settle_after.max(app.payments.deadline() + PROVIDER_MARGIN));
     for attempt in attempts::lapsed(app.db.write(), ago(settle_after), BATCH).await? {
         let outcome = match reconcile_one(app, &attempt, attempt.created_at < silent_before).await {
-            Ok(Some(outcome)) => outcome?,
+            Ok(Some(outcome)) => outcome,
             Ok(None) => continue,
-            Err(Unreachable) => {
+            Err(PaymentError::ProviderUnavailable { sent: false, .. }) => {
                 tracing::warn!("cannot reconcile payment attempts: the payment provider is unavailable");
                 return Ok(());
+            }
+            Err(error) => {
+                // Tried again after a while, not every pass: an attempt the provider keeps
+                // failing on must not trip the circuit breaker for every payment.
+                tracing::warn!(
+                    %error, order.id = %attempt.order_id, payment.provider_key = %attempt.provider_key,
+                    "a payment attempt could not be reconciled; trying again later"
+                );
+                let later = crate::db::now() + chrono::TimeDelta::from_std(RETRY_FAILED_AFTER).unwrap_or_default();
+                attempts::postpone(app.db.write(), attempt.id, later).await?;
+                continue;
             }
         };
         metrics::counter!(
@@ -80,39 +96,33 @@ pub async fn reconcile(app: &AppState, settle_after: Duration) -> Result<(), Pay
     Ok(())
 }
 
-/// The provider could not be asked; the pass ends and the next one tries again.
-struct Unreachable;
-
 /// Settles one attempt; `None` when the provider has nothing under its key yet and that cannot
 /// be believed (`silence_is_final` is false): a later pass asks again.
 async fn reconcile_one(
     app: &AppState,
     attempt: &Attempt,
     silence_is_final: bool,
-) -> Result<Option<Result<Outcome, PaymentError>>, Unreachable> {
+) -> Result<Option<Outcome>, PaymentError> {
     match attempt.kind() {
         Some(Kind::Charge) => {
-            let found = app.payments.find_charge(&attempt.provider_key).await.map_err(|_| Unreachable)?;
+            let found = app.payments.find_charge(&attempt.provider_key).await.map_err(|e| PaymentError::from(&e))?;
             if found.is_none() && !silence_is_final {
                 return Ok(None);
             }
-            Ok(Some(record_charge(app, attempt, found).await.map(|(outcome, _)| outcome)))
+            Ok(Some(record_charge(app, attempt, found).await?.0))
         }
         Some(Kind::Refund) => {
-            let found = app.payments.find_refund(&attempt.provider_key).await.map_err(|_| Unreachable)?;
+            let found = app.payments.find_refund(&attempt.provider_key).await.map_err(|e| PaymentError::from(&e))?;
             if found.is_none() && !silence_is_final {
                 return Ok(None);
             }
             let outcome = if found.is_some() { Outcome::Succeeded } else { Outcome::NotMade };
-            Ok(Some(record_refund(app, attempt, found).await.map(|_| outcome)))
+            record_refund(app, attempt, found).await?;
+            Ok(Some(outcome))
         }
-        Some(Kind::Reversal) => match reverse(app, attempt).await {
-            Ok(outcome) => Ok(Some(Ok(outcome))),
-            // Logged where it failed; a reversal is never given up.
-            Err(PaymentError::ProviderUnavailable { .. }) => Err(Unreachable),
-            Err(error) => Ok(Some(Err(error))),
-        },
-        None => Ok(Some(Err(PaymentError::Internal("a payment attempt has an unknown kind")))),
+        // Owed, so carried out; never given up.
+        Some(Kind::Reversal) => reverse(app, attempt).await.map(Some),
+        None => Err(PaymentError::Internal("a payment attempt has an unknown kind")),
     }
 }
 

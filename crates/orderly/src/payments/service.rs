@@ -56,9 +56,10 @@ pub enum PaymentError {
     /// The provider declined the charge.
     #[error("the charge was declined ({code})")]
     Declined { code: String },
-    /// The provider could not be asked, or did not answer in time.
+    /// The provider could not be asked, or did not answer in time. `sent`: whether a call
+    /// went out (else the circuit breaker or the bulkhead refused it here).
     #[error("payment provider unavailable: {reason}")]
-    ProviderUnavailable { reason: &'static str, retry_after_secs: u64 },
+    ProviderUnavailable { reason: &'static str, retry_after_secs: u64, sent: bool },
     #[error("database: {0}")]
     Database(#[from] DbErr),
     /// A broken invariant: a row that should be there is not.
@@ -469,8 +470,15 @@ fn in_progress(detail: &'static str, retry_after_secs: u64) -> PaymentError {
 
 fn provider_unavailable(unavailable: &Unavailable) -> PaymentError {
     tracing::warn!(reason = unavailable.reason, "payment provider unavailable");
-    PaymentError::ProviderUnavailable {
-        reason: unavailable.reason,
-        retry_after_secs: unavailable.retry_after.as_secs().max(1),
+    unavailable.into()
+}
+
+impl From<&Unavailable> for PaymentError {
+    fn from(unavailable: &Unavailable) -> Self {
+        Self::ProviderUnavailable {
+            reason: unavailable.reason,
+            retry_after_secs: unavailable.retry_after.as_secs().max(1),
+            sent: unavailable.reached,
+        }
     }
 }

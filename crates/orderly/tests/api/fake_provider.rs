@@ -28,6 +28,8 @@ struct Ledger {
     hang: bool,
     /// Calls wait this long before doing their work and answering.
     delay: Duration,
+    /// Lookups of these keys answer 500.
+    broken_lookups: std::collections::HashSet<String>,
     /// Charges made: idempotency key → (charge id, amount).
     charges: HashMap<String, (String, i64)>,
     /// Refunds made: idempotency key → (refund id, amount).
@@ -70,6 +72,11 @@ impl FakeProvider {
         let mut ledger = self.ledger.lock().unwrap();
         let next = ledger.charges.len();
         ledger.charges.insert(key.to_owned(), (format!("ch_fake_{next}"), amount));
+    }
+
+    /// Makes every lookup of `key` fail.
+    pub fn break_lookups_of(&self, key: &str) {
+        self.ledger.lock().unwrap().broken_lookups.insert(key.to_owned());
     }
 
     pub fn set_delay(&self, delay: Duration) {
@@ -179,7 +186,7 @@ fn look_up(
 ) -> Response {
     let mut ledger = ledger.lock().unwrap();
     ledger.lookups += 1;
-    if ledger.down {
+    if ledger.down || ledger.broken_lookups.contains(&query["idempotency_key"]) {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
     match made(&ledger).get(&query["idempotency_key"]) {

@@ -14,8 +14,8 @@ use crate::helpers::{
     scrape_metrics,
 };
 use crate::payments::{
-    SETTLE_QUICKLY, id, ledger, on_fake_provider, on_fake_provider_process, order_status, pay, payment as payment_of,
-    payments_of, pending_order, refund, whole_ledger,
+    SETTLE_QUICKLY, first_product, id, ledger, on_fake_provider, on_fake_provider_process, order_status, pay,
+    payment as payment_of, payments_of, pending_order, refund, whole_ledger,
 };
 
 /// A call that outlives the process: one attempt of up to 3 s (time to kill the process while
@@ -424,6 +424,33 @@ async fn a_charge_that_lands_after_its_call_gave_up_is_recorded_not_taken_for_no
     assert_eq!(metric(&app, not_made).await, 0.0);
 }
 
+async fn a_charge_that_cannot_be_looked_up_does_not_hold_up_the_others(backend: Backend) {
+    let Some((app, provider)) = on_fake_provider(backend, &SETTLE_QUICKLY).await else { return };
+    let (_admin, customer, stuck) = pending_order(&app, 1).await;
+    let other: Value =
+        app.place_order(&customer, &[(first_product(&app).await.as_str(), 1)]).await.json().await.unwrap();
+    // The older attempt's lookups fail every time; the newer one's charge is still recorded.
+    provider.break_lookups_of(&format!("orderly-charge-{}-0", id(&stuck)));
+    provider.set_hang(true);
+    for (order, key) in [(&stuck, "stuck"), (&other, "other")] {
+        let response = pay(&app, &customer, &id(order), "pm_card_visa", key).await;
+        assert_problem(response, StatusCode::SERVICE_UNAVAILABLE, "payment_provider_unavailable").await;
+    }
+    provider.set_hang(false);
+
+    assert!(eventually(async || order_status(&app, &customer, &id(&other)).await == "paid").await);
+    assert_eq!(order_status(&app, &customer, &id(&stuck)).await, "pending");
+    let cancel = app
+        .send_json(
+            Method::POST,
+            &format!("/api/v1/orders/{}/cancel", id(&stuck)),
+            Some(&customer.access_token),
+            &json!({}),
+        )
+        .await;
+    assert_problem(cancel, StatusCode::CONFLICT, "payment_in_progress").await;
+}
+
 /// The previous release left a charge unsettled in two ways: a row in `unsettled_charges` (its
 /// call failed after reaching the provider), or only the order's in-flight mark (its process
 /// died mid-call). Both become attempts on upgrade, and the charges the provider made are
@@ -523,4 +550,5 @@ crate::on_every_backend_with_backend!(
     a_retry_after_the_reconciler_recorded_the_outcome_gets_it,
     a_retry_refused_before_its_call_went_out_does_not_hide_an_earlier_charge,
     a_charge_that_lands_after_its_call_gave_up_is_recorded_not_taken_for_none,
+    a_charge_that_cannot_be_looked_up_does_not_hold_up_the_others,
 );

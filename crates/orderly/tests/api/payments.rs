@@ -653,7 +653,7 @@ async fn stats_are_for_admins_and_kept_for_their_ttl(backend: Backend) {
     }
 }
 
-async fn first_product(app: &TestApp) -> String {
+pub(crate) async fn first_product(app: &TestApp) -> String {
     let page: Value = app.get("/api/v1/products?limit=1", None).await.json().await.unwrap();
     id(&page["data"][0])
 }
