@@ -78,6 +78,8 @@ pub struct TestApp {
     /// The `orderly` process serving it, for scenarios that kill it; `None` when it runs in
     /// the test's own runtime.
     process: Option<std::process::Child>,
+    /// Where that process writes its log.
+    process_log: Option<PathBuf>,
 }
 
 pub struct Credentials {
@@ -167,6 +169,13 @@ impl TestApp {
         Self::spawn_on(database, Backend::Postgres, extra_args).await
     }
 
+    /// The log lines the process has written so far, each parsed as JSON.
+    pub fn process_log(&self) -> Vec<Value> {
+        let path = self.process_log.as_ref().expect("only an app run as a process has a log of its own");
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        log.lines().filter_map(|line| serde_json::from_str(line).ok()).collect()
+    }
+
     /// Kills the process with SIGKILL: no shutdown, nothing flushed or finished.
     pub fn kill(&mut self) {
         let mut process = self.process.take().expect("only an app run as a process can be killed");
@@ -206,6 +215,7 @@ impl TestApp {
             _database: database,
             args,
             process: Some(process),
+            process_log: Some(log_path.clone()),
         };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
@@ -251,6 +261,7 @@ impl TestApp {
             _database: database,
             args,
             process: None,
+            process_log: None,
         }
     }
 
