@@ -83,6 +83,9 @@ pub trait IdempotencyStore: Clone + Send + Sync + 'static {
 
     /// Forgets `id`, so the key may be used again.
     fn release(&self, id: &str) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Extends the lock of the unfinished record `id` to `locked_until`: its request is alive.
+    fn renew(&self, id: &str, locked_until: DateTime<Utc>) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }
 
 /// How long records live and what a request may do.
@@ -90,8 +93,9 @@ pub trait IdempotencyStore: Clone + Send + Sync + 'static {
 pub struct Settings {
     /// How long a completed response is kept.
     pub ttl: Duration,
-    /// How long an in-progress record blocks its key before it is presumed dead; must exceed
-    /// the request deadline.
+    /// How long an in-progress record blocks its key without being renewed, after which its
+    /// request is presumed dead (its instance crashed). The request renews it every third of
+    /// that while it runs, so a retry after a crash waits at most this long.
     pub lock_ttl: Duration,
     /// Largest body buffered for fingerprinting (the request body limit).
     pub max_body_bytes: usize,
@@ -152,7 +156,8 @@ pub async fn run<S: IdempotencyStore>(
     let fingerprint = hex_digest(&[method_and_path.as_bytes(), b"\n", &body]);
 
     let now = Utc::now();
-    let locked_until = now + chrono::TimeDelta::from_std(settings.lock_ttl).unwrap_or(chrono::TimeDelta::seconds(60));
+    let lock_ttl = chrono::TimeDelta::from_std(settings.lock_ttl).unwrap_or(chrono::TimeDelta::seconds(60));
+    let locked_until = now + lock_ttl;
     let expires_at = now + chrono::TimeDelta::from_std(settings.ttl).unwrap_or(chrono::TimeDelta::days(1));
     match store.claim(&id, &fingerprint, locked_until, expires_at).await {
         Err(error) => {
@@ -190,7 +195,14 @@ pub async fn run<S: IdempotencyStore>(
     let mut guard = ReleaseOnDrop { id: Some(id.clone()), store: store.clone() };
     let mut parts = parts;
     parts.extensions.insert(Claim { id: id.clone() });
-    let response = next.run(Request::from_parts(parts, Body::from(body))).await;
+    let work = next.run(Request::from_parts(parts, Body::from(body)));
+    let response = crate::lease::renewing(work, settings.lock_ttl / 3, || async {
+        let locked_until = Utc::now() + lock_ttl;
+        if let Err(error) = store.renew(&id, locked_until).await {
+            tracing::warn!(error = %error, "could not renew an idempotency lock; a retry may run beside this request");
+        }
+    })
+    .await;
     let (parts, body) = response.into_parts();
     let body = match axum::body::to_bytes(body, usize::MAX).await {
         Ok(body) => body,

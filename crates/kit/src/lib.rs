@@ -14,6 +14,7 @@ pub mod docs;
 pub mod extract;
 pub mod fields;
 pub mod idempotency;
+pub mod lease;
 pub mod metrics;
 pub mod middleware;
 pub mod pagination;

@@ -26,6 +26,9 @@ use crate::{accounts, catalog, ops, orders, payments, reports};
 
 /// How often expired idempotency records are deleted.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
+/// How long a request's idempotency key stays locked without renewal (see
+/// `orderly_kit::idempotency::Settings::lock_ttl`).
+const IDEMPOTENCY_LOCK_TTL: Duration = Duration::from_secs(6);
 /// How often in-memory rate-limit buckets that are full again are dropped.
 const LIMITER_UPKEEP_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -124,8 +127,9 @@ impl Application {
             idempotency: crate::idempotency::DatabaseStore::new(db.clone()),
             idempotency_settings: idempotency::Settings {
                 ttl: config.http.idempotency_ttl,
-                // An unfinished request cannot outlive its deadline; the margin covers clock skew.
-                lock_ttl: config.http.request_timeout + Duration::from_secs(5),
+                // Renewed while the request runs; long enough to cover clock skew between
+                // instances, short enough that a retry after a crash soon runs.
+                lock_ttl: IDEMPOTENCY_LOCK_TTL,
                 max_body_bytes: usize::try_from(config.http.max_body_bytes).unwrap_or(usize::MAX),
                 sealer: idempotency::Sealer::new(&keys.derive_secret("orderly idempotency sealing v1")),
             },

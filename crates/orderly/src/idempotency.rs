@@ -128,6 +128,16 @@ impl IdempotencyStore for DatabaseStore {
     async fn release(&self, id: &str) -> Result<(), DbErr> {
         record::Entity::delete_by_id(id).exec(self.db.write()).await.map(drop)
     }
+
+    async fn renew(&self, id: &str, locked_until: DateTime<Utc>) -> Result<(), DbErr> {
+        record::Entity::update_many()
+            .col_expr(record::Column::LockedUntil, Expr::value(locked_until))
+            .filter(record::Column::Id.eq(id))
+            .filter(record::Column::Response.is_null())
+            .exec(self.db.write())
+            .await
+            .map(drop)
+    }
 }
 
 /// Applies the key of a POST under the caller's scope: the user for authenticated calls, one

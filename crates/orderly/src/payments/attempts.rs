@@ -270,6 +270,17 @@ pub async fn settle_unsent(db: &impl ConnectionTrait, id: Uuid) -> Result<(), Db
         .map(drop)
 }
 
+/// Extends the hold of an unsettled attempt: the request that made it is alive.
+pub async fn renew_hold(db: &impl ConnectionTrait, id: Uuid, until: DateTime<Utc>) -> Result<(), DbErr> {
+    attempt::Entity::update_many()
+        .col_expr(Column::HoldUntil, Expr::value(until))
+        .filter(Column::Id.eq(id))
+        .filter(Column::SettledAt.is_null())
+        .exec(db)
+        .await
+        .map(drop)
+}
+
 /// Ends the hold of an attempt whose outcome is unknown (its call failed after reaching the
 /// provider): a retry may take it over at once, and the reconciler will find it.
 pub async fn release(db: &impl ConnectionTrait, id: Uuid) -> Result<(), DbErr> {

@@ -110,7 +110,7 @@ pub async fn pay(
             amount: order.total,
             currency: order.currency.clone(),
             idempotency_claim: Some(claim),
-            hold_until: hold_until(&app),
+            hold_until: hold_until(),
         },
     )
     .await?;
@@ -124,7 +124,7 @@ pub async fn pay(
         reference: order.id,
     };
     let task = tokio::spawn(async move {
-        let outcome = match app.payments.charge(&request).await {
+        let outcome = match holding(&app, &attempt, app.payments.charge(&request)).await {
             Ok(outcome) => outcome,
             Err(unavailable) => return Err(call_failed(&app, &attempt, &unavailable).await),
         };
@@ -259,7 +259,7 @@ pub(super) async fn record_charge(
                         amount: payment.amount,
                         currency: payment.currency.clone(),
                         idempotency_claim: None,
-                        hold_until: hold_until(app),
+                        hold_until: hold_until(),
                     },
                 )
                 .await?;
@@ -289,7 +289,7 @@ pub(super) async fn reverse(app: &AppState, reversal: &Attempt) -> Result<Outcom
         amount: reversal.amount,
         currency: reversal.currency.clone(),
     };
-    match app.payments.refund(&request).await {
+    match holding(app, reversal, app.payments.refund(&request)).await {
         Ok(reference) => record_refund(app, reversal, Some(reference)).await.map(|_| Outcome::Succeeded),
         Err(unavailable) => Err(call_failed(app, reversal, &unavailable).await),
     }
@@ -343,7 +343,7 @@ pub async fn refund(
             amount,
             currency: payment.currency.clone(),
             idempotency_claim: Some(claim),
-            hold_until: hold_until(&app),
+            hold_until: hold_until(),
         },
     )
     .await?;
@@ -356,7 +356,7 @@ pub async fn refund(
         currency: attempt.currency.clone(),
     };
     let task = tokio::spawn(async move {
-        let reference = match app.payments.refund(&request).await {
+        let reference = match holding(&app, &attempt, app.payments.refund(&request)).await {
             Ok(reference) => reference,
             Err(unavailable) => return Err(call_failed(&app, &attempt, &unavailable).await),
         };
@@ -446,12 +446,24 @@ fn retry_after(app: &App, unsettled: &[Attempt]) -> u64 {
     u64::try_from((due - now).num_seconds()).unwrap_or(0).max(1)
 }
 
-/// How long an attempt is held by the request that made it: the provider's whole budget, with
-/// a margin for recording its outcome.
-fn hold_until(app: &App) -> DateTime<Utc> {
-    now()
-        + chrono::TimeDelta::from_std(app.payments.deadline() + Duration::from_secs(5))
-            .unwrap_or(chrono::TimeDelta::minutes(1))
+/// How long an attempt stays held without renewal. The request that made it renews the hold
+/// while its provider call runs ([`holding`]), so a retry after a crash can take the attempt
+/// over this long after the crash, not after the provider's whole budget; long enough to
+/// cover clock skew between instances and the recording of the outcome.
+const HOLD: Duration = Duration::from_secs(6);
+
+fn hold_until() -> DateTime<Utc> {
+    now() + chrono::TimeDelta::from_std(HOLD).unwrap_or(chrono::TimeDelta::minutes(1))
+}
+
+/// Runs a provider call for `attempt`, renewing its hold until the call ends.
+async fn holding<T>(app: &App, attempt: &Attempt, call: impl Future<Output = T>) -> T {
+    orderly_kit::lease::renewing(call, HOLD / 3, || async {
+        if let Err(error) = attempts::renew_hold(app.db.write(), attempt.id, hold_until()).await {
+            tracing::warn!(%error, attempt_id = %attempt.id, "could not renew a payment attempt's hold");
+        }
+    })
+    .await
 }
 
 /// The oldest a request's attempt may be for a retry to be answered with its outcome: as long

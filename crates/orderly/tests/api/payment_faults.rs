@@ -112,6 +112,39 @@ async fn a_charge_made_before_the_process_is_killed_is_recorded_after_restart(ba
     assert!(settled, "nothing is left unsettled");
 }
 
+async fn a_retry_after_the_process_died_mid_charge_gets_the_charge_within_a_lease(backend: Backend) {
+    let Some((mut app, provider)) = process_on_fake_provider(backend).await else { return };
+    let (_admin, customer, order) = pending_order(&app, 2).await;
+    provider.set_hang(true);
+    let path = format!("/api/v1/orders/{}/payments", id(&order));
+    let paying = post_in_background(&app, &customer, &path, "retried", json!({"payment_method": "pm_card_visa"}));
+    assert!(eventually(async || provider.charges().len() == 1).await, "the provider charges");
+    app.kill();
+    let killed = std::time::Instant::now();
+    assert!(paying.await.unwrap().is_none());
+    provider.set_hang(false);
+    app.restart().await;
+
+    // The client retries under its key. The dead request's idempotency lock and its attempt's
+    // hold were renewed while it lived, so they lapse a lease (6 s) after the crash, not after
+    // the request's whole deadline; the retry then finds the charge instead of making another.
+    let mut answer = None;
+    while killed.elapsed() < Duration::from_secs(30) {
+        let retry = pay(&app, &customer, &id(&order), "pm_card_visa", "retried").await;
+        if retry.status() == StatusCode::CREATED {
+            answer = Some((killed.elapsed(), retry.json::<Value>().await.unwrap()));
+            break;
+        }
+        assert_eq!(retry.status(), StatusCode::CONFLICT, "in progress until the lease lapses");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (waited, payment) = answer.expect("the retry gets the payment");
+    assert!(waited < Duration::from_secs(12), "the dead request held the order for {waited:?}");
+    assert_eq!(payments_of(&app, &customer, &id(&order)).await, [payment]);
+    assert_eq!(provider.charges(), [2000], "one charge");
+    assert_eq!(order_status(&app, &customer, &id(&order)).await, "paid");
+}
+
 async fn a_refund_made_before_the_process_is_killed_is_recorded_after_restart(backend: Backend) {
     let Some((mut app, provider)) = process_on_fake_provider(backend).await else { return };
     let (admin, customer, order) = pending_order(&app, 2).await;
@@ -551,6 +584,7 @@ async fn charges_left_unsettled_by_the_previous_release_are_recorded_after_upgra
 crate::on_every_backend_with_backend!(
     charges_left_unsettled_by_the_previous_release_are_recorded_after_upgrade,
     a_charge_made_before_the_process_is_killed_is_recorded_after_restart,
+    a_retry_after_the_process_died_mid_charge_gets_the_charge_within_a_lease,
     a_refund_made_before_the_process_is_killed_is_recorded_after_restart,
     a_charge_made_while_the_database_is_down_is_recorded_once_it_is_back,
     a_refund_made_while_the_database_is_down_is_recorded_once_it_is_back,
