@@ -138,7 +138,8 @@ pub async fn return_stock(db: &impl ConnectionTrait, product_id: Uuid, quantity:
         .map(drop)
 }
 
-/// Inserts a pending order with its items (in the order given); a second order under the same idempotency claim is a unique violation.
+/// Inserts a pending order with its items (in the order given); a second order under the same
+/// idempotency claim is a unique violation.
 pub async fn insert_order(
     db: &impl ConnectionTrait,
     user_id: Uuid,

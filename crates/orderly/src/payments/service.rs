@@ -283,15 +283,20 @@ pub(super) async fn record_charge(
 /// Gives back the charge of a reversal attempt, under the reversal's key: a repeat returns the
 /// refund already made.
 pub(super) async fn reverse(app: &AppState, reversal: &Attempt) -> Result<Outcome, PaymentError> {
-    let request = RefundRequest {
-        key: reversal.provider_key.clone(),
-        charge: reversal.charge_reference.clone().unwrap_or_default(),
-        amount: reversal.amount,
-        currency: reversal.currency.clone(),
-    };
+    let request = refund_request(reversal);
     match holding(app, reversal, app.payments.refund(&request)).await {
         Ok(reference) => record_refund(app, reversal, Some(reference)).await.map(|_| Outcome::Succeeded),
         Err(unavailable) => Err(call_failed(app, reversal, &unavailable).await),
+    }
+}
+
+/// The provider call of a refund or reversal attempt.
+fn refund_request(attempt: &Attempt) -> RefundRequest {
+    RefundRequest {
+        key: attempt.provider_key.clone(),
+        charge: attempt.charge_reference.clone().unwrap_or_default(),
+        amount: attempt.amount,
+        currency: attempt.currency.clone(),
     }
 }
 
@@ -349,12 +354,7 @@ pub async fn refund(
     .await?;
     transaction.commit().await?;
 
-    let request = RefundRequest {
-        key: attempt.provider_key.clone(),
-        charge: attempt.charge_reference.clone().unwrap_or_default(),
-        amount,
-        currency: attempt.currency.clone(),
-    };
+    let request = refund_request(&attempt);
     let task = tokio::spawn(async move {
         let reference = match holding(&app, &attempt, app.payments.refund(&request)).await {
             Ok(reference) => reference,

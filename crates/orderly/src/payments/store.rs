@@ -125,11 +125,6 @@ pub async fn insert_payment(db: &impl ConnectionTrait, new: NewPayment) -> Resul
     Ok(row)
 }
 
-/// The payment recorded for a charge at the provider, if any.
-pub async fn payment_by_reference(db: &impl ConnectionTrait, reference: &str) -> Result<Option<Payment>, DbErr> {
-    payment::Entity::find().filter(payment::Column::ProviderReference.eq(reference)).one(db).await
-}
-
 /// The refund recorded for a refund at the provider, if any.
 pub async fn refund_by_reference(db: &impl ConnectionTrait, reference: &str) -> Result<Option<Refund>, DbErr> {
     refund::Entity::find().filter(refund::Column::ProviderReference.eq(reference)).one(db).await

@@ -492,6 +492,24 @@ pub fn insert_row(
     db.get_database_backend().build(&statement)
 }
 
+/// Inserts a customer as an earlier release stored one (no usable password), for upgrade
+/// scenarios.
+pub async fn insert_user_row(db: &sea_orm::DatabaseConnection, user_id: Uuid, at: chrono::DateTime<chrono::Utc>) {
+    use sea_orm::ConnectionTrait;
+    let columns = ["id", "email", "name", "role", "password_hash", "version", "created_at", "updated_at"];
+    let user = vec![
+        user_id.into(),
+        format!("{}@example.com", user_id.simple()).into(),
+        "Earlier".into(),
+        "customer".into(),
+        "not-a-hash".into(),
+        1i64.into(),
+        at.into(),
+        at.into(),
+    ];
+    db.execute(insert_row(db, "users", &columns, user)).await.unwrap();
+}
+
 /// Asserts a problem response and returns its body.
 pub async fn assert_problem(response: Response, status: StatusCode, code: &str) -> Value {
     assert_eq!(response.status(), status, "unexpected status for expected `{code}`");

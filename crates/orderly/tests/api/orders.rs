@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use uuid::Uuid;
 
-use crate::helpers::{Backend, TestApp, assert_problem, error_fields, insert_row};
+use crate::helpers::{Backend, TestApp, assert_problem, error_fields, insert_row, insert_user_row};
 
 fn id(value: &Value) -> String {
     value["id"].as_str().unwrap().to_owned()
@@ -279,18 +279,7 @@ async fn orders_placed_before_the_items_moved_keep_them(backend: Backend) {
     let at = chrono::Utc::now();
     let prepare = async |db: &DatabaseConnection| {
         let insert = |table: &str, columns: &[&str], values| insert_row(db, table, columns, values);
-        let user_columns = ["id", "email", "name", "role", "password_hash", "version", "created_at", "updated_at"];
-        let user = vec![
-            user_id.into(),
-            format!("{}@example.com", user_id.simple()).into(),
-            "Earlier".into(),
-            "customer".into(),
-            "not-a-hash".into(),
-            1i64.into(),
-            at.into(),
-            at.into(),
-        ];
-        db.execute(insert("users", &user_columns, user)).await.unwrap();
+        insert_user_row(db, user_id, at).await;
         let product_columns = [
             "id",
             "sku",

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::fake_provider::FakeProvider;
 use crate::helpers::{
     Backend, Credentials, PrivatePostgres, TestApp, assert_problem, eventually, eventually_within, insert_row,
-    scrape_metrics,
+    insert_user_row, scrape_metrics,
 };
 use crate::payments::{
     SETTLE_QUICKLY, first_product, id, ledger, on_fake_provider, on_fake_provider_process, order_status, pay,
@@ -52,6 +52,14 @@ fn post_in_background(
     tokio::spawn(async move { request.send().await.ok() })
 }
 
+/// The ledger's amounts, smallest first.
+async fn ledger_amounts(app: &TestApp, admin: &Credentials) -> Vec<i64> {
+    let mut amounts: Vec<i64> =
+        whole_ledger(app, admin).await.iter().map(|row| row["amount"].as_i64().unwrap()).collect();
+    amounts.sort();
+    amounts
+}
+
 /// A series' value in one scrape, 0 when absent.
 async fn metric(app: &TestApp, series: &str) -> f64 {
     scrape_metrics(app).await.get(series).copied().unwrap_or(0.0)
@@ -87,7 +95,7 @@ async fn a_charge_made_before_the_process_is_killed_is_recorded_after_restart(ba
     assert_eq!(provider.refunded(), 0);
     assert_eq!(payments_of(&app, &customer, &id(&order)).await.len(), 1);
     assert_eq!(order_status(&app, &customer, &id(&order)).await, "paid");
-    let amounts: Vec<i64> = ledger(&app, &admin).await.iter().map(|row| row["amount"].as_i64().unwrap()).collect();
+    let amounts = ledger_amounts(&app, &admin).await;
     assert_eq!(amounts, [2000], "the ledger matches the provider");
     let stats: Value = app.get("/api/v1/stats", Some(&admin.access_token)).await.json().await.unwrap();
     assert_eq!(stats["revenue"]["USD"], 2000);
@@ -165,8 +173,7 @@ async fn a_refund_made_before_the_process_is_killed_is_recorded_after_restart(ba
     .await;
     assert!(recorded, "the refund the provider made is recorded without any retry");
     assert_eq!(provider.refunded(), 2000, "looking the refund up did not refund again");
-    let mut amounts: Vec<i64> = ledger(&app, &admin).await.iter().map(|row| row["amount"].as_i64().unwrap()).collect();
-    amounts.sort();
+    let amounts = ledger_amounts(&app, &admin).await;
     assert_eq!(amounts, [-2000, 2000]);
     assert_eq!(order_status(&app, &customer, &id(&order)).await, "refunded");
     let reconciled = r#"orderly_payment_attempts_reconciled_total{kind="refund",outcome="succeeded"}"#;
@@ -248,7 +255,7 @@ async fn a_charge_made_while_the_database_is_down_is_recorded_once_it_is_back(ba
     .await;
     assert!(recorded, "the charge is recorded once the database is back");
     assert_eq!(order_status(&app, &customer, &id(&order)).await, "paid");
-    let amounts: Vec<i64> = ledger(&app, &admin).await.iter().map(|row| row["amount"].as_i64().unwrap()).collect();
+    let amounts = ledger_amounts(&app, &admin).await;
     assert_eq!(amounts, [3000]);
     assert_eq!(provider.charges(), [3000]);
 }
@@ -275,33 +282,51 @@ async fn a_refund_made_while_the_database_is_down_is_recorded_once_it_is_back(ba
     })
     .await;
     assert!(recorded, "the refund is recorded once the database is back");
-    let mut amounts: Vec<i64> = ledger(&app, &admin).await.iter().map(|row| row["amount"].as_i64().unwrap()).collect();
-    amounts.sort();
+    let amounts = ledger_amounts(&app, &admin).await;
     assert_eq!(amounts, [-1000, 3000]);
     assert_eq!(provider.refunded(), 1000, "refunded once");
     assert_eq!(order_status(&app, &customer, &id(&order)).await, "paid", "part of the money stays");
+}
+
+/// An order of 4 × a product priced 1,000 (stock 10), being paid in the background through a
+/// provider that takes 1 s to charge.
+struct SlowPayment {
+    app: TestApp,
+    provider: FakeProvider,
+    admin: Credentials,
+    customer: Credentials,
+    product: Value,
+    order: Value,
+    paying: tokio::task::JoinHandle<Option<reqwest::Response>>,
+}
+
+async fn slow_payment(backend: Backend) -> Option<SlowPayment> {
+    let (app, provider) = on_fake_provider(backend, &[]).await?;
+    let admin = app.admin().await;
+    let customer = app.customer().await;
+    let product = app.create_product(&admin, json!({"unit_price": 1000, "stock": 10})).await;
+    let order: Value = app.place_order(&customer, &[(&id(&product), 4)]).await.json().await.unwrap();
+    provider.set_delay(Duration::from_secs(1));
+    let path = format!("/api/v1/orders/{}/payments", id(&order));
+    let paying = post_in_background(&app, &customer, &path, "slow", json!({"payment_method": "pm_card_visa"}));
+    Some(SlowPayment { app, provider, admin, customer, product, order, paying })
 }
 
 /// Cancel 0.2 s into a charge: the cancel is refused and the order keeps its money and stock,
 /// or (had the cancel come first) the payment is refused, nothing is charged and the stock is
 /// back. Never both, never neither.
 async fn a_cancel_racing_a_charge_never_lets_both_win(backend: Backend) {
-    let Some((app, provider)) = on_fake_provider(backend, &[]).await else { return };
-    let admin = app.admin().await;
-    let customer = app.customer().await;
-    let product = app.create_product(&admin, json!({"unit_price": 1000, "stock": 10})).await;
-    let order: Value = app.place_order(&customer, &[(&id(&product), 4)]).await.json().await.unwrap();
-    provider.set_delay(Duration::from_secs(1));
-
-    let path = format!("/api/v1/orders/{}/payments", id(&order));
-    let paying = post_in_background(&app, &customer, &path, "slow", json!({"payment_method": "pm_card_visa"}));
+    let Some(SlowPayment { app, provider, admin, customer, product, order, paying }) = slow_payment(backend).await
+    else {
+        return;
+    };
     tokio::time::sleep(Duration::from_millis(200)).await;
     let cancel_path = format!("/api/v1/orders/{}/cancel", id(&order));
     let cancel = app.send_json(Method::POST, &cancel_path, Some(&customer.access_token), &json!({})).await;
     let cancel_status = cancel.status();
     let payment_status = paying.await.unwrap().unwrap().status();
 
-    let amounts: Vec<i64> = ledger(&app, &admin).await.iter().map(|row| row["amount"].as_i64().unwrap()).collect();
+    let amounts = ledger_amounts(&app, &admin).await;
     match (cancel_status, payment_status) {
         (StatusCode::CONFLICT, StatusCode::CREATED) => {
             assert_eq!(order_status(&app, &customer, &id(&order)).await, "paid");
@@ -321,15 +346,10 @@ async fn a_cancel_racing_a_charge_never_lets_both_win(backend: Backend) {
 }
 
 async fn a_cancel_while_a_charge_is_in_flight_is_refused_until_it_is_settled(backend: Backend) {
-    let Some((app, provider)) = on_fake_provider(backend, &[]).await else { return };
-    let admin = app.admin().await;
-    let customer = app.customer().await;
-    let product = app.create_product(&admin, json!({"unit_price": 1000, "stock": 10})).await;
-    let order: Value = app.place_order(&customer, &[(&id(&product), 4)]).await.json().await.unwrap();
-    provider.set_delay(Duration::from_secs(1));
-
-    let path = format!("/api/v1/orders/{}/payments", id(&order));
-    let paying = post_in_background(&app, &customer, &path, "slow", json!({"payment_method": "pm_card_visa"}));
+    let Some(SlowPayment { app, provider, admin, customer, product, order, paying }) = slow_payment(backend).await
+    else {
+        return;
+    };
     assert!(eventually(async || provider.calls() == 1).await, "the charge is in flight");
     let cancel_path = format!("/api/v1/orders/{}/cancel", id(&order));
     let cancel = || {
@@ -348,7 +368,7 @@ async fn a_cancel_while_a_charge_is_in_flight_is_refused_until_it_is_settled(bac
     assert_eq!(app.stock_of(&id(&product)).await, 6, "the stock stays with the paid order");
     assert_eq!(provider.charges(), [4000]);
     assert_eq!(provider.refunded(), 0);
-    let amounts: Vec<i64> = ledger(&app, &admin).await.iter().map(|row| row["amount"].as_i64().unwrap()).collect();
+    let amounts = ledger_amounts(&app, &admin).await;
     assert_eq!(amounts, [4000], "the ledger matches the provider");
     // An answer that asks to retry later is not kept under the key: the retry runs again.
     let again = cancel().await.unwrap();
@@ -373,8 +393,7 @@ async fn a_charge_landing_on_an_order_no_longer_payable_is_recorded_and_given_ba
     // provider call, so the ledger is awaited, not the provider.
     let given_back = eventually(async || whole_ledger(&app, &admin).await.len() == 2).await;
     assert!(given_back, "the charge and its refund are in the ledger");
-    let amounts: Vec<i64> =
-        whole_ledger(&app, &admin).await.iter().map(|row| row["amount"].as_i64().unwrap()).collect();
+    let amounts = ledger_amounts(&app, &admin).await;
     assert_eq!(amounts.iter().sum::<i64>(), 0, "charged and given back: {amounts:?}");
     assert_eq!(provider.charges(), [1000]);
     assert_eq!(provider.refunded(), 1000);
@@ -461,7 +480,7 @@ async fn a_charge_that_lands_after_its_call_gave_up_is_recorded_not_taken_for_no
     assert!(eventually(async || order_status(&app, &customer, &id(&order)).await == "paid").await);
     assert!(provider.lookups() >= 2, "looked up before and after the charge landed");
     assert_eq!(provider.charges(), [1000]);
-    let amounts: Vec<i64> = ledger(&app, &admin).await.iter().map(|row| row["amount"].as_i64().unwrap()).collect();
+    let amounts = ledger_amounts(&app, &admin).await;
     assert_eq!(amounts, [1000]);
     let not_made = r#"orderly_payment_attempts_reconciled_total{kind="charge",outcome="not_made"}"#;
     assert_eq!(metric(&app, not_made).await, 0.0);
@@ -508,19 +527,7 @@ async fn charges_left_unsettled_by_the_previous_release_are_recorded_after_upgra
     let at = chrono::Utc::now() - chrono::TimeDelta::minutes(5);
     let prepare = async |db: &DatabaseConnection| {
         let insert = |table: &str, columns: &[&str], values| insert_row(db, table, columns, values);
-        let user_columns = ["id", "email", "name", "role", "password_hash", "version", "created_at", "updated_at"];
-        let email = format!("{}@example.com", user_id.simple());
-        let user = vec![
-            user_id.into(),
-            email.into(),
-            "Earlier".into(),
-            "customer".into(),
-            "not-a-hash".into(),
-            1i64.into(),
-            at.into(),
-            at.into(),
-        ];
-        db.execute(insert("users", &user_columns, user)).await.unwrap();
+        insert_user_row(db, user_id, at).await;
         let order_columns = [
             "id",
             "user_id",
@@ -574,8 +581,7 @@ async fn charges_left_unsettled_by_the_previous_release_are_recorded_after_upgra
     })
     .await;
     assert!(recorded, "both charges are recorded");
-    let mut amounts: Vec<i64> = ledger(&app, &admin).await.iter().map(|row| row["amount"].as_i64().unwrap()).collect();
-    amounts.sort();
+    let amounts = ledger_amounts(&app, &admin).await;
     assert_eq!(amounts, [1000, 2500]);
     assert_eq!(provider.lookups(), 2, "each was looked up once, and nothing was charged again");
     assert_eq!(provider.calls(), 0);
