@@ -153,6 +153,27 @@ async fn a_retry_after_the_process_died_mid_charge_gets_the_charge_within_a_leas
     assert_eq!(order_status(&app, &customer, &id(&order)).await, "paid");
 }
 
+async fn a_charge_longer_than_a_lease_keeps_its_key_and_its_order_held(backend: Backend) {
+    let flags =
+        ["--payment-provider-timeout", "9s", "--payment-provider-attempts", "1", "--payment-provider-deadline", "9s"];
+    let Some((app, provider)) = on_fake_provider(backend, &flags).await else { return };
+    let (_admin, customer, order) = pending_order(&app, 1).await;
+    provider.set_delay(Duration::from_secs(8));
+    let path = format!("/api/v1/orders/{}/payments", id(&order));
+    let paying = post_in_background(&app, &customer, &path, "long", json!({"payment_method": "pm_card_visa"}));
+
+    // Past the 6 s lease: the living request renewed both its key's lock and its attempt's hold.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let same_key = pay(&app, &customer, &id(&order), "pm_card_visa", "long").await;
+    assert_problem(same_key, StatusCode::CONFLICT, "idempotency_request_in_progress").await;
+    let other_key = pay(&app, &customer, &id(&order), "pm_card_visa", "another").await;
+    assert_problem(other_key, StatusCode::CONFLICT, "payment_in_progress").await;
+
+    assert_eq!(paying.await.unwrap().unwrap().status(), StatusCode::CREATED);
+    assert_eq!(provider.calls(), 1, "nothing else reached the provider");
+    assert_eq!(provider.charges(), [1000]);
+}
+
 async fn a_refund_made_before_the_process_is_killed_is_recorded_after_restart(backend: Backend) {
     let Some((mut app, provider)) = process_on_fake_provider(backend).await else { return };
     let (admin, customer, order) = pending_order(&app, 2).await;
@@ -591,6 +612,7 @@ crate::on_every_backend_with_backend!(
     charges_left_unsettled_by_the_previous_release_are_recorded_after_upgrade,
     a_charge_made_before_the_process_is_killed_is_recorded_after_restart,
     a_retry_after_the_process_died_mid_charge_gets_the_charge_within_a_lease,
+    a_charge_longer_than_a_lease_keeps_its_key_and_its_order_held,
     a_refund_made_before_the_process_is_killed_is_recorded_after_restart,
     a_charge_made_while_the_database_is_down_is_recorded_once_it_is_back,
     a_refund_made_while_the_database_is_down_is_recorded_once_it_is_back,
