@@ -94,7 +94,7 @@ pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("database migration failed: {0}")]
-    Migration(sea_orm::DbErr),
+    Migration(crate::db::MigrateError),
 }
 
 impl Application {

@@ -34,9 +34,15 @@ impl From<AppError> for CliError {
     }
 }
 
-impl From<sea_orm::DbErr> for CliError {
-    fn from(error: sea_orm::DbErr) -> Self {
+impl From<crate::db::DbError> for CliError {
+    fn from(error: crate::db::DbError) -> Self {
         Self::Failed(format!("database error: {error}"))
+    }
+}
+
+impl From<crate::db::MigrateError> for CliError {
+    fn from(error: crate::db::MigrateError) -> Self {
+        Self::Failed(format!("database migration failed: {error}"))
     }
 }
 
@@ -136,16 +142,17 @@ async fn register(
     name: UserName,
     role: Role,
 ) -> Result<accounts_store::User, CliError> {
-    if accounts_store::find_user_by_email(db.write(), email.as_str()).await?.is_some() {
+    let address = email.as_str().to_owned();
+    if db.write().run(async move |conn| accounts_store::find_user_by_email(conn, &address).await).await?.is_some() {
         return Err(CliError::Failed(format!("a user with email {} already exists", email.as_str())));
     }
     let new = accounts_store::NewUser {
         email: email.as_str().to_owned(),
         name: name.into_inner(),
-        role: role.as_str(),
+        role,
         password_hash: passwords::hash(password).await?,
     };
-    Ok(accounts_store::insert_user(db.write(), new).await?)
+    Ok(db.write().run(async move |conn| accounts_store::insert_user(conn, new).await).await?)
 }
 
 /// Demo products: (sku, name, description, unit price in cents, stock).
@@ -179,7 +186,7 @@ async fn seed(args: SeedArgs) -> Result<(), CliError> {
         (DEMO_ADMIN.0, DEMO_ADMIN.1, "Demo Admin", Role::Admin),
         (DEMO_CUSTOMER.0, DEMO_CUSTOMER.1, "Demo Customer", Role::Customer),
     ] {
-        if accounts_store::find_user_by_email(db.write(), email).await?.is_some() {
+        if db.write().run(async move |conn| accounts_store::find_user_by_email(conn, email).await).await?.is_some() {
             println!("user {email} already exists");
             continue;
         }
@@ -200,9 +207,9 @@ async fn seed(args: SeedArgs) -> Result<(), CliError> {
             stock: *stock,
             active: !sku.starts_with("RETIRED"),
         };
-        match catalog_store::insert_product(db.write(), new).await {
+        match db.write().run(async move |conn| catalog_store::insert_product(conn, new).await).await {
             Ok(_) => created += 1,
-            Err(error) if crate::db::is_unique_violation(&error) => {}
+            Err(error) if error.is_unique_violation() => {}
             Err(error) => return Err(error.into()),
         }
     }

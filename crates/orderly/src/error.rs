@@ -7,7 +7,8 @@
 
 use axum::response::{IntoResponse, Response};
 use orderly_kit::Problem;
-use sea_orm::DbErr;
+
+use crate::db::DbError;
 
 pub type ApiResult<T = Response> = Result<T, AppError>;
 
@@ -16,7 +17,7 @@ pub enum AppError {
     #[error(transparent)]
     Problem(#[from] Problem),
     #[error("database: {0}")]
-    Database(#[from] DbErr),
+    Database(#[from] DbError),
     #[error("{0}")]
     Internal(String),
 }
@@ -31,10 +32,9 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         match self {
             Self::Problem(problem) => problem.into_response(),
-            Self::Database(error) if is_unavailable(&error) => {
-                let cause = if is_pool_timeout(&error) { "pool_timeout" } else { "unreachable" };
+            Self::Database(DbError::Unavailable { cause, detail }) => {
                 metrics::counter!("orderly_db_unavailable_total", "cause" => cause).increment(1);
-                tracing::warn!(error = %error, "database unavailable");
+                tracing::warn!(error = %detail, cause, "database unavailable");
                 Problem::unavailable("database_unavailable", "The database is busy or unreachable; retry shortly.", 1)
                     .into_response()
             }
@@ -50,34 +50,7 @@ impl IntoResponse for AppError {
     }
 }
 
-fn is_unavailable(error: &DbErr) -> bool {
-    matches!(error, DbErr::ConnectionAcquire(_) | DbErr::Conn(_))
-        || matches!(error, DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e)) | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e))
-            if matches!(e, sea_orm::sqlx::Error::PoolTimedOut | sea_orm::sqlx::Error::Io(_) | sea_orm::sqlx::Error::PoolClosed)
-                || is_locked_out(e))
-}
-
-/// SQLite's `SQLITE_BUSY` family: another process held the database past the busy timeout, as
-/// an outage would. PostgreSQL's connection errors (class 08) and shutdown (57P): the server is
-/// going away or restarting.
-fn is_locked_out(error: &sea_orm::sqlx::Error) -> bool {
-    let sea_orm::sqlx::Error::Database(error) = error else { return false };
-    if let Some(sqlite) = error.try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>() {
-        const SQLITE_BUSY: i32 = 5;
-        return sea_orm::sqlx::error::DatabaseError::code(sqlite)
-            .and_then(|code| code.parse::<i32>().ok())
-            .is_some_and(|code| code & 0xff == SQLITE_BUSY);
-    }
-    error.code().is_some_and(|code| code.starts_with("08") || code.starts_with("57P"))
-}
-
-fn is_pool_timeout(error: &DbErr) -> bool {
-    matches!(error, DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::Timeout))
-        || matches!(error, DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e)) | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e))
-            if matches!(e, sea_orm::sqlx::Error::PoolTimedOut))
-}
-
-/// Maps a unique-constraint violation to the given 409; other errors pass through.
-pub fn conflict_on_unique(error: DbErr, conflict: impl FnOnce() -> Problem) -> AppError {
-    if crate::db::is_unique_violation(&error) { conflict().into() } else { error.into() }
+/// A unique violation becomes the conflict `conflict` describes; any other error passes.
+pub fn conflict_on_unique(error: DbError, conflict: impl FnOnce() -> Problem) -> AppError {
+    if error.is_unique_violation() { conflict().into() } else { error.into() }
 }

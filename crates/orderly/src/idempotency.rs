@@ -11,37 +11,45 @@ use axum::response::Response;
 use chrono::{DateTime, Utc};
 use http::Method;
 use orderly_kit::idempotency::{self, IdempotencyStore, Record};
-use sea_orm::sea_query::{Expr, OnConflict};
-use sea_orm::{ColumnTrait, DbErr, EntityTrait, QueryFilter, Set};
 
 use crate::accounts::auth;
 use crate::app::AppState;
-use crate::db::Database;
+use crate::db::{Conn, Database, DbError, Row};
 
 pub const EXEMPT_PATHS: &[&str] = &["/api/v1/auth/token"];
 
-pub mod record {
-    use sea_orm::entity::prelude::*;
+/// A row of `idempotency_keys`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRecord {
+    /// SHA-256 of scope, method, path and key.
+    pub id: String,
+    pub fingerprint: String,
+    /// The sealed response; `None` while the first request runs.
+    pub response: Option<Vec<u8>>,
+    /// Until then an unfinished record blocks its key; after, its request is presumed dead.
+    pub locked_until: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
 
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
-    #[sea_orm(table_name = "idempotency_keys")]
-    pub struct Model {
-        /// SHA-256 of scope, method, path and key.
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub id: String,
-        pub fingerprint: String,
-        /// The sealed response; `None` while the first request runs.
-        pub response: Option<Vec<u8>>,
-        /// Until then an unfinished record blocks its key; after, its request is presumed dead.
-        pub locked_until: DateTimeUtc,
-        pub expires_at: DateTimeUtc,
-        pub created_at: DateTimeUtc,
+/// The columns [`KeyRecord::from_row`] reads, in its order.
+macro_rules! key_record_columns {
+    () => {
+        "id, fingerprint, response, locked_until, expires_at, created_at"
+    };
+}
+
+impl KeyRecord {
+    pub fn from_row(row: &Row<'_>) -> Result<Self, DbError> {
+        Ok(Self {
+            id: row.get(0)?,
+            fingerprint: row.get(1)?,
+            response: row.get(2)?,
+            locked_until: row.get(3)?,
+            expires_at: row.get(4)?,
+            created_at: row.get(5)?,
+        })
     }
-
-    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-    pub enum Relation {}
-
-    impl ActiveModelBehavior for ActiveModel {}
 }
 
 /// Idempotency records in the primary database.
@@ -56,17 +64,17 @@ impl DatabaseStore {
     }
 
     /// Deletes expired records; returns how many.
-    pub async fn sweep(&self) -> Result<u64, DbErr> {
-        let result = record::Entity::delete_many()
-            .filter(record::Column::ExpiresAt.lt(Utc::now()))
-            .exec(self.db.write())
-            .await?;
-        Ok(result.rows_affected)
+    pub async fn sweep(&self) -> Result<u64, DbError> {
+        let now = Utc::now();
+        self.db
+            .write()
+            .run(async move |conn| conn.execute("DELETE FROM idempotency_keys WHERE expires_at < $1", &[&now]).await)
+            .await
     }
 }
 
 impl IdempotencyStore for DatabaseStore {
-    type Error = DbErr;
+    type Error = DbError;
 
     async fn claim(
         &self,
@@ -74,70 +82,81 @@ impl IdempotencyStore for DatabaseStore {
         fingerprint: &str,
         locked_until: DateTime<Utc>,
         expires_at: DateTime<Utc>,
-    ) -> Result<Option<Record>, DbErr> {
-        use record::Column;
-        // Two rounds: the standing record may be released between our insert and our read.
-        for _ in 0..2 {
-            let now = Utc::now();
-            let fresh = record::ActiveModel {
-                id: Set(id.to_owned()),
-                fingerprint: Set(fingerprint.to_owned()),
-                response: Set(None),
-                locked_until: Set(locked_until),
-                expires_at: Set(expires_at),
-                created_at: Set(now),
-            };
-            let replace_if_dead = Expr::col((record::Entity, Column::ExpiresAt)).lte(now).or(Expr::col((
-                record::Entity,
-                Column::Response,
-            ))
-            .is_null()
-            .and(Expr::col((record::Entity, Column::LockedUntil)).lte(now)));
-            let upsert = OnConflict::column(Column::Id)
-                .update_columns([
-                    Column::Fingerprint,
-                    Column::Response,
-                    Column::LockedUntil,
-                    Column::ExpiresAt,
-                    Column::CreatedAt,
-                ])
-                .action_and_where(replace_if_dead)
-                .to_owned();
-            let inserted =
-                record::Entity::insert(fresh).on_conflict(upsert).exec_without_returning(self.db.write()).await?;
-            if inserted == 1 {
-                return Ok(None);
-            }
-            if let Some(standing) = record::Entity::find_by_id(id).one(self.db.write()).await? {
-                return Ok(Some(Record { fingerprint: standing.fingerprint, response: standing.response }));
-            }
+    ) -> Result<Option<Record>, DbError> {
+        let (id, fingerprint) = (id.to_owned(), fingerprint.to_owned());
+        self.db.write().run(async move |conn| claim(conn, &id, &fingerprint, locked_until, expires_at).await).await
+    }
+
+    async fn complete(&self, id: &str, response: Vec<u8>, expires_at: DateTime<Utc>) -> Result<(), DbError> {
+        let id = id.to_owned();
+        self.db
+            .write()
+            .run(async move |conn| {
+                conn.execute(
+                    "UPDATE idempotency_keys SET response = $1, expires_at = $2 WHERE id = $3",
+                    &[&response, &expires_at, &id],
+                )
+                .await
+            })
+            .await
+            .map(drop)
+    }
+
+    async fn release(&self, id: &str) -> Result<(), DbError> {
+        let id = id.to_owned();
+        self.db
+            .write()
+            .run(async move |conn| conn.execute("DELETE FROM idempotency_keys WHERE id = $1", &[&id]).await)
+            .await
+            .map(drop)
+    }
+
+    async fn renew(&self, id: &str, locked_until: DateTime<Utc>) -> Result<(), DbError> {
+        let id = id.to_owned();
+        self.db
+            .write()
+            .run(async move |conn| {
+                conn.execute(
+                    "UPDATE idempotency_keys SET locked_until = $1 WHERE id = $2 AND response IS NULL",
+                    &[&locked_until, &id],
+                )
+                .await
+            })
+            .await
+            .map(drop)
+    }
+}
+
+/// [`IdempotencyStore::claim`]: one atomic upsert that inserts the record or replaces a dead
+/// one (expired, or unfinished with its lock lapsed), then, when a live record stands, a read
+/// of it.
+async fn claim(
+    conn: &mut Conn<'_>,
+    id: &str,
+    fingerprint: &str,
+    locked_until: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+) -> Result<Option<Record>, DbError> {
+    const UPSERT: &str =
+        "INSERT INTO idempotency_keys (id, fingerprint, response, locked_until, expires_at, created_at)
+         VALUES ($1, $2, NULL, $3, $4, $5)
+         ON CONFLICT (id) DO UPDATE SET fingerprint = excluded.fingerprint, response = excluded.response,
+             locked_until = excluded.locked_until, expires_at = excluded.expires_at, created_at = excluded.created_at
+         WHERE idempotency_keys.expires_at <= $5
+             OR (idempotency_keys.response IS NULL AND idempotency_keys.locked_until <= $5)";
+    const STANDING: &str = concat!("SELECT ", key_record_columns!(), " FROM idempotency_keys WHERE id = $1");
+    // Two rounds: the standing record may be released between our insert and our read.
+    for _ in 0..2 {
+        let now = Utc::now();
+        let inserted = conn.execute(UPSERT, &[&id, &fingerprint, &locked_until, &expires_at, &now]).await?;
+        if inserted == 1 {
+            return Ok(None);
         }
-        Err(DbErr::Custom("idempotency record kept changing under a claim".into()))
+        if let Some(standing) = conn.query_opt(STANDING, &[&id], KeyRecord::from_row).await? {
+            return Ok(Some(Record { fingerprint: standing.fingerprint, response: standing.response }));
+        }
     }
-
-    async fn complete(&self, id: &str, response: Vec<u8>, expires_at: DateTime<Utc>) -> Result<(), DbErr> {
-        record::Entity::update_many()
-            .col_expr(record::Column::Response, Expr::value(response))
-            .col_expr(record::Column::ExpiresAt, Expr::value(expires_at))
-            .filter(record::Column::Id.eq(id))
-            .exec(self.db.write())
-            .await
-            .map(drop)
-    }
-
-    async fn release(&self, id: &str) -> Result<(), DbErr> {
-        record::Entity::delete_by_id(id).exec(self.db.write()).await.map(drop)
-    }
-
-    async fn renew(&self, id: &str, locked_until: DateTime<Utc>) -> Result<(), DbErr> {
-        record::Entity::update_many()
-            .col_expr(record::Column::LockedUntil, Expr::value(locked_until))
-            .filter(record::Column::Id.eq(id))
-            .filter(record::Column::Response.is_null())
-            .exec(self.db.write())
-            .await
-            .map(drop)
-    }
+    Err(DbError::Other("idempotency record kept changing under a claim".into()))
 }
 
 /// Applies the key of a POST under the caller's scope: the user for authenticated calls, one

@@ -13,7 +13,6 @@ pub mod error;
 pub mod idempotency;
 pub mod limits;
 pub mod listing;
-pub mod migrations;
 pub mod ops;
 pub mod orders;
 pub mod payments;

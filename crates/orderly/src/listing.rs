@@ -4,6 +4,7 @@
 //! Every sort is made total by the id as a tie-breaker and is backed by an index on
 //! `(key, id)`, so a page costs one index range scan however deep it is.
 
+use crate::db::Param;
 use axum::response::Response;
 use http::Uri;
 use orderly_kit::Problem;
@@ -12,8 +13,6 @@ use orderly_kit::cursor::CursorCodec;
 use orderly_kit::fields::FieldSelection;
 use orderly_kit::pagination::{DEFAULT_LIMIT, ListBody, Page, list_response, parse_limit};
 use orderly_kit::validation::{Fields, Invalid, query};
-use sea_orm::sea_query::{Expr, SimpleExpr};
-use sea_orm::{ColumnTrait, EntityTrait, Order, QueryFilter, QueryOrder, QuerySelect, Select};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -74,7 +73,7 @@ pub struct FieldsQuery {
 }
 
 /// The parameters every list takes.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ListParams {
     pub limit: i64,
     pub cursor: Option<String>,
@@ -113,31 +112,41 @@ pub fn read_fields(query: &mut Fields<String>, available: &[&'static str]) -> Op
     query.optional("fields", |v| FieldSelection::parse(v, available))
 }
 
-/// Adds the seek condition `(key, id) > (after)` (or `<` when descending), the total order and
-/// the `limit + 1` over-fetch to `select`.
-pub fn seek<E: EntityTrait>(
-    select: Select<E>,
-    key: E::Column,
-    id: E::Column,
-    descending: bool,
-    after: Option<(SimpleExpr, uuid::Uuid)>,
-    limit: i64,
-) -> Select<E> {
-    let select = match after {
-        Some((key_value, id_value)) => {
-            let columns = Expr::tuple([Expr::col(key.as_column_ref()).into(), Expr::col(id.as_column_ref()).into()]);
-            let bound = Expr::tuple([key_value, Expr::value(id_value)]);
-            select.filter(if descending { columns.lt(bound) } else { columns.gt(bound) })
-        }
-        None => select,
-    };
-    let order = if descending { Order::Desc } else { Order::Asc };
-    select.order_by(key, order.clone()).order_by(id, order).limit(u64::try_from(limit + 1).unwrap_or(101))
+/// Adds ` AND <condition>` to a list query, each `$` in `condition` standing for `value`
+/// (numbered after the parameters already in `values`).
+pub fn and_where<'a>(sql: &mut String, values: &mut Vec<&'a dyn Param>, condition: &str, value: &'a dyn Param) {
+    values.push(value);
+    sql.push_str(" AND ");
+    sql.push_str(&condition.replace('$', &format!("${}", values.len())));
 }
 
-/// Builds the list envelope: each row rendered, field-selected, and a cursor after the last.
-/// Rows are serialized straight from their representation type; only a `fields=` selection
-/// goes through a JSON value.
+/// Ends a list query (`SELECT … WHERE <filters>`) with its keyset page: the seek condition
+/// `(key, id) > (…)` (or `<` when descending) after the row `after` names, the order by
+/// `key, id`, and a limit one past `limit` (to learn whether more rows follow, see [`Page`]).
+/// Parameters are numbered after those already in `params`.
+///
+/// [`Page`]: orderly_kit::pagination::Page
+pub fn seek<'a>(
+    sql: &mut String,
+    params: &mut Vec<&'a dyn Param>,
+    key: &str,
+    descending: bool,
+    after: Option<(&'a dyn Param, &'a uuid::Uuid)>,
+    limit_plus_one: &'a i64,
+) {
+    use std::fmt::Write;
+    let direction = if descending { "DESC" } else { "ASC" };
+    if let Some((key_value, id)) = after {
+        params.push(key_value);
+        params.push(id);
+        let comparison = if descending { '<' } else { '>' };
+        let (k, i) = (params.len() - 1, params.len());
+        write!(sql, " AND ({key}, id) {comparison} (${k}, ${i})").expect("writing to a string");
+    }
+    params.push(limit_plus_one);
+    write!(sql, " ORDER BY {key} {direction}, id {direction} LIMIT ${}", params.len()).expect("writing to a string");
+}
+
 pub fn respond<'a, T, B: Serialize>(
     uri: &Uri,
     page: &'a Page<T>,

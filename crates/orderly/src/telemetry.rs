@@ -13,10 +13,7 @@ use crate::config::LogFormat;
 /// Installs the global subscriber. `RUST_LOG` overrides the default `info` level. Keep the
 /// returned guard until the process ends: dropping it flushes pending JSON lines.
 pub fn init(format: LogFormat) -> Option<FlushGuard> {
-    let filter = || {
-        EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,sea_orm=warn,sea_orm_migration=warn"))
-    };
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,tokio_postgres=warn"));
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Text => false,

@@ -69,13 +69,11 @@ pub async fn authenticate(state: &AppState, headers: &http::HeaderMap) -> Result
             .filter(|token| !token.is_empty())
             .ok_or_else(|| unauthorized(Some("The Authorization header must be `Bearer <token>`.")))?;
         let principal = if token.starts_with(API_KEY_PREFIX) {
-            let found = store::find_api_key_owner(state.db.current(), &hash_secret(token)).await?;
+            let secret_hash = hash_secret(token);
+            let found =
+                state.db.current().run(async move |conn| store::find_api_key_owner(conn, &secret_hash).await).await?;
             let (key_id, owner) = found.ok_or_else(|| unauthorized(Some("The API key is unknown or revoked.")))?;
-            Principal {
-                user_id: owner.id,
-                role: Role::parse(&owner.role).map_err(|_| AppError::internal("stored role is invalid"))?,
-                api_key_id: Some(key_id),
-            }
+            Principal { user_id: owner.id, role: owner.role, api_key_id: Some(key_id) }
         } else {
             let claims = state
                 .keys

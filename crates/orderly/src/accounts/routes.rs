@@ -14,7 +14,6 @@ use orderly_kit::docs::{
 use orderly_kit::extract::{BodyKind, Id, JsonBody, Query, parse_json_object, query_pairs, read_body};
 use orderly_kit::fields::select;
 use orderly_kit::validation::{json, text};
-use sea_orm::TransactionTrait;
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -33,7 +32,6 @@ use super::auth::{Admin, Principal};
 use super::domain::{Email, Password, Role, UserName};
 use super::service::{self, OAuthError, Registration, TokenGrant, TokenOutcome};
 use super::store::{self, ApiKey, User, UserChanges, UserFilter};
-use super::tokens::generate_secret;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -73,7 +71,7 @@ fn user_body(user: &User) -> UserBody {
         id: user.id,
         email: user.email.clone(),
         name: user.name.clone(),
-        role: Role::parse(&user.role).unwrap_or(Role::Customer),
+        role: user.role,
         version: user.version,
         created_at: user.created_at,
         updated_at: user.updated_at,
@@ -394,7 +392,13 @@ async fn get_me(
 ) -> ApiResult {
     let fields = read_fields(&mut query, USER_FIELDS);
     let (fields,) = query.finish((fields,))?;
-    let user = store::find_user(app.db.current(), principal.user_id).await?.ok_or_else(Problem::not_found)?;
+    let user_id = principal.user_id;
+    let user = app
+        .db
+        .current()
+        .run(async move |conn| store::find_user(conn, user_id).await)
+        .await?
+        .ok_or_else(Problem::not_found)?;
     Ok(conditional_response(
         &headers,
         &select(fields.as_ref(), user_value(&user)),
@@ -433,7 +437,7 @@ async fn patch_me(
     let name = body.optional("name", UserName::from_json);
     let (name,) = body.finish((name,))?;
     let changes = UserChanges { name: name.map(UserName::into_inner), role: None };
-    update_user(&app, &headers, principal.user_id, changes).await
+    update_user(&app, headers, principal.user_id, changes).await
 }
 
 /// List users (admin).
@@ -457,10 +461,13 @@ async fn list_users(
     let role = query.optional("role", |v| Role::parse(v));
     let email = query.optional("email", |v| Email::parse(v));
     let (params, role, email) = query.finish((params, role, email))?;
-    let filter = UserFilter { role: role.map(Role::as_str), email: email.map(|e| e.as_str().to_owned()) };
+    let filter = UserFilter { role, email: email.map(|e| e.as_str().to_owned()) };
     let scope = ("users", &params.sort, &filter);
     let after = params.position(&app.cursors, &scope)?;
-    let page = store::list_users(app.db.read(), &filter, &params, after).await?;
+    let page = {
+        let (filter, params) = (filter.clone(), params.clone());
+        app.db.read().run(async move |conn| store::list_users(conn, &filter, &params, after).await).await?
+    };
     Ok(crate::listing::respond(
         &uri,
         &page,
@@ -493,7 +500,12 @@ async fn get_user(
 ) -> ApiResult {
     let fields = read_fields(&mut query, USER_FIELDS);
     let (fields,) = query.finish((fields,))?;
-    let user = store::find_user(app.db.current(), id).await?.ok_or_else(Problem::not_found)?;
+    let user = app
+        .db
+        .current()
+        .run(async move |conn| store::find_user(conn, id).await)
+        .await?
+        .ok_or_else(Problem::not_found)?;
     Ok(conditional_response(
         &headers,
         &select(fields.as_ref(), user_value(&user)),
@@ -536,23 +548,15 @@ async fn patch_user(
     let name = body.optional("name", UserName::from_json);
     let role = body.optional("role", Role::from_json);
     let (name, role) = body.finish((name, role))?;
-    let changes = UserChanges { name: name.map(UserName::into_inner), role: role.map(Role::as_str) };
-    update_user(&app, &headers, id, changes).await
+    let changes = UserChanges { name: name.map(UserName::into_inner), role };
+    update_user(&app, headers, id, changes).await
 }
 
-/// Read, check `If-Match` and write in one transaction holding the row lock, so the
-/// precondition is checked against exactly the row that is written.
-async fn update_user(app: &AppState, headers: &HeaderMap, id: Uuid, changes: UserChanges) -> ApiResult {
-    let transaction = app.db.write().begin().await?;
-    let current = store::lock_user(&transaction, id).await?.ok_or_else(Problem::not_found)?;
-    check_if_match(headers, &user_value(&current))?;
-    let unchanged =
-        changes.name.as_ref().is_none_or(|n| *n == current.name) && changes.role.is_none_or(|r| r == current.role);
-    if unchanged {
-        return Ok(written(&user_value(&current), current.updated_at));
-    }
-    let user = store::update_user(&transaction, &current, changes).await?;
-    transaction.commit().await?;
+/// Applies `changes` if `If-Match` matches the user as it stands under its row lock (see
+/// [`service::update_user`]).
+async fn update_user(app: &AppState, headers: HeaderMap, id: Uuid, changes: UserChanges) -> ApiResult {
+    let user =
+        service::update_user(app, id, changes, move |current| check_if_match(&headers, &user_value(current))).await?;
     Ok(written(&user_value(&user), user.updated_at))
 }
 
@@ -582,11 +586,7 @@ pub struct CreateApiKeyRequest {
 async fn create_api_key(State(app): State<AppState>, principal: Principal, JsonBody(mut body): JsonBody) -> ApiResult {
     let name = body.required("name", |v| text(json::string(v)?, 1, 100));
     let (name,) = body.finish((name,))?;
-    let secret = generate_secret(super::auth::API_KEY_PREFIX);
-    let prefix: String = secret.chars().take(8).collect();
-    let key =
-        store::insert_api_key(app.db.write(), principal.user_id, name, prefix, super::tokens::hash_secret(&secret))
-            .await?;
+    let (key, secret) = service::create_api_key(&app, principal.user_id, name).await?;
     let mut value = api_key_value(&key);
     value["secret"] = Value::String(secret);
     Ok(created(format!("/api/v1/api-keys/{}", key.id), &value, key.created_at))
@@ -611,9 +611,13 @@ async fn list_api_keys(
 ) -> ApiResult {
     let params = ListParams::read(&mut query, API_KEY_FIELDS, API_KEY_SORTS);
     let (params,) = query.finish((params,))?;
-    let scope = ("api_keys", principal.user_id, &params.sort);
+    let user_id = principal.user_id;
+    let scope = ("api_keys", user_id, &params.sort);
     let after = params.position(&app.cursors, &scope)?;
-    let page = store::list_api_keys(app.db.read(), principal.user_id, &params, after).await?;
+    let page = {
+        let params = params.clone();
+        app.db.read().run(async move |conn| store::list_api_keys(conn, user_id, &params, after).await).await?
+    };
     Ok(crate::listing::respond(
         &uri,
         &page,
@@ -645,7 +649,13 @@ async fn get_api_key(
 ) -> ApiResult {
     let fields = read_fields(&mut query, API_KEY_FIELDS);
     let (fields,) = query.finish((fields,))?;
-    let key = store::find_api_key(app.db.current(), principal.user_id, id).await?.ok_or_else(Problem::not_found)?;
+    let user_id = principal.user_id;
+    let key = app
+        .db
+        .current()
+        .run(async move |conn| store::find_api_key(conn, user_id, id).await)
+        .await?
+        .ok_or_else(Problem::not_found)?;
     Ok(conditional_response(
         &headers,
         &select(fields.as_ref(), api_key_value(&key)),
@@ -671,8 +681,7 @@ async fn delete_api_key(
     Id(id): Id,
     headers: HeaderMap,
 ) -> ApiResult {
-    let key = store::find_api_key(app.db.write(), principal.user_id, id).await?.ok_or_else(Problem::not_found)?;
-    check_if_match(&headers, &api_key_value(&key))?;
-    store::delete_api_key(app.db.write(), key).await?;
+    service::delete_api_key(&app, principal.user_id, id, move |key| check_if_match(&headers, &api_key_value(key)))
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

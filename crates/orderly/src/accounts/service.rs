@@ -1,5 +1,5 @@
 //! Account logic: registration, the OAuth 2.0 token grants with refresh-token rotation and
-//! reuse detection, and logout.
+//! reuse detection, logout, user updates and API keys.
 
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
@@ -9,11 +9,12 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::app::App;
+use crate::db::DbError;
 use crate::error::{AppError, conflict_on_unique};
 
 use super::domain::{Email, Password, Role, UserName};
 use super::passwords;
-use super::store::{self, NewUser, Rotation, User};
+use super::store::{self, ApiKey, NewUser, Rotation, User, UserChanges};
 use super::tokens::{generate_secret, hash_secret};
 
 const REFRESH_TOKEN_PREFIX: &str = "rt_";
@@ -26,17 +27,21 @@ pub struct Registration {
 
 /// Creates a customer account (409 `email_taken` when the address is in use).
 pub async fn register(app: &App, registration: Registration, role: Role) -> Result<User, AppError> {
-    if store::find_user_by_email(app.db.write(), registration.email.as_str()).await?.is_some() {
+    let email = registration.email.as_str().to_owned();
+    let existing = {
+        let email = email.clone();
+        app.db.current().run(async move |conn| store::find_user_by_email(conn, &email).await).await?
+    };
+    if existing.is_some() {
         return Err(email_taken().into());
     }
     let password_hash = passwords::hash(registration.password).await?;
-    let new = NewUser {
-        email: registration.email.as_str().to_owned(),
-        name: registration.name.into_inner(),
-        role: role.as_str(),
-        password_hash,
-    };
-    store::insert_user(app.db.write(), new).await.map_err(|error| conflict_on_unique(error, email_taken))
+    let new = NewUser { email, name: registration.name.into_inner(), role, password_hash };
+    app.db
+        .write()
+        .run(async move |conn| store::insert_user(conn, new).await)
+        .await
+        .map_err(|error| conflict_on_unique(error, email_taken))
 }
 
 fn email_taken() -> Problem {
@@ -116,7 +121,10 @@ pub enum TokenOutcome {
 /// `grant_type=password`: verifies the credentials and starts a new refresh-token family.
 pub async fn grant_password(app: &App, username: &str, password: String) -> Result<TokenOutcome, AppError> {
     let user = match Email::parse(username) {
-        Ok(email) => store::find_user_by_email(app.db.write(), email.as_str()).await?,
+        Ok(email) => {
+            let email = email.as_str().to_owned();
+            app.db.current().run(async move |conn| store::find_user_by_email(conn, &email).await).await?
+        }
         Err(_) => None,
     };
     let stored = user.as_ref().map(|u| u.password_hash.clone());
@@ -125,28 +133,32 @@ pub async fn grant_password(app: &App, username: &str, password: String) -> Resu
         return Ok(TokenOutcome::Refused(OAuthError::invalid_grant("The email or password is incorrect.")));
     };
     let refresh_token = generate_secret(REFRESH_TOKEN_PREFIX);
-    store::insert_refresh_token(
-        app.db.write(),
-        Uuid::now_v7(),
-        user.id,
-        hash_secret(&refresh_token),
-        refresh_expiry(app),
-    )
-    .await?;
-    Ok(TokenOutcome::Granted(grant(app, &user, refresh_token)?))
+    let (user_id, token_hash, expires_at) = (user.id, hash_secret(&refresh_token), refresh_expiry(app));
+    app.db
+        .write()
+        .run(async move |conn| store::insert_refresh_token(conn, Uuid::now_v7(), user_id, token_hash, expires_at).await)
+        .await?;
+    Ok(TokenOutcome::Granted(grant(app, &user, refresh_token)))
 }
 
 /// `grant_type=refresh_token`: rotates the token; a replayed (already rotated) token revokes
 /// its whole family, so a stolen token stops working for thief and victim alike.
 pub async fn grant_refresh(app: &App, presented: &str) -> Result<TokenOutcome, AppError> {
     let successor = generate_secret(REFRESH_TOKEN_PREFIX);
-    let rotation = store::rotate_refresh_token(
-        app.db.write(),
-        &hash_secret(presented),
-        hash_secret(&successor),
-        refresh_expiry(app),
-    )
-    .await?;
+    let (presented_hash, successor_hash, expires_at) =
+        (hash_secret(presented), hash_secret(&successor), refresh_expiry(app));
+    let (rotation, user) = app
+        .db
+        .write()
+        .transaction(async move |conn| {
+            let rotation = store::rotate_refresh_token(conn, &presented_hash, successor_hash, expires_at).await?;
+            let user = match rotation {
+                Rotation::Rotated { user_id } => store::find_user(conn, user_id).await?,
+                Rotation::Rejected | Rotation::ReplayDetected => None,
+            };
+            Ok::<_, DbError>((rotation, user))
+        })
+        .await?;
     let refused = |description: &str| Ok(TokenOutcome::Refused(OAuthError::invalid_grant(description)));
     match rotation {
         Rotation::Rejected => refused("The refresh token is invalid, expired or revoked."),
@@ -154,8 +166,8 @@ pub async fn grant_refresh(app: &App, presented: &str) -> Result<TokenOutcome, A
             tracing::warn!("refresh token reuse detected; the token family was revoked");
             refused("The refresh token was already used; every token of this login has been revoked.")
         }
-        Rotation::Rotated { user_id } => match store::find_user(app.db.write(), user_id).await? {
-            Some(user) => Ok(TokenOutcome::Granted(grant(app, &user, successor)?)),
+        Rotation::Rotated { .. } => match user {
+            Some(user) => Ok(TokenOutcome::Granted(grant(app, &user, successor))),
             None => refused("The account no longer exists."),
         },
     }
@@ -163,13 +175,69 @@ pub async fn grant_refresh(app: &App, presented: &str) -> Result<TokenOutcome, A
 
 /// Revokes the family of a refresh token. Unknown tokens are accepted silently (RFC 7009 §2.2).
 pub async fn logout(app: &App, refresh_token: &str) -> Result<(), AppError> {
-    store::revoke_family_of(app.db.write(), &hash_secret(refresh_token)).await.map_err(Into::into)
+    let token_hash = hash_secret(refresh_token);
+    app.db.write().run(async move |conn| store::revoke_family_of(conn, &token_hash).await).await.map_err(Into::into)
 }
 
-fn grant(app: &App, user: &User, refresh_token: String) -> Result<TokenGrant, AppError> {
-    let role = Role::parse(&user.role).map_err(|_| AppError::internal("stored role is invalid"))?;
-    let (access_token, expires_in) = app.keys.issue_access_token(user.id, role);
-    Ok(TokenGrant { access_token, token_type: "Bearer", expires_in, refresh_token })
+fn grant(app: &App, user: &User, refresh_token: String) -> TokenGrant {
+    let (access_token, expires_in) = app.keys.issue_access_token(user.id, user.role);
+    TokenGrant { access_token, token_type: "Bearer", expires_in, refresh_token }
+}
+
+/// Applies `changes` to user `id` if `precondition` (the `If-Match` check) accepts the user
+/// as it stands. Read, check and write happen in one transaction holding the row lock, so the
+/// precondition is checked against exactly the row that is written. A change that changes
+/// nothing writes nothing. Returns the user as it now is.
+pub async fn update_user(
+    app: &App,
+    id: Uuid,
+    changes: UserChanges,
+    precondition: impl FnOnce(&User) -> Result<(), Problem> + Send + 'static,
+) -> Result<User, AppError> {
+    app.db
+        .write()
+        .transaction(async move |conn| {
+            let current = store::lock_user(conn, id).await?.ok_or_else(Problem::not_found)?;
+            precondition(&current)?;
+            let unchanged = changes.name.as_ref().is_none_or(|n| *n == current.name)
+                && changes.role.is_none_or(|r| r == current.role);
+            if unchanged {
+                return Ok(current);
+            }
+            Ok::<_, AppError>(store::update_user(conn, &current, changes).await?)
+        })
+        .await
+}
+
+/// Creates an API key for `user_id`; returns it with its secret, which is never stored.
+pub async fn create_api_key(app: &App, user_id: Uuid, name: String) -> Result<(ApiKey, String), AppError> {
+    let secret = generate_secret(super::auth::API_KEY_PREFIX);
+    let prefix: String = secret.chars().take(8).collect();
+    let secret_hash = hash_secret(&secret);
+    let key = app
+        .db
+        .write()
+        .run(async move |conn| store::insert_api_key(conn, user_id, name, prefix, secret_hash).await)
+        .await?;
+    Ok((key, secret))
+}
+
+/// Deletes key `id` of `user_id` if `precondition` (the `If-Match` check) accepts it as it
+/// stands; 404 when the user has no such key.
+pub async fn delete_api_key(
+    app: &App,
+    user_id: Uuid,
+    id: Uuid,
+    precondition: impl FnOnce(&ApiKey) -> Result<(), Problem> + Send + 'static,
+) -> Result<(), AppError> {
+    app.db
+        .write()
+        .run(async move |conn| {
+            let key = store::find_api_key(conn, user_id, id).await?.ok_or_else(Problem::not_found)?;
+            precondition(&key)?;
+            Ok::<_, AppError>(store::delete_api_key(conn, key).await?)
+        })
+        .await
 }
 
 fn refresh_expiry(app: &App) -> chrono::DateTime<Utc> {

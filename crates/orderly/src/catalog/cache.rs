@@ -26,11 +26,11 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use orderly_kit::conditional::{body_of, etag_of};
 use orderly_kit::redis::SharedRedis;
-use sea_orm::{ConnectionTrait, DbErr};
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::store::{self, Product};
+use crate::db::{Database, DbError};
 
 /// A product as the API sends it, with its validators. Only the bytes are kept: a parsed
 /// JSON value would take several times the memory.
@@ -72,14 +72,14 @@ impl ProductCache {
         Self::Shared(SharedProducts { redis, ttl, pending: Mutex::new(HashSet::new()) })
     }
 
-    /// The product's current representation, from the cache or from `db`, which must see
-    /// every committed write (a replica could put an old copy in a shared cache).
+    /// The product's current representation, from the cache or from the database as
+    /// [`Database::current`] sees it (a replica could put an old copy in a shared cache).
     pub async fn get(
         &self,
-        db: &impl ConnectionTrait,
+        db: &Database,
         id: Uuid,
-        render: impl Fn(&Product) -> Value,
-    ) -> Result<Option<Arc<CachedProduct>>, DbErr> {
+        render: fn(&Product) -> Value,
+    ) -> Result<Option<Arc<CachedProduct>>, DbError> {
         match self {
             Self::Local { entries, epoch } => {
                 if let Some(hit) = entries.as_ref().and_then(|entries| entries.get(&id)) {
@@ -141,10 +141,10 @@ impl SharedProducts {
 
     async fn get(
         &self,
-        db: &impl ConnectionTrait,
+        db: &Database,
         id: Uuid,
-        render: impl Fn(&Product) -> Value,
-    ) -> Result<Option<Arc<CachedProduct>>, DbErr> {
+        render: fn(&Product) -> Value,
+    ) -> Result<Option<Arc<CachedProduct>>, DbError> {
         self.retry_pending().await;
         let (entry_key, generation_key) = self.keys(id);
         let cached: Result<(Option<Vec<u8>>, Option<u64>), _> = self
@@ -231,16 +231,18 @@ fn count(result: &'static str) {
     metrics::counter!("orderly_cache_requests_total", "cache" => "products", "result" => result).increment(1);
 }
 
-async fn load(
-    db: &impl ConnectionTrait,
-    id: Uuid,
-    render: impl Fn(&Product) -> Value,
-) -> Result<Option<Arc<CachedProduct>>, DbErr> {
-    let Some(product) = store::find_product(db, id).await? else {
-        return Ok(None);
-    };
-    let body = body_of(&render(&product));
-    Ok(Some(Arc::new(CachedProduct { etag: etag_of(&body), body, updated_at: product.updated_at })))
+/// Reads the product and renders its entry; on SQLite the rendering runs on the database
+/// thread, so the row crosses threads once, already serialized.
+async fn load(db: &Database, id: Uuid, render: fn(&Product) -> Value) -> Result<Option<Arc<CachedProduct>>, DbError> {
+    db.current()
+        .run(async move |conn| {
+            let Some(product) = store::find_product(conn, id).await? else {
+                return Ok(None);
+            };
+            let body = body_of(&render(&product));
+            Ok(Some(Arc::new(CachedProduct { etag: etag_of(&body), body, updated_at: product.updated_at })))
+        })
+        .await
 }
 
 /// `<etag>\n<updated_at µs>\n<body>`.

@@ -7,6 +7,7 @@
 pub mod cache;
 pub mod domain;
 mod routes;
+pub mod service;
 pub mod store;
 
 pub use routes::router;

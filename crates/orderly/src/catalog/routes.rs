@@ -5,14 +5,13 @@ use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use http::{HeaderMap, StatusCode};
 use orderly_kit::Problem;
-use orderly_kit::conditional::{CacheControl, check_if_match, conditional_response, prepared_conditional_response};
+use orderly_kit::conditional::{CacheControl, conditional_response, prepared_conditional_response};
 use orderly_kit::docs::{
     BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, PreconditionFailed, Unauthorized, UnsupportedMediaType,
     ValidationFailed,
 };
 use orderly_kit::extract::{Id, JsonBody, Query};
 use orderly_kit::validation::{Fields, json, query, text};
-use sea_orm::TransactionTrait;
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -22,11 +21,12 @@ use uuid::Uuid;
 
 use crate::accounts::auth::Admin;
 use crate::app::AppState;
-use crate::error::{ApiResult, AppError, conflict_on_unique};
+use crate::error::{ApiResult, AppError};
 use crate::listing::{FieldsQuery, ListParams, read_fields};
 use crate::responses::{created, written};
 
 use super::domain::{Currency, MAX_STOCK, MAX_UNIT_PRICE, Sku, currency_schema};
+use super::service;
 use super::store::{self, After, NewProduct, Product, ProductChanges, ProductFilter};
 use crate::schemas;
 
@@ -101,10 +101,6 @@ fn product_body(product: &Product) -> ProductBody {
 
 fn product_value(product: &Product) -> Value {
     serde_json::to_value(product_body(product)).expect("representations serialize")
-}
-
-fn sku_taken() -> Problem {
-    Problem::conflict("sku_taken", "A product with this SKU already exists.")
 }
 
 /// Sort orders of the product list.
@@ -184,7 +180,10 @@ async fn list_products(
         "unit_price" => params.position::<(i64, Uuid)>(&app.cursors, &scope)?.map(|(p, id)| After::UnitPrice(p, id)),
         _ => params.position::<(DateTime<Utc>, Uuid)>(&app.cursors, &scope)?.map(|(t, id)| After::CreatedAt(t, id)),
     };
-    let page = store::list_products(app.db.read(), &filter, &params, after).await?;
+    let page = {
+        let (filter, params) = (filter.clone(), params.clone());
+        app.db.read().run(async move |conn| store::list_products(conn, &filter, &params, after).await).await?
+    };
     let by_price = params.sort.key == "unit_price";
     Ok(crate::listing::respond(
         &uri,
@@ -220,7 +219,7 @@ async fn get_product(
 ) -> ApiResult {
     let fields = read_fields(&mut query, PRODUCT_FIELDS);
     let (fields,) = query.finish((fields,))?;
-    let product = app.products.get(app.db.current(), id, product_value).await?.ok_or_else(Problem::not_found)?;
+    let product = app.products.get(&app.db, id, product_value).await?.ok_or_else(Problem::not_found)?;
     let cache = CacheControl::Public { max_age: app.catalog_max_age };
     Ok(match fields {
         None => prepared_conditional_response(&headers, product.body.clone(), &product.etag, product.updated_at, cache),
@@ -322,8 +321,7 @@ async fn create_product(State(app): State<AppState>, _admin: Admin, JsonBody(mut
         stock: fields.stock.expect("required"),
         active: fields.active.unwrap_or(true),
     };
-    let product =
-        store::insert_product(app.db.write(), new).await.map_err(|error| conflict_on_unique(error, sku_taken))?;
+    let product = service::create_product(&app.db, new).await?;
     Ok(created(format!("/api/v1/products/{}", product.id), &product_value(&product), product.updated_at))
 }
 
@@ -352,7 +350,7 @@ async fn patch_product(
 ) -> ApiResult {
     let changes = read_product_fields(&mut body, false);
     let (changes,) = body.finish((changes,))?;
-    let product = change_product(&app, &headers, id, &changes).await?;
+    let product = service::change_product(&app.db, &app.products, id, changes, headers, product_value).await?;
     Ok(written(&product_value(&product), product.updated_at))
 }
 
@@ -370,34 +368,6 @@ async fn patch_product(
 )]
 async fn delete_product(State(app): State<AppState>, _admin: Admin, Id(id): Id, headers: HeaderMap) -> ApiResult {
     let archive = ProductChanges { active: Some(false), ..ProductChanges::default() };
-    change_product(&app, &headers, id, &archive).await?;
+    service::change_product(&app.db, &app.products, id, archive, headers, product_value).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-async fn change_product(
-    app: &AppState,
-    headers: &HeaderMap,
-    id: Uuid,
-    changes: &ProductChanges,
-) -> Result<Product, crate::error::AppError> {
-    // Read, check `If-Match` and write in one transaction holding the row lock, so the
-    // precondition is checked against exactly the row that is written.
-    let transaction = app.db.write().begin().await?;
-    let current = store::lock_product(&transaction, id).await?.ok_or_else(Problem::not_found)?;
-    check_if_match(headers, &product_value(&current))?;
-    let desired = changes.applied_to(&current);
-    let updated = if desired == current {
-        drop(transaction);
-        current
-    } else {
-        let updated = store::update_product(&transaction, &current, desired)
-            .await
-            .map_err(|e| conflict_on_unique(e, sku_taken))?;
-        transaction.commit().await?;
-        updated
-    };
-    // Also when nothing changed: a retry of a write whose first attempt committed but was cut
-    // off before invalidating must still leave no older copy behind.
-    app.products.invalidate([id]).await;
-    Ok(updated)
 }

@@ -1,44 +1,56 @@
 //! Product storage. The only place in this module that touches the database.
 
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::{Expr, Func, LikeExpr};
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QuerySelect, Set};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::db::now;
-use crate::listing::{ListParams, seek};
+use crate::db::{Backend, Conn, DbError, Param, Row, now};
+use crate::listing::{ListParams, and_where, seek};
 use orderly_kit::pagination::Page;
 
-pub mod product {
-    use sea_orm::entity::prelude::*;
-
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
-    #[sea_orm(table_name = "products")]
-    pub struct Model {
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub id: Uuid,
-        #[sea_orm(unique)]
-        pub sku: String,
-        pub name: String,
-        pub description: String,
-        /// Minor units of `currency`.
-        pub unit_price: i64,
-        pub currency: String,
-        pub stock: i64,
-        pub active: bool,
-        pub version: i64,
-        pub created_at: DateTimeUtc,
-        pub updated_at: DateTimeUtc,
-    }
-
-    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-    pub enum Relation {}
-
-    impl ActiveModelBehavior for ActiveModel {}
+/// A product row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Product {
+    pub id: Uuid,
+    pub sku: String,
+    pub name: String,
+    pub description: String,
+    /// Minor units of `currency`.
+    pub unit_price: i64,
+    pub currency: String,
+    pub stock: i64,
+    pub active: bool,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
 
-pub use product::Model as Product;
+/// The columns [`Product::from_row`] reads, in its order (a macro, so queries are `concat!`ed
+/// into constant text).
+macro_rules! product_columns {
+    () => {
+        "id, sku, name, description, unit_price, currency, stock, active, version, created_at, updated_at"
+    };
+}
+pub(crate) use product_columns;
+
+impl Product {
+    pub fn from_row(row: &Row<'_>) -> Result<Self, DbError> {
+        Ok(Self {
+            id: row.get(0)?,
+            sku: row.get(1)?,
+            name: row.get(2)?,
+            description: row.get(3)?,
+            unit_price: row.get(4)?,
+            currency: row.get(5)?,
+            stock: row.get(6)?,
+            active: row.get(7)?,
+            version: row.get(8)?,
+            created_at: row.get(9)?,
+            updated_at: row.get(10)?,
+        })
+    }
+}
 
 /// Every field of a product that a client may set.
 #[derive(Debug, Clone, Default)]
@@ -78,60 +90,88 @@ pub struct NewProduct {
     pub active: bool,
 }
 
-pub async fn insert_product(db: &impl ConnectionTrait, new: NewProduct) -> Result<Product, DbErr> {
+pub async fn insert_product(conn: &mut Conn<'_>, new: NewProduct) -> Result<Product, DbError> {
     let now = now();
-    product::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        sku: Set(new.sku),
-        name: Set(new.name),
-        description: Set(new.description),
-        unit_price: Set(new.unit_price),
-        currency: Set(new.currency.to_owned()),
-        stock: Set(new.stock),
-        active: Set(new.active),
-        version: Set(1),
-        created_at: Set(now),
-        updated_at: Set(now),
-    }
-    .insert(db)
-    .await
+    let product = Product {
+        id: Uuid::now_v7(),
+        sku: new.sku,
+        name: new.name,
+        description: new.description,
+        unit_price: new.unit_price,
+        currency: new.currency.to_owned(),
+        stock: new.stock,
+        active: new.active,
+        version: 1,
+        created_at: now,
+        updated_at: now,
+    };
+    conn.execute(
+        "INSERT INTO products (id, sku, name, description, unit_price, currency, stock, active, version, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        &[
+            &product.id,
+            &product.sku,
+            &product.name,
+            &product.description,
+            &product.unit_price,
+            &product.currency,
+            &product.stock,
+            &product.active,
+            &product.version,
+            &product.created_at,
+            &product.updated_at,
+        ],
+    )
+    .await?;
+    Ok(product)
 }
 
-pub async fn find_product(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<Product>, DbErr> {
-    product::Entity::find_by_id(id).one(db).await
+pub async fn find_product(conn: &mut Conn<'_>, id: Uuid) -> Result<Option<Product>, DbError> {
+    const SQL: &str = concat!("SELECT ", product_columns!(), " FROM products WHERE id = $1");
+    conn.query_opt(SQL, &[&id], Product::from_row).await
 }
 
 /// The product, locked for update until the transaction ends (`FOR UPDATE` on PostgreSQL;
 /// SQLite has a single writer).
-pub async fn lock_product(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<Product>, DbErr> {
-    product::Entity::find_by_id(id).lock_exclusive().one(db).await
+pub async fn lock_product(conn: &mut Conn<'_>, id: Uuid) -> Result<Option<Product>, DbError> {
+    let sql = match conn.backend() {
+        Backend::Postgres => concat!("SELECT ", product_columns!(), " FROM products WHERE id = $1 FOR UPDATE"),
+        Backend::Sqlite => concat!("SELECT ", product_columns!(), " FROM products WHERE id = $1"),
+    };
+    conn.query_opt(sql, &[&id], Product::from_row).await
 }
 
 /// Stores `desired` over a product read with [`lock_product`] in the same transaction.
-pub async fn update_product(db: &impl ConnectionTrait, current: &Product, desired: Product) -> Result<Product, DbErr> {
+pub async fn update_product(conn: &mut Conn<'_>, current: &Product, desired: Product) -> Result<Product, DbError> {
     let updated = Product { version: current.version + 1, updated_at: now(), ..desired };
-    let result = product::Entity::update_many()
-        .col_expr(product::Column::Sku, Expr::value(updated.sku.clone()))
-        .col_expr(product::Column::Name, Expr::value(updated.name.clone()))
-        .col_expr(product::Column::Description, Expr::value(updated.description.clone()))
-        .col_expr(product::Column::UnitPrice, Expr::value(updated.unit_price))
-        .col_expr(product::Column::Currency, Expr::value(updated.currency.clone()))
-        .col_expr(product::Column::Stock, Expr::value(updated.stock))
-        .col_expr(product::Column::Active, Expr::value(updated.active))
-        .col_expr(product::Column::Version, Expr::value(updated.version))
-        .col_expr(product::Column::UpdatedAt, Expr::value(updated.updated_at))
-        .filter(product::Column::Id.eq(current.id))
-        .filter(product::Column::Version.eq(current.version))
-        .exec(db)
+    let changed = conn
+        .execute(
+            "UPDATE products SET sku = $1, name = $2, description = $3, unit_price = $4, currency = $5, stock = $6,
+                 active = $7, version = $8, updated_at = $9
+             WHERE id = $10 AND version = $11",
+            &[
+                &updated.sku,
+                &updated.name,
+                &updated.description,
+                &updated.unit_price,
+                &updated.currency,
+                &updated.stock,
+                &updated.active,
+                &updated.version,
+                &updated.updated_at,
+                &current.id,
+                &current.version,
+            ],
+        )
         .await?;
-    if result.rows_affected != 1 {
-        return Err(DbErr::RecordNotUpdated);
+    if changed != 1 {
+        return Err(DbError::Other(format!("product {} changed under its lock", current.id)));
     }
     Ok(updated)
 }
 
 /// Filters of the public product list.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct ProductFilter {
     pub active: Option<bool>,
     pub currency: Option<&'static str>,
@@ -148,37 +188,46 @@ pub enum After {
 }
 
 pub async fn list_products(
-    db: &impl ConnectionTrait,
+    conn: &mut Conn<'_>,
     filter: &ProductFilter,
     params: &ListParams,
     after: Option<After>,
-) -> Result<Page<Product>, DbErr> {
-    use product::Column;
-    let mut select = product::Entity::find();
-    if let Some(active) = filter.active {
-        select = select.filter(Column::Active.eq(active));
+) -> Result<Page<Product>, DbError> {
+    let mut sql = String::from(concat!("SELECT ", product_columns!(), " FROM products WHERE true"));
+    let mut values: Vec<&dyn Param> = Vec::new();
+    if let Some(active) = &filter.active {
+        and_where(&mut sql, &mut values, "active = $", active);
     }
-    if let Some(currency) = filter.currency {
-        select = select.filter(Column::Currency.eq(currency));
+    if let Some(currency) = &filter.currency {
+        and_where(&mut sql, &mut values, "currency = $", currency);
     }
-    if let Some(min) = filter.min_price {
-        select = select.filter(Column::UnitPrice.gte(min));
+    if let Some(min) = &filter.min_price {
+        and_where(&mut sql, &mut values, "unit_price >= $", min);
     }
-    if let Some(max) = filter.max_price {
-        select = select.filter(Column::UnitPrice.lte(max));
+    if let Some(max) = &filter.max_price {
+        and_where(&mut sql, &mut values, "unit_price <= $", max);
     }
-    if let Some(q) = &filter.q {
-        let pattern = format!("%{}%", q.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
-        let like = |column: Column| {
-            Expr::expr(Func::lower(Expr::col(column))).like(LikeExpr::new(pattern.clone()).escape('\\'))
-        };
-        select = select.filter(like(Column::Name).or(like(Column::Sku)));
+    let pattern = filter
+        .q
+        .as_ref()
+        .map(|q| format!("%{}%", q.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
+    if let Some(pattern) = &pattern {
+        and_where(&mut sql, &mut values, r"(lower(name) LIKE $ ESCAPE '\' OR lower(sku) LIKE $ ESCAPE '\')", pattern);
     }
-    let key = if params.sort.key == "unit_price" { Column::UnitPrice } else { Column::CreatedAt };
+    let key = if params.sort.key == "unit_price" { "unit_price" } else { "created_at" };
     let after = after.map(|after| match after {
-        After::CreatedAt(created_at, id) => (Expr::value(created_at), id),
-        After::UnitPrice(price, id) => (Expr::value(price), id),
+        After::CreatedAt(created_at, id) => (Box::new(created_at) as Box<dyn Param + Send>, id),
+        After::UnitPrice(price, id) => (Box::new(price) as Box<dyn Param + Send>, id),
     });
-    let rows = seek(select, key, Column::Id, params.sort.descending, after, params.limit).all(db).await?;
+    let limit = params.limit + 1;
+    seek(
+        &mut sql,
+        &mut values,
+        key,
+        params.sort.descending,
+        after.as_ref().map(|(k, id)| (&**k as &dyn Param, id)),
+        &limit,
+    );
+    let rows = conn.query(&sql, &values, Product::from_row).await?;
     Ok(Page::from_overfetch(rows, params.limit))
 }

@@ -12,14 +12,12 @@
 //! from the primary and receives nothing.
 
 use std::collections::VecDeque;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use sea_orm::sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
-use sea_orm::sqlx::{ConnectOptions, Connection};
-use sea_orm::{DatabaseConnection, SqlxPostgresConnector};
+use deadpool_postgres::{Hook, HookError};
+use tokio_postgres::Client;
 
 use crate::config::{ConfigError, DatabaseConfig};
 
@@ -37,12 +35,12 @@ const REPLAY_POSITION: &str = "SELECT pg_is_in_recovery(), (pg_last_wal_replay_l
 
 #[derive(Debug, Clone)]
 pub(super) struct Replica {
-    pool: DatabaseConnection,
+    pool: deadpool_postgres::Pool,
     watch: Arc<Watch>,
     /// For the watch's own connections, apart from the pools so a busy pool is not taken
     /// for a failed server.
-    primary_options: PgConnectOptions,
-    replica_options: PgConnectOptions,
+    primary_options: tokio_postgres::Config,
+    replica_options: tokio_postgres::Config,
 }
 
 /// What the checks found, shared with every request that picks a connection.
@@ -70,8 +68,8 @@ enum State {
 /// The checks' own connections and the primary's recent positions, carried from one check to
 /// the next.
 struct Probe {
-    primary: Option<PgConnection>,
-    replica: Option<PgConnection>,
+    primary: Option<Client>,
+    replica: Option<Client>,
     /// (when, the primary's position then), oldest first.
     notes: VecDeque<(Instant, i64)>,
 }
@@ -90,12 +88,14 @@ impl Replica {
     /// replica is down.
     pub(super) fn connect(config: &DatabaseConfig, read_url: &str) -> Result<Self, ConfigError> {
         let parse = |url: &str, setting: &'static str| {
-            PgConnectOptions::from_str(url)
-                .map(|options| options.disable_statement_logging())
+            url.parse::<tokio_postgres::Config>()
                 .map_err(|_| ConfigError::new(setting, "is not a valid PostgreSQL URL"))
         };
-        let primary_options = parse(&config.database_url, "ORDERLY_DATABASE_URL")?;
-        let replica_options = parse(read_url, "ORDERLY_DATABASE_READ_URL")?;
+        let mut primary_options = parse(&config.database_url, "ORDERLY_DATABASE_URL")?;
+        let mut replica_options = parse(read_url, "ORDERLY_DATABASE_READ_URL")?;
+        for options in [&mut primary_options, &mut replica_options] {
+            options.application_name("orderly-replica-watch").connect_timeout(CHECK_TIMEOUT);
+        }
         let watch = Arc::new(Watch {
             max_lag: config.database_read_max_lag,
             in_use: AtomicBool::new(false),
@@ -104,24 +104,31 @@ impl Replica {
             reachable_since: AtomicU64::new(0),
         });
         let fresh = Arc::clone(&watch);
-        let pool = PgPoolOptions::new()
-            .max_connections(config.database_max_connections)
-            .acquire_timeout(config.database_acquire_timeout)
+        let pool = super::postgres_pool_builder(read_url, "ORDERLY_DATABASE_READ_URL", config)?
             // As on the primary: no ping per checkout. A connection opened before the last
             // outage is dropped instead, so the first lists after a replica restart do not
             // fail on sockets the restart closed.
-            .test_before_acquire(false)
-            .before_acquire(move |_, meta| {
-                let opened_after_outage = fresh.opened_after_outage(meta.age);
-                Box::pin(async move { Ok(opened_after_outage) })
-            })
-            .connect_lazy_with(replica_options.clone());
-        Ok(Self { pool: SqlxPostgresConnector::from_sqlx_postgres_pool(pool), watch, primary_options, replica_options })
+            .pre_recycle(Hook::sync_fn(move |_, metrics| {
+                if fresh.opened_after_outage(metrics.age()) {
+                    Ok(())
+                } else {
+                    Err(HookError::message("opened before the replica's last outage"))
+                }
+            }))
+            .build()
+            .map_err(|error| {
+                ConfigError::new("ORDERLY_DATABASE_READ_URL", format!("cannot create the pool: {error}"))
+            })?;
+        Ok(Self { pool, watch, primary_options, replica_options })
     }
 
-    /// The pool, while lists may read it.
-    pub(super) fn usable(&self) -> Option<&DatabaseConnection> {
-        self.watch.in_use.load(Ordering::Relaxed).then_some(&self.pool)
+    /// Whether lists may read the replica now.
+    pub(super) fn usable(&self) -> bool {
+        self.watch.in_use.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn pool(&self) -> &deadpool_postgres::Pool {
+        &self.pool
     }
 
     /// Sets the replica gauges; called before metrics are rendered.
@@ -133,7 +140,7 @@ impl Replica {
             State::Unchecked | State::LagUnknown | State::Unreachable { .. } => f64::NAN,
         };
         metrics::gauge!("orderly_db_replica_lag_seconds").set(lag);
-        super::publish_pool_metrics("read", &self.pool);
+        super::publish_pool_metrics("read", super::postgres_usage(&self.pool));
     }
 
     /// For readiness: "ok", or why lists read the primary.
@@ -184,19 +191,16 @@ impl Probe {
         Self { primary: None, replica: None, notes: VecDeque::new() }
     }
 
-    async fn primary_position(&mut self, options: &PgConnectOptions) -> Result<i64, String> {
-        let position = query_within(&mut self.primary, options, async |connection| {
-            sea_orm::sqlx::query_scalar(PRIMARY_POSITION).fetch_one(connection).await
-        });
-        position.await
+    async fn primary_position(&mut self, options: &tokio_postgres::Config) -> Result<i64, String> {
+        let row = query_within(&mut self.primary, options, PRIMARY_POSITION).await?;
+        row.try_get(0).map_err(|error| error.to_string())
     }
 
     /// How far the replica has replayed; `None` when it is not a standby.
-    async fn replay_position(&mut self, options: &PgConnectOptions) -> Result<Option<i64>, String> {
-        let replay = query_within(&mut self.replica, options, async |connection| {
-            sea_orm::sqlx::query_as::<_, (bool, Option<i64>)>(REPLAY_POSITION).fetch_one(connection).await
-        });
-        let (standby, replayed) = replay.await?;
+    async fn replay_position(&mut self, options: &tokio_postgres::Config) -> Result<Option<i64>, String> {
+        let row = query_within(&mut self.replica, options, REPLAY_POSITION).await?;
+        let standby: bool = row.try_get(0).map_err(|error| error.to_string())?;
+        let replayed: Option<i64> = row.try_get(1).map_err(|error| error.to_string())?;
         Ok(standby.then(|| replayed.unwrap_or(0)))
     }
 
@@ -216,21 +220,25 @@ impl Probe {
 
 /// Runs `query` on the probe's connection to one server, opening it when needed, within
 /// [`CHECK_TIMEOUT`]. On failure the connection is dropped, to be opened afresh next time.
-async fn query_within<T>(
-    connection: &mut Option<PgConnection>,
-    options: &PgConnectOptions,
-    query: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sea_orm::sqlx::Error>,
-) -> Result<T, String> {
+async fn query_within(
+    connection: &mut Option<Client>,
+    options: &tokio_postgres::Config,
+    query: &str,
+) -> Result<tokio_postgres::Row, String> {
     let attempt = async {
         let open = match connection.as_mut() {
-            Some(open) => open,
-            None => connection.insert(PgConnection::connect_with(options).await?),
+            Some(open) if !open.is_closed() => open,
+            _ => {
+                let (client, link) = options.connect(tokio_postgres::NoTls).await?;
+                tokio::spawn(link);
+                connection.insert(client)
+            }
         };
-        query(open).await
+        open.query_one(query, &[]).await
     };
     let outcome = match tokio::time::timeout(CHECK_TIMEOUT, attempt).await {
-        Ok(Ok(value)) => return Ok(value),
-        Ok(Err(error)) => super::describe_connect_error(&error),
+        Ok(Ok(row)) => return Ok(row),
+        Ok(Err(error)) => error.as_db_error().map_or_else(|| error.to_string(), |db| db.message().to_owned()),
         Err(_) => format!("no answer within {} s", CHECK_TIMEOUT.as_secs()),
     };
     *connection = None;

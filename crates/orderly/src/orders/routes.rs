@@ -74,7 +74,7 @@ fn order_body(order: &Order) -> OrderBody<'_> {
     OrderBody {
         id: order.id,
         user_id: order.user_id,
-        status: OrderStatus::parse(&order.status).unwrap_or(OrderStatus::Pending),
+        status: order.status,
         items: &order.items,
         currency: &order.currency,
         total: order.total,
@@ -184,10 +184,13 @@ async fn list_orders(
         Some(own) => Some(own),
         None => user_id,
     };
-    let filter = OrderFilter { user_id, status: status.map(OrderStatus::as_str), created_after, created_before };
+    let filter = OrderFilter { user_id, status, created_after, created_before };
     let scope = ("orders", &params.sort, &filter);
     let after = params.position(&app.cursors, &scope)?;
-    let page = store::list_orders(app.db.read(), &filter, &params, after).await?;
+    let page = {
+        let (filter, params) = (filter.clone(), params.clone());
+        app.db.read().run(async move |conn| store::list_orders(conn, &filter, &params, after).await).await?
+    };
     Ok(crate::listing::respond(
         &uri,
         &page,
@@ -223,8 +226,13 @@ async fn get_order(
 ) -> ApiResult {
     let fields = read_fields(&mut query, ORDER_FIELDS);
     let (fields,) = query.finish((fields,))?;
-    let order =
-        store::find_order(app.db.current(), id, principal.owner_scope()).await?.ok_or_else(Problem::not_found)?;
+    let owner = principal.owner_scope();
+    let order = app
+        .db
+        .current()
+        .run(async move |conn| store::find_order(conn, id, owner).await)
+        .await?
+        .ok_or_else(Problem::not_found)?;
     let value = select(fields.as_ref(), order_value(&order));
     Ok(conditional_response(&headers, &value, order.updated_at, CacheControl::Private))
 }

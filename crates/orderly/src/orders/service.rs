@@ -4,13 +4,12 @@
 use std::collections::HashMap;
 
 use orderly_kit::{FieldError, Problem};
-use sea_orm::{DatabaseTransaction, TransactionTrait};
 use uuid::Uuid;
 
 use crate::accounts::auth::Principal;
 use crate::app::App;
 use crate::catalog::store::Product;
-use crate::db::is_unique_violation;
+use crate::db::{Conn, DbError};
 use crate::error::AppError;
 
 use super::domain::{OrderItem, OrderLine, OrderStatus};
@@ -38,17 +37,40 @@ pub async fn place_order(
     if let Some(placed) = insert_order(app, user_id, lines, claim).await? {
         return Ok(placed);
     }
-    let claim = claim.expect("only a claimed order can find its claim taken");
+    let claim = claim.expect("only a claimed order can find its claim taken").to_owned();
     let expired_before = chrono::Utc::now()
         - chrono::TimeDelta::from_std(app.idempotency_settings.ttl).unwrap_or(chrono::TimeDelta::days(1));
-    match store::find_order_by_claim(app.db.write(), claim).await? {
-        Some(placed) if placed.user_id == user_id && placed.created_at > expired_before => return Ok(placed),
-        Some(_) => store::release_claim(app.db.write(), claim).await?,
-        None => {}
+    let placed = {
+        let claim = claim.clone();
+        app.db
+            .write()
+            .run(async move |conn| match store::find_order_by_claim(conn, &claim).await? {
+                Some(placed) if placed.user_id == user_id && placed.created_at > expired_before => Ok(Some(placed)),
+                Some(_) => store::release_claim(conn, &claim).await.map(|()| None),
+                None => Ok::<_, DbError>(None),
+            })
+            .await?
+    };
+    if let Some(placed) = placed {
+        return Ok(placed);
     }
-    insert_order(app, user_id, lines, Some(claim))
+    insert_order(app, user_id, lines, Some(&claim))
         .await?
         .ok_or_else(|| AppError::internal("an order's idempotency claim was taken again right after its release"))
+}
+
+/// Why the unit of work placing an order rolled back.
+enum Unplaced {
+    /// Another order holds the claim.
+    ClaimTaken,
+    /// The order cannot be placed (or the database failed).
+    Refused(AppError),
+}
+
+impl From<DbError> for Unplaced {
+    fn from(error: DbError) -> Self {
+        Self::Refused(error.into())
+    }
 }
 
 /// Takes the stock and inserts the order, in one transaction; `None` when another order holds
@@ -59,55 +81,68 @@ async fn insert_order(
     lines: &[OrderLine],
     claim: Option<&str>,
 ) -> Result<Option<Order>, AppError> {
-    let mut by_id: Vec<&OrderLine> = lines.iter().collect();
+    let lines = lines.to_vec();
+    let mut by_id = lines.clone();
     by_id.sort_by_key(|line| line.product_id);
-    let transaction = app.db.write().begin().await?;
-
-    let mut taken: HashMap<Uuid, Product> = HashMap::with_capacity(lines.len());
-    for line in &by_id {
-        match store::take_stock(&transaction, line.product_id, line.quantity).await? {
-            Some(product) => {
-                taken.insert(product.id, product);
+    let ids: Vec<Uuid> = by_id.iter().map(|line| line.product_id).collect();
+    let claim = claim.map(str::to_owned);
+    let placed = app
+        .db
+        .write()
+        .transaction(async move |conn| {
+            let mut taken: HashMap<Uuid, Product> = HashMap::with_capacity(lines.len());
+            for line in &by_id {
+                match store::take_stock(conn, line.product_id, line.quantity).await? {
+                    Some(product) => {
+                        taken.insert(product.id, product);
+                    }
+                    // Failing the unit undoes the lines already taken.
+                    None => return Err(Unplaced::Refused(refusal(conn, &lines, line).await)),
+                }
             }
-            None => return Err(refusal(&transaction, lines, line).await),
-        }
-    }
-    let currency = &taken[&lines[0].product_id].currency;
-    if taken.values().any(|product| &product.currency != currency) {
-        return Err(mixed_currencies().into());
-    }
-    let items: Vec<OrderItem> = lines
-        .iter()
-        .map(|line| {
-            let product = &taken[&line.product_id];
-            OrderItem {
-                product_id: product.id,
-                sku: product.sku.clone(),
-                name: product.name.clone(),
-                unit_price: product.unit_price,
-                quantity: line.quantity,
-                line_total: product.unit_price * line.quantity,
+            let currency = &taken[&lines[0].product_id].currency;
+            if taken.values().any(|product| &product.currency != currency) {
+                return Err(Unplaced::Refused(mixed_currencies().into()));
+            }
+            let items: Vec<OrderItem> = lines
+                .iter()
+                .map(|line| {
+                    let product = &taken[&line.product_id];
+                    OrderItem {
+                        product_id: product.id,
+                        sku: product.sku.clone(),
+                        name: product.name.clone(),
+                        unit_price: product.unit_price,
+                        quantity: line.quantity,
+                        line_total: product.unit_price * line.quantity,
+                    }
+                })
+                .collect();
+            match store::insert_order(conn, user_id, currency, &items, claim.as_deref()).await {
+                Ok(placed) => Ok(placed),
+                // Failing the unit gives the stock back.
+                Err(error) if claim.is_some() && error.is_unique_violation() => Err(Unplaced::ClaimTaken),
+                Err(error) => Err(error.into()),
             }
         })
-        .collect();
-    let placed = match store::insert_order(&transaction, user_id, currency, &items, claim).await {
-        Ok(placed) => placed,
-        // Dropping the transaction gives the stock back.
-        Err(error) if claim.is_some() && is_unique_violation(&error) => return Ok(None),
-        Err(error) => return Err(error.into()),
-    };
-    transaction.commit().await?;
-    app.products.invalidate(by_id.iter().map(|line| line.product_id)).await;
-    Ok(Some(placed))
+        .await;
+    match placed {
+        Ok(placed) => {
+            app.products.invalidate(ids).await;
+            Ok(Some(placed))
+        }
+        Err(Unplaced::ClaimTaken) => Ok(None),
+        Err(Unplaced::Refused(error)) => Err(error),
+    }
 }
 
 /// Why an order cannot be placed, once the decrement for `short` changed nothing. The caller
-/// drops the transaction, which undoes the lines already taken.
-async fn refusal(transaction: &DatabaseTransaction, lines: &[OrderLine], short: &OrderLine) -> AppError {
+/// fails its unit of work, which undoes the lines already taken.
+async fn refusal(conn: &mut Conn<'_>, lines: &[OrderLine], short: &OrderLine) -> AppError {
     let mut ids: Vec<Uuid> = lines.iter().map(|line| line.product_id).collect();
     ids.sort();
     // Locked in id order, like the decrements, so this read cannot deadlock with other orders.
-    let products = match store::lock_products(transaction, &ids).await {
+    let products = match store::lock_products(conn, &ids).await {
         Ok(products) => products,
         Err(error) => return error.into(),
     };
@@ -153,31 +188,39 @@ fn mixed_currencies() -> Problem {
 /// 409 `payment_in_progress`.
 pub async fn cancel_order(app: &App, caller: Principal, id: Uuid) -> Result<Order, AppError> {
     let owner = caller.owner_scope();
-    let transaction = app.db.write().begin().await?;
-    let order = store::lock_order(&transaction, id, owner).await?.ok_or_else(Problem::not_found)?;
-    match OrderStatus::parse(&order.status).map_err(|_| AppError::internal("stored order status is invalid"))? {
-        OrderStatus::Cancelled => return Ok(order),
-        OrderStatus::Pending => {}
-        other => {
-            return Err(Problem::conflict(
-                "invalid_state",
-                format!("Only pending orders can be cancelled; this one is {}.", other.as_str()),
-            )
-            .into());
-        }
+    let settle_after = app.payment_settle_after;
+    let (order, returned) = app
+        .db
+        .write()
+        .transaction(async move |conn| {
+            let order = store::lock_order(conn, id, owner).await?.ok_or_else(Problem::not_found)?;
+            match order.status {
+                OrderStatus::Cancelled => return Ok((order, None)),
+                OrderStatus::Pending => {}
+                other => {
+                    return Err(Problem::conflict(
+                        "invalid_state",
+                        format!("Only pending orders can be cancelled; this one is {}.", other.as_str()),
+                    )
+                    .into());
+                }
+            }
+            // Cancelling and paying exclude each other: the stock goes back only with the money.
+            crate::payments::service::refuse_while_charging(conn, order.id, settle_after).await?;
+            let mut items = order.item_list()?;
+            // In id order, the order stock is taken in.
+            items.sort_by_key(|item| item.product_id);
+            for item in &items {
+                store::return_stock(conn, item.product_id, item.quantity).await?;
+            }
+            let cancelled = store::set_status(conn, &order, OrderStatus::Cancelled).await?;
+            Ok::<_, AppError>((cancelled, Some(items)))
+        })
+        .await?;
+    if let Some(items) = returned {
+        app.products.invalidate(items.iter().map(|item| item.product_id)).await;
     }
-    // Cancelling and paying exclude each other: the stock goes back only with the money.
-    crate::payments::service::refuse_while_charging(app, &transaction, order.id).await?;
-    let mut items = order.item_list()?;
-    // In id order, the order stock is taken in.
-    items.sort_by_key(|item| item.product_id);
-    for item in &items {
-        store::return_stock(&transaction, item.product_id, item.quantity).await?;
-    }
-    let cancelled = store::set_status(&transaction, &order, OrderStatus::Cancelled).await?;
-    transaction.commit().await?;
-    app.products.invalidate(items.iter().map(|item| item.product_id)).await;
-    Ok(cancelled)
+    Ok(order)
 }
 
 fn field_error(field: String, code: &str, message: &str) -> FieldError {

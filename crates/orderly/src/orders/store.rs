@@ -13,258 +13,264 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use crate::catalog::store::{Product, product};
-use crate::db::now;
-use crate::listing::{ListParams, seek};
+use crate::catalog::store::{Product, product_columns};
+use crate::db::{Backend, Conn, DbError, Param, Row, now};
+use crate::listing::{ListParams, and_where, seek};
 use orderly_kit::pagination::Page;
 
 use super::domain::{OrderItem, OrderStatus};
-
-pub mod order {
-    use sea_orm::entity::prelude::*;
-
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
-    #[sea_orm(table_name = "orders")]
-    pub struct Model {
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub id: Uuid,
-        pub user_id: Uuid,
-        pub status: String,
-        pub currency: String,
-        /// Sum of the line totals, in minor units.
-        pub total: i64,
-        pub version: i64,
-        pub created_at: DateTimeUtc,
-        pub updated_at: DateTimeUtc,
-        /// JSON array of [`crate::orders::domain::OrderItem`], in the order requested.
-        pub items: String,
-        /// The idempotency claim of the request that placed it, if it had a key.
-        pub idempotency_claim: Option<String>,
-    }
-
-    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-    pub enum Relation {}
-
-    impl ActiveModelBehavior for ActiveModel {}
-}
 
 /// An order as read: its row, with the items as the JSON they are served as.
 #[derive(Clone, Debug)]
 pub struct Order {
     pub id: Uuid,
     pub user_id: Uuid,
-    pub status: String,
+    pub status: OrderStatus,
     pub currency: String,
+    /// Sum of the line totals, in minor units.
     pub total: i64,
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// JSON array of [`crate::orders::domain::OrderItem`], in the order requested.
     pub items: Box<RawValue>,
 }
 
+/// The columns [`Order::from_row`] reads, in its order (a macro, so queries are `concat!`ed
+/// into constant text).
+macro_rules! order_columns {
+    () => {
+        "id, user_id, status, currency, total, version, created_at, updated_at, items"
+    };
+}
+
 impl Order {
+    /// Reads an order row; an unknown status is corrupt, and so are items that are not JSON
+    /// (checked here, so serving them as they are is safe).
+    pub fn from_row(row: &Row<'_>) -> Result<Self, DbError> {
+        let id: Uuid = row.get(0)?;
+        let status: String = row.get(2)?;
+        let status = OrderStatus::parse(&status)
+            .map_err(|_| DbError::corrupt(format!("order {id} has an unknown status {status:?}")))?;
+        let items = RawValue::from_string(row.get(8)?).map_err(|_| corrupt(id))?;
+        Ok(Self {
+            id,
+            user_id: row.get(1)?,
+            status,
+            currency: row.get(3)?,
+            total: row.get(4)?,
+            version: row.get(5)?,
+            created_at: row.get(6)?,
+            updated_at: row.get(7)?,
+            items,
+        })
+    }
+
     /// The items as values (for the stock they hold).
-    pub fn item_list(&self) -> Result<Vec<OrderItem>, DbErr> {
+    pub fn item_list(&self) -> Result<Vec<OrderItem>, DbError> {
         serde_json::from_str(self.items.get()).map_err(|_| corrupt(self.id))
     }
 }
 
-impl TryFrom<order::Model> for Order {
-    type Error = DbErr;
+fn corrupt(id: Uuid) -> DbError {
+    DbError::corrupt(format!("order {id} has malformed items"))
+}
 
-    /// Checks that the stored items are JSON, so serving them as they are is safe.
-    fn try_from(row: order::Model) -> Result<Self, DbErr> {
-        let items = RawValue::from_string(row.items).map_err(|_| corrupt(row.id))?;
-        Ok(Self {
-            id: row.id,
-            user_id: row.user_id,
-            status: row.status,
-            currency: row.currency,
-            total: row.total,
-            version: row.version,
-            created_at: row.created_at,
-            updated_at: row.updated_at,
-            items,
-        })
+/// The products named by an order, locked until the transaction ends (`FOR UPDATE` on
+/// PostgreSQL, in id order; SQLite has a single writer), keyed by id.
+pub async fn lock_products(conn: &mut Conn<'_>, ids: &[Uuid]) -> Result<HashMap<Uuid, Product>, DbError> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
     }
-}
-
-fn corrupt(id: Uuid) -> DbErr {
-    DbErr::Type(format!("order {id} has malformed items"))
-}
-
-/// The products named by an order, locked until the transaction ends, keyed by id.
-pub async fn lock_products(db: &impl ConnectionTrait, ids: &[Uuid]) -> Result<HashMap<Uuid, Product>, DbErr> {
-    let products = product::Entity::find()
-        .filter(product::Column::Id.is_in(ids.iter().copied()))
-        .order_by_asc(product::Column::Id)
-        .lock_exclusive()
-        .all(db)
-        .await?;
+    // Only read to explain a refusal, so the list of placeholders is built each time.
+    let placeholders = (1..=ids.len()).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ");
+    let lock = match conn.backend() {
+        Backend::Postgres => " FOR UPDATE",
+        Backend::Sqlite => "",
+    };
+    let sql = format!(
+        concat!("SELECT ", product_columns!(), " FROM products WHERE id IN ({}) ORDER BY id{}"),
+        placeholders, lock
+    );
+    let params: Vec<&dyn Param> = ids.iter().map(|id| id as &dyn Param).collect();
+    let products = conn.query(&sql, &params, Product::from_row).await?;
     Ok(products.into_iter().map(|p| (p.id, p)).collect())
 }
 
 /// Takes `quantity` units of an active product's stock if that many are there, and returns the
 /// product as it is now (locked until the transaction ends). `None` means unknown, archived or
 /// not enough stock, and nothing changed.
-pub async fn take_stock(db: &impl ConnectionTrait, product_id: Uuid, quantity: i64) -> Result<Option<Product>, DbErr> {
-    let mut updated = product::Entity::update_many()
-        .col_expr(product::Column::Stock, Expr::col(product::Column::Stock).sub(quantity))
-        .col_expr(product::Column::Version, Expr::col(product::Column::Version).add(1))
-        .col_expr(product::Column::UpdatedAt, Expr::value(now()))
-        .filter(product::Column::Id.eq(product_id))
-        .filter(product::Column::Active.eq(true))
-        .filter(product::Column::Stock.gte(quantity))
-        .exec_with_returning(db)
-        .await?;
-    Ok(updated.pop())
+pub async fn take_stock(conn: &mut Conn<'_>, product_id: Uuid, quantity: i64) -> Result<Option<Product>, DbError> {
+    const SQL: &str = concat!(
+        "UPDATE products SET stock = stock - $1, version = version + 1, updated_at = $2
+         WHERE id = $3 AND active AND stock >= $1
+         RETURNING ",
+        product_columns!()
+    );
+    conn.query_opt(SQL, &[&quantity, &now(), &product_id], Product::from_row).await
 }
 
 /// Puts `quantity` units back (archived products included: the units exist).
-pub async fn return_stock(db: &impl ConnectionTrait, product_id: Uuid, quantity: i64) -> Result<(), DbErr> {
-    product::Entity::update_many()
-        .col_expr(product::Column::Stock, Expr::col(product::Column::Stock).add(quantity))
-        .col_expr(product::Column::Version, Expr::col(product::Column::Version).add(1))
-        .col_expr(product::Column::UpdatedAt, Expr::value(now()))
-        .filter(product::Column::Id.eq(product_id))
-        .exec(db)
-        .await
-        .map(drop)
+pub async fn return_stock(conn: &mut Conn<'_>, product_id: Uuid, quantity: i64) -> Result<(), DbError> {
+    conn.execute(
+        "UPDATE products SET stock = stock + $1, version = version + 1, updated_at = $2 WHERE id = $3",
+        &[&quantity, &now(), &product_id],
+    )
+    .await
+    .map(drop)
 }
 
 /// Inserts a pending order with its items (in the order given); a second order under the same
 /// idempotency claim is a unique violation.
 pub async fn insert_order(
-    db: &impl ConnectionTrait,
+    conn: &mut Conn<'_>,
     user_id: Uuid,
     currency: &str,
     items: &[OrderItem],
     claim: Option<&str>,
-) -> Result<Order, DbErr> {
+) -> Result<Order, DbError> {
     let now = now();
-    let row = order::Model {
-        id: Uuid::now_v7(),
+    let id = Uuid::now_v7();
+    let status = OrderStatus::Pending;
+    let total: i64 = items.iter().map(|item| item.line_total).sum();
+    let version = 1_i64;
+    let items = serde_json::to_string(items).expect("items serialize");
+    conn.execute(
+        "INSERT INTO orders (id, user_id, status, currency, total, version, created_at, updated_at, items,
+             idempotency_claim)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        &[&id, &user_id, &status.as_str(), &currency, &total, &version, &now, &now, &items, &claim],
+    )
+    .await?;
+    Ok(Order {
+        id,
         user_id,
-        status: OrderStatus::Pending.as_str().to_owned(),
+        status,
         currency: currency.to_owned(),
-        total: items.iter().map(|item| item.line_total).sum(),
-        version: 1,
+        total,
+        version,
         created_at: now,
         updated_at: now,
-        items: serde_json::to_string(items).expect("items serialize"),
-        idempotency_claim: claim.map(str::to_owned),
-    };
-    order::Entity::insert(order::ActiveModel::from(row.clone())).exec_without_returning(db).await?;
-    Order::try_from(row)
+        items: RawValue::from_string(items).map_err(|_| corrupt(id))?,
+    })
 }
 
 /// An order visible to the caller: their own, or any for an admin (`owner = None`). Another
 /// customer's order is indistinguishable from a missing one.
-pub async fn find_order(db: &impl ConnectionTrait, id: Uuid, owner: Option<Uuid>) -> Result<Option<Order>, DbErr> {
-    let mut select = order::Entity::find_by_id(id);
-    if let Some(owner) = owner {
-        select = select.filter(order::Column::UserId.eq(owner));
+pub async fn find_order(conn: &mut Conn<'_>, id: Uuid, owner: Option<Uuid>) -> Result<Option<Order>, DbError> {
+    match owner {
+        None => {
+            const SQL: &str = concat!("SELECT ", order_columns!(), " FROM orders WHERE id = $1");
+            conn.query_opt(SQL, &[&id], Order::from_row).await
+        }
+        Some(owner) => {
+            const SQL: &str = concat!("SELECT ", order_columns!(), " FROM orders WHERE id = $1 AND user_id = $2");
+            conn.query_opt(SQL, &[&id, &owner], Order::from_row).await
+        }
     }
-    select.one(db).await?.map(Order::try_from).transpose()
 }
 
 /// The order placed under an idempotency claim, if any.
-pub async fn find_order_by_claim(db: &impl ConnectionTrait, claim: &str) -> Result<Option<Order>, DbErr> {
-    order::Entity::find()
-        .filter(order::Column::IdempotencyClaim.eq(claim))
-        .one(db)
-        .await?
-        .map(Order::try_from)
-        .transpose()
+pub async fn find_order_by_claim(conn: &mut Conn<'_>, claim: &str) -> Result<Option<Order>, DbError> {
+    const SQL: &str = concat!("SELECT ", order_columns!(), " FROM orders WHERE idempotency_claim = $1");
+    conn.query_opt(SQL, &[&claim], Order::from_row).await
 }
 
 /// Detaches an idempotency claim from the order that holds it (its key expired and is used
 /// again).
-pub async fn release_claim(db: &impl ConnectionTrait, claim: &str) -> Result<(), DbErr> {
-    order::Entity::update_many()
-        .col_expr(order::Column::IdempotencyClaim, Expr::value(Option::<String>::None))
-        .filter(order::Column::IdempotencyClaim.eq(claim))
-        .exec(db)
-        .await
-        .map(drop)
+pub async fn release_claim(conn: &mut Conn<'_>, claim: &str) -> Result<(), DbError> {
+    conn.execute("UPDATE orders SET idempotency_claim = NULL WHERE idempotency_claim = $1", &[&claim]).await.map(drop)
 }
 
-/// As [`find_order`], locked until the transaction ends.
-pub async fn lock_order(db: &impl ConnectionTrait, id: Uuid, owner: Option<Uuid>) -> Result<Option<Order>, DbErr> {
-    let mut select = order::Entity::find_by_id(id).lock_exclusive();
-    if let Some(owner) = owner {
-        select = select.filter(order::Column::UserId.eq(owner));
+/// As [`find_order`], locked until the transaction ends (`FOR UPDATE` on PostgreSQL; SQLite
+/// has a single writer).
+pub async fn lock_order(conn: &mut Conn<'_>, id: Uuid, owner: Option<Uuid>) -> Result<Option<Order>, DbError> {
+    let postgres = conn.backend() == Backend::Postgres;
+    match owner {
+        None => {
+            let sql = if postgres {
+                concat!("SELECT ", order_columns!(), " FROM orders WHERE id = $1 FOR UPDATE")
+            } else {
+                concat!("SELECT ", order_columns!(), " FROM orders WHERE id = $1")
+            };
+            conn.query_opt(sql, &[&id], Order::from_row).await
+        }
+        Some(owner) => {
+            let sql = if postgres {
+                concat!("SELECT ", order_columns!(), " FROM orders WHERE id = $1 AND user_id = $2 FOR UPDATE")
+            } else {
+                concat!("SELECT ", order_columns!(), " FROM orders WHERE id = $1 AND user_id = $2")
+            };
+            conn.query_opt(sql, &[&id, &owner], Order::from_row).await
+        }
     }
-    select.one(db).await?.map(Order::try_from).transpose()
 }
 
-/// Moves an order read under lock in this transaction to `status`.
-pub async fn set_status(db: &impl ConnectionTrait, current: &Order, status: OrderStatus) -> Result<Order, DbErr> {
+/// Moves an order read under lock in this transaction to `status`. The one way an order's
+/// status changes, for this module and for payments.
+pub async fn set_status(conn: &mut Conn<'_>, current: &Order, status: OrderStatus) -> Result<Order, DbError> {
     let updated_at = now();
-    let result = order::Entity::update_many()
-        .col_expr(order::Column::Status, Expr::value(status.as_str()))
-        .col_expr(order::Column::Version, Expr::value(current.version + 1))
-        .col_expr(order::Column::UpdatedAt, Expr::value(updated_at))
-        .filter(order::Column::Id.eq(current.id))
-        .filter(order::Column::Version.eq(current.version))
-        .exec(db)
+    let version = current.version + 1;
+    let changed = conn
+        .execute(
+            "UPDATE orders SET status = $1, version = $2, updated_at = $3 WHERE id = $4 AND version = $5",
+            &[&status.as_str(), &version, &updated_at, &current.id, &current.version],
+        )
         .await?;
-    if result.rows_affected != 1 {
-        return Err(DbErr::RecordNotUpdated);
+    if changed != 1 {
+        return Err(DbError::Other(format!("order {} changed under its lock", current.id)));
     }
-    Ok(Order { status: status.as_str().to_owned(), version: current.version + 1, updated_at, ..current.clone() })
+    Ok(Order { status, version, updated_at, ..current.clone() })
 }
 
 /// How many orders are in each status (statuses without orders are absent).
-pub async fn count_by_status(db: &impl ConnectionTrait) -> Result<Vec<(String, i64)>, DbErr> {
-    order::Entity::find()
-        .select_only()
-        .column(order::Column::Status)
-        .column_as(Expr::col(order::Column::Id).count(), "count")
-        .group_by(order::Column::Status)
-        .into_tuple()
-        .all(db)
-        .await
+pub async fn count_by_status(conn: &mut Conn<'_>) -> Result<Vec<(OrderStatus, i64)>, DbError> {
+    conn.query("SELECT status, count(id) FROM orders GROUP BY status", &[], |row| {
+        let status: String = row.get(0)?;
+        let status = OrderStatus::parse(&status)
+            .map_err(|_| DbError::corrupt(format!("orders have an unknown status {status:?}")))?;
+        Ok((status, row.get(1)?))
+    })
+    .await
 }
 
 /// Filters of the order list. `user_id` is forced to the caller for customers.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct OrderFilter {
     pub user_id: Option<Uuid>,
-    pub status: Option<&'static str>,
+    pub status: Option<OrderStatus>,
     pub created_after: Option<DateTime<Utc>>,
     pub created_before: Option<DateTime<Utc>>,
 }
 
 pub async fn list_orders(
-    db: &impl ConnectionTrait,
+    conn: &mut Conn<'_>,
     filter: &OrderFilter,
     params: &ListParams,
     after: Option<(DateTime<Utc>, Uuid)>,
-) -> Result<Page<Order>, DbErr> {
-    use order::Column;
-    let mut select = order::Entity::find();
-    if let Some(user_id) = filter.user_id {
-        select = select.filter(Column::UserId.eq(user_id));
+) -> Result<Page<Order>, DbError> {
+    let mut sql = String::from(concat!("SELECT ", order_columns!(), " FROM orders WHERE true"));
+    let mut values: Vec<&dyn Param> = Vec::new();
+    if let Some(user_id) = &filter.user_id {
+        and_where(&mut sql, &mut values, "user_id = $", user_id);
     }
-    if let Some(status) = filter.status {
-        select = select.filter(Column::Status.eq(status));
+    let status = filter.status.map(OrderStatus::as_str);
+    if let Some(status) = &status {
+        and_where(&mut sql, &mut values, "status = $", status);
     }
-    if let Some(after) = filter.created_after {
-        select = select.filter(Column::CreatedAt.gt(after));
+    if let Some(after) = &filter.created_after {
+        and_where(&mut sql, &mut values, "created_at > $", after);
     }
-    if let Some(before) = filter.created_before {
-        select = select.filter(Column::CreatedAt.lt(before));
+    if let Some(before) = &filter.created_before {
+        and_where(&mut sql, &mut values, "created_at < $", before);
     }
-    let after = after.map(|(created_at, id)| (Expr::value(created_at), id));
-    let rows = seek(select, Column::CreatedAt, Column::Id, params.sort.descending, after, params.limit).all(db).await?;
-    let page = Page::from_overfetch(rows, params.limit);
-    let rows = page.rows.into_iter().map(Order::try_from).collect::<Result<_, _>>()?;
-    Ok(Page { rows, has_more: page.has_more })
+    let limit = params.limit + 1;
+    let after = after.as_ref().map(|(created_at, id)| (created_at as &dyn Param, id));
+    seek(&mut sql, &mut values, "created_at", params.sort.descending, after, &limit);
+    let rows = conn.query(&sql, &values, Order::from_row).await?;
+    Ok(Page::from_overfetch(rows, params.limit))
 }

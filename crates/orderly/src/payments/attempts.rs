@@ -11,54 +11,46 @@
 //! the same call there: they are settled together.
 
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use uuid::Uuid;
 
-use crate::db::now;
+use crate::db::{Conn, DbError, Row, now};
 
-pub mod attempt {
-    use sea_orm::entity::prelude::*;
-
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
-    #[sea_orm(table_name = "payment_attempts")]
-    pub struct Model {
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub id: Uuid,
-        /// [`super::Kind`].
-        pub kind: String,
-        pub order_id: Uuid,
-        /// A refund's or reversal's payment; a charge's once it recorded one.
-        pub payment_id: Option<Uuid>,
-        /// The refund a refund or reversal recorded.
-        pub refund_id: Option<Uuid>,
-        pub user_id: Uuid,
-        /// The key the call is made under; a lookup by it tells what happened.
-        pub provider_key: String,
-        /// A refund's or reversal's charge at the provider.
-        pub charge_reference: Option<String>,
-        pub amount: i64,
-        pub currency: String,
-        /// The idempotency claim of the request that made it, so a retry finds its outcome.
-        pub idempotency_claim: Option<String>,
-        /// Until then the request that made it settles it; after, the reconciler may.
-        pub hold_until: DateTimeUtc,
-        pub created_at: DateTimeUtc,
-        pub settled_at: Option<DateTimeUtc>,
-        /// [`super::Outcome`], once settled.
-        pub outcome: Option<String>,
-        /// Not before then: the last try to reconcile it failed.
-        pub reconcile_after: Option<DateTimeUtc>,
-    }
-
-    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-    pub enum Relation {}
-
-    impl ActiveModelBehavior for ActiveModel {}
+/// A provider call written ahead (a `payment_attempts` row).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attempt {
+    pub id: Uuid,
+    pub kind: Kind,
+    pub order_id: Uuid,
+    /// A refund's or reversal's payment; a charge's once it recorded one.
+    pub payment_id: Option<Uuid>,
+    /// The refund a refund or reversal recorded.
+    pub refund_id: Option<Uuid>,
+    pub user_id: Uuid,
+    /// The key the call is made under; a lookup by it tells what happened.
+    pub provider_key: String,
+    /// A refund's or reversal's charge at the provider.
+    pub charge_reference: Option<String>,
+    pub amount: i64,
+    pub currency: String,
+    /// The idempotency claim of the request that made it, so a retry finds its outcome.
+    pub idempotency_claim: Option<String>,
+    /// Until then the request that made it settles it; after, the reconciler may.
+    pub hold_until: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub settled_at: Option<DateTime<Utc>>,
+    /// How it was settled, once it is.
+    pub outcome: Option<Outcome>,
+    /// Not before then: the last try to reconcile it failed.
+    pub reconcile_after: Option<DateTime<Utc>>,
 }
 
-use attempt::Column;
-pub use attempt::Model as Attempt;
+/// The columns [`Attempt::from_row`] reads, in its order.
+macro_rules! attempt_columns {
+    () => {
+        "id, kind, order_id, payment_id, refund_id, user_id, provider_key, charge_reference, amount, currency, \
+         idempotency_claim, hold_until, created_at, settled_at, outcome, reconcile_after"
+    };
+}
 
 /// What a provider call is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,12 +108,37 @@ impl Outcome {
 }
 
 impl Attempt {
-    pub fn kind(&self) -> Option<Kind> {
-        Kind::parse(&self.kind)
-    }
-
-    pub fn outcome(&self) -> Option<Outcome> {
-        self.outcome.as_deref().and_then(Outcome::parse)
+    /// Reads an attempt row; an unknown kind or outcome is corrupt.
+    pub fn from_row(row: &Row<'_>) -> Result<Self, DbError> {
+        let id: Uuid = row.get(0)?;
+        let kind: String = row.get(1)?;
+        let kind = Kind::parse(&kind)
+            .ok_or_else(|| DbError::corrupt(format!("payment attempt {id} has an unknown kind {kind:?}")))?;
+        let outcome =
+            match row.get::<Option<String>>(14)? {
+                None => None,
+                Some(outcome) => Some(Outcome::parse(&outcome).ok_or_else(|| {
+                    DbError::corrupt(format!("payment attempt {id} has an unknown outcome {outcome:?}"))
+                })?),
+            };
+        Ok(Self {
+            id,
+            kind,
+            order_id: row.get(2)?,
+            payment_id: row.get(3)?,
+            refund_id: row.get(4)?,
+            user_id: row.get(5)?,
+            provider_key: row.get(6)?,
+            charge_reference: row.get(7)?,
+            amount: row.get(8)?,
+            currency: row.get(9)?,
+            idempotency_claim: row.get(10)?,
+            hold_until: row.get(11)?,
+            created_at: row.get(12)?,
+            settled_at: row.get(13)?,
+            outcome,
+            reconcile_after: row.get(15)?,
+        })
     }
 
     /// Whether the request that made it is presumed to be still at work on it.
@@ -144,10 +161,10 @@ pub struct NewAttempt {
     pub hold_until: DateTime<Utc>,
 }
 
-pub async fn insert(db: &impl ConnectionTrait, new: NewAttempt) -> Result<Attempt, DbErr> {
+pub async fn insert(conn: &mut Conn<'_>, new: NewAttempt) -> Result<Attempt, DbError> {
     let row = Attempt {
         id: Uuid::now_v7(),
-        kind: new.kind.as_str().to_owned(),
+        kind: new.kind,
         order_id: new.order_id,
         payment_id: new.payment_id,
         refund_id: None,
@@ -163,67 +180,86 @@ pub async fn insert(db: &impl ConnectionTrait, new: NewAttempt) -> Result<Attemp
         outcome: None,
         reconcile_after: None,
     };
-    attempt::Entity::insert(attempt::ActiveModel::from(row.clone())).exec_without_returning(db).await?;
+    conn.execute(
+        concat!(
+            "INSERT INTO payment_attempts (",
+            attempt_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+        ),
+        &[
+            &row.id,
+            &row.kind.as_str(),
+            &row.order_id,
+            &row.payment_id,
+            &row.refund_id,
+            &row.user_id,
+            &row.provider_key,
+            &row.charge_reference,
+            &row.amount,
+            &row.currency,
+            &row.idempotency_claim,
+            &row.hold_until,
+            &row.created_at,
+            &row.settled_at,
+            &row.outcome.map(Outcome::as_str),
+            &row.reconcile_after,
+        ],
+    )
+    .await?;
     Ok(row)
 }
 
 /// The unsettled charge attempts of an order, newest first. All of them share one provider
 /// key: a new key is only taken once a decline settled the previous one.
-pub async fn unsettled_charges(db: &impl ConnectionTrait, order_id: Uuid) -> Result<Vec<Attempt>, DbErr> {
-    attempt::Entity::find()
-        .filter(Column::OrderId.eq(order_id))
-        .filter(Column::Kind.eq(Kind::Charge.as_str()))
-        .filter(Column::SettledAt.is_null())
-        .order_by_desc(Column::CreatedAt)
-        .all(db)
-        .await
+pub async fn unsettled_charges(conn: &mut Conn<'_>, order_id: Uuid) -> Result<Vec<Attempt>, DbError> {
+    const SQL: &str = concat!(
+        "SELECT ",
+        attempt_columns!(),
+        " FROM payment_attempts WHERE order_id = $1 AND kind = $2 AND settled_at IS NULL ORDER BY created_at DESC"
+    );
+    conn.query(SQL, &[&order_id, &Kind::Charge.as_str()], Attempt::from_row).await
 }
 
 /// The unsettled refund and reversal attempts of a payment.
-pub async fn unsettled_refunds(db: &impl ConnectionTrait, payment_id: Uuid) -> Result<Vec<Attempt>, DbErr> {
-    attempt::Entity::find()
-        .filter(Column::PaymentId.eq(payment_id))
-        .filter(Column::Kind.ne(Kind::Charge.as_str()))
-        .filter(Column::SettledAt.is_null())
-        .all(db)
-        .await
+pub async fn unsettled_refunds(conn: &mut Conn<'_>, payment_id: Uuid) -> Result<Vec<Attempt>, DbError> {
+    const SQL: &str = concat!(
+        "SELECT ",
+        attempt_columns!(),
+        " FROM payment_attempts WHERE payment_id = $1 AND kind <> $2 AND settled_at IS NULL"
+    );
+    conn.query(SQL, &[&payment_id, &Kind::Charge.as_str()], Attempt::from_row).await
 }
 
 /// The newest attempt of `kind` made under an idempotency claim since `since` whose call did
 /// something at the provider (its outcome is on record). Attempts that did nothing are passed
 /// over: a retry refused before its call went out must not hide what an earlier one did.
 pub async fn recorded_for_claim(
-    db: &impl ConnectionTrait,
+    conn: &mut Conn<'_>,
     claim: &str,
     kind: Kind,
     since: DateTime<Utc>,
-) -> Result<Option<Attempt>, DbErr> {
-    attempt::Entity::find()
-        .filter(Column::IdempotencyClaim.eq(claim))
-        .filter(Column::Kind.eq(kind.as_str()))
-        .filter(Column::SettledAt.is_not_null())
-        .filter(Column::Outcome.ne(Outcome::NotMade.as_str()))
-        .filter(Column::CreatedAt.gt(since))
-        .order_by_desc(Column::CreatedAt)
-        .one(db)
-        .await
+) -> Result<Option<Attempt>, DbError> {
+    const SQL: &str = concat!(
+        "SELECT ",
+        attempt_columns!(),
+        " FROM payment_attempts
+         WHERE idempotency_claim = $1 AND kind = $2 AND settled_at IS NOT NULL AND outcome <> $3 AND created_at > $4
+         ORDER BY created_at DESC LIMIT 1"
+    );
+    conn.query_opt(SQL, &[&claim, &kind.as_str(), &Outcome::NotMade.as_str(), &since], Attempt::from_row).await
 }
 
 /// A settled charge attempt under `key` that recorded a payment (declined, succeeded or
 /// reversed), if any: the outcome of that call at the provider is on record.
-pub async fn recorded_under_key(
-    db: &impl ConnectionTrait,
-    order_id: Uuid,
-    key: &str,
-) -> Result<Option<Attempt>, DbErr> {
-    attempt::Entity::find()
-        .filter(Column::OrderId.eq(order_id))
-        .filter(Column::Kind.eq(Kind::Charge.as_str()))
-        .filter(Column::ProviderKey.eq(key))
-        .filter(Column::SettledAt.is_not_null())
-        .filter(Column::PaymentId.is_not_null())
-        .one(db)
-        .await
+pub async fn recorded_under_key(conn: &mut Conn<'_>, order_id: Uuid, key: &str) -> Result<Option<Attempt>, DbError> {
+    const SQL: &str = concat!(
+        "SELECT ",
+        attempt_columns!(),
+        " FROM payment_attempts
+         WHERE order_id = $1 AND kind = $2 AND provider_key = $3 AND settled_at IS NOT NULL AND payment_id IS NOT NULL
+         LIMIT 1"
+    );
+    conn.query_opt(SQL, &[&order_id, &Kind::Charge.as_str(), &key], Attempt::from_row).await
 }
 
 /// What a settlement records.
@@ -238,96 +274,84 @@ pub struct Settlement<'a> {
 /// Settles the unsettled attempts under a key. A known outcome settles all of them: they are
 /// one call at the provider. "Nothing was made" settles only those whose hold has lapsed: a
 /// held one may still land.
-pub async fn settle(db: &impl ConnectionTrait, settlement: Settlement<'_>) -> Result<u64, DbErr> {
-    let now = now();
-    let mut update = attempt::Entity::update_many()
-        .col_expr(Column::SettledAt, Expr::value(now))
-        .col_expr(Column::Outcome, Expr::value(settlement.outcome.as_str()))
-        .filter(Column::OrderId.eq(settlement.order_id))
-        .filter(Column::ProviderKey.eq(settlement.provider_key))
-        .filter(Column::SettledAt.is_null());
-    if let Some(payment_id) = settlement.payment_id {
-        update = update.col_expr(Column::PaymentId, Expr::value(payment_id));
-    }
-    if let Some(refund_id) = settlement.refund_id {
-        update = update.col_expr(Column::RefundId, Expr::value(refund_id));
-    }
-    if settlement.outcome == Outcome::NotMade {
-        update = update.filter(Column::HoldUntil.lte(now));
-    }
-    Ok(update.exec(db).await?.rows_affected)
+pub async fn settle(conn: &mut Conn<'_>, settlement: Settlement<'_>) -> Result<u64, DbError> {
+    // A payment or refund id is set when given, else left as it is.
+    const ALL: &str = "UPDATE payment_attempts
+        SET settled_at = $1, outcome = $2, payment_id = COALESCE($3, payment_id), refund_id = COALESCE($4, refund_id)
+        WHERE order_id = $5 AND provider_key = $6 AND settled_at IS NULL";
+    const LAPSED: &str = "UPDATE payment_attempts
+        SET settled_at = $1, outcome = $2, payment_id = COALESCE($3, payment_id), refund_id = COALESCE($4, refund_id)
+        WHERE order_id = $5 AND provider_key = $6 AND settled_at IS NULL AND hold_until <= $1";
+    let sql = if settlement.outcome == Outcome::NotMade { LAPSED } else { ALL };
+    conn.execute(
+        sql,
+        &[
+            &now(),
+            &settlement.outcome.as_str(),
+            &settlement.payment_id,
+            &settlement.refund_id,
+            &settlement.order_id,
+            &settlement.provider_key,
+        ],
+    )
+    .await
 }
 
 /// Settles one attempt whose call never went out (nothing was sent to the provider).
-pub async fn settle_unsent(db: &impl ConnectionTrait, id: Uuid) -> Result<(), DbErr> {
-    attempt::Entity::update_many()
-        .col_expr(Column::SettledAt, Expr::value(now()))
-        .col_expr(Column::Outcome, Expr::value(Outcome::NotMade.as_str()))
-        .filter(Column::Id.eq(id))
-        .filter(Column::SettledAt.is_null())
-        .exec(db)
-        .await
-        .map(drop)
+pub async fn settle_unsent(conn: &mut Conn<'_>, id: Uuid) -> Result<(), DbError> {
+    conn.execute(
+        "UPDATE payment_attempts SET settled_at = $1, outcome = $2 WHERE id = $3 AND settled_at IS NULL",
+        &[&now(), &Outcome::NotMade.as_str(), &id],
+    )
+    .await
+    .map(drop)
 }
 
 /// Extends the hold of an unsettled attempt: the request that made it is alive.
-pub async fn renew_hold(db: &impl ConnectionTrait, id: Uuid, until: DateTime<Utc>) -> Result<(), DbErr> {
-    attempt::Entity::update_many()
-        .col_expr(Column::HoldUntil, Expr::value(until))
-        .filter(Column::Id.eq(id))
-        .filter(Column::SettledAt.is_null())
-        .exec(db)
+pub async fn renew_hold(conn: &mut Conn<'_>, id: Uuid, until: DateTime<Utc>) -> Result<(), DbError> {
+    conn.execute("UPDATE payment_attempts SET hold_until = $1 WHERE id = $2 AND settled_at IS NULL", &[&until, &id])
         .await
         .map(drop)
 }
 
 /// Ends the hold of an attempt whose outcome is unknown (its call failed after reaching the
 /// provider): a retry may take it over at once, and the reconciler will find it.
-pub async fn release(db: &impl ConnectionTrait, id: Uuid) -> Result<(), DbErr> {
-    attempt::Entity::update_many()
-        .col_expr(Column::HoldUntil, Expr::value(now()))
-        .filter(Column::Id.eq(id))
-        .filter(Column::SettledAt.is_null())
-        .exec(db)
+pub async fn release(conn: &mut Conn<'_>, id: Uuid) -> Result<(), DbError> {
+    conn.execute("UPDATE payment_attempts SET hold_until = $1 WHERE id = $2 AND settled_at IS NULL", &[&now(), &id])
         .await
         .map(drop)
 }
 
 /// Unsettled attempts whose hold has lapsed and that were made before `before`, oldest first,
 /// but for those postponed after a failed try: the reconciler's work.
-pub async fn lapsed(db: &impl ConnectionTrait, before: DateTime<Utc>, limit: u64) -> Result<Vec<Attempt>, DbErr> {
-    let now = now();
-    attempt::Entity::find()
-        .filter(Column::SettledAt.is_null())
-        .filter(Column::CreatedAt.lt(before))
-        .filter(Column::HoldUntil.lte(now))
-        .filter(Column::ReconcileAfter.is_null().or(Column::ReconcileAfter.lte(now)))
-        .order_by_asc(Column::CreatedAt)
-        .limit(limit)
-        .all(db)
-        .await
+pub async fn lapsed(conn: &mut Conn<'_>, before: DateTime<Utc>, limit: i64) -> Result<Vec<Attempt>, DbError> {
+    const SQL: &str = concat!(
+        "SELECT ",
+        attempt_columns!(),
+        " FROM payment_attempts
+         WHERE settled_at IS NULL AND created_at < $1 AND hold_until <= $2
+             AND (reconcile_after IS NULL OR reconcile_after <= $2)
+         ORDER BY created_at ASC LIMIT $3"
+    );
+    conn.query(SQL, &[&before, &now(), &limit], Attempt::from_row).await
 }
 
 /// Leaves an attempt to the reconciler's passes after `until` (its last try failed).
-pub async fn postpone(db: &impl ConnectionTrait, id: Uuid, until: DateTime<Utc>) -> Result<(), DbErr> {
-    attempt::Entity::update_many()
-        .col_expr(Column::ReconcileAfter, Expr::value(until))
-        .filter(Column::Id.eq(id))
-        .exec(db)
-        .await
-        .map(drop)
+pub async fn postpone(conn: &mut Conn<'_>, id: Uuid, until: DateTime<Utc>) -> Result<(), DbError> {
+    conn.execute("UPDATE payment_attempts SET reconcile_after = $1 WHERE id = $2", &[&until, &id]).await.map(drop)
 }
 
 /// Per kind: how many attempts are unsettled, and when the oldest was made.
-pub async fn unsettled_by_kind(db: &impl ConnectionTrait) -> Result<Vec<(String, i64, DateTime<Utc>)>, DbErr> {
-    attempt::Entity::find()
-        .select_only()
-        .column(Column::Kind)
-        .column_as(Expr::col(Column::Id).count(), "count")
-        .column_as(Expr::col(Column::CreatedAt).min(), "oldest")
-        .filter(Column::SettledAt.is_null())
-        .group_by(Column::Kind)
-        .into_tuple()
-        .all(db)
-        .await
+pub async fn unsettled_by_kind(conn: &mut Conn<'_>) -> Result<Vec<(Kind, i64, DateTime<Utc>)>, DbError> {
+    conn.query(
+        "SELECT kind, count(id), min(created_at) FROM payment_attempts WHERE settled_at IS NULL GROUP BY kind",
+        &[],
+        |row| {
+            let kind: String = row.get(0)?;
+            let kind = Kind::parse(&kind)
+                .ok_or_else(|| DbError::corrupt(format!("payment attempts have an unknown kind {kind:?}")))?;
+            Ok((kind, row.get(1)?, row.get(2)?))
+        },
+    )
+    .await
 }

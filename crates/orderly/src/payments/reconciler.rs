@@ -19,13 +19,13 @@
 use std::time::Duration;
 
 use crate::app::AppState;
-use crate::db::now;
+use crate::db::{DbError, now};
 
 use super::attempts::{self, Attempt, Kind, Outcome};
 use super::service::{PaymentError, record_charge, record_refund, reverse};
 
 /// Attempts reconciled per pass; the rest wait for the next.
-const BATCH: u64 = 100;
+const BATCH: i64 = 100;
 
 /// How long an attempt whose reconciliation failed waits for its next try.
 const RETRY_FAILED_AFTER: Duration = Duration::from_secs(30);
@@ -59,7 +59,13 @@ pub async fn reconcile(app: &AppState, settle_after: Duration) -> Result<(), Pay
     // "nothing" is believed only once every call of the attempt has had its whole deadline
     // and a margin for the provider's own processing, however short `settle_after` is.
     let silent_before = ago(settle_after.max(app.payments.deadline() + PROVIDER_MARGIN));
-    for attempt in attempts::lapsed(app.db.write(), ago(settle_after), BATCH).await? {
+    let before = ago(settle_after);
+    // Found on `current`, not `write`: on SQLite a read there never queues behind the one writer
+    // (which waits out a locked database), so a hold is judged lapsed by the clock, not late.
+    // Recording locks and checks what is on record, so a row read here that is settled
+    // meanwhile is recorded once all the same.
+    let lapsed = app.db.current().run(async move |conn| attempts::lapsed(conn, before, BATCH).await).await?;
+    for attempt in lapsed {
         let outcome = match reconcile_one(app, &attempt, attempt.created_at < silent_before).await {
             Ok(Some(outcome)) => outcome,
             Ok(None) => continue,
@@ -75,20 +81,21 @@ pub async fn reconcile(app: &AppState, settle_after: Duration) -> Result<(), Pay
                     "a payment attempt could not be reconciled; trying again later"
                 );
                 let later = crate::db::now() + chrono::TimeDelta::from_std(RETRY_FAILED_AFTER).unwrap_or_default();
-                attempts::postpone(app.db.write(), attempt.id, later).await?;
+                let id = attempt.id;
+                app.db.write().run(async move |conn| attempts::postpone(conn, id, later).await).await?;
                 continue;
             }
         };
         metrics::counter!(
             "orderly_payment_attempts_reconciled_total",
-            "kind" => attempt.kind.clone(),
+            "kind" => attempt.kind.as_str(),
             "outcome" => outcome.as_str(),
         )
         .increment(1);
         tracing::info!(
             order.id = %attempt.order_id,
             payment.provider_key = %attempt.provider_key,
-            payment.attempt_kind = %attempt.kind,
+            payment.attempt_kind = attempt.kind.as_str(),
             payment.outcome = outcome.as_str(),
             "a payment attempt was reconciled"
         );
@@ -103,15 +110,15 @@ async fn reconcile_one(
     attempt: &Attempt,
     silence_is_final: bool,
 ) -> Result<Option<Outcome>, PaymentError> {
-    match attempt.kind() {
-        Some(Kind::Charge) => {
+    match attempt.kind {
+        Kind::Charge => {
             let found = app.payments.find_charge(&attempt.provider_key).await.map_err(|e| PaymentError::from(&e))?;
             if found.is_none() && !silence_is_final {
                 return Ok(None);
             }
             Ok(Some(record_charge(app, attempt, found).await?.0))
         }
-        Some(Kind::Refund) => {
+        Kind::Refund => {
             let found = app.payments.find_refund(&attempt.provider_key).await.map_err(|e| PaymentError::from(&e))?;
             if found.is_none() && !silence_is_final {
                 return Ok(None);
@@ -121,17 +128,16 @@ async fn reconcile_one(
             Ok(Some(outcome))
         }
         // Owed, so carried out; never given up.
-        Some(Kind::Reversal) => reverse(app, attempt).await.map(Some),
-        None => Err(PaymentError::Internal("a payment attempt has an unknown kind")),
+        Kind::Reversal => reverse(app, attempt).await.map(Some),
     }
 }
 
 /// Sets the gauges of unsettled attempts.
-async fn publish_metrics(app: &AppState) -> Result<(), sea_orm::DbErr> {
-    let unsettled = attempts::unsettled_by_kind(app.db.write()).await?;
+async fn publish_metrics(app: &AppState) -> Result<(), DbError> {
+    let unsettled = app.db.current().run(async |conn| attempts::unsettled_by_kind(conn).await).await?;
     let now = now();
     for kind in [Kind::Charge, Kind::Refund, Kind::Reversal] {
-        let count = unsettled.iter().find(|(k, ..)| k == kind.as_str()).map_or(0, |(_, count, _)| *count);
+        let count = unsettled.iter().find(|(k, ..)| *k == kind).map_or(0, |(_, count, _)| *count);
         metrics::gauge!("orderly_payment_attempts_unsettled", "kind" => kind.as_str()).set(count as f64);
     }
     let oldest = unsettled.iter().map(|(_, _, oldest)| *oldest).min();

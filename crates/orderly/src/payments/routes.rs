@@ -122,7 +122,7 @@ fn payment_body(payment: &Payment) -> PaymentBody<'_> {
         user_id: payment.user_id,
         amount: payment.amount,
         currency: &payment.currency,
-        status: &payment.status,
+        status: payment.status.as_str(),
         failure_code: payment.failure_code.as_deref(),
         refunded_amount: payment.refunded_amount,
         created_at: payment.created_at,
@@ -147,7 +147,7 @@ fn refund_value(refund: &Refund) -> Value {
 fn transaction_body(entry: &LedgerEntry) -> TransactionBody<'_> {
     TransactionBody {
         id: entry.id,
-        kind: &entry.kind,
+        kind: entry.kind.as_str(),
         payment_id: entry.payment_id,
         refund_id: entry.refund_id,
         order_id: entry.order_id,
@@ -275,7 +275,10 @@ async fn list_payments(
     let filter = PaymentFilter { user_id: principal.owner_scope(), order_id };
     let scope = ("payments", &params.sort, &filter);
     let after = params.position(&app.cursors, &scope)?;
-    let page = store::list_payments(app.db.read(), &filter, &params, after).await?;
+    let page = {
+        let (filter, params) = (filter.clone(), params.clone());
+        app.db.read().run(async move |conn| store::list_payments(conn, &filter, &params, after).await).await?
+    };
     Ok(crate::listing::respond(
         &uri,
         &page,
@@ -308,7 +311,12 @@ async fn get_payment(
     let (fields,) = query.finish((fields,))?;
     let owner = principal.owner_scope();
     // Read from the primary: a client reads its payment right after paying.
-    let payment = store::find_payment(app.db.current(), id, owner).await?.ok_or_else(Problem::not_found)?;
+    let payment = app
+        .db
+        .current()
+        .run(async move |conn| store::find_payment(conn, id, owner).await)
+        .await?
+        .ok_or_else(Problem::not_found)?;
     let value = select(fields.as_ref(), payment_value(&payment));
     Ok(conditional_response(&headers, &value, payment.updated_at, CacheControl::Private))
 }
@@ -376,7 +384,12 @@ async fn get_refund(
     let (fields,) = query.finish((fields,))?;
     let owner = principal.owner_scope();
     // Read from the primary: the refund's Location is followed right after it is created.
-    let refund = store::find_refund(app.db.current(), id, owner).await?.ok_or_else(Problem::not_found)?;
+    let refund = app
+        .db
+        .current()
+        .run(async move |conn| store::find_refund(conn, id, owner).await)
+        .await?
+        .ok_or_else(Problem::not_found)?;
     let value = select(fields.as_ref(), refund_value(&refund));
     Ok(conditional_response(&headers, &value, refund.created_at, CacheControl::Private))
 }
@@ -402,7 +415,10 @@ async fn list_transactions(
     let (params,) = query.finish((params,))?;
     let scope = ("transactions", &params.sort);
     let after = params.position(&app.cursors, &scope)?;
-    let page = store::list_ledger(app.db.read(), &params, after).await?;
+    let page = {
+        let params = params.clone();
+        app.db.read().run(async move |conn| store::list_ledger(conn, &params, after).await).await?
+    };
     Ok(crate::listing::respond(
         &uri,
         &page,

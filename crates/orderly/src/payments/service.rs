@@ -24,18 +24,17 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sea_orm::{DbErr, TransactionTrait};
 use uuid::Uuid;
 
 use crate::accounts::auth::Principal;
 use crate::app::{App, AppState};
-use crate::db::now;
+use crate::db::{Conn, DbError, now};
 use crate::orders::domain::OrderStatus;
 use crate::orders::store as orders;
 
 use super::attempts::{self, Attempt, Kind, NewAttempt, Outcome, Settlement};
 use super::provider::{ChargeOutcome, ChargeRequest, RefundRequest, Unavailable};
-use super::store::{self, NewPayment, Payment, Refund};
+use super::store::{self, NewPayment, Payment, PaymentStatus, Refund};
 
 /// Why a payment or refund did not go through, or not yet; the routes answer each with its
 /// problem.
@@ -61,7 +60,7 @@ pub enum PaymentError {
     #[error("payment provider unavailable: {reason}")]
     ProviderUnavailable { reason: &'static str, retry_after_secs: u64, sent: bool },
     #[error("database: {0}")]
-    Database(#[from] DbErr),
+    Database(#[from] DbError),
     /// A broken invariant: a row that should be there is not.
     #[error("{0}")]
     Internal(&'static str),
@@ -75,53 +74,67 @@ pub async fn pay(
     payment_method: String,
     claim: String,
 ) -> Result<Payment, PaymentError> {
-    let transaction = app.db.write().begin().await?;
-    let order =
-        orders::lock_order(&transaction, order_id, caller.owner_scope()).await?.ok_or(PaymentError::NotFound)?;
-    if let Some(earlier) = attempts::recorded_for_claim(&transaction, &claim, Kind::Charge, claim_horizon(&app)).await?
-        && let Some(outcome) = earlier.outcome()
-    {
-        // A retry of a request whose charge was recorded, by its first run or anyone else.
-        let payment = recorded_payment(&transaction, earlier.payment_id).await?;
-        return charge_answer(outcome, payment);
-    }
-    if order.status != OrderStatus::Pending.as_str() {
-        return Err(invalid_state(format!("Only pending orders can be paid; this one is {}.", order.status)));
-    }
-    let unsettled = attempts::unsettled_charges(&transaction, order.id).await?;
-    if unsettled.iter().any(|attempt| attempt.is_held(now())) {
-        return Err(in_progress("A payment for this order is already being processed; retry shortly.", 1));
-    }
-    // A lapsed attempt's outcome is unknown: take it over under its key, so that whatever it
-    // did at the provider is found rather than done again.
-    let provider_key = match unsettled.first() {
-        Some(lapsed) => lapsed.provider_key.clone(),
-        None => charge_key(order.id, store::count_declined(&transaction, order.id).await?),
+    let owner = caller.owner_scope();
+    let horizon = claim_horizon(&app);
+    // Written ahead: the attempt commits before the call goes out.
+    let attempt = app
+        .db
+        .write()
+        .transaction(async move |conn| {
+            let order = orders::lock_order(conn, order_id, owner).await?.ok_or(PaymentError::NotFound)?;
+            if let Some(earlier) = attempts::recorded_for_claim(conn, &claim, Kind::Charge, horizon).await?
+                && let Some(outcome) = earlier.outcome
+            {
+                // A retry of a request whose charge was recorded, by its first run or anyone else.
+                let payment = recorded_payment(conn, earlier.payment_id).await?;
+                return Ok(Begun::Recorded((outcome, payment)));
+            }
+            if order.status != OrderStatus::Pending {
+                return Err(invalid_state(format!(
+                    "Only pending orders can be paid; this one is {}.",
+                    order.status.as_str()
+                )));
+            }
+            let unsettled = attempts::unsettled_charges(conn, order.id).await?;
+            if unsettled.iter().any(|attempt| attempt.is_held(now())) {
+                return Err(in_progress("A payment for this order is already being processed; retry shortly.", 1));
+            }
+            // A lapsed attempt's outcome is unknown: take it over under its key, so that whatever it
+            // did at the provider is found rather than done again.
+            let provider_key = match unsettled.first() {
+                Some(lapsed) => lapsed.provider_key.clone(),
+                None => charge_key(order.id, store::count_declined(conn, order.id).await?),
+            };
+            let attempt = attempts::insert(
+                conn,
+                NewAttempt {
+                    kind: Kind::Charge,
+                    order_id: order.id,
+                    payment_id: None,
+                    user_id: order.user_id,
+                    provider_key,
+                    charge_reference: None,
+                    amount: order.total,
+                    currency: order.currency.clone(),
+                    idempotency_claim: Some(claim),
+                    hold_until: hold_until(),
+                },
+            )
+            .await?;
+            Ok(Begun::Attempt(Box::new(attempt)))
+        })
+        .await?;
+    let attempt = match attempt {
+        Begun::Recorded((outcome, payment)) => return charge_answer(outcome, payment),
+        Begun::Attempt(attempt) => *attempt,
     };
-    let attempt = attempts::insert(
-        &transaction,
-        NewAttempt {
-            kind: Kind::Charge,
-            order_id: order.id,
-            payment_id: None,
-            user_id: order.user_id,
-            provider_key,
-            charge_reference: None,
-            amount: order.total,
-            currency: order.currency.clone(),
-            idempotency_claim: Some(claim),
-            hold_until: hold_until(),
-        },
-    )
-    .await?;
-    transaction.commit().await?;
 
     let request = ChargeRequest {
         key: attempt.provider_key.clone(),
         amount: attempt.amount,
         currency: attempt.currency.clone(),
         payment_method,
-        reference: order.id,
+        reference: attempt.order_id,
     };
     let task = tokio::spawn(async move {
         let outcome = match holding(&app, &attempt, app.payments.charge(&request)).await {
@@ -134,12 +147,19 @@ pub async fn pay(
     task.await.map_err(|_| PaymentError::Internal("the payment task panicked"))?
 }
 
+/// How a payment or refund request's first transaction ended: with what a first run of the
+/// request recorded (it is a retry), or with an attempt written ahead of its call.
+enum Begun<T> {
+    Recorded(T),
+    Attempt(Box<Attempt>),
+}
+
 /// The provider's idempotency key for charging an order: the same for every attempt until one
 /// is declined. An order is paid at most once, so every attempt after an unknown outcome,
 /// whatever its `Idempotency-Key` and payment method, must find the charge the provider may
 /// already have made rather than make another; a recorded decline moves on to a fresh key, so
 /// another payment method can be tried.
-fn charge_key(order_id: Uuid, declines: u64) -> String {
+fn charge_key(order_id: Uuid, declines: i64) -> String {
     format!("orderly-charge-{order_id}-{declines}")
 }
 
@@ -165,12 +185,9 @@ fn charge_answer(outcome: Outcome, payment: Option<Payment>) -> Result<Payment, 
     }
 }
 
-async fn recorded_payment(
-    db: &impl sea_orm::ConnectionTrait,
-    payment_id: Option<Uuid>,
-) -> Result<Option<Payment>, PaymentError> {
+async fn recorded_payment(conn: &mut Conn<'_>, payment_id: Option<Uuid>) -> Result<Option<Payment>, DbError> {
     match payment_id {
-        Some(id) => Ok(store::find_payment(db, id, None).await?),
+        Some(id) => store::find_payment(conn, id, None).await,
         None => Ok(None),
     }
 }
@@ -180,10 +197,11 @@ async fn recorded_payment(
 /// hold ends, so a retry may take the attempt over at once, and the reconciler finds out if
 /// nobody does.
 async fn call_failed(app: &App, attempt: &Attempt, unavailable: &Unavailable) -> PaymentError {
-    let settled = if unavailable.reached || attempt.kind() == Some(Kind::Reversal) {
-        attempts::release(app.db.write(), attempt.id).await
+    let id = attempt.id;
+    let settled = if unavailable.reached || attempt.kind == Kind::Reversal {
+        app.db.write().run(async move |conn| attempts::release(conn, id).await).await
     } else {
-        attempts::settle_unsent(app.db.write(), attempt.id).await
+        app.db.write().run(async move |conn| attempts::settle_unsent(conn, id).await).await
     };
     if let Err(error) = settled {
         // The attempt stays held until its hold lapses; then the reconciler settles it.
@@ -201,79 +219,86 @@ pub(super) async fn record_charge(
     charge: &Attempt,
     outcome: Option<ChargeOutcome>,
 ) -> Result<(Outcome, Option<Payment>), PaymentError> {
-    let transaction = app.db.write().begin().await?;
-    let order = orders::lock_order(&transaction, charge.order_id, None)
-        .await?
-        .ok_or(PaymentError::Internal("a payment attempt's order is gone"))?;
-    let settlement = |outcome, payment_id| Settlement {
-        order_id: order.id,
-        provider_key: &charge.provider_key,
-        outcome,
-        payment_id,
-        refund_id: None,
-    };
-    if let Some(recorded) = attempts::recorded_under_key(&transaction, order.id, &charge.provider_key).await?
-        && let Some(outcome) = recorded.outcome()
-    {
-        // Another attempt under this key (one call at the provider) recorded it already.
-        attempts::settle(&transaction, settlement(outcome, recorded.payment_id)).await?;
-        let payment = recorded_payment(&transaction, recorded.payment_id).await?;
-        transaction.commit().await?;
-        return Ok((outcome, payment));
-    }
-    let new_payment = |outcome| NewPayment {
-        order_id: order.id,
-        user_id: charge.user_id,
-        amount: charge.amount,
-        currency: charge.currency.clone(),
-        outcome,
-    };
-    let (outcome, payment, reversal) = match outcome {
-        None => {
-            attempts::settle(&transaction, settlement(Outcome::NotMade, None)).await?;
-            (Outcome::NotMade, None, None)
-        }
-        Some(ChargeOutcome::Declined { code }) => {
-            let payment = store::insert_payment(&transaction, new_payment(Err(code))).await?;
-            attempts::settle(&transaction, settlement(Outcome::Declined, Some(payment.id))).await?;
-            (Outcome::Declined, Some(payment), None)
-        }
-        Some(ChargeOutcome::Succeeded { reference }) => {
-            let payment = store::insert_payment(&transaction, new_payment(Ok(reference.clone()))).await?;
-            if order.status == OrderStatus::Pending.as_str() {
-                orders::set_status(&transaction, &order, OrderStatus::Paid).await?;
-                attempts::settle(&transaction, settlement(Outcome::Succeeded, Some(payment.id))).await?;
-                (Outcome::Succeeded, Some(payment), None)
-            } else {
-                // Defence in depth: paying and cancelling exclude each other, so only a stray
-                // charge gets here. The money goes back, and that is written ahead too.
-                let reversal = attempts::insert(
-                    &transaction,
-                    NewAttempt {
-                        kind: Kind::Reversal,
-                        order_id: order.id,
-                        payment_id: Some(payment.id),
-                        user_id: charge.user_id,
-                        provider_key: reversal_key(payment.id),
-                        charge_reference: Some(reference),
-                        amount: payment.amount,
-                        currency: payment.currency.clone(),
-                        idempotency_claim: None,
-                        hold_until: hold_until(),
-                    },
-                )
-                .await?;
-                attempts::settle(&transaction, settlement(Outcome::Reversed, Some(payment.id))).await?;
-                tracing::warn!(
-                    order.id = %order.id, payment.id = %payment.id, order.status = %order.status,
-                    "a charge landed on an order that can no longer be paid; reversing it"
-                );
-                (Outcome::Reversed, Some(payment), Some(reversal))
+    let charge = charge.clone();
+    let (outcome, payment, reversal) = app
+        .db
+        .write()
+        .transaction(async move |conn| {
+            let order = orders::lock_order(conn, charge.order_id, None)
+                .await?
+                .ok_or(PaymentError::Internal("a payment attempt's order is gone"))?;
+            let settlement = |outcome, payment_id| Settlement {
+                order_id: order.id,
+                provider_key: &charge.provider_key,
+                outcome,
+                payment_id,
+                refund_id: None,
+            };
+            if let Some(recorded) = attempts::recorded_under_key(conn, order.id, &charge.provider_key).await?
+                && let Some(outcome) = recorded.outcome
+            {
+                // Another attempt under this key (one call at the provider) recorded it already.
+                attempts::settle(conn, settlement(outcome, recorded.payment_id)).await?;
+                let payment = recorded_payment(conn, recorded.payment_id).await?;
+                return Ok((outcome, payment, None));
             }
-        }
-    };
-    transaction.commit().await?;
-    if let Some(reversal) = reversal {
+            let new_payment = |outcome| NewPayment {
+                order_id: order.id,
+                user_id: charge.user_id,
+                amount: charge.amount,
+                currency: charge.currency.clone(),
+                outcome,
+            };
+            let recorded = match outcome {
+                None => {
+                    attempts::settle(conn, settlement(Outcome::NotMade, None)).await?;
+                    (Outcome::NotMade, None, None)
+                }
+                Some(ChargeOutcome::Declined { code }) => {
+                    let payment = store::insert_payment(conn, new_payment(Err(code))).await?;
+                    attempts::settle(conn, settlement(Outcome::Declined, Some(payment.id))).await?;
+                    (Outcome::Declined, Some(payment), None)
+                }
+                Some(ChargeOutcome::Succeeded { reference }) => {
+                    let payment = store::insert_payment(conn, new_payment(Ok(reference.clone()))).await?;
+                    if order.status == OrderStatus::Pending {
+                        orders::set_status(conn, &order, OrderStatus::Paid).await?;
+                        attempts::settle(conn, settlement(Outcome::Succeeded, Some(payment.id))).await?;
+                        (Outcome::Succeeded, Some(payment), None)
+                    } else {
+                        // Defence in depth: paying and cancelling exclude each other, so only a stray
+                        // charge gets here. The money goes back, and that is written ahead too.
+                        let reversal = attempts::insert(
+                            conn,
+                            NewAttempt {
+                                kind: Kind::Reversal,
+                                order_id: order.id,
+                                payment_id: Some(payment.id),
+                                user_id: charge.user_id,
+                                provider_key: reversal_key(payment.id),
+                                charge_reference: Some(reference),
+                                amount: payment.amount,
+                                currency: payment.currency.clone(),
+                                idempotency_claim: None,
+                                hold_until: hold_until(),
+                            },
+                        )
+                        .await?;
+                        attempts::settle(conn, settlement(Outcome::Reversed, Some(payment.id))).await?;
+                        (Outcome::Reversed, Some(payment), Some((reversal, order.status)))
+                    }
+                }
+            };
+            Ok::<_, PaymentError>(recorded)
+        })
+        .await?;
+    if let Some((reversal, status)) = reversal {
+        // Logged here, in the request's context (a unit of work may run on a database thread).
+        tracing::warn!(
+            order.id = %reversal.order_id, payment.id = %reversal.payment_id.unwrap_or_default(),
+            order.status = status.as_str(),
+            "a charge landed on an order that can no longer be paid; reversing it"
+        );
         // Best effort now; the reconciler carries it out if this does not.
         let _ = reverse(app, &reversal).await;
     }
@@ -308,51 +333,63 @@ pub async fn refund(
     amount: Option<i64>,
     claim: String,
 ) -> Result<(Payment, Refund), PaymentError> {
-    let transaction = app.db.write().begin().await?;
-    let payment = store::lock_payment(&transaction, payment_id).await?.ok_or(PaymentError::NotFound)?;
-    if let Some(earlier) = attempts::recorded_for_claim(&transaction, &claim, Kind::Refund, claim_horizon(&app)).await?
-        && earlier.payment_id == Some(payment.id)
-        && let Some(refund_id) = earlier.refund_id
-    {
-        // A retry of a request whose refund was recorded, by its first run or the reconciler.
-        let refund = store::find_refund(&transaction, refund_id, None)
-            .await?
-            .ok_or(PaymentError::Internal("a recorded refund is gone"))?;
-        return Ok((payment, refund));
-    }
-    if payment.status != "succeeded" {
-        return Err(invalid_state("Only succeeded payments can be refunded.".into()));
-    }
-    let unsettled = attempts::unsettled_refunds(&transaction, payment.id).await?;
-    if unsettled.iter().any(|attempt| attempt.provider_key != claim || attempt.is_held(now())) {
-        let wait = retry_after(&app, &unsettled);
-        return Err(in_progress("A refund of this payment is already being processed; retry shortly.", wait));
-    }
-    let refundable = payment.amount - payment.refunded_amount;
-    if refundable == 0 {
-        return Err(invalid_state("This payment is already fully refunded.".into()));
-    }
-    let amount = amount.unwrap_or(refundable);
-    if amount > refundable {
-        return Err(PaymentError::ExceedsRefundable { refundable });
-    }
-    let attempt = attempts::insert(
-        &transaction,
-        NewAttempt {
-            kind: Kind::Refund,
-            order_id: payment.order_id,
-            payment_id: Some(payment.id),
-            user_id: payment.user_id,
-            provider_key: claim.clone(),
-            charge_reference: payment.provider_reference.clone(),
-            amount,
-            currency: payment.currency.clone(),
-            idempotency_claim: Some(claim),
-            hold_until: hold_until(),
-        },
-    )
-    .await?;
-    transaction.commit().await?;
+    let horizon = claim_horizon(&app);
+    let settle_after = app.payment_settle_after;
+    // Written ahead: the attempt commits before the call goes out.
+    let attempt = app
+        .db
+        .write()
+        .transaction(async move |conn| {
+            let payment = store::lock_payment(conn, payment_id).await?.ok_or(PaymentError::NotFound)?;
+            if let Some(earlier) = attempts::recorded_for_claim(conn, &claim, Kind::Refund, horizon).await?
+                && earlier.payment_id == Some(payment.id)
+                && let Some(refund_id) = earlier.refund_id
+            {
+                // A retry of a request whose refund was recorded, by its first run or the reconciler.
+                let refund = store::find_refund(conn, refund_id, None)
+                    .await?
+                    .ok_or(PaymentError::Internal("a recorded refund is gone"))?;
+                return Ok(Begun::Recorded((payment, refund)));
+            }
+            if payment.status != PaymentStatus::Succeeded {
+                return Err(invalid_state("Only succeeded payments can be refunded.".into()));
+            }
+            let unsettled = attempts::unsettled_refunds(conn, payment.id).await?;
+            if unsettled.iter().any(|attempt| attempt.provider_key != claim || attempt.is_held(now())) {
+                let wait = retry_after(settle_after, &unsettled);
+                return Err(in_progress("A refund of this payment is already being processed; retry shortly.", wait));
+            }
+            let refundable = payment.amount - payment.refunded_amount;
+            if refundable == 0 {
+                return Err(invalid_state("This payment is already fully refunded.".into()));
+            }
+            let amount = amount.unwrap_or(refundable);
+            if amount > refundable {
+                return Err(PaymentError::ExceedsRefundable { refundable });
+            }
+            let attempt = attempts::insert(
+                conn,
+                NewAttempt {
+                    kind: Kind::Refund,
+                    order_id: payment.order_id,
+                    payment_id: Some(payment.id),
+                    user_id: payment.user_id,
+                    provider_key: claim.clone(),
+                    charge_reference: payment.provider_reference.clone(),
+                    amount,
+                    currency: payment.currency.clone(),
+                    idempotency_claim: Some(claim),
+                    hold_until: hold_until(),
+                },
+            )
+            .await?;
+            Ok(Begun::Attempt(Box::new(attempt)))
+        })
+        .await?;
+    let attempt = match attempt {
+        Begun::Recorded(recorded) => return Ok(recorded),
+        Begun::Attempt(attempt) => *attempt,
+    };
 
     let request = refund_request(&attempt);
     let task = tokio::spawn(async move {
@@ -377,71 +414,75 @@ pub(super) async fn record_refund(
     reference: Option<String>,
 ) -> Result<Option<(Payment, Refund)>, PaymentError> {
     let payment_id = attempt.payment_id.ok_or(PaymentError::Internal("a refund attempt has no payment"))?;
-    let transaction = app.db.write().begin().await?;
-    let payment = store::lock_payment(&transaction, payment_id)
-        .await?
-        .ok_or(PaymentError::Internal("a refund attempt's payment is gone"))?;
-    let order_id = payment.order_id;
-    let settlement = |outcome, refund_id| Settlement {
-        order_id,
-        provider_key: &attempt.provider_key,
-        outcome,
-        payment_id: None,
-        refund_id,
-    };
-    let Some(reference) = reference else {
-        attempts::settle(&transaction, settlement(Outcome::NotMade, None)).await?;
-        transaction.commit().await?;
-        return Ok(None);
-    };
-    let recorded = match store::refund_by_reference(&transaction, &reference).await? {
-        Some(refund) => (payment, refund),
-        None => {
-            // The database refuses a refund beyond the amount (CHECK): one refund runs per
-            // payment at a time, so only a broken invariant could get there, and then this
-            // fails instead of over-refunding.
-            let (payment, refund) = store::insert_refund(&transaction, &payment, attempt.amount, reference).await?;
-            if payment.refunded_amount == payment.amount {
-                let order = orders::lock_order(&transaction, payment.order_id, None)
-                    .await?
-                    .ok_or(PaymentError::Internal("a payment's order is gone"))?;
-                if order.status == OrderStatus::Paid.as_str()
-                    && store::count_holding_money(&transaction, order.id).await? == 0
-                {
-                    orders::set_status(&transaction, &order, OrderStatus::Refunded).await?;
+    let provider_key = attempt.provider_key.clone();
+    let amount = attempt.amount;
+    app.db
+        .write()
+        .transaction(async move |conn| {
+            let payment = store::lock_payment(conn, payment_id)
+                .await?
+                .ok_or(PaymentError::Internal("a refund attempt's payment is gone"))?;
+            let order_id = payment.order_id;
+            let settlement = |outcome, refund_id| Settlement {
+                order_id,
+                provider_key: &provider_key,
+                outcome,
+                payment_id: None,
+                refund_id,
+            };
+            let Some(reference) = reference else {
+                attempts::settle(conn, settlement(Outcome::NotMade, None)).await?;
+                return Ok(None);
+            };
+            let recorded = match store::refund_by_reference(conn, &reference).await? {
+                Some(refund) => (payment, refund),
+                None => {
+                    // The database refuses a refund beyond the amount (CHECK): one refund runs per
+                    // payment at a time, so only a broken invariant could get there, and then this
+                    // fails instead of over-refunding.
+                    let (payment, refund) = store::insert_refund(conn, &payment, amount, reference).await?;
+                    if payment.refunded_amount == payment.amount {
+                        let order = orders::lock_order(conn, payment.order_id, None)
+                            .await?
+                            .ok_or(PaymentError::Internal("a payment's order is gone"))?;
+                        if order.status == OrderStatus::Paid && store::count_holding_money(conn, order.id).await? == 0 {
+                            orders::set_status(conn, &order, OrderStatus::Refunded).await?;
+                        }
+                    }
+                    (payment, refund)
                 }
-            }
-            (payment, refund)
-        }
-    };
-    attempts::settle(&transaction, settlement(Outcome::Succeeded, Some(recorded.1.id))).await?;
-    transaction.commit().await?;
-    Ok(Some(recorded))
+            };
+            attempts::settle(conn, settlement(Outcome::Succeeded, Some(recorded.1.id))).await?;
+            Ok(Some(recorded))
+        })
+        .await
 }
 
 /// Refuses (409 `payment_in_progress`) while a charge of the order is unsettled: a cancel must
-/// not return the stock of an order whose money may be moving.
+/// not return the stock of an order whose money may be moving. Runs inside the cancel's
+/// transaction; `settle_after` is `App::payment_settle_after`.
 pub async fn refuse_while_charging(
-    app: &App,
-    db: &impl sea_orm::ConnectionTrait,
+    conn: &mut Conn<'_>,
     order_id: Uuid,
+    settle_after: Duration,
 ) -> Result<(), PaymentError> {
-    let unsettled = attempts::unsettled_charges(db, order_id).await?;
+    let unsettled = attempts::unsettled_charges(conn, order_id).await?;
     if unsettled.is_empty() {
         return Ok(());
     }
     let detail = "A payment of this order is being processed; it can be cancelled once that is settled.";
-    Err(in_progress(detail, retry_after(app, &unsettled)))
+    Err(in_progress(detail, retry_after(settle_after, &unsettled)))
 }
 
 /// When unsettled attempts will have been settled: at once for one held by its request (it is
-/// about to end), else when the reconciler is due to look it up.
-fn retry_after(app: &App, unsettled: &[Attempt]) -> u64 {
+/// about to end), else when the reconciler is due to look it up (`settle_after`, as
+/// `App::payment_settle_after`, after it was made).
+fn retry_after(settle_after: Duration, unsettled: &[Attempt]) -> u64 {
     let now = now();
     if unsettled.iter().any(|attempt| attempt.is_held(now)) {
         return 1;
     }
-    let settle_after = chrono::TimeDelta::from_std(app.payment_settle_after).unwrap_or(chrono::TimeDelta::MAX);
+    let settle_after = chrono::TimeDelta::from_std(settle_after).unwrap_or(chrono::TimeDelta::MAX);
     let due = unsettled.iter().map(|attempt| attempt.created_at + settle_after).max().unwrap_or(now);
     u64::try_from((due - now).num_seconds()).unwrap_or(0).max(1)
 }
@@ -458,9 +499,11 @@ fn hold_until() -> DateTime<Utc> {
 
 /// Runs a provider call for `attempt`, renewing its hold until the call ends.
 async fn holding<T>(app: &App, attempt: &Attempt, call: impl Future<Output = T>) -> T {
-    orderly_kit::lease::renewing(call, HOLD / 3, || async {
-        if let Err(error) = attempts::renew_hold(app.db.write(), attempt.id, hold_until()).await {
-            tracing::warn!(%error, attempt_id = %attempt.id, "could not renew a payment attempt's hold");
+    let id = attempt.id;
+    orderly_kit::lease::renewing(call, HOLD / 3, || async move {
+        let until = hold_until();
+        if let Err(error) = app.db.write().run(async move |conn| attempts::renew_hold(conn, id, until).await).await {
+            tracing::warn!(%error, attempt_id = %id, "could not renew a payment attempt's hold");
         }
     })
     .await

@@ -2,92 +2,172 @@
 //! written in the same transaction as the charge or refund it records, and never changed.
 
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::db::now;
-use crate::listing::{ListParams, seek};
+use crate::db::{Backend, Conn, DbError, Param, Row, now};
+use crate::listing::{ListParams, and_where, seek};
 use orderly_kit::pagination::Page;
 
-pub mod payment {
-    use sea_orm::entity::prelude::*;
-
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
-    #[sea_orm(table_name = "payments")]
-    pub struct Model {
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub id: Uuid,
-        pub order_id: Uuid,
-        pub user_id: Uuid,
-        pub amount: i64,
-        pub currency: String,
-        /// `succeeded` or `failed`.
-        pub status: String,
-        pub failure_code: Option<String>,
-        pub refunded_amount: i64,
-        /// The provider's id of the charge; unique.
-        pub provider_reference: Option<String>,
-        pub created_at: DateTimeUtc,
-        pub updated_at: DateTimeUtc,
-    }
-
-    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-    pub enum Relation {}
-
-    impl ActiveModelBehavior for ActiveModel {}
+/// How a charge ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentStatus {
+    /// The money moved.
+    Succeeded,
+    /// The charge was declined.
+    Failed,
 }
 
-pub mod refund {
-    use sea_orm::entity::prelude::*;
-
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
-    #[sea_orm(table_name = "refunds")]
-    pub struct Model {
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub id: Uuid,
-        pub payment_id: Uuid,
-        pub amount: i64,
-        pub currency: String,
-        pub provider_reference: String,
-        pub created_at: DateTimeUtc,
+impl PaymentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+        }
     }
 
-    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-    pub enum Relation {}
-
-    impl ActiveModelBehavior for ActiveModel {}
+    pub fn parse(stored: &str) -> Option<Self> {
+        [Self::Succeeded, Self::Failed].into_iter().find(|status| status.as_str() == stored)
+    }
 }
 
-pub mod transaction {
-    use sea_orm::entity::prelude::*;
+/// What a ledger row records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    Charge,
+    Refund,
+}
 
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
-    #[sea_orm(table_name = "transactions")]
-    pub struct Model {
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub id: Uuid,
-        /// `charge` or `refund`.
-        pub kind: String,
-        pub payment_id: Uuid,
-        pub refund_id: Option<Uuid>,
-        pub order_id: Uuid,
-        /// Signed: a charge adds to revenue, a refund subtracts.
-        pub amount: i64,
-        pub currency: String,
-        pub created_at: DateTimeUtc,
+impl EntryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Charge => "charge",
+            Self::Refund => "refund",
+        }
     }
 
-    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-    pub enum Relation {}
-
-    impl ActiveModelBehavior for ActiveModel {}
+    pub fn parse(stored: &str) -> Option<Self> {
+        [Self::Charge, Self::Refund].into_iter().find(|kind| kind.as_str() == stored)
+    }
 }
 
-pub use payment::Model as Payment;
-pub use refund::Model as Refund;
-pub use transaction::Model as LedgerEntry;
+/// A payment row: the recorded outcome of a charge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Payment {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    pub user_id: Uuid,
+    pub amount: i64,
+    pub currency: String,
+    pub status: PaymentStatus,
+    pub failure_code: Option<String>,
+    pub refunded_amount: i64,
+    /// The provider's id of the charge; unique.
+    pub provider_reference: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The columns [`Payment::from_row`] reads, in its order.
+macro_rules! payment_columns {
+    () => {
+        "id, order_id, user_id, amount, currency, status, failure_code, refunded_amount, provider_reference, \
+         created_at, updated_at"
+    };
+}
+
+impl Payment {
+    pub fn from_row(row: &Row<'_>) -> Result<Self, DbError> {
+        let id: Uuid = row.get(0)?;
+        let status: String = row.get(5)?;
+        let status = PaymentStatus::parse(&status)
+            .ok_or_else(|| DbError::corrupt(format!("payment {id} has an unknown status {status:?}")))?;
+        Ok(Self {
+            id,
+            order_id: row.get(1)?,
+            user_id: row.get(2)?,
+            amount: row.get(3)?,
+            currency: row.get(4)?,
+            status,
+            failure_code: row.get(6)?,
+            refunded_amount: row.get(7)?,
+            provider_reference: row.get(8)?,
+            created_at: row.get(9)?,
+            updated_at: row.get(10)?,
+        })
+    }
+}
+
+/// A refund row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refund {
+    pub id: Uuid,
+    pub payment_id: Uuid,
+    pub amount: i64,
+    pub currency: String,
+    pub provider_reference: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The columns [`Refund::from_row`] reads, in its order.
+macro_rules! refund_columns {
+    () => {
+        "id, payment_id, amount, currency, provider_reference, created_at"
+    };
+}
+
+impl Refund {
+    pub fn from_row(row: &Row<'_>) -> Result<Self, DbError> {
+        Ok(Self {
+            id: row.get(0)?,
+            payment_id: row.get(1)?,
+            amount: row.get(2)?,
+            currency: row.get(3)?,
+            provider_reference: row.get(4)?,
+            created_at: row.get(5)?,
+        })
+    }
+}
+
+/// A ledger row (`transactions`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerEntry {
+    pub id: Uuid,
+    pub kind: EntryKind,
+    pub payment_id: Uuid,
+    pub refund_id: Option<Uuid>,
+    pub order_id: Uuid,
+    /// Signed: a charge adds to revenue, a refund subtracts.
+    pub amount: i64,
+    pub currency: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The columns [`LedgerEntry::from_row`] reads, in its order.
+macro_rules! ledger_columns {
+    () => {
+        "id, kind, payment_id, refund_id, order_id, amount, currency, created_at"
+    };
+}
+
+impl LedgerEntry {
+    pub fn from_row(row: &Row<'_>) -> Result<Self, DbError> {
+        let id: Uuid = row.get(0)?;
+        let kind: String = row.get(1)?;
+        let kind = EntryKind::parse(&kind)
+            .ok_or_else(|| DbError::corrupt(format!("ledger row {id} has an unknown kind {kind:?}")))?;
+        Ok(Self {
+            id,
+            kind,
+            payment_id: row.get(2)?,
+            refund_id: row.get(3)?,
+            order_id: row.get(4)?,
+            amount: row.get(5)?,
+            currency: row.get(6)?,
+            created_at: row.get(7)?,
+        })
+    }
+}
 
 /// A payment to record: the outcome of a charge.
 pub struct NewPayment {
@@ -99,11 +179,11 @@ pub struct NewPayment {
 }
 
 /// Records a charge's outcome; a successful one also gets its ledger row.
-pub async fn insert_payment(db: &impl ConnectionTrait, new: NewPayment) -> Result<Payment, DbErr> {
+pub async fn insert_payment(conn: &mut Conn<'_>, new: NewPayment) -> Result<Payment, DbError> {
     let now = now();
     let (status, failure_code, provider_reference) = match new.outcome {
-        Ok(reference) => ("succeeded", None, Some(reference)),
-        Err(code) => ("failed", Some(code), None),
+        Ok(reference) => (PaymentStatus::Succeeded, None, Some(reference)),
+        Err(code) => (PaymentStatus::Failed, Some(code), None),
     };
     let row = Payment {
         id: Uuid::now_v7(),
@@ -111,102 +191,133 @@ pub async fn insert_payment(db: &impl ConnectionTrait, new: NewPayment) -> Resul
         user_id: new.user_id,
         amount: new.amount,
         currency: new.currency,
-        status: status.to_owned(),
+        status,
         failure_code,
         refunded_amount: 0,
         provider_reference,
         created_at: now,
         updated_at: now,
     };
-    payment::Entity::insert(payment::ActiveModel::from(row.clone())).exec_without_returning(db).await?;
-    if row.status == "succeeded" {
-        append_ledger(db, "charge", &row, None, row.amount, now).await?;
+    conn.execute(
+        concat!(
+            "INSERT INTO payments (",
+            payment_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        ),
+        &[
+            &row.id,
+            &row.order_id,
+            &row.user_id,
+            &row.amount,
+            &row.currency,
+            &row.status.as_str(),
+            &row.failure_code,
+            &row.refunded_amount,
+            &row.provider_reference,
+            &row.created_at,
+            &row.updated_at,
+        ],
+    )
+    .await?;
+    if row.status == PaymentStatus::Succeeded {
+        append_ledger(conn, EntryKind::Charge, &row, None, row.amount, now).await?;
     }
     Ok(row)
 }
 
 /// The refund recorded for a refund at the provider, if any.
-pub async fn refund_by_reference(db: &impl ConnectionTrait, reference: &str) -> Result<Option<Refund>, DbErr> {
-    refund::Entity::find().filter(refund::Column::ProviderReference.eq(reference)).one(db).await
+pub async fn refund_by_reference(conn: &mut Conn<'_>, reference: &str) -> Result<Option<Refund>, DbError> {
+    const SQL: &str = concat!("SELECT ", refund_columns!(), " FROM refunds WHERE provider_reference = $1");
+    conn.query_opt(SQL, &[&reference], Refund::from_row).await
 }
 
 /// How many succeeded payments of an order still hold money.
-pub async fn count_holding_money(db: &impl ConnectionTrait, order_id: Uuid) -> Result<u64, DbErr> {
-    payment::Entity::find()
-        .filter(payment::Column::OrderId.eq(order_id))
-        .filter(payment::Column::Status.eq("succeeded"))
-        .filter(Expr::col(payment::Column::RefundedAmount).lt(Expr::col(payment::Column::Amount)))
-        .count(db)
-        .await
+pub async fn count_holding_money(conn: &mut Conn<'_>, order_id: Uuid) -> Result<i64, DbError> {
+    conn.query_one(
+        "SELECT count(*) FROM payments WHERE order_id = $1 AND status = $2 AND refunded_amount < amount",
+        &[&order_id, &PaymentStatus::Succeeded.as_str()],
+        |row| row.get(0),
+    )
+    .await
 }
 
 /// How many charges of an order were declined.
-pub async fn count_declined(db: &impl ConnectionTrait, order_id: Uuid) -> Result<u64, DbErr> {
-    payment::Entity::find()
-        .filter(payment::Column::OrderId.eq(order_id))
-        .filter(payment::Column::Status.eq("failed"))
-        .count(db)
-        .await
+pub async fn count_declined(conn: &mut Conn<'_>, order_id: Uuid) -> Result<i64, DbError> {
+    conn.query_one(
+        "SELECT count(*) FROM payments WHERE order_id = $1 AND status = $2",
+        &[&order_id, &PaymentStatus::Failed.as_str()],
+        |row| row.get(0),
+    )
+    .await
 }
 
 async fn append_ledger(
-    db: &impl ConnectionTrait,
-    kind: &str,
+    conn: &mut Conn<'_>,
+    kind: EntryKind,
     payment: &Payment,
     refund_id: Option<Uuid>,
     amount: i64,
     at: DateTime<Utc>,
-) -> Result<(), DbErr> {
-    let entry = LedgerEntry {
-        id: Uuid::now_v7(),
-        kind: kind.to_owned(),
-        payment_id: payment.id,
-        refund_id,
-        order_id: payment.order_id,
-        amount,
-        currency: payment.currency.clone(),
-        created_at: at,
-    };
-    transaction::Entity::insert(transaction::ActiveModel::from(entry)).exec_without_returning(db).await.map(drop)
+) -> Result<(), DbError> {
+    conn.execute(
+        concat!("INSERT INTO transactions (", ledger_columns!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"),
+        &[&Uuid::now_v7(), &kind.as_str(), &payment.id, &refund_id, &payment.order_id, &amount, &payment.currency, &at],
+    )
+    .await
+    .map(drop)
 }
 
 /// A payment visible to the caller: their own, or any for an admin (`owner = None`).
-pub async fn find_payment(db: &impl ConnectionTrait, id: Uuid, owner: Option<Uuid>) -> Result<Option<Payment>, DbErr> {
-    let mut select = payment::Entity::find_by_id(id);
-    if let Some(owner) = owner {
-        select = select.filter(payment::Column::UserId.eq(owner));
+pub async fn find_payment(conn: &mut Conn<'_>, id: Uuid, owner: Option<Uuid>) -> Result<Option<Payment>, DbError> {
+    match owner {
+        None => {
+            const SQL: &str = concat!("SELECT ", payment_columns!(), " FROM payments WHERE id = $1");
+            conn.query_opt(SQL, &[&id], Payment::from_row).await
+        }
+        Some(owner) => {
+            const SQL: &str = concat!("SELECT ", payment_columns!(), " FROM payments WHERE id = $1 AND user_id = $2");
+            conn.query_opt(SQL, &[&id, &owner], Payment::from_row).await
+        }
     }
-    select.one(db).await
 }
 
 /// A refund visible to the caller: of their own payment, or any for an admin (`owner = None`).
-pub async fn find_refund(db: &impl ConnectionTrait, id: Uuid, owner: Option<Uuid>) -> Result<Option<Refund>, DbErr> {
-    let mut select = refund::Entity::find_by_id(id);
-    if let Some(owner) = owner {
-        let owned = sea_orm::sea_query::Query::select()
-            .column(payment::Column::Id)
-            .from(payment::Entity)
-            .and_where(payment::Column::UserId.eq(owner))
-            .to_owned();
-        select = select.filter(refund::Column::PaymentId.in_subquery(owned));
+pub async fn find_refund(conn: &mut Conn<'_>, id: Uuid, owner: Option<Uuid>) -> Result<Option<Refund>, DbError> {
+    match owner {
+        None => {
+            const SQL: &str = concat!("SELECT ", refund_columns!(), " FROM refunds WHERE id = $1");
+            conn.query_opt(SQL, &[&id], Refund::from_row).await
+        }
+        Some(owner) => {
+            const SQL: &str = concat!(
+                "SELECT ",
+                refund_columns!(),
+                " FROM refunds WHERE id = $1 AND payment_id IN (SELECT id FROM payments WHERE user_id = $2)"
+            );
+            conn.query_opt(SQL, &[&id, &owner], Refund::from_row).await
+        }
     }
-    select.one(db).await
 }
 
-/// As [`find_payment`] for any owner, locked until the transaction ends.
-pub async fn lock_payment(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<Payment>, DbErr> {
-    payment::Entity::find_by_id(id).lock_exclusive().one(db).await
+/// As [`find_payment`] for any owner, locked until the transaction ends (`FOR UPDATE` on
+/// PostgreSQL; SQLite has a single writer).
+pub async fn lock_payment(conn: &mut Conn<'_>, id: Uuid) -> Result<Option<Payment>, DbError> {
+    let sql = match conn.backend() {
+        Backend::Postgres => concat!("SELECT ", payment_columns!(), " FROM payments WHERE id = $1 FOR UPDATE"),
+        Backend::Sqlite => concat!("SELECT ", payment_columns!(), " FROM payments WHERE id = $1"),
+    };
+    conn.query_opt(sql, &[&id], Payment::from_row).await
 }
 
 /// Records a refund of a payment read under lock in this transaction: the refund, its ledger
 /// row and the payment's refunded amount. The `CHECK (refunded_amount <= amount)` backs the
 /// caller's check.
 pub async fn insert_refund(
-    db: &impl ConnectionTrait,
+    conn: &mut Conn<'_>,
     payment: &Payment,
     amount: i64,
     provider_reference: String,
-) -> Result<(Payment, Refund), DbErr> {
+) -> Result<(Payment, Refund), DbError> {
     let now = now();
     let refund = Refund {
         id: Uuid::now_v7(),
@@ -216,69 +327,79 @@ pub async fn insert_refund(
         provider_reference,
         created_at: now,
     };
-    refund::Entity::insert(refund::ActiveModel::from(refund.clone())).exec_without_returning(db).await?;
-    append_ledger(db, "refund", payment, Some(refund.id), -amount, now).await?;
+    conn.execute(
+        concat!("INSERT INTO refunds (", refund_columns!(), ") VALUES ($1, $2, $3, $4, $5, $6)"),
+        &[
+            &refund.id,
+            &refund.payment_id,
+            &refund.amount,
+            &refund.currency,
+            &refund.provider_reference,
+            &refund.created_at,
+        ],
+    )
+    .await?;
+    append_ledger(conn, EntryKind::Refund, payment, Some(refund.id), -amount, now).await?;
     let refunded_amount = payment.refunded_amount + amount;
-    payment::Entity::update_many()
-        .col_expr(payment::Column::RefundedAmount, Expr::value(refunded_amount))
-        .col_expr(payment::Column::UpdatedAt, Expr::value(now))
-        .filter(payment::Column::Id.eq(payment.id))
-        .exec(db)
-        .await?;
+    conn.execute(
+        "UPDATE payments SET refunded_amount = $1, updated_at = $2 WHERE id = $3",
+        &[&refunded_amount, &now, &payment.id],
+    )
+    .await?;
     Ok((Payment { refunded_amount, updated_at: now, ..payment.clone() }, refund))
 }
 
 /// Money kept per currency: what succeeded payments charged, less what was refunded. Computed
 /// from the payments, not the ledger, so the two records can be checked against each other.
-pub async fn revenue_by_currency(db: &impl ConnectionTrait) -> Result<Vec<(String, i64)>, DbErr> {
-    payment::Entity::find()
-        .select_only()
-        .column(payment::Column::Currency)
-        // PostgreSQL sums bigints as numeric; the cast keeps one integer type on both backends.
-        .column_as(Expr::cust("CAST(SUM(amount - refunded_amount) AS BIGINT)"), "revenue")
-        .filter(payment::Column::Status.eq("succeeded"))
-        .group_by(payment::Column::Currency)
-        .into_tuple()
-        .all(db)
-        .await
+pub async fn revenue_by_currency(conn: &mut Conn<'_>) -> Result<Vec<(String, i64)>, DbError> {
+    // PostgreSQL sums bigints as numeric; the cast keeps one integer type on both backends.
+    conn.query(
+        "SELECT currency, CAST(SUM(amount - refunded_amount) AS BIGINT) FROM payments WHERE status = $1
+         GROUP BY currency",
+        &[&PaymentStatus::Succeeded.as_str()],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )
+    .await
 }
 
 /// Filters of the payment list. `user_id` is forced to the caller for customers.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct PaymentFilter {
     pub user_id: Option<Uuid>,
     pub order_id: Option<Uuid>,
 }
 
 pub async fn list_payments(
-    db: &impl ConnectionTrait,
+    conn: &mut Conn<'_>,
     filter: &PaymentFilter,
     params: &ListParams,
     after: Option<(DateTime<Utc>, Uuid)>,
-) -> Result<Page<Payment>, DbErr> {
-    use payment::Column;
-    let mut select = payment::Entity::find();
-    if let Some(user_id) = filter.user_id {
-        select = select.filter(Column::UserId.eq(user_id));
+) -> Result<Page<Payment>, DbError> {
+    let mut sql = String::from(concat!("SELECT ", payment_columns!(), " FROM payments WHERE true"));
+    let mut values: Vec<&dyn Param> = Vec::new();
+    if let Some(user_id) = &filter.user_id {
+        and_where(&mut sql, &mut values, "user_id = $", user_id);
     }
-    if let Some(order_id) = filter.order_id {
-        select = select.filter(Column::OrderId.eq(order_id));
+    if let Some(order_id) = &filter.order_id {
+        and_where(&mut sql, &mut values, "order_id = $", order_id);
     }
-    let after = after.map(|(created_at, id)| (Expr::value(created_at), id));
-    let rows = seek(select, Column::CreatedAt, Column::Id, params.sort.descending, after, params.limit).all(db).await?;
+    let limit = params.limit + 1;
+    let after = after.as_ref().map(|(created_at, id)| (created_at as &dyn Param, id));
+    seek(&mut sql, &mut values, "created_at", params.sort.descending, after, &limit);
+    let rows = conn.query(&sql, &values, Payment::from_row).await?;
     Ok(Page::from_overfetch(rows, params.limit))
 }
 
 pub async fn list_ledger(
-    db: &impl ConnectionTrait,
+    conn: &mut Conn<'_>,
     params: &ListParams,
     after: Option<(DateTime<Utc>, Uuid)>,
-) -> Result<Page<LedgerEntry>, DbErr> {
-    use transaction::Column;
-    let after = after.map(|(created_at, id)| (Expr::value(created_at), id));
-    let rows =
-        seek(transaction::Entity::find(), Column::CreatedAt, Column::Id, params.sort.descending, after, params.limit)
-            .all(db)
-            .await?;
+) -> Result<Page<LedgerEntry>, DbError> {
+    let mut sql = String::from(concat!("SELECT ", ledger_columns!(), " FROM transactions WHERE true"));
+    let mut values: Vec<&dyn Param> = Vec::new();
+    let limit = params.limit + 1;
+    let after = after.as_ref().map(|(created_at, id)| (created_at as &dyn Param, id));
+    seek(&mut sql, &mut values, "created_at", params.sort.descending, after, &limit);
+    let rows = conn.query(&sql, &values, LedgerEntry::from_row).await?;
     Ok(Page::from_overfetch(rows, params.limit))
 }

@@ -11,12 +11,11 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use orderly_kit::redis::SharedRedis;
-use sea_orm::DbErr;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use utoipa::ToSchema;
 
-use crate::db::Database;
+use crate::db::{Database, DbError};
 use crate::orders::domain::OrderStatus;
 
 /// Figures over all users, orders and payments.
@@ -51,7 +50,7 @@ impl StatsCache {
     }
 
     /// The figures, computed at most `ttl` ago.
-    pub async fn get(&self, db: &Database) -> Result<Stats, DbErr> {
+    pub async fn get(&self, db: &Database) -> Result<Stats, DbError> {
         if let Some(stats) = self.shared_copy().await {
             count("hit");
             return Ok(stats);
@@ -100,19 +99,22 @@ fn count(result: &'static str) {
     metrics::counter!("orderly_cache_requests_total", "cache" => "stats", "result" => result).increment(1);
 }
 
-async fn compute(db: &Database) -> Result<Stats, DbErr> {
+/// Runs the three queries concurrently, each a unit of work of its own (so on a connection
+/// of its own).
+async fn compute(db: &Database) -> Result<Stats, DbError> {
     let generated_at = crate::db::now();
+    let read = db.read();
     let (users, by_status, revenue) = tokio::try_join!(
-        crate::accounts::store::count_users(db.read()),
-        crate::orders::store::count_by_status(db.read()),
-        crate::payments::store::revenue_by_currency(db.read()),
+        read.run(async |conn| crate::accounts::store::count_users(conn).await),
+        read.run(async |conn| crate::orders::store::count_by_status(conn).await),
+        read.run(async |conn| crate::payments::store::revenue_by_currency(conn).await),
     )?;
     let mut orders_by_status: BTreeMap<String, i64> =
         [OrderStatus::Pending, OrderStatus::Paid, OrderStatus::Refunded, OrderStatus::Cancelled]
             .iter()
             .map(|status| (status.as_str().to_owned(), 0))
             .collect();
-    orders_by_status.extend(by_status);
+    orders_by_status.extend(by_status.into_iter().map(|(status, count)| (status.as_str().to_owned(), count)));
     Ok(Stats {
         users,
         orders: orders_by_status.values().sum(),

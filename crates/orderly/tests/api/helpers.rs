@@ -9,6 +9,7 @@ use orderly::app::Application;
 use orderly::config::{Cli, Command, ServeConfig};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
+use tokio_postgres::types::{IsNull, ToSql, Type};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,10 +136,9 @@ impl TestApp {
     pub async fn spawn_after_migration(
         backend: Backend,
         migration: u32,
-        prepare: impl AsyncFnOnce(&sea_orm::DatabaseConnection),
+        prepare: impl AsyncFnOnce(&orderly::db::Database),
         extra_args: &[&str],
     ) -> Option<Self> {
-        use sea_orm_migration::MigratorTrait;
         let database = TestDatabase::create(backend).await?;
         let config = orderly::config::DatabaseConfig {
             database_url: database.url.clone(),
@@ -148,10 +148,32 @@ impl TestApp {
             database_acquire_timeout: std::time::Duration::from_secs(5),
         };
         let earlier = orderly::db::Database::connect(&config).await.expect("connect to the test database");
-        orderly::migrations::Migrator::up(earlier.write(), Some(migration)).await.expect("earlier migrations apply");
-        prepare(earlier.write()).await;
-        earlier.write().clone().close().await.expect("close the earlier connection");
+        earlier.migrate_up_to(Some(i64::from(migration))).await.expect("earlier migrations apply");
+        prepare(&earlier).await;
+        // Its connections close (and its SQLite threads end) once it is dropped.
+        drop(earlier);
         Some(Self::spawn_on(database, backend, extra_args).await)
+    }
+
+    /// Starts the app on a fresh database loaded from `dump` (SQL text a release's database was
+    /// dumped to), as an upgrade of that release would.
+    pub async fn spawn_on_dump(backend: Backend, dump: &str) -> Option<Self> {
+        let database = TestDatabase::create(backend).await?;
+        match backend {
+            Backend::Sqlite => {
+                let path = database.url.strip_prefix("sqlite://").unwrap().to_owned();
+                std::fs::create_dir_all(&database.data_dir).unwrap();
+                let dump = dump.to_owned();
+                tokio::task::spawn_blocking(move || {
+                    rusqlite::Connection::open(path).unwrap().execute_batch(&dump).expect("the dump loads")
+                })
+                .await
+                .unwrap();
+            }
+            // A connection of its own: the dump empties its `search_path`.
+            Backend::Postgres => connect_admin(&database.url).await.batch_execute(dump).await.expect("the dump loads"),
+        }
+        Some(Self::spawn_on(database, backend, &[]).await)
     }
 
     /// Starts the `orderly` binary as a process of its own, with extra `serve` flags, so that a
@@ -387,12 +409,17 @@ impl TestApp {
 
     /// Takes SQLite's write lock from another connection, as another process would, and holds
     /// it until the returned connection is dropped: the app's writes wait, then fail.
-    pub async fn hold_sqlite_write_lock(&self) -> sea_orm::sqlx::SqliteConnection {
-        use sea_orm::sqlx::Connection;
+    pub async fn hold_sqlite_write_lock(&self) -> SqliteWriteLock {
         assert_eq!(self._database.backend, Backend::Sqlite);
-        let mut connection = sea_orm::sqlx::SqliteConnection::connect(&self._database.url).await.unwrap();
-        sea_orm::sqlx::query("BEGIN EXCLUSIVE").execute(&mut connection).await.unwrap();
-        connection
+        let url = self._database.url.clone();
+        let connection = tokio::task::spawn_blocking(move || {
+            let connection = open_sqlite(&url);
+            connection.execute_batch("BEGIN EXCLUSIVE").unwrap();
+            connection
+        })
+        .await
+        .unwrap();
+        SqliteWriteLock { _connection: connection }
     }
 
     /// Sets an order's status directly in the database (for states no endpoint reaches yet).
@@ -476,26 +503,144 @@ pub async fn scrape_metrics(app: &TestApp) -> std::collections::HashMap<String, 
         .collect()
 }
 
-/// `INSERT INTO table (columns) VALUES (values)` for `db`'s backend, for tests that write rows
-/// as an earlier release did.
+/// `INSERT INTO table (columns) VALUES (values)` on `db`, for tests that write rows as an
+/// earlier release did.
 pub fn insert_row(
-    db: &sea_orm::DatabaseConnection,
+    db: &orderly::db::Database,
     table: &str,
     columns: &[&str],
-    values: Vec<sea_orm::Value>,
-) -> sea_orm::Statement {
-    use sea_orm::ConnectionTrait;
-    use sea_orm::sea_query::{Alias, Query};
-    let mut statement = Query::insert();
-    statement.into_table(Alias::new(table)).columns(columns.iter().map(|c| Alias::new(*c)));
-    statement.values_panic(values.into_iter().map(Into::into));
-    db.get_database_backend().build(&statement)
+    values: Vec<TestValue>,
+) -> impl Future<Output = Result<u64, orderly::db::DbError>> + use<> {
+    assert_eq!(columns.len(), values.len(), "one value per column");
+    let names: Vec<String> = columns.iter().map(|column| format!("\"{column}\"")).collect();
+    let placeholders: Vec<String> = (1..=values.len()).map(|n| format!("${n}")).collect();
+    let sql = format!("INSERT INTO \"{table}\" ({}) VALUES ({})", names.join(", "), placeholders.join(", "));
+    let db = db.clone();
+    async move {
+        db.write()
+            .run(async move |conn| {
+                let params: Vec<&dyn orderly::db::Param> =
+                    values.iter().map(|value| value as &dyn orderly::db::Param).collect();
+                conn.execute(&sql, &params).await
+            })
+            .await
+    }
+}
+
+/// A value [`insert_row`] binds, stored as the application stores its type; `Null` is NULL
+/// in any column.
+#[derive(Debug, Clone)]
+pub enum TestValue {
+    Null,
+    Uuid(Uuid),
+    I64(i64),
+    /// For `integer` columns (PostgreSQL checks the width).
+    I32(i32),
+    Text(String),
+    Bool(bool),
+    Time(chrono::DateTime<chrono::Utc>),
+}
+
+impl From<Uuid> for TestValue {
+    fn from(value: Uuid) -> Self {
+        Self::Uuid(value)
+    }
+}
+
+impl From<i64> for TestValue {
+    fn from(value: i64) -> Self {
+        Self::I64(value)
+    }
+}
+
+impl From<i32> for TestValue {
+    fn from(value: i32) -> Self {
+        Self::I32(value)
+    }
+}
+
+impl From<String> for TestValue {
+    fn from(value: String) -> Self {
+        Self::Text(value)
+    }
+}
+
+impl From<&str> for TestValue {
+    fn from(value: &str) -> Self {
+        Self::Text(value.to_owned())
+    }
+}
+
+impl From<bool> for TestValue {
+    fn from(value: bool) -> Self {
+        Self::Bool(value)
+    }
+}
+
+impl From<chrono::DateTime<chrono::Utc>> for TestValue {
+    fn from(value: chrono::DateTime<chrono::Utc>) -> Self {
+        Self::Time(value)
+    }
+}
+
+impl<T: Into<TestValue>> From<Option<T>> for TestValue {
+    fn from(value: Option<T>) -> Self {
+        value.map_or(Self::Null, Into::into)
+    }
+}
+
+impl ToSql for TestValue {
+    fn to_sql(&self, ty: &Type, out: &mut bytes::BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            Self::Null => Ok(IsNull::Yes),
+            Self::Uuid(value) => value.to_sql(ty, out),
+            Self::I64(value) => value.to_sql(ty, out),
+            Self::I32(value) => value.to_sql(ty, out),
+            Self::Text(value) => value.to_sql(ty, out),
+            Self::Bool(value) => value.to_sql(ty, out),
+            Self::Time(value) => value.to_sql(ty, out),
+        }
+    }
+
+    /// Every variant checks the column type itself, in `to_sql_checked`.
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    fn to_sql_checked(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            Self::Null => Ok(IsNull::Yes),
+            Self::Uuid(value) => value.to_sql_checked(ty, out),
+            Self::I64(value) => value.to_sql_checked(ty, out),
+            Self::I32(value) => value.to_sql_checked(ty, out),
+            Self::Text(value) => value.to_sql_checked(ty, out),
+            Self::Bool(value) => value.to_sql_checked(ty, out),
+            Self::Time(value) => value.to_sql_checked(ty, out),
+        }
+    }
+}
+
+impl orderly::db::Param for TestValue {
+    fn to_sqlite(&self) -> rusqlite::types::ToSqlOutput<'_> {
+        match self {
+            Self::Null => rusqlite::types::ToSqlOutput::from(rusqlite::types::Null),
+            Self::Uuid(value) => value.to_sqlite(),
+            Self::I64(value) => value.to_sqlite(),
+            Self::I32(value) => rusqlite::types::ToSqlOutput::from(*value),
+            Self::Text(value) => value.to_sqlite(),
+            Self::Bool(value) => value.to_sqlite(),
+            Self::Time(value) => value.to_sqlite(),
+        }
+    }
 }
 
 /// Inserts a customer as an earlier release stored one (no usable password), for upgrade
 /// scenarios.
-pub async fn insert_user_row(db: &sea_orm::DatabaseConnection, user_id: Uuid, at: chrono::DateTime<chrono::Utc>) {
-    use sea_orm::ConnectionTrait;
+pub async fn insert_user_row(db: &orderly::db::Database, user_id: Uuid, at: chrono::DateTime<chrono::Utc>) {
     let columns = ["id", "email", "name", "role", "password_hash", "version", "created_at", "updated_at"];
     let user = vec![
         user_id.into(),
@@ -507,7 +652,65 @@ pub async fn insert_user_row(db: &sea_orm::DatabaseConnection, user_id: Uuid, at
         at.into(),
         at.into(),
     ];
-    db.execute(insert_row(db, "users", &columns, user)).await.unwrap();
+    insert_row(db, "users", &columns, user).await.unwrap();
+}
+
+/// SQLite's write lock, taken by a connection of the test's own; released when dropped.
+pub struct SqliteWriteLock {
+    _connection: rusqlite::Connection,
+}
+
+/// A transaction of another client of the app's database, holding whatever its statements
+/// lock until [`Self::rollback`] (or until it is dropped).
+pub enum OutsideTransaction {
+    Postgres(tokio_postgres::Client),
+    Sqlite(Option<rusqlite::Connection>),
+}
+
+impl OutsideTransaction {
+    /// Connects to the database at `url` and begins a transaction.
+    pub async fn begin(url: &str) -> Self {
+        if url.starts_with("sqlite:") {
+            let mut transaction = Self::Sqlite(Some(open_sqlite(url)));
+            transaction.execute("BEGIN").await;
+            transaction
+        } else {
+            let client = connect_postgres(url).await.expect("connect to the test database");
+            client.batch_execute("BEGIN").await.unwrap();
+            Self::Postgres(client)
+        }
+    }
+
+    /// Runs `sql` (no parameters) in the transaction.
+    pub async fn execute(&mut self, sql: &str) {
+        match self {
+            Self::Postgres(client) => client.batch_execute(sql).await.unwrap(),
+            Self::Sqlite(held) => {
+                let connection = held.take().expect("the connection is back after each statement");
+                let sql = sql.to_owned();
+                let connection = tokio::task::spawn_blocking(move || {
+                    connection.execute_batch(&sql).unwrap();
+                    connection
+                })
+                .await
+                .unwrap();
+                *held = Some(connection);
+            }
+        }
+    }
+
+    pub async fn rollback(mut self) {
+        self.execute("ROLLBACK").await;
+    }
+}
+
+/// A connection of the test's own to the SQLite database at `url` (`sqlite://path`), waiting
+/// up to 5 s for a lock as the app's connections do.
+fn open_sqlite(url: &str) -> rusqlite::Connection {
+    let path = url.strip_prefix("sqlite://").expect("a sqlite:// URL");
+    let connection = rusqlite::Connection::open(path).expect("open the SQLite test database");
+    connection.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    connection
 }
 
 /// Asserts a problem response and returns its body.
@@ -536,6 +739,25 @@ pub fn error_fields(problem: &Value) -> Vec<String> {
 fn generate_private_key_pem() -> String {
     let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
     pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.as_ref().to_vec()))
+}
+
+/// A fresh PostgreSQL database of its own for a test that runs the binary on it; dropped with
+/// the returned guard. `None` (skipped) off CI without `ORDERLY_TEST_DATABASE_URL`.
+pub async fn fresh_postgres_database() -> Option<PostgresDatabase> {
+    TestDatabase::create(Backend::Postgres).await.map(PostgresDatabase)
+}
+
+pub struct PostgresDatabase(TestDatabase);
+
+impl PostgresDatabase {
+    pub fn url(&self) -> &str {
+        &self.0.url
+    }
+}
+
+/// The one bigint that `sql` selects from the PostgreSQL database at `url`.
+pub async fn postgres_query_i64(url: &str, sql: &str) -> i64 {
+    connect_admin(url).await.query_one(sql, &[]).await.unwrap().get(0)
 }
 
 /// A fresh database (and data folder) for one test, removed when the test ends.
@@ -596,15 +818,19 @@ impl TestDatabase {
         let id = Uuid::parse_str(id).unwrap();
         match self.backend {
             Backend::Postgres => {
-                let mut connection = connect_admin(&self.url).await;
+                let connection = connect_admin(&self.url).await;
                 let sql = format!("{set}$1{filter}$2");
-                sea_orm::sqlx::query(&sql).bind(value).bind(id).execute(&mut connection).await.unwrap();
+                connection.execute(&sql, &[&value, &id]).await.unwrap();
             }
             Backend::Sqlite => {
-                use sea_orm::sqlx::Connection;
-                let mut connection = sea_orm::sqlx::SqliteConnection::connect(&self.url).await.unwrap();
-                let sql = format!("{set}?{filter}?");
-                sea_orm::sqlx::query(&sql).bind(value).bind(id).execute(&mut connection).await.unwrap();
+                let (url, value) = (self.url.clone(), value.to_owned());
+                let sql = format!("{set}?1{filter}?2");
+                tokio::task::spawn_blocking(move || {
+                    let id = orderly::db::Param::to_sqlite(&id);
+                    open_sqlite(&url).execute(&sql, rusqlite::params![value, id]).unwrap();
+                })
+                .await
+                .unwrap();
             }
         }
     }
@@ -613,21 +839,19 @@ impl TestDatabase {
         let id = Uuid::parse_str(user_id).unwrap();
         match self.backend {
             Backend::Postgres => {
-                let mut connection = connect_admin(&self.url).await;
-                sea_orm::sqlx::query("UPDATE users SET role = 'admin' WHERE id = $1")
-                    .bind(id)
-                    .execute(&mut connection)
-                    .await
-                    .unwrap();
+                let connection = connect_admin(&self.url).await;
+                connection.execute("UPDATE users SET role = 'admin' WHERE id = $1", &[&id]).await.unwrap();
             }
             Backend::Sqlite => {
-                use sea_orm::sqlx::Connection;
-                let mut connection = sea_orm::sqlx::SqliteConnection::connect(&self.url).await.unwrap();
-                sea_orm::sqlx::query("UPDATE users SET role = 'admin' WHERE id = ?")
-                    .bind(id)
-                    .execute(&mut connection)
-                    .await
-                    .unwrap();
+                let url = self.url.clone();
+                tokio::task::spawn_blocking(move || {
+                    let id = orderly::db::Param::to_sqlite(&id);
+                    open_sqlite(&url)
+                        .execute("UPDATE users SET role = 'admin' WHERE id = ?1", rusqlite::params![id])
+                        .unwrap();
+                })
+                .await
+                .unwrap();
             }
         }
     }
@@ -641,10 +865,8 @@ impl Drop for TestDatabase {
             let _ = std::thread::spawn(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
                 runtime.block_on(async {
-                    let mut connection = connect_admin(&admin_url).await;
-                    let _ = sea_orm::sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&mut connection)
-                        .await;
+                    let connection = connect_admin(&admin_url).await;
+                    let _ = connection.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
                 });
             })
             .join();
@@ -759,17 +981,23 @@ fn postgres_url() -> Option<String> {
 /// Creates a uniquely named database on the server at `admin_url`; returns its name.
 async fn create_postgres_database(admin_url: &str) -> String {
     let name = format!("orderly_test_{}", Uuid::now_v7().simple());
-    let mut connection = connect_admin(admin_url).await;
-    sea_orm::sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut connection)
-        .await
-        .expect("create the test database");
+    let connection = connect_admin(admin_url).await;
+    connection.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create the test database");
     name
 }
 
-async fn connect_admin(url: &str) -> sea_orm::sqlx::PgConnection {
-    use sea_orm::sqlx::Connection;
-    sea_orm::sqlx::PgConnection::connect(url).await.expect("connect to ORDERLY_TEST_DATABASE_URL")
+async fn connect_admin(url: &str) -> tokio_postgres::Client {
+    connect_postgres(url).await.expect("connect to ORDERLY_TEST_DATABASE_URL")
+}
+
+/// A client of the PostgreSQL database at `url`; its connection runs on a task of its own
+/// until the client is dropped.
+async fn connect_postgres(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
 }
 
 /// `url` with its database name replaced.
@@ -811,13 +1039,10 @@ impl ReplicaPair {
     /// Stops replaying WAL on the replica and waits until it has stopped: from then on it
     /// serves the data as of that moment, however far the primary moves on.
     pub async fn pause_replay(&self) {
-        let mut replica = connect_admin(&self.replica_url).await;
-        sea_orm::sqlx::query("SELECT pg_wal_replay_pause()").execute(&mut replica).await.unwrap();
+        let replica = connect_admin(&self.replica_url).await;
+        replica.batch_execute("SELECT pg_wal_replay_pause()").await.unwrap();
         let paused = eventually(async || {
-            let state: String = sea_orm::sqlx::query_scalar("SELECT pg_get_wal_replay_pause_state()")
-                .fetch_one(&mut replica)
-                .await
-                .unwrap();
+            let state: String = replica.query_one("SELECT pg_get_wal_replay_pause_state()", &[]).await.unwrap().get(0);
             state == "paused"
         })
         .await;
@@ -825,22 +1050,22 @@ impl ReplicaPair {
     }
 
     pub async fn resume_replay(&self) {
-        let mut replica = connect_admin(&self.replica_url).await;
-        sea_orm::sqlx::query("SELECT pg_wal_replay_resume()").execute(&mut replica).await.unwrap();
+        let replica = connect_admin(&self.replica_url).await;
+        replica.batch_execute("SELECT pg_wal_replay_resume()").await.unwrap();
     }
 
     /// Waits until the replica has replayed everything the primary has written so far.
     pub async fn wait_caught_up(&self) {
-        let mut primary = connect_admin(&self.primary_url).await;
-        let written: String =
-            sea_orm::sqlx::query_scalar("SELECT pg_current_wal_lsn()::text").fetch_one(&mut primary).await.unwrap();
-        let mut replica = connect_admin(&self.replica_url).await;
+        let primary = connect_admin(&self.primary_url).await;
+        let written: String = primary.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
+        let replica = connect_admin(&self.replica_url).await;
         let caught_up = eventually(async || {
-            sea_orm::sqlx::query_scalar("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn")
-                .bind(&written)
-                .fetch_one(&mut replica)
+            // `$1::text` makes the parameter text, which the comparison casts to an LSN.
+            replica
+                .query_one("SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", &[&written])
                 .await
                 .unwrap()
+                .get::<_, bool>(0)
         })
         .await;
         assert!(caught_up, "the replica catches up with the primary");
@@ -849,18 +1074,11 @@ impl ReplicaPair {
     /// Cuts the replica off from its primary, as a network partition would: it keeps serving
     /// what it has but receives nothing more. Returns what [`Self::reconnect_replica`] needs.
     pub async fn disconnect_replica(&self) -> String {
-        let mut replica = connect_admin(&self.replica_url).await;
-        let source: String = sea_orm::sqlx::query_scalar("SELECT current_setting('primary_conninfo')")
-            .fetch_one(&mut replica)
-            .await
-            .unwrap();
-        set_primary_conninfo(&mut replica, "").await;
+        let replica = connect_admin(&self.replica_url).await;
+        let source: String = replica.query_one("SELECT current_setting('primary_conninfo')", &[]).await.unwrap().get(0);
+        set_primary_conninfo(&replica, "").await;
         let stopped = eventually(async || {
-            sea_orm::sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pg_stat_wal_receiver")
-                .fetch_one(&mut replica)
-                .await
-                .unwrap()
-                == 0
+            replica.query_one("SELECT count(*) FROM pg_stat_wal_receiver", &[]).await.unwrap().get::<_, i64>(0) == 0
         })
         .await;
         assert!(stopped, "the replica stops receiving");
@@ -868,7 +1086,7 @@ impl ReplicaPair {
     }
 
     pub async fn reconnect_replica(&self, source: &str) {
-        set_primary_conninfo(&mut connect_admin(&self.replica_url).await, source).await;
+        set_primary_conninfo(&connect_admin(&self.replica_url).await, source).await;
     }
 
     /// Stops the replica at once, as a crash would.
@@ -900,14 +1118,11 @@ impl Drop for ReplicaPair {
     }
 }
 
-async fn set_primary_conninfo(replica: &mut sea_orm::sqlx::PgConnection, conninfo: &str) {
+async fn set_primary_conninfo(replica: &tokio_postgres::Client, conninfo: &str) {
     // ALTER SYSTEM takes no parameters; the value is quoted as a literal.
     let literal = conninfo.replace('\'', "''");
-    sea_orm::sqlx::query(&format!("ALTER SYSTEM SET primary_conninfo = '{literal}'"))
-        .execute(&mut *replica)
-        .await
-        .unwrap();
-    sea_orm::sqlx::query("SELECT pg_reload_conf()").execute(&mut *replica).await.unwrap();
+    replica.batch_execute(&format!("ALTER SYSTEM SET primary_conninfo = '{literal}'")).await.unwrap();
+    replica.batch_execute("SELECT pg_reload_conf()").await.unwrap();
 }
 
 /// Under `CI=true` a service a suite needs must be there: its absence fails the test

@@ -10,6 +10,7 @@ mod conventions;
 mod fake_provider;
 mod helpers;
 mod idempotency;
+mod migrations;
 mod operations;
 mod orders;
 mod pagination;

@@ -183,7 +183,6 @@ mod bounds {
     }
 
     async fn a_stuck_database_is_503_at_the_deadline_and_an_exhausted_pool_is_503_at_once(backend: Backend) {
-        use sea_orm::{ConnectionTrait, TransactionTrait};
         let flags = [
             "--database-max-connections",
             "1",
@@ -207,13 +206,12 @@ mod bounds {
         };
 
         // Another client holds the lock every product write needs.
-        let blocker = sea_orm::Database::connect(app.database_url()).await.unwrap();
-        let transaction = blocker.begin().await.unwrap();
+        let mut transaction = crate::helpers::OutsideTransaction::begin(app.database_url()).await;
         let hold = match backend {
             Backend::Postgres => "LOCK TABLE products IN ACCESS EXCLUSIVE MODE",
             Backend::Sqlite => "CREATE TABLE hold_the_write_lock (x INTEGER)",
         };
-        transaction.execute_unprepared(hold).await.unwrap();
+        transaction.execute(hold).await;
 
         let stuck = tokio::spawn(create("STUCK-1"));
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -224,7 +222,7 @@ mod bounds {
         let stuck = stuck.await.unwrap().unwrap();
         crate::helpers::assert_problem(stuck, StatusCode::SERVICE_UNAVAILABLE, "deadline_exceeded").await;
 
-        transaction.rollback().await.unwrap();
+        transaction.rollback().await;
         let recovered = eventually(async || create("AFTER").await.unwrap().status() == StatusCode::CREATED).await;
         assert!(recovered, "writes succeed again once the lock is gone");
 

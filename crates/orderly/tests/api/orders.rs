@@ -271,13 +271,13 @@ crate::on_every_backend!(
 /// Orders written before items moved into `orders.items` (migration 5) read, list and cancel
 /// as before: the upgrade copies every item, in its position.
 async fn orders_placed_before_the_items_moved_keep_them(backend: Backend) {
-    use sea_orm::{ConnectionTrait, DatabaseConnection};
+    use orderly::db::Database;
 
     let (user_id, product_id, order_id) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
     // The second item names a product that no longer exists.
     let gone_id = Uuid::now_v7();
     let at = chrono::Utc::now();
-    let prepare = async |db: &DatabaseConnection| {
+    let prepare = async |db: &Database| {
         let insert = |table: &str, columns: &[&str], values| insert_row(db, table, columns, values);
         insert_user_row(db, user_id, at).await;
         let product_columns = [
@@ -306,7 +306,7 @@ async fn orders_placed_before_the_items_moved_keep_them(backend: Backend) {
             at.into(),
             at.into(),
         ];
-        db.execute(insert("products", &product_columns, product)).await.unwrap();
+        insert("products", &product_columns, product).await.unwrap();
         let order_columns = ["id", "user_id", "status", "currency", "total", "version", "created_at", "updated_at"];
         let order = vec![
             order_id.into(),
@@ -318,7 +318,7 @@ async fn orders_placed_before_the_items_moved_keep_them(backend: Backend) {
             at.into(),
             at.into(),
         ];
-        db.execute(insert("orders", &order_columns, order)).await.unwrap();
+        insert("orders", &order_columns, order).await.unwrap();
         let item_columns =
             ["order_id", "position", "product_id", "sku", "name", "unit_price", "quantity", "line_total"];
         // Written out of position order: the copy must follow `position`, not insertion.
@@ -335,7 +335,7 @@ async fn orders_placed_before_the_items_moved_keep_them(backend: Backend) {
                 quantity.into(),
                 line_total.into(),
             ];
-            db.execute(insert("order_items", &item_columns, item)).await.unwrap();
+            insert("order_items", &item_columns, item).await.unwrap();
         }
     };
     let Some(app) = TestApp::spawn_after_migration(backend, 4, prepare, &[]).await else { return };

@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 
 use crate::fake_provider::FakeProvider;
 use crate::helpers::{
-    Backend, Credentials, PrivatePostgres, TestApp, assert_problem, eventually, eventually_within, insert_row,
-    insert_user_row, scrape_metrics,
+    Backend, Credentials, PrivatePostgres, SqliteWriteLock, TestApp, assert_problem, eventually, eventually_within,
+    insert_row, insert_user_row, scrape_metrics,
 };
 use crate::payments::{
     SETTLE_QUICKLY, first_product, id, ledger, on_fake_provider, on_fake_provider_process, order_status, pay,
@@ -206,7 +206,7 @@ async fn a_refund_made_before_the_process_is_killed_is_recorded_after_restart(ba
 /// released.
 struct Outage {
     server: Option<PrivatePostgres>,
-    lock: Option<sea_orm::sqlx::SqliteConnection>,
+    lock: Option<SqliteWriteLock>,
 }
 
 impl Outage {
@@ -539,14 +539,14 @@ async fn a_charge_that_cannot_be_looked_up_does_not_hold_up_the_others(backend: 
 /// died mid-call). Both become attempts on upgrade, and the charges the provider made are
 /// recorded.
 async fn charges_left_unsettled_by_the_previous_release_are_recorded_after_upgrade(backend: Backend) {
-    use sea_orm::{ConnectionTrait, DatabaseConnection};
+    use orderly::db::Database;
 
     let provider = FakeProvider::start().await;
     let (user_id, remembered, marked) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
     provider.charge_under(&format!("orderly-charge-{remembered}-0"), 1000);
     provider.charge_under(&format!("orderly-charge-{marked}-0"), 2500);
     let at = chrono::Utc::now() - chrono::TimeDelta::minutes(5);
-    let prepare = async |db: &DatabaseConnection| {
+    let prepare = async |db: &Database| {
         let insert = |table: &str, columns: &[&str], values| insert_row(db, table, columns, values);
         insert_user_row(db, user_id, at).await;
         let order_columns = [
@@ -575,7 +575,7 @@ async fn charges_left_unsettled_by_the_previous_release_are_recorded_after_upgra
                 mark.into(),
                 until.into(),
             ];
-            db.execute(insert("orders", &order_columns, order)).await.unwrap();
+            insert("orders", &order_columns, order).await.unwrap();
         }
         let unsettled_columns = ["order_id", "user_id", "provider_key", "amount", "currency", "created_at"];
         let unsettled = vec![
@@ -586,7 +586,7 @@ async fn charges_left_unsettled_by_the_previous_release_are_recorded_after_upgra
             "USD".into(),
             at.into(),
         ];
-        db.execute(insert("unsettled_charges", &unsettled_columns, unsettled)).await.unwrap();
+        insert("unsettled_charges", &unsettled_columns, unsettled).await.unwrap();
     };
     let mut flags = vec!["--payment-provider-url", provider.url.as_str()];
     flags.extend_from_slice(&SETTLE_QUICKLY);
