@@ -12,6 +12,14 @@
 //!
 //! Records live behind [`IdempotencyStore`], shared by every instance. Stored responses are
 //! sealed (AES-256-GCM): they may hold secrets shown once, such as a new API key.
+//!
+//! A key is kept one of two ways ([`Keeping`]). `Separately`: the record is claimed before
+//! the handler runs and completed after it (three commits with the handler's own). `WithTheWrite`,
+//! for handlers whose whole effect is one database transaction: the handler receives a
+//! [`KeyedWrite`], claims the key as the first statement of its transaction and stores the
+//! response as the last, so the key, the effect and the kept response commit together. A second
+//! request with the same key then waits on the first's transaction (the record's row is
+//! locked) and replays its outcome, or runs if it rolled back, instead of getting 409.
 
 use std::time::Duration;
 
@@ -113,6 +121,51 @@ struct StoredResponse {
     body: Vec<u8>,
 }
 
+/// How a route keeps its keys (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keeping {
+    Separately,
+    WithTheWrite,
+}
+
+/// Handed to a handler whose route keeps keys [`Keeping::WithTheWrite`]: what its transaction
+/// claims and stores.
+#[derive(Clone)]
+pub struct KeyedWrite {
+    pub id: String,
+    pub fingerprint: String,
+    pub locked_until: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    sealer: Sealer,
+}
+
+impl KeyedWrite {
+    /// The sealed record of a response with this `status`, `Location` and JSON `body`, to be
+    /// stored in the same transaction as the write.
+    pub fn seal(&self, status: StatusCode, location: Option<&str>, body: &[u8]) -> Vec<u8> {
+        let stored = StoredResponse {
+            status: status.as_u16(),
+            location: location.map(str::to_owned),
+            content_type: Some("application/json".to_owned()),
+            body: body.to_vec(),
+        };
+        self.sealer.seal(&serde_json::to_vec(&stored).expect("stored responses serialize"))
+    }
+
+    /// The answer to a request whose claim found `standing`, a live record of another
+    /// request with the same key: its response replayed, 422 for another body, or 409 while
+    /// it runs.
+    pub fn answer(&self, standing: &Record) -> Response {
+        let mut response = judge(&self.sealer, standing, &self.fingerprint);
+        response.extensions_mut().insert(Kept);
+        response
+    }
+}
+
+/// Marks a response whose key the handler settled itself ([`Keeping::WithTheWrite`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Kept;
+
 /// Handed to the handler of a request that holds its key. `id` is the same for every retry
 /// with the same key by the same caller on the same method and path, so it can serve as the
 /// idempotency key of calls the handler makes downstream.
@@ -128,6 +181,7 @@ pub async fn run<S: IdempotencyStore>(
     settings: &Settings,
     scope: &str,
     required: bool,
+    keeping: Keeping,
     request: Request,
     next: Next,
 ) -> Response {
@@ -159,33 +213,13 @@ pub async fn run<S: IdempotencyStore>(
     let lock_ttl = chrono::TimeDelta::from_std(settings.lock_ttl).unwrap_or(chrono::TimeDelta::seconds(60));
     let locked_until = now + lock_ttl;
     let expires_at = now + chrono::TimeDelta::from_std(settings.ttl).unwrap_or(chrono::TimeDelta::days(1));
+    if keeping == Keeping::WithTheWrite {
+        let keyed = KeyedWrite { id, fingerprint, locked_until, expires_at, sealer: settings.sealer.clone() };
+        return run_with_the_write(store, keyed, parts, body, next).await;
+    }
     match store.claim(&id, &fingerprint, locked_until, expires_at).await {
-        Err(error) => {
-            tracing::error!(error = %error, "idempotency store unavailable");
-            return Problem::unavailable(
-                "idempotency_unavailable",
-                "Idempotency keys cannot be checked right now; retry shortly.",
-                1,
-            )
-            .into_response();
-        }
-        Ok(Some(record)) if record.fingerprint != fingerprint => {
-            return Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
-                "This `Idempotency-Key` was already used with a different request body.",
-            )
-            .into_response();
-        }
-        Ok(Some(Record { response: Some(sealed), .. })) => return replay(&settings.sealer, &sealed),
-        Ok(Some(Record { response: None, .. })) => {
-            return Problem::conflict(
-                "idempotency_request_in_progress",
-                "A request with this `Idempotency-Key` is still being processed; retry shortly.",
-            )
-            .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
-            .into_response();
-        }
+        Err(error) => return store_unavailable(&error),
+        Ok(Some(record)) => return judge(&settings.sealer, &record, &fingerprint),
         Ok(None) => {}
     }
 
@@ -213,14 +247,7 @@ pub async fn run<S: IdempotencyStore>(
     };
     // Settle the key before answering, so a retry that follows this response sees it settled.
     let settled = if is_kept(parts.status, &parts.headers) {
-        let stored = StoredResponse {
-            status: parts.status.as_u16(),
-            location: header_string(&parts.headers, header::LOCATION),
-            content_type: header_string(&parts.headers, header::CONTENT_TYPE),
-            body: body.to_vec(),
-        };
-        let sealed = settings.sealer.seal(&serde_json::to_vec(&stored).expect("stored responses serialize"));
-        store.complete(&id, sealed, expires_at).await
+        store.complete(&id, seal_parts(&settings.sealer, &parts, &body), expires_at).await
     } else {
         store.release(&id).await
     };
@@ -229,6 +256,76 @@ pub async fn run<S: IdempotencyStore>(
         Err(error) => tracing::error!(error = %error, "could not settle an idempotency key; the guard releases it"),
     }
     Response::from_parts(parts, Body::from(body))
+}
+
+/// [`Keeping::WithTheWrite`]: the handler claims and keeps the key in its transaction. An
+/// outcome it could not keep there (a refusal, after its transaction rolled back) is kept
+/// here, unless another request's outcome stands by then.
+async fn run_with_the_write<S: IdempotencyStore>(
+    store: &S,
+    keyed: KeyedWrite,
+    mut parts: http::request::Parts,
+    body: Bytes,
+    next: Next,
+) -> Response {
+    parts.extensions.insert(keyed.clone());
+    let response = next.run(Request::from_parts(parts, Body::from(body))).await;
+    if response.extensions().get::<Kept>().is_some() || !is_kept(response.status(), response.headers()) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, usize::MAX).await else {
+        tracing::error!("a response body could not be buffered for idempotency");
+        return Problem::internal().into_response();
+    };
+    let sealed = seal_parts(&keyed.sealer, &parts, &body);
+    match store.claim(&keyed.id, &keyed.fingerprint, keyed.locked_until, keyed.expires_at).await {
+        Ok(None) => {
+            if let Err(error) = store.complete(&keyed.id, sealed, keyed.expires_at).await {
+                tracing::error!(error = %error, "could not keep a refusal under its idempotency key");
+                let _ = store.release(&keyed.id).await;
+            }
+        }
+        // Another request with this key ran meanwhile; its outcome stands.
+        Ok(Some(_)) => {}
+        Err(error) => tracing::warn!(error = %error, "could not keep a refusal under its idempotency key"),
+    }
+    Response::from_parts(parts, Body::from(body))
+}
+
+fn seal_parts(sealer: &Sealer, parts: &http::response::Parts, body: &[u8]) -> Vec<u8> {
+    let stored = StoredResponse {
+        status: parts.status.as_u16(),
+        location: header_string(&parts.headers, header::LOCATION),
+        content_type: header_string(&parts.headers, header::CONTENT_TYPE),
+        body: body.to_vec(),
+    };
+    sealer.seal(&serde_json::to_vec(&stored).expect("stored responses serialize"))
+}
+
+fn store_unavailable(error: &impl std::fmt::Display) -> Response {
+    tracing::error!(error = %error, "idempotency store unavailable");
+    Problem::unavailable("idempotency_unavailable", "Idempotency keys cannot be checked right now; retry shortly.", 1)
+        .into_response()
+}
+
+/// The answer to a request whose key is held by the live record `standing`.
+fn judge(sealer: &Sealer, standing: &Record, fingerprint: &str) -> Response {
+    match standing {
+        Record { fingerprint: theirs, .. } if theirs != fingerprint => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "This `Idempotency-Key` was already used with a different request body.",
+        )
+        .into_response(),
+        Record { response: Some(sealed), .. } => replay(sealer, sealed),
+        Record { response: None, .. } => Problem::conflict(
+            "idempotency_request_in_progress",
+            "A request with this `Idempotency-Key` is still being processed; retry shortly.",
+        )
+        .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+        .into_response(),
+    }
 }
 
 /// Whether a response is the outcome of running the request (kept) or a rejection before or

@@ -1,20 +1,23 @@
 //! Idempotency keys for every POST, stored in the database so they hold across instances.
 //!
 //! The mechanics (fingerprints, replay, 409/422, sealing) are in `orderly_kit::idempotency`;
-//! this module supplies the caller's scope, the storage, and the background sweep of expired
-//! records. The token endpoint is exempt: its responses are fresh credentials bound to a
+//! this module supplies the caller's scope, the storage, the background sweep of expired
+//! records, and [`keyed_transaction`]: the writes whose whole effect is one transaction
+//! ([`WITH_THE_WRITE`]) claim their key first in it and keep their response last, so a keyed
+//! write is one commit. The token endpoint is exempt: its responses are fresh credentials bound to a
 //! rotation chain, and RFC 6749 clients retry it by design.
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use http::Method;
-use orderly_kit::idempotency::{self, IdempotencyStore, Record};
+use orderly_kit::idempotency::{self, IdempotencyStore, Keeping, Kept, KeyedWrite, Record};
 
 use crate::accounts::auth;
 use crate::app::AppState;
 use crate::db::{Conn, Database, DbError, Row};
+use crate::responses::Written;
 
 pub const EXEMPT_PATHS: &[&str] = &["/api/v1/auth/token"];
 
@@ -50,6 +53,87 @@ impl KeyRecord {
             created_at: row.get(5)?,
         })
     }
+}
+
+/// Routes whose whole effect is one database transaction: their key is claimed and kept in it
+/// ([`Keeping::WithTheWrite`]).
+pub const WITH_THE_WRITE: &[&str] =
+    &["/api/v1/auth/register", "/api/v1/products", "/api/v1/orders", "/api/v1/orders/{id}/cancel", "/api/v1/api-keys"];
+
+/// What a write that keeps its key answers: its result and rendered response, or the answer
+/// owed to a retry (the first run's response replayed, 422, 409).
+pub enum Keyed<T> {
+    Done(T, Written),
+    Answered(Response),
+}
+
+impl<T> IntoResponse for Keyed<T> {
+    fn into_response(self) -> Response {
+        let mut response = match self {
+            Self::Done(_, written) => written.into_response(),
+            Self::Answered(response) => return response,
+        };
+        response.extensions_mut().insert(Kept);
+        response
+    }
+}
+
+/// Runs `work` in one transaction that first claims the request's `key` (when it has one) and
+/// last keeps the response `render` makes of the result, so the key, the effect and the kept
+/// response commit together. A request with the same key waits for that transaction: it
+/// replays what committed, or runs if it rolled back. When `work` fails nothing is kept here
+/// (the idempotency layer keeps a refusal afterwards).
+pub async fn keyed_transaction<T, E, F>(
+    db: &Database,
+    key: Option<KeyedWrite>,
+    render: impl FnOnce(&T) -> Written + Send + 'static,
+    work: F,
+) -> Result<Keyed<T>, E>
+where
+    F: AsyncFnOnce(&mut Conn<'_>) -> Result<T, E> + Send + 'static,
+    T: Send + 'static,
+    E: From<DbError> + Send + 'static,
+{
+    let answering = key.clone();
+    let outcome = db
+        .write()
+        .transaction(async move |conn| {
+            if let Some(key) = &key
+                && let Some(standing) = claim(conn, &key.id, &key.fingerprint, key.locked_until, key.expires_at).await?
+            {
+                return Ok(Err(standing));
+            }
+            let result = work(conn).await?;
+            let written = render(&result);
+            if let Some(key) = &key {
+                let sealed = key.seal(written.status, written.location.as_deref(), &written.body);
+                complete(conn, &key.id, &sealed, key.expires_at).await?;
+            }
+            Ok::<_, E>(Ok((result, written)))
+        })
+        .await?;
+    // Answered here, not in the unit: a problem carries the request's id, which the database
+    // thread does not know.
+    Ok(match (outcome, answering) {
+        (Ok((result, written)), _) => Keyed::Done(result, written),
+        (Err(standing), Some(key)) => Keyed::Answered(key.answer(&standing)),
+        (Err(_), None) => unreachable!("only a claimed key finds a standing record"),
+    })
+}
+
+/// The answer owed to a keyed request whose key already holds a finished outcome, read before
+/// costly work (hashing a password) that a replay does not need.
+pub async fn answered_already(db: &Database, key: Option<&KeyedWrite>) -> Result<Option<Response>, DbError> {
+    let Some(key) = key else { return Ok(None) };
+    let (id, now) = (key.id.clone(), Utc::now());
+    const SQL: &str = concat!(
+        "SELECT ",
+        key_record_columns!(),
+        " FROM idempotency_keys WHERE id = $1 AND expires_at > $2 AND response IS NOT NULL"
+    );
+    let standing =
+        db.current().run(async move |conn| conn.query_opt(SQL, &[&id, &now], KeyRecord::from_row).await).await?;
+    Ok(standing.map(|record| key.answer(&Record { fingerprint: record.fingerprint, response: record.response })))
 }
 
 /// Idempotency records in the primary database.
@@ -89,17 +173,7 @@ impl IdempotencyStore for DatabaseStore {
 
     async fn complete(&self, id: &str, response: Vec<u8>, expires_at: DateTime<Utc>) -> Result<(), DbError> {
         let id = id.to_owned();
-        self.db
-            .write()
-            .run(async move |conn| {
-                conn.execute(
-                    "UPDATE idempotency_keys SET response = $1, expires_at = $2 WHERE id = $3",
-                    &[&response, &expires_at, &id],
-                )
-                .await
-            })
-            .await
-            .map(drop)
+        self.db.write().run(async move |conn| complete(conn, &id, &response, expires_at).await).await
     }
 
     async fn release(&self, id: &str) -> Result<(), DbError> {
@@ -125,6 +199,16 @@ impl IdempotencyStore for DatabaseStore {
             .await
             .map(drop)
     }
+}
+
+/// [`IdempotencyStore::complete`]: keeps the sealed response of the request that owns `id`.
+async fn complete(conn: &mut Conn<'_>, id: &str, response: &[u8], expires_at: DateTime<Utc>) -> Result<(), DbError> {
+    conn.execute(
+        "UPDATE idempotency_keys SET response = $1, expires_at = $2 WHERE id = $3",
+        &[&response, &expires_at, &id],
+    )
+    .await
+    .map(drop)
 }
 
 /// [`IdempotencyStore::claim`]: one atomic upsert that inserts the record or replaces a dead
@@ -179,11 +263,13 @@ pub async fn middleware(State(app): State<AppState>, mut request: Request, next:
         Ok(None) => "anonymous".to_owned(),
         Err(_) => return next.run(request).await,
     };
-    let required = request
-        .extensions()
-        .get::<MatchedPath>()
-        .is_some_and(|route| crate::payments::KEY_REQUIRED.contains(&route.as_str()));
-    idempotency::run(&app.idempotency, &app.idempotency_settings, &scope, required, request, next).await
+    let route = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+    let required = route.is_some_and(|route| crate::payments::KEY_REQUIRED.contains(&route));
+    let keeping = match route {
+        Some(route) if WITH_THE_WRITE.contains(&route) => Keeping::WithTheWrite,
+        _ => Keeping::Separately,
+    };
+    idempotency::run(&app.idempotency, &app.idempotency_settings, &scope, required, keeping, request, next).await
 }
 
 /// Deletes expired records every `interval` until the task is aborted.

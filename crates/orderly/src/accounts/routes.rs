@@ -1,6 +1,7 @@
 //! Account endpoints: registration, the token endpoint, logout, users and API keys.
 //! Handlers parse, call the service or store, and respond.
 
+use axum::Extension;
 use axum::extract::{OriginalUri, Request, State};
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
@@ -13,6 +14,7 @@ use orderly_kit::docs::{
 };
 use orderly_kit::extract::{BodyKind, Id, JsonBody, Query, parse_json_object, query_pairs, read_body};
 use orderly_kit::fields::select;
+use orderly_kit::idempotency::KeyedWrite;
 use orderly_kit::validation::{json, text};
 use serde::Serialize;
 use serde_json::Value;
@@ -25,7 +27,7 @@ use crate::app::AppState;
 use crate::error::ApiResult;
 use crate::limits;
 use crate::listing::{CreatedAtSort, FieldsQuery, ListParams, read_fields};
-use crate::responses::{created, written};
+use crate::responses::{Written, written};
 use crate::schemas;
 
 use super::auth::{Admin, Principal};
@@ -162,13 +164,22 @@ pub struct RegisterRequest {
         (status = 422, response = ValidationFailed),
     )
 )]
-async fn register(State(app): State<AppState>, JsonBody(mut body): JsonBody) -> ApiResult {
+async fn register(
+    State(app): State<AppState>,
+    key: Option<Extension<KeyedWrite>>,
+    JsonBody(mut body): JsonBody,
+) -> ApiResult {
     let email = body.required("email", Email::from_json);
     let password = body.required("password", Password::from_json);
     let name = body.required("name", UserName::from_json);
     let (email, password, name) = body.finish((email, password, name))?;
-    let user = service::register(&app, Registration { email, password, name }, Role::Customer).await?;
-    Ok(created(format!("/api/v1/users/{}", user.id), &user_value(&user), user.updated_at))
+    let key = key.map(|Extension(key)| key);
+    let registration = Registration { email, password, name };
+    Ok(service::register(&app, registration, Role::Customer, key, registered_user).await?.into_response())
+}
+
+fn registered_user(user: &User) -> Written {
+    Written::created(format!("/api/v1/users/{}", user.id), &user_value(user), user.updated_at)
 }
 
 /// Body of `POST /auth/token` (form-encoded or JSON): one of the two grants.
@@ -583,13 +594,23 @@ pub struct CreateApiKeyRequest {
         (status = 422, response = ValidationFailed),
     )
 )]
-async fn create_api_key(State(app): State<AppState>, principal: Principal, JsonBody(mut body): JsonBody) -> ApiResult {
+async fn create_api_key(
+    State(app): State<AppState>,
+    principal: Principal,
+    key: Option<Extension<KeyedWrite>>,
+    JsonBody(mut body): JsonBody,
+) -> ApiResult {
     let name = body.required("name", |v| text(json::string(v)?, 1, 100));
     let (name,) = body.finish((name,))?;
-    let (key, secret) = service::create_api_key(&app, principal.user_id, name).await?;
-    let mut value = api_key_value(&key);
-    value["secret"] = Value::String(secret);
-    Ok(created(format!("/api/v1/api-keys/{}", key.id), &value, key.created_at))
+    let key = key.map(|Extension(key)| key);
+    Ok(service::create_api_key(&app, principal.user_id, name, key, created_api_key).await?.into_response())
+}
+
+/// The new key with its secret, shown this once.
+fn created_api_key((api_key, secret): &(ApiKey, String)) -> Written {
+    let mut value = api_key_value(api_key);
+    value["secret"] = Value::String(secret.clone());
+    Written::created(format!("/api/v1/api-keys/{}", api_key.id), &value, api_key.created_at)
 }
 
 /// The caller's API keys.

@@ -5,12 +5,15 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use http::{HeaderValue, StatusCode, header};
 use orderly_kit::Problem;
+use orderly_kit::idempotency::KeyedWrite;
 use serde::Serialize;
 use uuid::Uuid;
 
 use crate::app::App;
 use crate::db::DbError;
 use crate::error::{AppError, conflict_on_unique};
+use crate::idempotency::{Keyed, answered_already, keyed_transaction};
+use crate::responses::Written;
 
 use super::domain::{Email, Password, Role, UserName};
 use super::passwords;
@@ -26,7 +29,17 @@ pub struct Registration {
 }
 
 /// Creates a customer account (409 `email_taken` when the address is in use).
-pub async fn register(app: &App, registration: Registration, role: Role) -> Result<User, AppError> {
+pub async fn register(
+    app: &App,
+    registration: Registration,
+    role: Role,
+    key: Option<KeyedWrite>,
+    render: fn(&User) -> Written,
+) -> Result<Keyed<User>, AppError> {
+    // A retry of a finished registration is answered before its password is hashed again.
+    if let Some(answer) = answered_already(&app.db, key.as_ref()).await? {
+        return Ok(Keyed::Answered(answer));
+    }
     let email = registration.email.as_str().to_owned();
     let existing = {
         let email = email.clone();
@@ -37,11 +50,10 @@ pub async fn register(app: &App, registration: Registration, role: Role) -> Resu
     }
     let password_hash = passwords::hash(registration.password).await?;
     let new = NewUser { email, name: registration.name.into_inner(), role, password_hash };
-    app.db
-        .write()
-        .run(async move |conn| store::insert_user(conn, new).await)
-        .await
-        .map_err(|error| conflict_on_unique(error, email_taken))
+    keyed_transaction(&app.db, key, render, async move |conn| {
+        store::insert_user(conn, new).await.map_err(|error| conflict_on_unique(error, email_taken))
+    })
+    .await
 }
 
 fn email_taken() -> Problem {
@@ -210,16 +222,22 @@ pub async fn update_user(
 }
 
 /// Creates an API key for `user_id`; returns it with its secret, which is never stored.
-pub async fn create_api_key(app: &App, user_id: Uuid, name: String) -> Result<(ApiKey, String), AppError> {
+/// Creates an API key; the secret is returned once, with the key, and never stored.
+pub async fn create_api_key(
+    app: &App,
+    user_id: Uuid,
+    name: String,
+    key: Option<KeyedWrite>,
+    render: fn(&(ApiKey, String)) -> Written,
+) -> Result<Keyed<(ApiKey, String)>, AppError> {
     let secret = generate_secret(super::auth::API_KEY_PREFIX);
     let prefix: String = secret.chars().take(8).collect();
     let secret_hash = hash_secret(&secret);
-    let key = app
-        .db
-        .write()
-        .run(async move |conn| store::insert_api_key(conn, user_id, name, prefix, secret_hash).await)
-        .await?;
-    Ok((key, secret))
+    keyed_transaction(&app.db, key, render, async move |conn| {
+        let api_key = store::insert_api_key(conn, user_id, name, prefix, secret_hash).await?;
+        Ok::<_, AppError>((api_key, secret))
+    })
+    .await
 }
 
 /// Deletes key `id` of `user_id` if `precondition` (the `If-Match` check) accepts it as it

@@ -1,5 +1,6 @@
 //! Catalog endpoints: public product reads, admin writes.
 
+use axum::Extension;
 use axum::extract::{OriginalUri, State};
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
@@ -11,6 +12,7 @@ use orderly_kit::docs::{
     ValidationFailed,
 };
 use orderly_kit::extract::{Id, JsonBody, Query};
+use orderly_kit::idempotency::KeyedWrite;
 use orderly_kit::validation::{Fields, json, query, text};
 use serde::Serialize;
 use serde_json::Value;
@@ -23,7 +25,7 @@ use crate::accounts::auth::Admin;
 use crate::app::AppState;
 use crate::error::{ApiResult, AppError};
 use crate::listing::{FieldsQuery, ListParams, read_fields};
-use crate::responses::{created, written};
+use crate::responses::{Written, written};
 
 use super::domain::{Currency, MAX_STOCK, MAX_UNIT_PRICE, Sku, currency_schema};
 use super::service;
@@ -97,6 +99,10 @@ fn product_body(product: &Product) -> ProductBody {
         created_at: product.created_at,
         updated_at: product.updated_at,
     }
+}
+
+fn created_product(product: &Product) -> Written {
+    Written::created(format!("/api/v1/products/{}", product.id), &product_value(product), product.updated_at)
 }
 
 fn product_value(product: &Product) -> Value {
@@ -309,7 +315,12 @@ fn read_product_fields(body: &mut Fields<Value>, required: bool) -> Option<Produ
         (status = 422, response = ValidationFailed),
     )
 )]
-async fn create_product(State(app): State<AppState>, _admin: Admin, JsonBody(mut body): JsonBody) -> ApiResult {
+async fn create_product(
+    State(app): State<AppState>,
+    _admin: Admin,
+    key: Option<Extension<KeyedWrite>>,
+    JsonBody(mut body): JsonBody,
+) -> ApiResult {
     let fields = read_product_fields(&mut body, true);
     let (fields,) = body.finish((fields,))?;
     let new = NewProduct {
@@ -321,8 +332,8 @@ async fn create_product(State(app): State<AppState>, _admin: Admin, JsonBody(mut
         stock: fields.stock.expect("required"),
         active: fields.active.unwrap_or(true),
     };
-    let product = service::create_product(&app.db, new).await?;
-    Ok(created(format!("/api/v1/products/{}", product.id), &product_value(&product), product.updated_at))
+    let key = key.map(|Extension(key)| key);
+    Ok(service::create_product(&app.db, new, key, created_product).await?.into_response())
 }
 
 /// Update a product (admin). Honours `If-Match`.

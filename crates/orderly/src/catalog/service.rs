@@ -5,11 +5,14 @@
 use http::HeaderMap;
 use orderly_kit::Problem;
 use orderly_kit::conditional::check_if_match;
+use orderly_kit::idempotency::KeyedWrite;
 use serde_json::Value;
 use uuid::Uuid;
 
 use crate::db::Database;
 use crate::error::{AppError, conflict_on_unique};
+use crate::idempotency::{Keyed, keyed_transaction};
+use crate::responses::Written;
 
 use super::cache::ProductCache;
 use super::store::{self, NewProduct, Product, ProductChanges};
@@ -18,11 +21,17 @@ pub fn sku_taken() -> Problem {
     Problem::conflict("sku_taken", "A product with this SKU already exists.")
 }
 
-pub async fn create_product(db: &Database, new: NewProduct) -> Result<Product, AppError> {
-    db.write()
-        .run(async move |conn| store::insert_product(conn, new).await)
-        .await
-        .map_err(|error| conflict_on_unique(error, sku_taken))
+/// Creates a product; with an idempotency key, the key is kept in the same transaction.
+pub async fn create_product(
+    db: &Database,
+    new: NewProduct,
+    key: Option<KeyedWrite>,
+    render: fn(&Product) -> Written,
+) -> Result<Keyed<Product>, AppError> {
+    keyed_transaction(db, key, render, async move |conn| {
+        store::insert_product(conn, new).await.map_err(|error| conflict_on_unique(error, sku_taken))
+    })
+    .await
 }
 
 /// Applies `changes` to a product if the client's `If-Match` (in `request_headers`) matches its

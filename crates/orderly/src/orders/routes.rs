@@ -2,6 +2,7 @@
 
 use axum::Extension;
 use axum::extract::{OriginalUri, State};
+use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use http::HeaderMap;
 use orderly_kit::Problem;
@@ -11,7 +12,7 @@ use orderly_kit::docs::{
 };
 use orderly_kit::extract::{Id, JsonBody, Query};
 use orderly_kit::fields::select;
-use orderly_kit::idempotency::Claim;
+use orderly_kit::idempotency::KeyedWrite;
 use orderly_kit::validation::query;
 use serde::Serialize;
 use serde_json::Value;
@@ -25,7 +26,7 @@ use crate::accounts::auth::Principal;
 use crate::app::AppState;
 use crate::error::ApiResult;
 use crate::listing::{CreatedAtListQuery, FieldsQuery, ListParams, read_fields};
-use crate::responses::{created, written};
+use crate::responses::Written;
 
 use super::domain::{OrderItem, OrderStatus, parse_items};
 use super::service;
@@ -123,14 +124,17 @@ pub struct OrderLineRequest {
 async fn place_order(
     State(app): State<AppState>,
     principal: Principal,
-    claim: Option<Extension<Claim>>,
+    key: Option<Extension<KeyedWrite>>,
     JsonBody(mut body): JsonBody,
 ) -> ApiResult {
     let items = body.required("items", parse_items);
     let (items,) = body.finish((items,))?;
-    let claim = claim.as_ref().map(|Extension(claim)| claim.id.as_str());
-    let order = service::place_order(&app, principal.user_id, &items, claim).await?;
-    Ok(created(format!("/api/v1/orders/{}", order.id), &order_value(&order), order.updated_at))
+    let key = key.map(|Extension(key)| key);
+    Ok(service::place_order(&app, principal.user_id, &items, key, placed_order).await?.into_response())
+}
+
+fn placed_order(order: &Order) -> Written {
+    Written::created(format!("/api/v1/orders/{}", order.id), &order_value(order), order.updated_at)
 }
 
 #[derive(IntoParams)]
@@ -249,7 +253,16 @@ async fn get_order(
         (status = 409, response = Conflict),
     )
 )]
-async fn cancel_order(State(app): State<AppState>, principal: Principal, Id(id): Id) -> ApiResult {
-    let order = service::cancel_order(&app, principal, id).await?;
-    Ok(written(&order_value(&order), order.updated_at))
+async fn cancel_order(
+    State(app): State<AppState>,
+    principal: Principal,
+    Id(id): Id,
+    key: Option<Extension<KeyedWrite>>,
+) -> ApiResult {
+    let key = key.map(|Extension(key)| key);
+    Ok(service::cancel_order(&app, principal, id, key, cancelled_order).await?.into_response())
+}
+
+fn cancelled_order(order: &Order) -> Written {
+    Written::ok(&order_value(order), order.updated_at)
 }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use orderly_kit::idempotency::KeyedWrite;
 use orderly_kit::{FieldError, Problem};
 use uuid::Uuid;
 
@@ -11,6 +12,8 @@ use crate::app::App;
 use crate::catalog::store::Product;
 use crate::db::{Conn, DbError};
 use crate::error::AppError;
+use crate::idempotency::{Keyed, keyed_transaction};
+use crate::responses::Written;
 
 use super::domain::{OrderItem, OrderLine, OrderStatus};
 use super::store::{self, Order};
@@ -22,41 +25,63 @@ use super::store::{self, Order};
 /// finds nothing does the order read its products, to say which rule it broke: unknown or
 /// archived products and mixed currencies (422) before missing stock (409).
 ///
-/// `claim` is the request's idempotency claim, stored with the order. Two orders under one
-/// claim mean the request ran twice: its first run committed but did not live to keep its
-/// response (its instance died), and the idempotency layer let a retry run again once the
-/// first run's lock lapsed. That retry gets the order the first run placed. A claim on an
-/// order older than the idempotency TTL belongs to a key that expired and was used again; it
-/// is released and the new order placed.
+/// With an idempotency key, the key is claimed and kept in the order's transaction
+/// ([`keyed_transaction`]): the key, the stock, the order and the kept response commit together.
+/// The key's id is also stored with the order (`orders.idempotency_claim`), as defence in
+/// depth: should a key record ever be lost while its order stands, a retry finds the order
+/// its first run placed instead of placing another. A claim on an order older than the
+/// idempotency TTL belongs to a key that expired and was used again; it is released and the new
+/// order placed.
 pub async fn place_order(
     app: &App,
     user_id: Uuid,
     lines: &[OrderLine],
-    claim: Option<&str>,
-) -> Result<Order, AppError> {
-    if let Some(placed) = insert_order(app, user_id, lines, claim).await? {
-        return Ok(placed);
-    }
-    let claim = claim.expect("only a claimed order can find its claim taken").to_owned();
-    let expired_before = chrono::Utc::now()
-        - chrono::TimeDelta::from_std(app.idempotency_settings.ttl).unwrap_or(chrono::TimeDelta::days(1));
+    key: Option<KeyedWrite>,
+    render: fn(&Order) -> Written,
+) -> Result<Keyed<Order>, AppError> {
+    let ids: Vec<Uuid> = lines.iter().map(|line| line.product_id).collect();
+    let claim = key.as_ref().map(|key| key.id.clone());
     let placed = {
-        let claim = claim.clone();
-        app.db
-            .write()
-            .run(async move |conn| match store::find_order_by_claim(conn, &claim).await? {
-                Some(placed) if placed.user_id == user_id && placed.created_at > expired_before => Ok(Some(placed)),
-                Some(_) => store::release_claim(conn, &claim).await.map(|()| None),
-                None => Ok::<_, DbError>(None),
-            })
-            .await?
+        let (lines, claim) = (lines.to_vec(), claim.clone());
+        keyed_transaction(&app.db, key.clone(), render, async move |conn| {
+            place(conn, user_id, &lines, claim.as_deref()).await
+        })
+        .await
     };
-    if let Some(placed) = placed {
-        return Ok(placed);
+    let placed = match placed {
+        Ok(placed) => placed,
+        Err(Unplaced::Refused(error)) => return Err(error),
+        Err(Unplaced::ClaimTaken) => {
+            let claim = claim.expect("only a claimed order can find its claim taken");
+            let expired_before = chrono::Utc::now()
+                - chrono::TimeDelta::from_std(app.idempotency_settings.ttl).unwrap_or(chrono::TimeDelta::days(1));
+            let lines = lines.to_vec();
+            let placed = keyed_transaction(&app.db, key, render, async move |conn| {
+                match store::find_order_by_claim(conn, &claim).await? {
+                    Some(placed) if placed.user_id == user_id && placed.created_at > expired_before => {
+                        return Ok(placed);
+                    }
+                    Some(_) => store::release_claim(conn, &claim).await?,
+                    None => {}
+                }
+                place(conn, user_id, &lines, Some(&claim)).await
+            })
+            .await;
+            match placed {
+                Ok(placed) => placed,
+                Err(Unplaced::Refused(error)) => return Err(error),
+                Err(Unplaced::ClaimTaken) => {
+                    return Err(AppError::internal(
+                        "an order's idempotency claim was taken again right after its release",
+                    ));
+                }
+            }
+        }
+    };
+    if let Keyed::Done(..) = placed {
+        app.products.invalidate(ids).await;
     }
-    insert_order(app, user_id, lines, Some(&claim))
-        .await?
-        .ok_or_else(|| AppError::internal("an order's idempotency claim was taken again right after its release"))
+    Ok(placed)
 }
 
 /// Why the unit of work placing an order rolled back.
@@ -73,66 +98,48 @@ impl From<DbError> for Unplaced {
     }
 }
 
-/// Takes the stock and inserts the order, in one transaction; `None` when another order holds
-/// `claim` (nothing is changed then).
-async fn insert_order(
-    app: &App,
+/// Takes the stock and inserts the order; fails (so the caller's transaction undoes the lines
+/// already taken) when a line cannot be had, or with `ClaimTaken` when another order holds
+/// `claim`.
+async fn place(
+    conn: &mut Conn<'_>,
     user_id: Uuid,
     lines: &[OrderLine],
     claim: Option<&str>,
-) -> Result<Option<Order>, AppError> {
-    let lines = lines.to_vec();
-    let mut by_id = lines.clone();
+) -> Result<Order, Unplaced> {
+    let mut by_id: Vec<&OrderLine> = lines.iter().collect();
     by_id.sort_by_key(|line| line.product_id);
-    let ids: Vec<Uuid> = by_id.iter().map(|line| line.product_id).collect();
-    let claim = claim.map(str::to_owned);
-    let placed = app
-        .db
-        .write()
-        .transaction(async move |conn| {
-            let mut taken: HashMap<Uuid, Product> = HashMap::with_capacity(lines.len());
-            for line in &by_id {
-                match store::take_stock(conn, line.product_id, line.quantity).await? {
-                    Some(product) => {
-                        taken.insert(product.id, product);
-                    }
-                    // Failing the unit undoes the lines already taken.
-                    None => return Err(Unplaced::Refused(refusal(conn, &lines, line).await)),
-                }
+    let mut taken: HashMap<Uuid, Product> = HashMap::with_capacity(lines.len());
+    for line in by_id {
+        match store::take_stock(conn, line.product_id, line.quantity).await? {
+            Some(product) => {
+                taken.insert(product.id, product);
             }
-            let currency = &taken[&lines[0].product_id].currency;
-            if taken.values().any(|product| &product.currency != currency) {
-                return Err(Unplaced::Refused(mixed_currencies().into()));
-            }
-            let items: Vec<OrderItem> = lines
-                .iter()
-                .map(|line| {
-                    let product = &taken[&line.product_id];
-                    OrderItem {
-                        product_id: product.id,
-                        sku: product.sku.clone(),
-                        name: product.name.clone(),
-                        unit_price: product.unit_price,
-                        quantity: line.quantity,
-                        line_total: product.unit_price * line.quantity,
-                    }
-                })
-                .collect();
-            match store::insert_order(conn, user_id, currency, &items, claim.as_deref()).await {
-                Ok(placed) => Ok(placed),
-                // Failing the unit gives the stock back.
-                Err(error) if claim.is_some() && error.is_unique_violation() => Err(Unplaced::ClaimTaken),
-                Err(error) => Err(error.into()),
+            None => return Err(Unplaced::Refused(refusal(conn, lines, line).await)),
+        }
+    }
+    let currency = &taken[&lines[0].product_id].currency;
+    if taken.values().any(|product| &product.currency != currency) {
+        return Err(Unplaced::Refused(mixed_currencies().into()));
+    }
+    let items: Vec<OrderItem> = lines
+        .iter()
+        .map(|line| {
+            let product = &taken[&line.product_id];
+            OrderItem {
+                product_id: product.id,
+                sku: product.sku.clone(),
+                name: product.name.clone(),
+                unit_price: product.unit_price,
+                quantity: line.quantity,
+                line_total: product.unit_price * line.quantity,
             }
         })
-        .await;
-    match placed {
-        Ok(placed) => {
-            app.products.invalidate(ids).await;
-            Ok(Some(placed))
-        }
-        Err(Unplaced::ClaimTaken) => Ok(None),
-        Err(Unplaced::Refused(error)) => Err(error),
+        .collect();
+    match store::insert_order(conn, user_id, currency, &items, claim).await {
+        Ok(placed) => Ok(placed),
+        Err(error) if claim.is_some() && error.is_unique_violation() => Err(Unplaced::ClaimTaken),
+        Err(error) => Err(error.into()),
     }
 }
 
@@ -186,13 +193,20 @@ fn mixed_currencies() -> Problem {
 /// Cancels a pending order and returns its stock. Cancelling a cancelled order returns it
 /// unchanged; any other state is 409 `invalid_state`; while a charge of the order is unsettled,
 /// 409 `payment_in_progress`.
-pub async fn cancel_order(app: &App, caller: Principal, id: Uuid) -> Result<Order, AppError> {
+pub async fn cancel_order(
+    app: &App,
+    caller: Principal,
+    id: Uuid,
+    key: Option<KeyedWrite>,
+    render: fn(&Order) -> Written,
+) -> Result<Keyed<Order>, AppError> {
     let owner = caller.owner_scope();
     let settle_after = app.payment_settle_after;
-    let (order, returned) = app
-        .db
-        .write()
-        .transaction(async move |conn| {
+    let cancelled = keyed_transaction(
+        &app.db,
+        key,
+        move |(order, _): &(Order, Option<Vec<OrderItem>>)| render(order),
+        async move |conn| {
             let order = store::lock_order(conn, id, owner).await?.ok_or_else(Problem::not_found)?;
             match order.status {
                 OrderStatus::Cancelled => return Ok((order, None)),
@@ -215,12 +229,18 @@ pub async fn cancel_order(app: &App, caller: Principal, id: Uuid) -> Result<Orde
             }
             let cancelled = store::set_status(conn, &order, OrderStatus::Cancelled).await?;
             Ok::<_, AppError>((cancelled, Some(items)))
-        })
-        .await?;
-    if let Some(items) = returned {
-        app.products.invalidate(items.iter().map(|item| item.product_id)).await;
-    }
-    Ok(order)
+        },
+    )
+    .await?;
+    Ok(match cancelled {
+        Keyed::Done((order, returned), written) => {
+            if let Some(items) = returned {
+                app.products.invalidate(items.iter().map(|item| item.product_id)).await;
+            }
+            Keyed::Done(order, written)
+        }
+        Keyed::Answered(response) => Keyed::Answered(response),
+    })
 }
 
 fn field_error(field: String, code: &str, message: &str) -> FieldError {

@@ -303,6 +303,16 @@ impl TestApp {
     }
 
     /// The URL of this app's database, for tests that need to reach it from outside the app.
+    /// PostgreSQL's count of transactions committed in this app's database (as last reported
+    /// by its backends).
+    pub async fn database_commits(&self) -> i64 {
+        let (admin_url, name) = self._database.drop_from.clone().expect("a PostgreSQL test database");
+        let client = connect_admin(&admin_url).await;
+        let row =
+            client.query_one("SELECT xact_commit FROM pg_stat_database WHERE datname = $1", &[&name]).await.unwrap();
+        row.get(0)
+    }
+
     pub fn database_url(&self) -> &str {
         &self._database.url
     }

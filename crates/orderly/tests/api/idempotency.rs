@@ -279,6 +279,85 @@ crate::on_every_backend!(
     every_post_replays_under_its_key,
 );
 
+/// An order is a write local to the database: its key is claimed and kept in the order's own
+/// transaction, so a request with the same key on another instance waits for that transaction
+/// and replays it, instead of getting 409 while it runs.
+async fn the_same_key_on_two_instances_at_once_waits_and_replays_instead_of_409(backend: Backend) {
+    let Some((first, second)) = TestApp::spawn_pair(backend, &[]).await else { return };
+    let admin = first.admin().await;
+    let customer = first.customer().await;
+    let product = first.create_product(&admin, json!({"stock": 100})).await;
+    let body = json!({"items": [{"product_id": product["id"], "quantity": 3}]});
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for round in 0..16 {
+        let app = if round % 2 == 0 { &first } else { &second };
+        let request = app
+            .request(Method::POST, "/api/v1/orders")
+            .bearer_auth(&customer.access_token)
+            .header("idempotency-key", "one-order-two-instances")
+            .json(&body);
+        tasks.spawn(async move {
+            let response = request.send().await.unwrap();
+            let replayed = response.headers().get("idempotent-replayed").is_some();
+            (response.status(), replayed, response.json::<Value>().await.unwrap())
+        });
+    }
+    let results = tasks.join_all().await;
+    for (status, _, body) in &results {
+        assert_eq!(*status, StatusCode::CREATED, "every request gets the order, none a 409: {body}");
+    }
+    assert!(results.iter().all(|(_, _, body)| body["id"] == results[0].2["id"]), "every 201 is the same order");
+    assert_eq!(results.iter().filter(|(_, replayed, _)| !replayed).count(), 1, "one original response");
+    let orders: Value = second.get("/api/v1/orders", Some(&customer.access_token)).await.json().await.unwrap();
+    assert_eq!(orders["data"].as_array().unwrap().len(), 1, "exactly one order exists");
+    assert_eq!(first.stock_of(product["id"].as_str().unwrap()).await, 97, "stock was taken once");
+}
+
+mod across_instances {
+    use super::*;
+    crate::on_every_backend_with_backend!(the_same_key_on_two_instances_at_once_waits_and_replays_instead_of_409);
+}
+
+/// A keyed order commits once: the key's claim, the stock, the order and the kept response
+/// are one transaction (PostgreSQL's own count of commits in the order's database).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_order_is_one_commit() {
+    // One connection, so every statement of the app is on the backend whose counts are read;
+    // the reconciler passes every 5 s at most.
+    let args = ["--database-max-connections", "1", "--payment-settle-after", "1h"];
+    let Some(app) = TestApp::spawn_with(Backend::Postgres, &args).await else { return };
+    let admin = app.admin().await;
+    let customer = app.customer().await;
+    let product = app.create_product(&admin, json!({"stock": 1000})).await;
+    let product_path = format!("/api/v1/products/{}", product["id"].as_str().unwrap());
+    // PostgreSQL counts a backend's commits when it next goes idle at least 1 s after its last
+    // report: a read after a pause makes the count current.
+    let commits = async || {
+        tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+        assert_eq!(app.get(&product_path, None).await.status(), StatusCode::OK);
+        app.database_commits().await
+    };
+    let before = commits().await;
+    const ORDERS: i64 = 20;
+    for n in 0..ORDERS {
+        let response = app
+            .request(Method::POST, "/api/v1/orders")
+            .bearer_auth(&customer.access_token)
+            .header("idempotency-key", format!("counted-{n}"))
+            .json(&json!({"items": [{"product_id": product["id"], "quantity": 1}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    let after = commits().await;
+    // The read that makes the count current is one more; a reconciler pass may add a few.
+    let per_order = (after - before - 1) as f64 / ORDERS as f64;
+    assert!(per_order < 1.25, "{} commits for {ORDERS} keyed orders", after - before - 1);
+    assert!(after - before > ORDERS, "each order committed");
+}
+
 #[tokio::test]
 async fn a_key_is_free_again_after_its_ttl() {
     let app = TestApp::spawn_with(Backend::Sqlite, &["--idempotency-ttl", "1s"]).await.unwrap();
