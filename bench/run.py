@@ -28,7 +28,7 @@ import time
 import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCENARIOS = ["ceiling", "catalog_read", "conditional_read", "order_list", "order_create", "payment", "stats", "mixed"]
+SCENARIOS = ["ceiling", "catalog_read", "conditional_read", "order_list", "order_create", "pg_floor", "payment", "stats", "mixed"]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PRODUCTS = 2000
 CUSTOMERS = 20
@@ -70,7 +70,9 @@ def main():
             print(f"# {backend}: seeded {PRODUCTS} products, {CUSTOMERS} customers x {ORDERS_PER_CUSTOMER} orders in {time.monotonic() - started:.1f} s")
             print(f"{'backend':9} {'scenario':17} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'bad':>6} {'cpu µs/req':>11} {'peak RSS MiB':>13}")
             for scenario in scenarios:
-                result = run_scenario(server, data_dir, scenario, args)
+                if scenario == "pg_floor" and backend != "postgres":
+                    continue
+                result = run_pg_floor(server, args) if scenario == "pg_floor" else run_scenario(server, data_dir, scenario, args)
                 result.update(backend=backend, commit=commit, pinned=args.pin)
                 print(
                     f"{backend:9} {scenario:17} {result['rps']:>9.0f} {result['p50_ms']:>8.2f} {result['p99_ms']:>8.2f} "
@@ -290,6 +292,75 @@ def run_scenario(server, data_dir, scenario, args):
         "bad": stats["status_errors"] + stats["socket_errors"],
         "cpu_us_per_request": (ticks_after - ticks_before) / CLOCK_TICKS * 1e6 / requests_done,
         "peak_rss_mib": server.peak_rss_kib() / 1024,
+        "connections": args.connections,
+        "duration_s": args.duration,
+    }
+
+
+# The statements one keyed order placement runs (`orders::service::place_order` through
+# `idempotency::keyed_transaction`), with the same shapes and sizes: claim the key, take one
+# product's stock, insert the order, keep the sealed response, commit.
+PG_FLOOR_SCRIPT = r"""
+\set p random(1, {products})
+\set c random(1, {customers})
+\set k random(1, 9000000000000000000)
+BEGIN;
+INSERT INTO idempotency_keys (id, fingerprint, response, locked_until, expires_at, created_at)
+  VALUES ('floor-' || :k, md5('f' || :k), NULL, now() + interval '6 s', now() + interval '1 day', now())
+  ON CONFLICT (id) DO UPDATE SET fingerprint = excluded.fingerprint, response = excluded.response,
+    locked_until = excluded.locked_until, expires_at = excluded.expires_at, created_at = excluded.created_at
+  WHERE idempotency_keys.expires_at <= now() OR (idempotency_keys.response IS NULL AND idempotency_keys.locked_until <= now());
+UPDATE products SET stock = stock - 1, version = version + 1, updated_at = now()
+  WHERE id = (SELECT id FROM bench_floor_products WHERE n = :p) AND active AND stock >= 1
+  RETURNING id, sku, name, description, unit_price, currency, stock, active, version, created_at, updated_at;
+INSERT INTO orders (id, user_id, status, currency, total, version, created_at, updated_at, items, idempotency_claim)
+  VALUES ((lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000)::bigint), 12, '0') || substr(md5(random()::text), 1, 20))::uuid,
+    (SELECT id FROM bench_floor_users WHERE n = :c), 'pending', 'USD', 1000, 1, now(), now(),
+    '[{{"product_id":"01a229f0-6625-77df-82a5-6e4ac8728d9c","sku":"BENCH-00001","name":"Bench product 1","unit_price":1000,"quantity":1,"line_total":1000}}]',
+    'floor-' || :k);
+UPDATE idempotency_keys SET response = decode(repeat('ab', 420), 'hex'), expires_at = now() + interval '1 day' WHERE id = 'floor-' || :k;
+END;
+"""
+
+
+def run_pg_floor(server, args):
+    """`pg_floor`: pgbench running the statements of one keyed order placement in one
+    transaction, with the same connections: the most order placements PostgreSQL itself allows
+    on this machine, whatever the server in front of it does."""
+    url = with_database(server.postgres_url, server.database)
+    setup = (
+        "DROP TABLE IF EXISTS bench_floor_products, bench_floor_users;"
+        "CREATE TABLE bench_floor_products AS SELECT row_number() OVER (ORDER BY id) AS n, id FROM products;"
+        "CREATE TABLE bench_floor_users AS SELECT row_number() OVER (ORDER BY id) AS n, id FROM users WHERE role = 'customer';"
+        "ALTER TABLE bench_floor_products ADD PRIMARY KEY (n); ALTER TABLE bench_floor_users ADD PRIMARY KEY (n); ANALYZE;"
+    )
+    subprocess.run(["psql", url, "-q", "-c", setup], check=True, capture_output=True)
+    script = os.path.join(server.workdir, "pg_floor.sql")
+    with open(script, "w") as out:
+        out.write(PG_FLOOR_SCRIPT.format(products=PRODUCTS, customers=CUSTOMERS))
+    command = (["taskset", "-c", "1"] if args.pin else []) + [
+        "pgbench", "-n", "-M", "prepared", "-c", str(args.connections), "-j", str(args.threads), "-T", str(args.duration),
+        "-f", script, url,
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=args.duration + 60)
+    if completed.returncode != 0:
+        sys.exit(f"pgbench failed:\n{completed.stdout}\n{completed.stderr}")
+    def figure(prefix):
+        line = next(line for line in completed.stdout.splitlines() if line.startswith(prefix))
+        return float(line[len(prefix):].lstrip(" =:").split()[0].split("/")[0])
+    transactions = int(figure("number of transactions actually processed"))
+    failed = int(figure("number of failed transactions")) if "number of failed transactions" in completed.stdout else 0
+    return {
+        "scenario": "pg_floor",
+        "requests": transactions,
+        "rps": figure("tps"),
+        # pgbench reports the mean latency only; it stands in every percentile column.
+        "p50_ms": figure("latency average"),
+        "p99_ms": float("nan"),
+        "p999_ms": float("nan"),
+        "bad": failed,
+        "cpu_us_per_request": 0.0,
+        "peak_rss_mib": 0.0,
         "connections": args.connections,
         "duration_s": args.duration,
     }

@@ -211,7 +211,8 @@ struct Outage {
 
 impl Outage {
     /// The app on the fake provider, on a database that can be taken away. Provider calls
-    /// get 3 s, so one can be in flight while the database goes.
+    /// get 3 s, so one can be in flight while the database goes (the scenarios make the
+    /// provider take 2 s: time for the outage to begin on a loaded machine).
     async fn start(backend: Backend) -> Option<(Self, TestApp, FakeProvider)> {
         let provider = FakeProvider::start().await;
         let flags = [
@@ -256,7 +257,7 @@ impl Outage {
 async fn a_charge_made_while_the_database_is_down_is_recorded_once_it_is_back(backend: Backend) {
     let Some((mut outage, app, provider)) = Outage::start(backend).await else { return };
     let (admin, customer, order) = pending_order(&app, 3).await;
-    provider.set_delay(Duration::from_secs(1));
+    provider.set_delay(Duration::from_secs(2));
 
     let path = format!("/api/v1/orders/{}/payments", id(&order));
     let paying = post_in_background(&app, &customer, &path, "outage", json!({"payment_method": "pm_card_visa"}));
@@ -286,7 +287,7 @@ async fn a_refund_made_while_the_database_is_down_is_recorded_once_it_is_back(ba
     let Some((mut outage, app, provider)) = Outage::start(backend).await else { return };
     let (admin, customer, order) = pending_order(&app, 3).await;
     let payment: Value = pay(&app, &customer, &id(&order), "pm_card_visa", "pay").await.json().await.unwrap();
-    provider.set_delay(Duration::from_secs(1));
+    provider.set_delay(Duration::from_secs(2));
 
     let path = format!("/api/v1/payments/{}/refunds", id(&payment));
     let refunding = post_in_background(&app, &admin, &path, "refund-outage", json!({"amount": 1000}));
