@@ -1,4 +1,12 @@
-//! Product storage. The only place in this module that touches the database.
+//! Product storage. The only place in this module that touches the database, and the only
+//! place anywhere that writes products, stock included.
+//!
+//! Stock is reserved with a conditional decrement (`stock = stock - q WHERE stock >= q`) inside
+//! the order's transaction, one product at a time in id order: the database decides, so no
+//! interleaving of concurrent orders can oversell, and the decrement takes the row lock in a
+//! consistent order, which rules out deadlocks between orders.
+
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -32,7 +40,6 @@ macro_rules! product_columns {
         "id, sku, name, description, unit_price, currency, stock, active, version, created_at, updated_at"
     };
 }
-pub(crate) use product_columns;
 
 impl Product {
     pub fn from_row(row: &Row<'_>) -> Result<Self, DbError> {
@@ -230,4 +237,48 @@ pub async fn list_products(
     );
     let rows = conn.query(&sql, &values, Product::from_row).await?;
     Ok(Page::from_overfetch(rows, params.limit))
+}
+
+/// The products named by an order, locked until the transaction ends (`FOR UPDATE` on
+/// PostgreSQL, in id order; SQLite has a single writer), keyed by id.
+pub async fn lock_products(conn: &mut Conn<'_>, ids: &[Uuid]) -> Result<HashMap<Uuid, Product>, DbError> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    // Only read to explain a refusal, so the list of placeholders is built each time.
+    let placeholders = (1..=ids.len()).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ");
+    let lock = match conn.backend() {
+        Backend::Postgres => " FOR UPDATE",
+        Backend::Sqlite => "",
+    };
+    let sql = format!(
+        concat!("SELECT ", product_columns!(), " FROM products WHERE id IN ({}) ORDER BY id{}"),
+        placeholders, lock
+    );
+    let params: Vec<&dyn Param> = ids.iter().map(|id| id as &dyn Param).collect();
+    let products = conn.query(&sql, &params, Product::from_row).await?;
+    Ok(products.into_iter().map(|p| (p.id, p)).collect())
+}
+
+/// Takes `quantity` units of an active product's stock if that many are there, and returns the
+/// product as it is now (locked until the transaction ends). `None` means unknown, archived or
+/// not enough stock, and nothing changed.
+pub async fn take_stock(conn: &mut Conn<'_>, product_id: Uuid, quantity: i64) -> Result<Option<Product>, DbError> {
+    const SQL: &str = concat!(
+        "UPDATE products SET stock = stock - $1, version = version + 1, updated_at = $2
+         WHERE id = $3 AND active AND stock >= $1
+         RETURNING ",
+        product_columns!()
+    );
+    conn.query_opt(SQL, &[&quantity, &now(), &product_id], Product::from_row).await
+}
+
+/// Puts `quantity` units back (archived products included: the units exist).
+pub async fn return_stock(conn: &mut Conn<'_>, product_id: Uuid, quantity: i64) -> Result<(), DbError> {
+    conn.execute(
+        "UPDATE products SET stock = stock + $1, version = version + 1, updated_at = $2 WHERE id = $3",
+        &[&quantity, &now(), &product_id],
+    )
+    .await
+    .map(drop)
 }

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::accounts::auth::Principal;
 use crate::app::App;
-use crate::catalog::store::Product;
+use crate::catalog::store::{self as catalog, Product};
 use crate::db::{Conn, DbError};
 use crate::error::AppError;
 use crate::idempotency::{Keyed, keyed_transaction};
@@ -111,7 +111,7 @@ async fn place(
     by_id.sort_by_key(|line| line.product_id);
     let mut taken: HashMap<Uuid, Product> = HashMap::with_capacity(lines.len());
     for line in by_id {
-        match store::take_stock(conn, line.product_id, line.quantity).await? {
+        match catalog::take_stock(conn, line.product_id, line.quantity).await? {
             Some(product) => {
                 taken.insert(product.id, product);
             }
@@ -149,7 +149,7 @@ async fn refusal(conn: &mut Conn<'_>, lines: &[OrderLine], short: &OrderLine) ->
     let mut ids: Vec<Uuid> = lines.iter().map(|line| line.product_id).collect();
     ids.sort();
     // Locked in id order, like the decrements, so this read cannot deadlock with other orders.
-    let products = match store::lock_products(conn, &ids).await {
+    let products = match catalog::lock_products(conn, &ids).await {
         Ok(products) => products,
         Err(error) => return error.into(),
     };
@@ -225,7 +225,7 @@ pub async fn cancel_order(
             // In id order, the order stock is taken in.
             items.sort_by_key(|item| item.product_id);
             for item in &items {
-                store::return_stock(conn, item.product_id, item.quantity).await?;
+                catalog::return_stock(conn, item.product_id, item.quantity).await?;
             }
             let cancelled = store::set_status(conn, &order, OrderStatus::Cancelled).await?;
             Ok::<_, AppError>((cancelled, Some(items)))

@@ -51,7 +51,7 @@ pub async fn reconcile_forever(app: AppState, settle_after: Duration) {
 
 /// One pass over the attempts due for reconciliation. An attempt that cannot be settled now
 /// is left for a later pass without holding up the others; the pass ends early only when the
-/// provider refuses every call (circuit open).
+/// provider refuses every call (circuit open) or the database cannot be written.
 pub async fn reconcile(app: &AppState, settle_after: Duration) -> Result<(), PaymentError> {
     let now = now();
     let ago = |duration: Duration| now - chrono::TimeDelta::from_std(duration).unwrap_or(chrono::TimeDelta::MAX);
@@ -71,6 +71,12 @@ pub async fn reconcile(app: &AppState, settle_after: Duration) -> Result<(), Pay
             Ok(None) => continue,
             Err(PaymentError::ProviderUnavailable { sent: false, .. }) => {
                 tracing::warn!("cannot reconcile payment attempts: the payment provider is unavailable");
+                return Ok(());
+            }
+            // Nothing can be recorded while the database cannot be written; the next pass tries
+            // again, without postponing attempts that are not at fault.
+            Err(PaymentError::Database(DbError::Unavailable { .. })) => {
+                tracing::warn!("cannot reconcile payment attempts: the database is unavailable");
                 return Ok(());
             }
             Err(error) => {

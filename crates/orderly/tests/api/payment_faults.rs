@@ -226,6 +226,10 @@ impl Outage {
             "3s",
             "--payment-settle-after",
             "4s",
+            // While SQLite is locked, each queued write (the recording, lease renewals, the
+            // key's release) may wait out its 5 s busy timeout before the 503.
+            "--request-timeout",
+            "30s",
         ];
         let server = match backend {
             Backend::Postgres => Some(PrivatePostgres::start()?),
