@@ -5,7 +5,6 @@ use axum::extract::{OriginalUri, State};
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use http::HeaderMap;
-use orderly_kit::Problem;
 use orderly_kit::conditional::{CacheControl, conditional_response};
 use orderly_kit::docs::{
     BadRequest, Conflict, NotFound, PayloadTooLarge, Unauthorized, UnsupportedMediaType, ValidationFailed,
@@ -14,6 +13,7 @@ use orderly_kit::extract::{Id, JsonBody, Query};
 use orderly_kit::fields::select;
 use orderly_kit::idempotency::KeyedWrite;
 use orderly_kit::validation::query;
+use orderly_kit::{FieldError, Problem};
 use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -24,12 +24,12 @@ use uuid::Uuid;
 
 use crate::accounts::auth::Principal;
 use crate::app::AppState;
-use crate::error::ApiResult;
+use crate::error::{ApiResult, AppError};
 use crate::listing::{CreatedAtListQuery, FieldsQuery, ListParams, read_fields};
 use crate::responses::Written;
 
 use super::domain::{OrderItem, OrderStatus, parse_items};
-use super::service;
+use super::service::{self, LineRefusal, OrderError};
 use super::store::{self, Order, OrderFilter};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -131,6 +131,52 @@ async fn place_order(
     let (items,) = body.finish((items,))?;
     let key = key.map(|Extension(key)| key);
     Ok(service::place_order(&app, principal.user_id, &items, key, placed_order).await?.into_response())
+}
+
+impl From<OrderError> for AppError {
+    fn from(error: OrderError) -> Self {
+        let field_error =
+            |field: String, code: &str, message: &str| FieldError { field, code: code.into(), message: message.into() };
+        match error {
+            OrderError::NotFound => Problem::not_found().into(),
+            OrderError::InvalidState(status) => Problem::conflict(
+                "invalid_state",
+                format!("Only pending orders can be cancelled; this one is {}.", status.as_str()),
+            )
+            .into(),
+            OrderError::Unorderable(lines) => Problem::validation(
+                lines
+                    .into_iter()
+                    .map(|(index, refusal)| {
+                        let field = format!("items[{index}].product_id");
+                        match refusal {
+                            LineRefusal::Unknown => field_error(field, "unknown_product", "no product has this id"),
+                            LineRefusal::Archived => {
+                                field_error(field, "archived_product", "this product is archived and cannot be ordered")
+                            }
+                        }
+                    })
+                    .collect(),
+            )
+            .into(),
+            OrderError::MixedCurrencies => Problem::validation(vec![field_error(
+                "items".into(),
+                "mixed_currencies",
+                "all products of an order must be priced in one currency",
+            )])
+            .into(),
+            OrderError::InsufficientStock { product_id, sku, requested, available } => Problem::conflict(
+                "insufficient_stock",
+                format!(
+                    "Not enough stock for product {product_id} ({sku}): {requested} requested, {available} available."
+                ),
+            )
+            .into(),
+            OrderError::Payment(error) => error.into(),
+            OrderError::Database(error) => error.into(),
+            OrderError::Internal(message) => AppError::internal(message),
+        }
+    }
 }
 
 fn placed_order(order: &Order) -> Written {

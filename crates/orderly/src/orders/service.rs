@@ -1,22 +1,53 @@
 //! Order logic: placing an order (price snapshot, stock reservation) and cancelling it (stock
-//! returned). Each runs in one transaction; a failure leaves stock and orders untouched.
+//! returned). Each runs in one transaction; a failure leaves stock and orders untouched and is
+//! answered as an [`OrderError`], which the routes turn into problems.
 
 use std::collections::HashMap;
 
 use orderly_kit::idempotency::KeyedWrite;
-use orderly_kit::{FieldError, Problem};
+
 use uuid::Uuid;
 
 use crate::accounts::auth::Principal;
 use crate::app::App;
 use crate::catalog::store::{self as catalog, Product};
 use crate::db::{Conn, DbError};
-use crate::error::AppError;
 use crate::idempotency::{Keyed, keyed_transaction};
+use crate::payments::service::PaymentError;
 use crate::responses::Written;
 
 use super::domain::{OrderItem, OrderLine, OrderStatus};
 use super::store::{self, Order};
+
+/// Why an order cannot be placed or cancelled; `orders::routes` turns each into its problem.
+#[derive(Debug, thiserror::Error)]
+pub enum OrderError {
+    #[error("no such order")]
+    NotFound,
+    #[error("the order is {}", .0.as_str())]
+    InvalidState(OrderStatus),
+    /// Lines naming products that cannot be ordered, by their index in the request.
+    #[error("some lines name products that cannot be ordered")]
+    Unorderable(Vec<(usize, LineRefusal)>),
+    #[error("the products are priced in more than one currency")]
+    MixedCurrencies,
+    #[error("not enough stock for product {product_id}")]
+    InsufficientStock { product_id: Uuid, sku: String, requested: i64, available: i64 },
+    /// A payment of the order is being processed.
+    #[error(transparent)]
+    Payment(#[from] PaymentError),
+    #[error(transparent)]
+    Database(#[from] DbError),
+    #[error("{0}")]
+    Internal(&'static str),
+}
+
+/// Why a line's product cannot be ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineRefusal {
+    Unknown,
+    Archived,
+}
 
 /// Places an order for `user_id`: every product must exist, be active and share one currency;
 /// every line must be in stock. Prices are the catalog's at this moment.
@@ -38,7 +69,7 @@ pub async fn place_order(
     lines: &[OrderLine],
     key: Option<KeyedWrite>,
     render: fn(&Order) -> Written,
-) -> Result<Keyed<Order>, AppError> {
+) -> Result<Keyed<Order>, OrderError> {
     let ids: Vec<Uuid> = lines.iter().map(|line| line.product_id).collect();
     let claim = key.as_ref().map(|key| key.id.clone());
     let placed = {
@@ -71,7 +102,7 @@ pub async fn place_order(
                 Ok(placed) => placed,
                 Err(Unplaced::Refused(error)) => return Err(error),
                 Err(Unplaced::ClaimTaken) => {
-                    return Err(AppError::internal(
+                    return Err(OrderError::Internal(
                         "an order's idempotency claim was taken again right after its release",
                     ));
                 }
@@ -89,7 +120,7 @@ enum Unplaced {
     /// Another order holds the claim.
     ClaimTaken,
     /// The order cannot be placed (or the database failed).
-    Refused(AppError),
+    Refused(OrderError),
 }
 
 impl From<DbError> for Unplaced {
@@ -120,7 +151,7 @@ async fn place(
     }
     let currency = &taken[&lines[0].product_id].currency;
     if taken.values().any(|product| &product.currency != currency) {
-        return Err(Unplaced::Refused(mixed_currencies().into()));
+        return Err(Unplaced::Refused(OrderError::MixedCurrencies));
     }
     let items: Vec<OrderItem> = lines
         .iter()
@@ -145,7 +176,7 @@ async fn place(
 
 /// Why an order cannot be placed, once the decrement for `short` changed nothing. The caller
 /// fails its unit of work, which undoes the lines already taken.
-async fn refusal(conn: &mut Conn<'_>, lines: &[OrderLine], short: &OrderLine) -> AppError {
+async fn refusal(conn: &mut Conn<'_>, lines: &[OrderLine], short: &OrderLine) -> OrderError {
     let mut ids: Vec<Uuid> = lines.iter().map(|line| line.product_id).collect();
     ids.sort();
     // Locked in id order, like the decrements, so this read cannot deadlock with other orders.
@@ -153,41 +184,29 @@ async fn refusal(conn: &mut Conn<'_>, lines: &[OrderLine], short: &OrderLine) ->
         Ok(products) => products,
         Err(error) => return error.into(),
     };
-    let mut errors = Vec::new();
-    for (index, line) in lines.iter().enumerate() {
-        let field = format!("items[{index}].product_id");
-        match products.get(&line.product_id) {
-            None => errors.push(field_error(field, "unknown_product", "no product has this id")),
-            Some(product) if !product.active => {
-                errors.push(field_error(field, "archived_product", "this product is archived and cannot be ordered"))
-            }
-            Some(_) => {}
-        }
-    }
-    if !errors.is_empty() {
-        return Problem::validation(errors).into();
+    let refused: Vec<(usize, LineRefusal)> = lines
+        .iter()
+        .enumerate()
+        .filter_map(|(index, line)| match products.get(&line.product_id) {
+            None => Some((index, LineRefusal::Unknown)),
+            Some(product) if !product.active => Some((index, LineRefusal::Archived)),
+            Some(_) => None,
+        })
+        .collect();
+    if !refused.is_empty() {
+        return OrderError::Unorderable(refused);
     }
     let currency = &products[&lines[0].product_id].currency;
     if products.values().any(|product| &product.currency != currency) {
-        return mixed_currencies().into();
+        return OrderError::MixedCurrencies;
     }
     let product = &products[&short.product_id];
-    Problem::conflict(
-        "insufficient_stock",
-        format!(
-            "Not enough stock for product {} ({}): {} requested, {} available.",
-            product.id, product.sku, short.quantity, product.stock
-        ),
-    )
-    .into()
-}
-
-fn mixed_currencies() -> Problem {
-    Problem::validation(vec![field_error(
-        "items".into(),
-        "mixed_currencies",
-        "all products of an order must be priced in one currency",
-    )])
+    OrderError::InsufficientStock {
+        product_id: product.id,
+        sku: product.sku.clone(),
+        requested: short.quantity,
+        available: product.stock,
+    }
 }
 
 /// Cancels a pending order and returns its stock. Cancelling a cancelled order returns it
@@ -199,7 +218,7 @@ pub async fn cancel_order(
     id: Uuid,
     key: Option<KeyedWrite>,
     render: fn(&Order) -> Written,
-) -> Result<Keyed<Order>, AppError> {
+) -> Result<Keyed<Order>, OrderError> {
     let owner = caller.owner_scope();
     let settle_after = app.payment_settle_after;
     let cancelled = keyed_transaction(
@@ -207,17 +226,11 @@ pub async fn cancel_order(
         key,
         move |(order, _): &(Order, Option<Vec<OrderItem>>)| render(order),
         async move |conn| {
-            let order = store::lock_order(conn, id, owner).await?.ok_or_else(Problem::not_found)?;
+            let order = store::lock_order(conn, id, owner).await?.ok_or(OrderError::NotFound)?;
             match order.status {
                 OrderStatus::Cancelled => return Ok((order, None)),
                 OrderStatus::Pending => {}
-                other => {
-                    return Err(Problem::conflict(
-                        "invalid_state",
-                        format!("Only pending orders can be cancelled; this one is {}.", other.as_str()),
-                    )
-                    .into());
-                }
+                other => return Err(OrderError::InvalidState(other)),
             }
             // Cancelling and paying exclude each other: the stock goes back only with the money.
             crate::payments::service::refuse_while_charging(conn, order.id, settle_after).await?;
@@ -228,7 +241,7 @@ pub async fn cancel_order(
                 catalog::return_stock(conn, item.product_id, item.quantity).await?;
             }
             let cancelled = store::set_status(conn, &order, OrderStatus::Cancelled).await?;
-            Ok::<_, AppError>((cancelled, Some(items)))
+            Ok::<_, OrderError>((cancelled, Some(items)))
         },
     )
     .await?;
@@ -241,8 +254,4 @@ pub async fn cancel_order(
         }
         Keyed::Answered(response) => Keyed::Answered(response),
     })
-}
-
-fn field_error(field: String, code: &str, message: &str) -> FieldError {
-    FieldError { field, code: code.into(), message: message.into() }
 }
