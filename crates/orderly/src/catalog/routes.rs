@@ -28,7 +28,7 @@ use crate::listing::{FieldsQuery, ListParams, read_fields};
 use crate::responses::{Written, written};
 
 use super::domain::{Currency, MAX_STOCK, MAX_UNIT_PRICE, Sku, currency_schema};
-use super::service;
+use super::service::{self, CatalogError};
 use super::store::{self, After, NewProduct, Product, ProductChanges, ProductFilter};
 use crate::schemas;
 
@@ -98,6 +98,17 @@ fn product_body(product: &Product) -> ProductBody {
         version: product.version,
         created_at: product.created_at,
         updated_at: product.updated_at,
+    }
+}
+
+impl From<CatalogError> for AppError {
+    fn from(error: CatalogError) -> Self {
+        match error {
+            CatalogError::NotFound => Problem::not_found().into(),
+            CatalogError::PreconditionFailed => Problem::precondition_failed().into(),
+            CatalogError::SkuTaken => Problem::conflict("sku_taken", "A product with this SKU already exists.").into(),
+            CatalogError::Database(error) => error.into(),
+        }
     }
 }
 
