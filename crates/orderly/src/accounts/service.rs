@@ -221,8 +221,9 @@ pub async fn update_user(
         .await
 }
 
-/// Creates an API key for `user_id`; returns it with its secret, which is never stored.
-/// Creates an API key; the secret is returned once, with the key, and never stored.
+/// Creates an API key for `user_id`; returns it with its secret, shown this once and never
+/// stored (only its digest is). With an idempotency key, the key is kept in the same
+/// transaction.
 pub async fn create_api_key(
     app: &App,
     user_id: Uuid,
