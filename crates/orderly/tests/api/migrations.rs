@@ -37,6 +37,43 @@ async fn three_instances_migrating_one_database_at_once_apply_each_migration_onc
     assert_eq!((recorded, distinct), (MIGRATIONS, MIGRATIONS), "each migration recorded once");
 }
 
+/// A landed migration is never edited, and a database made by a newer release is not touched:
+/// either stops `orderly migrate` with a line saying which migration, and changes nothing.
+#[test]
+fn a_changed_or_unknown_migration_stops_the_migration() {
+    let dir = std::env::temp_dir().join(format!("orderly-migrate-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}/orderly.db", dir.display());
+    let migrate = || Command::new(BINARY).arg("migrate").env("ORDERLY_DATABASE_URL", &url).output().unwrap();
+    assert!(migrate().status.success());
+    let database = rusqlite::Connection::open(dir.join("orderly.db")).unwrap();
+
+    let checksum_of_4 = || -> String {
+        database.query_row("SELECT checksum FROM orderly_migrations WHERE version = 4", [], |row| row.get(0)).unwrap()
+    };
+    let original = checksum_of_4();
+
+    database.execute("UPDATE orderly_migrations SET checksum = 'edited' WHERE version = 4", []).unwrap();
+    let changed = migrate();
+    assert!(!changed.status.success(), "an edited migration is refused");
+    let said = String::from_utf8_lossy(&changed.stderr);
+    assert!(said.contains("migration 4 (0004_orders) was changed"), "{said}");
+    database.execute("UPDATE orderly_migrations SET checksum = ?1 WHERE version = 4", [&original]).unwrap();
+    assert!(migrate().status.success(), "the untouched record passes again");
+
+    database
+        .execute(
+            "INSERT INTO orderly_migrations (version, name, checksum, applied_at) VALUES (99, '0099_future', 'x', 0)",
+            [],
+        )
+        .unwrap();
+    let unknown = migrate();
+    assert!(!unknown.status.success(), "a database from a newer release is refused");
+    let said = String::from_utf8_lossy(&unknown.stderr);
+    assert!(said.contains("migration 99 (0099_future), which this release does not know"), "{said}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 async fn a_database_made_by_release_0_1_is_upgraded_in_place(backend: Backend) {
     let dump = match backend {
         Backend::Sqlite => include_str!("../fixtures/release-0.1/sqlite.sql"),

@@ -258,7 +258,29 @@ async fn the_order_list_filters_by_status_and_time_and_pages(app: TestApp) {
     assert_eq!(selected, json!({"id": placed[0]["id"], "status": "pending"}));
 }
 
+/// A status the code does not know is a broken row, answered as an opaque 500, never read as
+/// some default status (a cancel must not act on it).
+async fn an_unknown_stored_status_is_an_internal_error_not_a_default(app: TestApp) {
+    let admin = app.admin().await;
+    let customer = app.customer().await;
+    let product = app.create_product(&admin, json!({"stock": 5})).await;
+    let order: Value = app.place_order(&customer, &[(&id(&product), 2)]).await.json().await.unwrap();
+    app.force_order_status(&id(&order), "shipped").await;
+
+    let path = format!("/api/v1/orders/{}", id(&order));
+    assert_problem(
+        app.get(&path, Some(&customer.access_token)).await,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+    )
+    .await;
+    let cancel = app.post_json(&format!("{path}/cancel"), Some(&customer.access_token), &json!({})).await;
+    assert_problem(cancel, StatusCode::INTERNAL_SERVER_ERROR, "internal_error").await;
+    assert_eq!(app.stock_of(&id(&product)).await, 3, "nothing was given back");
+}
+
 crate::on_every_backend!(
+    an_unknown_stored_status_is_an_internal_error_not_a_default,
     placing_an_order_snapshots_prices_and_reserves_stock,
     order_creation_never_oversells_under_concurrency,
     bad_orders_are_rejected_naming_the_item_and_change_nothing,
