@@ -26,7 +26,7 @@ pub enum Backend {
 }
 
 /// Why a database call failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum DbError {
     /// Out of connections, unreachable, or (SQLite) locked by another process: worth a retry
     /// later, so the API answers 503.
