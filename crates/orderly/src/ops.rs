@@ -171,6 +171,14 @@ pub fn describe_metrics() {
     );
     metrics::describe_gauge!("orderly_db_pool_max_connections", "The most connections a database pool may open.");
     metrics::describe_counter!(
+        "orderly_db_sqlite_commits_total",
+        "Commits of the SQLite writer; each carries one or more transactions (group commit).",
+    );
+    metrics::describe_counter!(
+        "orderly_db_sqlite_committed_transactions_total",
+        "Transactions committed by the SQLite writer; divided by the commits, the mean group size.",
+    );
+    metrics::describe_counter!(
         "orderly_db_unavailable_total",
         "Requests answered 503 database_unavailable, by cause (pool_timeout, unreachable)."
     );

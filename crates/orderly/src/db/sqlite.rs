@@ -210,7 +210,7 @@ fn serve(connection: &mut Connection, jobs: &crossbeam_channel::Receiver<Job>, b
                 }
             }
             Job::Transaction(first) if !first.start() => {}
-            Job::Transaction(first) if !writer => commit_group(connection, "BEGIN", vec![first]),
+            Job::Transaction(first) if !writer => drop(commit_group(connection, "BEGIN", vec![first])),
             Job::Transaction(first) => {
                 // Whatever else is already waiting joins this commit, in queue order; a job
                 // that must run alone ends the group and runs next. Members are started
@@ -228,7 +228,11 @@ fn serve(connection: &mut Connection, jobs: &crossbeam_channel::Receiver<Job>, b
                         Err(_) => break,
                     }
                 }
-                commit_group(connection, "BEGIN IMMEDIATE", group);
+                let committed = commit_group(connection, "BEGIN IMMEDIATE", group);
+                if committed > 0 {
+                    metrics::counter!("orderly_db_sqlite_commits_total").increment(1);
+                    metrics::counter!("orderly_db_sqlite_committed_transactions_total").increment(committed as u64);
+                }
             }
         }
         busy.fetch_sub(1, Ordering::Relaxed);
@@ -236,24 +240,28 @@ fn serve(connection: &mut Connection, jobs: &crossbeam_channel::Receiver<Job>, b
 }
 
 /// Runs `group` in one transaction, each member in a savepoint when there are several, and
-/// answers every member after the commit.
-fn commit_group(connection: &mut Connection, begin: &str, group: Vec<Box<dyn GroupMember>>) {
+/// answers every member after the commit. Returns how many members' work was committed.
+fn commit_group(connection: &mut Connection, begin: &str, group: Vec<Box<dyn GroupMember>>) -> usize {
     if let [_] = group.as_slice() {
         let mut member = group.into_iter().next().expect("one member");
         if let Err(error) = statement(connection, begin) {
-            return member.answer(Err(error));
+            member.answer(Err(error));
+            return 0;
         }
         let ok = member.run(connection);
         let ended = statement(connection, if ok { "COMMIT" } else { "ROLLBACK" });
         if ended.is_err() && !connection.is_autocommit() {
             let _ = connection.execute_batch("ROLLBACK");
         }
+        let committed = usize::from(ok && ended.is_ok());
         // A failed COMMIT loses the work; a failed ROLLBACK still reports the work's own error.
-        return member.answer(if ok { ended } else { Ok(()) });
+        member.answer(if ok { ended } else { Ok(()) });
+        return committed;
     }
     let mut members = group.into_iter();
     // Members that ran in the open transaction, waiting for its commit.
     let mut ran: Vec<Box<dyn GroupMember>> = Vec::new();
+    let mut succeeded = 0;
     while members.len() > 0 {
         if let Err(error) = statement(connection, begin) {
             members.for_each(|member| member.answer(Err(error.clone())));
@@ -275,10 +283,12 @@ fn commit_group(connection: &mut Connection, begin: &str, group: Vec<Box<dyn Gro
                 // rollback above): the members before this one lost their work with it.
                 let lost = DbError::Other("the database rolled the transaction back".into());
                 ran.drain(..).for_each(|member| member.answer(Err(lost.clone())));
+                succeeded = 0;
                 member.answer(if ok { Err(lost) } else { Ok(()) });
                 break; // the members left begin a transaction of their own
             }
             let _ = statement(connection, "RELEASE unit");
+            succeeded += usize::from(ok);
             ran.push(member);
         }
     }
@@ -286,13 +296,15 @@ fn commit_group(connection: &mut Connection, begin: &str, group: Vec<Box<dyn Gro
         if !connection.is_autocommit() {
             let _ = connection.execute_batch("ROLLBACK");
         }
-        return;
+        return 0;
     }
     let committed = statement(connection, "COMMIT");
     if committed.is_err() && !connection.is_autocommit() {
         let _ = connection.execute_batch("ROLLBACK");
     }
+    let count = if committed.is_ok() { succeeded } else { 0 };
     ran.into_iter().for_each(|member| member.answer(committed.clone()));
+    count
 }
 
 fn statement(connection: &mut Connection, sql: &str) -> Result<(), DbError> {
