@@ -3,11 +3,11 @@
 
 use axum::Extension;
 use axum::extract::{OriginalUri, Request, State};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 use orderly_kit::Problem;
-use orderly_kit::conditional::{CacheControl, check_if_match, conditional_response};
+use orderly_kit::conditional::{CacheControl, conditional_response};
 use orderly_kit::docs::{
     BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, PreconditionFailed, Unauthorized, UnsupportedMediaType,
     ValidationFailed,
@@ -24,7 +24,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::app::AppState;
-use crate::error::ApiResult;
+use crate::error::{ApiResult, AppError};
 use crate::limits;
 use crate::listing::{CreatedAtSort, FieldsQuery, ListParams, read_fields};
 use crate::responses::{Written, written};
@@ -32,7 +32,7 @@ use crate::schemas;
 
 use super::auth::{Admin, Principal};
 use super::domain::{Email, Password, Role, UserName};
-use super::service::{self, OAuthError, Registration, TokenGrant, TokenOutcome};
+use super::service::{self, AccountError, Registration, TokenGrant};
 use super::store::{self, ApiKey, User, UserChanges, UserFilter};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -133,6 +133,25 @@ pub struct ApiKeyList {
     data: Vec<ApiKeyBody>,
     next_cursor: Option<String>,
     has_more: bool,
+}
+
+impl From<AccountError> for AppError {
+    fn from(error: AccountError) -> Self {
+        match error {
+            AccountError::NotFound => Problem::not_found().into(),
+            AccountError::PreconditionFailed => Problem::precondition_failed().into(),
+            AccountError::EmailTaken => {
+                Problem::conflict("email_taken", "An account with this email already exists.").into()
+            }
+            // The token endpoint answers refused grants in RFC 6749's format (`TokenOutcome`)
+            // before they get here; anywhere else a refusal is a plain 400.
+            AccountError::InvalidGrant(description) => {
+                Problem::new(StatusCode::BAD_REQUEST, "invalid_grant", description).into()
+            }
+            AccountError::Hashing(error) => AppError::internal(error.to_string()),
+            AccountError::Database(error) => error.into(),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -269,9 +288,11 @@ async fn token(State(app): State<AppState>, request: Request) -> ApiResult {
                 return Ok(guard.rejection());
             }
             account_guard = Some(guard);
-            service::grant_password(&app, &username, password).await?
+            TokenOutcome::of(service::grant_password(&app, &username, password).await)?
         }
-        Ok(TokenGrantRequest::Refresh { refresh_token }) => service::grant_refresh(&app, &refresh_token).await?,
+        Ok(TokenGrantRequest::Refresh { refresh_token }) => {
+            TokenOutcome::of(service::grant_refresh(&app, &refresh_token).await)?
+        }
     };
     let mut response = match outcome {
         TokenOutcome::Granted(grant) => grant.into_response(),
@@ -281,6 +302,74 @@ async fn token(State(app): State<AppState>, request: Request) -> ApiResult {
         guard.write_headers(response.headers_mut());
     }
     Ok(response)
+}
+
+/// The token endpoint's answer: tokens, or a refusal in RFC 6749's terms.
+enum TokenOutcome {
+    Granted(TokenGrant),
+    Refused(OAuthError),
+}
+
+impl TokenOutcome {
+    /// A refused grant becomes RFC 6749 `invalid_grant`; any other failure is an application
+    /// error.
+    fn of(granted: Result<TokenGrant, AccountError>) -> Result<Self, AppError> {
+        match granted {
+            Ok(grant) => Ok(Self::Granted(grant)),
+            Err(AccountError::InvalidGrant(description)) => Ok(Self::Refused(OAuthError::invalid_grant(description))),
+            Err(error) => Err(error.into()),
+        }
+    }
+}
+
+impl IntoResponse for TokenGrant {
+    fn into_response(self) -> Response {
+        let mut response = axum::Json(self).into_response();
+        no_store(&mut response);
+        response
+    }
+}
+
+/// An error response of the token endpoint (RFC 6749 §5.2).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OAuthError {
+    #[serde(skip)]
+    pub status: u16,
+    /// `invalid_request`, `invalid_grant`, `unsupported_grant_type`, …
+    pub error: &'static str,
+    pub error_description: String,
+}
+
+impl OAuthError {
+    pub fn invalid_request(description: impl Into<String>) -> Self {
+        Self { status: 400, error: "invalid_request", error_description: description.into() }
+    }
+
+    pub fn invalid_grant(description: impl Into<String>) -> Self {
+        Self { status: 400, error: "invalid_grant", error_description: description.into() }
+    }
+
+    pub fn unsupported_grant_type() -> Self {
+        Self {
+            status: 400,
+            error: "unsupported_grant_type",
+            error_description: "grant_type must be `password` or `refresh_token`".into(),
+        }
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_REQUEST);
+        let mut response = (status, axum::Json(self)).into_response();
+        no_store(&mut response);
+        response
+    }
+}
+
+fn no_store(response: &mut Response) {
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
 }
 
 enum TokenGrantRequest {
@@ -566,8 +655,7 @@ async fn patch_user(
 /// Applies `changes` if `If-Match` matches the user as it stands under its row lock (see
 /// [`service::update_user`]).
 async fn update_user(app: &AppState, headers: HeaderMap, id: Uuid, changes: UserChanges) -> ApiResult {
-    let user =
-        service::update_user(app, id, changes, move |current| check_if_match(&headers, &user_value(current))).await?;
+    let user = service::update_user(app, id, changes, headers, user_value).await?;
     Ok(written(&user_value(&user), user.updated_at))
 }
 
@@ -702,7 +790,6 @@ async fn delete_api_key(
     Id(id): Id,
     headers: HeaderMap,
 ) -> ApiResult {
-    service::delete_api_key(&app, principal.user_id, id, move |key| check_if_match(&headers, &api_key_value(key)))
-        .await?;
+    service::delete_api_key(&app, principal.user_id, id, headers, api_key_value).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
