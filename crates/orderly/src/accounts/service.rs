@@ -3,6 +3,8 @@
 //! under the row lock. Failures are [`AccountError`]s, which the routes turn into problems (and
 //! refused grants into RFC 6749 errors).
 
+use std::time::Duration;
+
 use chrono::Utc;
 use http::HeaderMap;
 use orderly_kit::conditional::check_if_match;
@@ -11,15 +13,14 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::app::App;
-use crate::db::DbError;
+use crate::db::{Database, DbError};
 use crate::idempotency::{Keyed, answered_already, keyed_transaction};
 use crate::responses::Written;
 
 use super::domain::{Email, Password, Role, UserName};
 use super::passwords::{self, HashingFailed};
 use super::store::{self, ApiKey, NewUser, Rotation, User, UserChanges};
-use super::tokens::{generate_secret, hash_secret};
+use super::tokens::{SigningKeys, generate_secret, hash_secret};
 
 /// Why an account operation did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -50,27 +51,27 @@ pub struct Registration {
 
 /// Creates an account; [`AccountError::EmailTaken`] when the address is in use.
 pub async fn register(
-    app: &App,
+    db: &Database,
     registration: Registration,
     role: Role,
     key: Option<KeyedWrite>,
     render: fn(&User) -> Written,
 ) -> Result<Keyed<User>, AccountError> {
     // A retry of a finished registration is answered before its password is hashed again.
-    if let Some(answer) = answered_already(&app.db, key.as_ref()).await? {
+    if let Some(answer) = answered_already(db, key.as_ref()).await? {
         return Ok(Keyed::Answered(answer));
     }
     let email = registration.email.as_str().to_owned();
     let existing = {
         let email = email.clone();
-        app.db.current().run(async move |conn| store::find_user_by_email(conn, &email).await).await?
+        db.current().run(async move |conn| store::find_user_by_email(conn, &email).await).await?
     };
     if existing.is_some() {
         return Err(AccountError::EmailTaken);
     }
     let password_hash = passwords::hash(registration.password).await?;
     let new = NewUser { email, name: registration.name.into_inner(), role, password_hash };
-    keyed_transaction(&app.db, key, render, async move |conn| {
+    keyed_transaction(db, key, render, async move |conn| {
         // Another registration may take the address between the check above and this insert.
         store::insert_user(conn, new)
             .await
@@ -93,12 +94,19 @@ pub struct TokenGrant {
     pub refresh_token: String,
 }
 
-/// `grant_type=password`: verifies the credentials and starts a new refresh-token family.
-pub async fn grant_password(app: &App, username: &str, password: String) -> Result<TokenGrant, AccountError> {
+/// `grant_type=password`: verifies the credentials and starts a new refresh-token family that
+/// lasts `refresh_token_ttl`.
+pub async fn grant_password(
+    db: &Database,
+    keys: &SigningKeys,
+    refresh_token_ttl: Duration,
+    username: &str,
+    password: String,
+) -> Result<TokenGrant, AccountError> {
     let user = match Email::parse(username) {
         Ok(email) => {
             let email = email.as_str().to_owned();
-            app.db.current().run(async move |conn| store::find_user_by_email(conn, &email).await).await?
+            db.current().run(async move |conn| store::find_user_by_email(conn, &email).await).await?
         }
         Err(_) => None,
     };
@@ -108,22 +116,25 @@ pub async fn grant_password(app: &App, username: &str, password: String) -> Resu
         return Err(AccountError::InvalidGrant("The email or password is incorrect."));
     };
     let refresh_token = generate_secret(REFRESH_TOKEN_PREFIX);
-    let (user_id, token_hash, expires_at) = (user.id, hash_secret(&refresh_token), refresh_expiry(app));
-    app.db
-        .write()
+    let (user_id, token_hash, expires_at) = (user.id, hash_secret(&refresh_token), refresh_expiry(refresh_token_ttl));
+    db.write()
         .run(async move |conn| store::insert_refresh_token(conn, Uuid::now_v7(), user_id, token_hash, expires_at).await)
         .await?;
-    Ok(grant(app, &user, refresh_token))
+    Ok(grant(keys, &user, refresh_token))
 }
 
 /// `grant_type=refresh_token`: rotates the token; a replayed (already rotated) token revokes
 /// its whole family, so a stolen token stops working for thief and victim alike.
-pub async fn grant_refresh(app: &App, presented: &str) -> Result<TokenGrant, AccountError> {
+pub async fn grant_refresh(
+    db: &Database,
+    keys: &SigningKeys,
+    refresh_token_ttl: Duration,
+    presented: &str,
+) -> Result<TokenGrant, AccountError> {
     let successor = generate_secret(REFRESH_TOKEN_PREFIX);
     let (presented_hash, successor_hash, expires_at) =
-        (hash_secret(presented), hash_secret(&successor), refresh_expiry(app));
-    let (rotation, user) = app
-        .db
+        (hash_secret(presented), hash_secret(&successor), refresh_expiry(refresh_token_ttl));
+    let (rotation, user) = db
         .write()
         .transaction(async move |conn| {
             let rotation = store::rotate_refresh_token(conn, &presented_hash, successor_hash, expires_at).await?;
@@ -143,20 +154,20 @@ pub async fn grant_refresh(app: &App, presented: &str) -> Result<TokenGrant, Acc
             ))
         }
         Rotation::Rotated { .. } => match user {
-            Some(user) => Ok(grant(app, &user, successor)),
+            Some(user) => Ok(grant(keys, &user, successor)),
             None => Err(AccountError::InvalidGrant("The account no longer exists.")),
         },
     }
 }
 
 /// Revokes the family of a refresh token. Unknown tokens are accepted silently (RFC 7009 §2.2).
-pub async fn logout(app: &App, refresh_token: &str) -> Result<(), AccountError> {
+pub async fn logout(db: &Database, refresh_token: &str) -> Result<(), AccountError> {
     let token_hash = hash_secret(refresh_token);
-    app.db.write().run(async move |conn| store::revoke_family_of(conn, &token_hash).await).await.map_err(Into::into)
+    db.write().run(async move |conn| store::revoke_family_of(conn, &token_hash).await).await.map_err(Into::into)
 }
 
-fn grant(app: &App, user: &User, refresh_token: String) -> TokenGrant {
-    let (access_token, expires_in) = app.keys.issue_access_token(user.id, user.role);
+fn grant(keys: &SigningKeys, user: &User, refresh_token: String) -> TokenGrant {
+    let (access_token, expires_in) = keys.issue_access_token(user.id, user.role);
     TokenGrant { access_token, token_type: "Bearer", expires_in, refresh_token }
 }
 
@@ -165,14 +176,13 @@ fn grant(app: &App, user: &User, refresh_token: String) -> TokenGrant {
 /// one transaction holding the row lock, so the precondition is checked against exactly the row
 /// that is written. A change that changes nothing writes nothing. Returns the user as it now is.
 pub async fn update_user(
-    app: &App,
+    db: &Database,
     id: Uuid,
     changes: UserChanges,
     request_headers: HeaderMap,
     render: fn(&User) -> Value,
 ) -> Result<User, AccountError> {
-    app.db
-        .write()
+    db.write()
         .transaction(async move |conn| {
             let current = store::lock_user(conn, id).await?.ok_or(AccountError::NotFound)?;
             check_if_match(&request_headers, &render(&current)).map_err(|_| AccountError::PreconditionFailed)?;
@@ -190,7 +200,7 @@ pub async fn update_user(
 /// stored (only its digest is). With an idempotency key, the key is kept in the same
 /// transaction.
 pub async fn create_api_key(
-    app: &App,
+    db: &Database,
     user_id: Uuid,
     name: String,
     key: Option<KeyedWrite>,
@@ -199,7 +209,7 @@ pub async fn create_api_key(
     let secret = generate_secret(super::auth::API_KEY_PREFIX);
     let prefix: String = secret.chars().take(8).collect();
     let secret_hash = hash_secret(&secret);
-    keyed_transaction(&app.db, key, render, async move |conn| {
+    keyed_transaction(db, key, render, async move |conn| {
         let api_key = store::insert_api_key(conn, user_id, name, prefix, secret_hash).await?;
         Ok::<_, AccountError>((api_key, secret))
     })
@@ -210,14 +220,13 @@ pub async fn create_api_key(
 /// key's current representation, as `render` makes it; [`AccountError::NotFound`] when the
 /// user has no such key.
 pub async fn delete_api_key(
-    app: &App,
+    db: &Database,
     user_id: Uuid,
     id: Uuid,
     request_headers: HeaderMap,
     render: fn(&ApiKey) -> Value,
 ) -> Result<(), AccountError> {
-    app.db
-        .write()
+    db.write()
         .run(async move |conn| {
             let key = store::find_api_key(conn, user_id, id).await?.ok_or(AccountError::NotFound)?;
             check_if_match(&request_headers, &render(&key)).map_err(|_| AccountError::PreconditionFailed)?;
@@ -226,7 +235,7 @@ pub async fn delete_api_key(
         .await
 }
 
-fn refresh_expiry(app: &App) -> chrono::DateTime<Utc> {
-    let ttl = chrono::TimeDelta::from_std(app.refresh_token_ttl).unwrap_or(chrono::TimeDelta::days(30));
+fn refresh_expiry(refresh_token_ttl: Duration) -> chrono::DateTime<Utc> {
+    let ttl = chrono::TimeDelta::from_std(refresh_token_ttl).unwrap_or(chrono::TimeDelta::days(30));
     crate::db::now() + ttl
 }
