@@ -1,14 +1,12 @@
-//! The composition root: wires configuration to components, builds the router with every
-//! cross-cutting layer, binds the listener and runs until told to stop.
+//! The composition root: wires configuration to components (the [`AppState`]), builds the
+//! router with every cross-cutting layer, binds the listener and runs until told to stop.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use orderly_kit::client_ip::TrustedProxies;
 use orderly_kit::cursor::CursorCodec;
 use orderly_kit::idempotency;
 use orderly_kit::middleware;
@@ -19,9 +17,22 @@ use tower_http::compression::CompressionLayer;
 use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
 use utoipa_axum::router::OpenApiRouter;
 
+use crate::accounts::Accounts;
+use crate::accounts::auth::Authenticator;
 use crate::accounts::tokens::SigningKeys;
+use crate::catalog::Catalog;
+use crate::catalog::cache::ProductCache;
 use crate::config::{ConfigError, HttpConfig, ServeConfig};
 use crate::db::{Database, DatabaseKind};
+use crate::idempotency::{DatabaseStore, Idempotency};
+use crate::limits::RateLimits;
+use crate::ops::Operations;
+use crate::orders::Orders;
+use crate::payments::Payments;
+use crate::payments::provider::PaymentGateway;
+use crate::reports::Reports;
+use crate::reports::stats::StatsCache;
+use crate::state::AppState;
 use crate::{accounts, catalog, ops, orders, payments, reports};
 
 /// How often expired idempotency records are deleted.
@@ -31,54 +42,6 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
 const IDEMPOTENCY_LOCK_TTL: Duration = Duration::from_secs(6);
 /// How often in-memory rate-limit buckets that are full again are dropped.
 const LIMITER_UPKEEP_INTERVAL: Duration = Duration::from_secs(60);
-
-/// Shared, cheaply cloneable application state.
-#[derive(Clone)]
-pub struct AppState(Arc<App>);
-
-impl std::ops::Deref for AppState {
-    type Target = App;
-    fn deref(&self) -> &App {
-        &self.0
-    }
-}
-
-/// Everything a request may need. Holds no per-request or per-user state: any instance can
-/// serve any request.
-pub struct App {
-    pub db: Database,
-    pub keys: SigningKeys,
-    pub cursors: CursorCodec,
-    pub idempotency: crate::idempotency::DatabaseStore,
-    pub idempotency_settings: idempotency::Settings,
-    pub refresh_token_ttl: Duration,
-    /// `max-age` of public catalog reads.
-    pub catalog_max_age: u32,
-    /// Representations of single products for public reads.
-    pub products: crate::catalog::cache::ProductCache,
-    /// The payment provider, behind retries, a circuit breaker and a bulkhead.
-    pub payments: payments::provider::PaymentGateway,
-    /// How long after it was made an unsettled provider call is reconciled.
-    pub payment_settle_after: Duration,
-    /// `GET /stats` figures, recomputed at most once per TTL.
-    pub stats: reports::stats::StatsCache,
-    /// Renders `/metrics`.
-    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
-    /// State shared by all instances; `None` when each keeps its own.
-    pub redis: Option<Arc<SharedRedis>>,
-    /// Rate limits by tier; see [`crate::limits`].
-    pub limiter: Limiter,
-    /// Whose `X-Forwarded-For` names the client.
-    pub trusted_proxies: TrustedProxies,
-    /// Set when shutdown begins so `/readyz` fails at once while in-flight requests finish.
-    shutting_down: AtomicBool,
-}
-
-impl App {
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Relaxed)
-    }
-}
 
 /// A built server: listener bound, migrations applied, ready to run.
 pub struct Application {
@@ -109,7 +72,7 @@ impl Application {
             )
             .into());
         }
-        let keys = SigningKeys::load(&config.auth, embedded)?;
+        let keys = Arc::new(SigningKeys::load(&config.auth, embedded)?);
         crate::accounts::passwords::configure(usize::from(config.auth.password_hashers));
         let db = Database::connect(&config.database).await?;
         if config.migrate_on_start {
@@ -122,32 +85,7 @@ impl Application {
                     .map_err(|error| ConfigError::new("ORDERLY_REDIS_URL", error.to_string()))?,
             )),
         };
-        let state = AppState(Arc::new(App {
-            cursors: CursorCodec::new(&keys.derive_secret("orderly cursor signing v1")),
-            idempotency: crate::idempotency::DatabaseStore::new(db.clone()),
-            idempotency_settings: idempotency::Settings {
-                ttl: config.http.idempotency_ttl,
-                // Renewed while the request runs; long enough to cover clock skew between
-                // instances, short enough that a retry after a crash soon runs.
-                lock_ttl: IDEMPOTENCY_LOCK_TTL,
-                max_body_bytes: usize::try_from(config.http.max_body_bytes).unwrap_or(usize::MAX),
-                sealer: idempotency::Sealer::new(&keys.derive_secret("orderly idempotency sealing v1")),
-            },
-            keys,
-            db,
-            refresh_token_ttl: config.auth.refresh_token_ttl,
-            catalog_max_age: config.http.catalog_max_age,
-            products: product_cache(config.http.catalog_cache_ttl, embedded, redis.as_ref()),
-            payments: payments::provider::PaymentGateway::new(&config.payments)
-                .map_err(|error| ConfigError::new("ORDERLY_PAYMENT_PROVIDER_URL", error.to_string()))?,
-            payment_settle_after: config.payments.payment_settle_after,
-            stats: reports::stats::StatsCache::new(config.http.stats_cache_ttl, redis.clone()),
-            metrics,
-            limiter: Limiter::new(crate::limits::policies(&config.limits), redis.clone()),
-            trusted_proxies: config.limits.trusted_proxies.clone(),
-            redis,
-            shutting_down: AtomicBool::new(false),
-        }));
+        let state = assemble(&config, db, keys, redis, metrics, embedded)?;
         let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|error| {
             ConfigError::new("ORDERLY_LISTEN", format!("cannot listen on {}: {error}", config.listen))
         })?;
@@ -177,11 +115,11 @@ impl Application {
             let _ = stopped.wait_for(|stop| *stop).await;
         });
         let mut server = tokio::spawn(server.into_future());
-        let sweeper = tokio::spawn(crate::idempotency::sweep_forever(self.state.idempotency.clone(), SWEEP_INTERVAL));
-        let metrics_upkeep = tokio::spawn(metrics_upkeep(self.state.metrics.clone()));
-        let reconciler =
-            tokio::spawn(payments::reconciler::reconcile_forever(self.state.clone(), self.state.payment_settle_after));
-        let limiter_upkeep = tokio::spawn(limiter_upkeep(self.state.clone()));
+        let sweeper =
+            tokio::spawn(crate::idempotency::sweep_forever(self.state.idempotency.store.clone(), SWEEP_INTERVAL));
+        let metrics_upkeep = tokio::spawn(metrics_upkeep(self.state.operations.metrics.clone()));
+        let reconciler = tokio::spawn(payments::reconciler::reconcile_forever(self.state.payments.clone()));
+        let limiter_upkeep = tokio::spawn(limiter_upkeep(Arc::clone(&self.state.rate_limits.limiter)));
         let replica_watch = tokio::spawn(self.state.db.clone().watch_replica());
         let background = [sweeper, metrics_upkeep, reconciler, limiter_upkeep, replica_watch];
         tokio::select! {
@@ -193,7 +131,7 @@ impl Application {
         }
         background.iter().for_each(tokio::task::JoinHandle::abort);
         tracing::info!(grace_secs = self.shutdown_grace.as_secs(), "shutting down: readiness is now failing");
-        self.state.shutting_down.store(true, Ordering::Relaxed);
+        self.state.operations.begin_shutdown();
         tokio::time::sleep(self.shutdown_drain_delay).await;
         let _ = stop.send(true);
         match tokio::time::timeout(self.shutdown_grace, server).await {
@@ -204,6 +142,78 @@ impl Application {
             }
         }
     }
+}
+
+/// Builds every component from the configuration. Components that share a pool, a cache or a
+/// client share one instance of it.
+fn assemble(
+    config: &ServeConfig,
+    db: Database,
+    keys: Arc<SigningKeys>,
+    redis: Option<Arc<SharedRedis>>,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    embedded: bool,
+) -> Result<AppState, StartError> {
+    let cursors = CursorCodec::new(&keys.derive_secret("orderly cursor signing v1"));
+    let products = Arc::new(product_cache(config.http.catalog_cache_ttl, embedded, redis.as_ref()));
+    let gateway = Arc::new(
+        PaymentGateway::new(&config.payments)
+            .map_err(|error| ConfigError::new("ORDERLY_PAYMENT_PROVIDER_URL", error.to_string()))?,
+    );
+    let idempotency_ttl = config.http.idempotency_ttl;
+    let authenticator = Authenticator { db: db.clone(), keys: Arc::clone(&keys) };
+    Ok(AppState {
+        accounts: Accounts {
+            db: db.clone(),
+            keys: Arc::clone(&keys),
+            cursors: cursors.clone(),
+            refresh_token_ttl: config.auth.refresh_token_ttl,
+        },
+        catalog: Catalog {
+            db: db.clone(),
+            products: Arc::clone(&products),
+            cursors: cursors.clone(),
+            max_age: config.http.catalog_max_age,
+        },
+        orders: Orders {
+            db: db.clone(),
+            products,
+            cursors: cursors.clone(),
+            idempotency_ttl,
+            payment_settle_after: config.payments.payment_settle_after,
+        },
+        payments: Payments {
+            db: db.clone(),
+            gateway: Arc::clone(&gateway),
+            cursors,
+            settle_after: config.payments.payment_settle_after,
+            idempotency_ttl,
+        },
+        reports: Reports {
+            db: db.clone(),
+            stats: Arc::new(StatsCache::new(config.http.stats_cache_ttl, redis.clone())),
+        },
+        rate_limits: RateLimits {
+            limiter: Arc::new(Limiter::new(crate::limits::policies(&config.limits), redis.clone())),
+            trusted_proxies: Arc::new(config.limits.trusted_proxies.clone()),
+            authenticator: authenticator.clone(),
+        },
+        idempotency: Idempotency {
+            store: DatabaseStore::new(db.clone()),
+            settings: idempotency::Settings {
+                ttl: idempotency_ttl,
+                // Renewed while the request runs; long enough to cover clock skew between
+                // instances, short enough that a retry after a crash soon runs.
+                lock_ttl: IDEMPOTENCY_LOCK_TTL,
+                max_body_bytes: usize::try_from(config.http.max_body_bytes).unwrap_or(usize::MAX),
+                sealer: idempotency::Sealer::new(&keys.derive_secret("orderly idempotency sealing v1")),
+            },
+            authenticator: authenticator.clone(),
+        },
+        operations: Operations { db: db.clone(), keys, gateway, redis, metrics, shutting_down: Arc::default() },
+        authenticator,
+        db,
+    })
 }
 
 /// Folds recorded latencies into their buckets now and then, so memory stays flat between
@@ -220,12 +230,7 @@ async fn metrics_upkeep(handle: metrics_exporter_prometheus::PrometheusHandle) {
 /// copy), else in memory: embedded, this instance makes every write and invalidates on each;
 /// on PostgreSQL without Redis, the short TTL bounds how long another instance's write takes
 /// to show.
-fn product_cache(
-    configured_ttl: Option<Duration>,
-    embedded: bool,
-    redis: Option<&Arc<SharedRedis>>,
-) -> crate::catalog::cache::ProductCache {
-    use crate::catalog::cache::ProductCache;
+fn product_cache(configured_ttl: Option<Duration>, embedded: bool, redis: Option<&Arc<SharedRedis>>) -> ProductCache {
     match redis {
         Some(redis) if configured_ttl != Some(Duration::ZERO) => {
             ProductCache::shared(Arc::clone(redis), configured_ttl.unwrap_or(Duration::from_secs(60)))
@@ -238,17 +243,17 @@ fn product_cache(
     }
 }
 
-async fn limiter_upkeep(app: AppState) {
+async fn limiter_upkeep(limiter: Arc<Limiter>) {
     let mut interval = tokio::time::interval(LIMITER_UPKEEP_INTERVAL);
     loop {
         interval.tick().await;
-        app.limiter.forget_idle();
+        limiter.forget_idle();
     }
 }
 
 /// The whole HTTP surface with its layers, outermost last.
 pub fn router(state: AppState, http: &HttpConfig) -> Router {
-    let (api, openapi) = OpenApiRouter::with_openapi(ops::api_doc())
+    let (api, openapi) = OpenApiRouter::<AppState>::with_openapi(ops::api_doc())
         .nest(
             "/api/v1",
             accounts::router()
@@ -265,6 +270,7 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
         crate::idempotency::EXEMPT_PATHS,
         crate::payments::KEY_REQUIRED,
     );
+    let (idempotency, rate_limits) = (state.idempotency.clone(), state.rate_limits.clone());
     let deadline = http.request_timeout;
     let in_flight = Arc::new(tokio::sync::Semaphore::new(usize::try_from(http.max_in_flight).unwrap_or(usize::MAX)));
     let body_limit = usize::try_from(http.max_body_bytes).unwrap_or(usize::MAX);
@@ -273,10 +279,10 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
     Router::new()
         .merge(api)
         .merge(ops::docs_router(openapi))
-        .with_state(state.clone())
+        .with_state(state)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::idempotency::middleware))
-        .layer(axum::middleware::from_fn_with_state(state, crate::limits::middleware))
+        .layer(axum::middleware::from_fn_with_state(idempotency, crate::idempotency::middleware))
+        .layer(axum::middleware::from_fn_with_state(rate_limits, crate::limits::middleware))
         .layer(axum::middleware::from_fn(move |request, next| middleware::deadline(deadline, request, next)))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
         .layer(axum::middleware::from_fn(move |request, next| {

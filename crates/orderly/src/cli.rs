@@ -11,7 +11,6 @@ use crate::app::{Application, StartError, shutdown_signal};
 use crate::catalog::store as catalog_store;
 use crate::config::{AdminCommand, Cli, Command, ConfigError, CreateUserArgs, DatabaseConfig, RoleArg, SeedArgs};
 use crate::db::Database;
-use crate::error::AppError;
 
 /// Demo credentials created by `seed --demo`, documented in the README.
 pub const DEMO_ADMIN: (&str, &str) = ("admin@example.com", "admin-password");
@@ -28,8 +27,8 @@ pub enum CliError {
     Failed(String),
 }
 
-impl From<AppError> for CliError {
-    fn from(error: AppError) -> Self {
+impl From<passwords::HashingFailed> for CliError {
+    fn from(error: passwords::HashingFailed) -> Self {
         Self::Failed(error.to_string())
     }
 }

@@ -1,9 +1,10 @@
 //! The one application error type and its mapping to problem responses.
 //!
-//! Expected failures are [`Problem`]s built where the decision is made. Everything else
-//! (database faults, broken invariants) becomes an opaque 500 whose cause is logged here and
-//! never sent; a database that is out of connections or unreachable is a 503 with
-//! `Retry-After`, not a hang and not a 500.
+//! Expected failures are [`Problem`]s: services answer with domain errors (`AccountError`,
+//! `CatalogError`, …) that their routes turn into problems, and extractors and handlers build
+//! theirs where they decide. Everything else (database faults, broken invariants) becomes an
+//! opaque 500 whose cause is logged here and never sent; a database that is out of connections
+//! or unreachable is a 503 with `Retry-After`, not a hang and not a 500.
 
 use axum::response::{IntoResponse, Response};
 use orderly_kit::Problem;
@@ -48,9 +49,4 @@ impl IntoResponse for AppError {
             }
         }
     }
-}
-
-/// A unique violation becomes the conflict `conflict` describes; any other error passes.
-pub fn conflict_on_unique(error: DbError, conflict: impl FnOnce() -> Problem) -> AppError {
-    if error.is_unique_violation() { conflict().into() } else { error.into() }
 }

@@ -14,8 +14,7 @@ use chrono::{DateTime, Utc};
 use http::Method;
 use orderly_kit::idempotency::{self, IdempotencyStore, Keeping, Kept, KeyedWrite, Record};
 
-use crate::accounts::auth;
-use crate::app::AppState;
+use crate::accounts::auth::{Authenticator, Principal};
 use crate::db::{Conn, Database, DbError, Row};
 use crate::responses::Written;
 
@@ -243,17 +242,30 @@ async fn claim(
     Err(DbError::Other("idempotency record kept changing under a claim".into()))
 }
 
+/// What the idempotency middleware uses. Cheap to clone.
+#[derive(Clone)]
+pub struct Idempotency {
+    pub store: DatabaseStore,
+    pub settings: idempotency::Settings,
+    /// Finds the caller whose scope a key belongs to, unless the rate limits found them first.
+    pub authenticator: Authenticator,
+}
+
 /// Applies the key of a POST under the caller's scope: the user for authenticated calls, one
 /// shared anonymous scope otherwise. A request with bad credentials passes straight through:
 /// its handler answers 401, which is never kept.
-pub async fn middleware(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
+pub async fn middleware(
+    State(Idempotency { store, settings, authenticator }): State<Idempotency>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let path = request.uri().path().to_owned();
     if request.method() != Method::POST || EXEMPT_PATHS.contains(&path.as_str()) {
         return next.run(request).await;
     }
-    let caller = match request.extensions().get::<auth::Principal>() {
+    let caller = match request.extensions().get::<Principal>() {
         Some(principal) => Ok(Some(*principal)),
-        None => auth::authenticate(&app, request.headers()).await,
+        None => authenticator.authenticate(request.headers()).await,
     };
     let scope = match caller {
         Ok(Some(principal)) => {
@@ -269,7 +281,7 @@ pub async fn middleware(State(app): State<AppState>, mut request: Request, next:
         Some(route) if WITH_THE_WRITE.contains(&route) => Keeping::WithTheWrite,
         _ => Keeping::Separately,
     };
-    idempotency::run(&app.idempotency, &app.idempotency_settings, &scope, required, keeping, request, next).await
+    idempotency::run(&store, &settings, &scope, required, keeping, request, next).await
 }
 
 /// Deletes expired records every `interval` until the task is aborted.

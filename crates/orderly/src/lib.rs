@@ -1,7 +1,10 @@
 //! Orderly: an orders-and-payments HTTP API.
 //!
-//! [`app`] is the composition root; each capability (accounts, catalog, …) is a module that
-//! owns its routes, logic and storage. Cross-cutting HTTP mechanics live in `orderly-kit`.
+//! [`app`] is the composition root: it builds [`state::AppState`], which owns every component,
+//! and the router. Each capability (accounts, catalog, …) is a module that owns its routes,
+//! logic and storage and declares the component it uses (`catalog::Catalog`, …); its router
+//! takes any state that provides that component, so no capability depends on [`app`] or
+//! [`state`]. Cross-cutting HTTP mechanics live in `orderly-kit`.
 
 pub mod accounts;
 pub mod app;
@@ -19,4 +22,5 @@ pub mod payments;
 pub mod reports;
 pub mod responses;
 pub mod schemas;
+pub mod state;
 pub mod telemetry;

@@ -14,16 +14,16 @@
 //! the credential is checked once per request. Operations endpoints are never limited.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use orderly_kit::client_ip;
-use orderly_kit::ratelimit::{self, Decision, Policy};
+use orderly_kit::client_ip::{self, TrustedProxies};
+use orderly_kit::ratelimit::{self, Decision, Limiter, Policy};
 
-use crate::accounts::auth;
+use crate::accounts::auth::Authenticator;
 use crate::accounts::tokens::hash_secret;
-use crate::app::AppState;
 use crate::config::LimitsConfig;
 
 const ANONYMOUS: &str = "anonymous";
@@ -44,15 +44,37 @@ pub fn policies(config: &LimitsConfig) -> [Policy; 5] {
     ]
 }
 
-pub async fn middleware(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
+/// The rate limiter, with what classifying a request takes. Cheap to clone: every field is
+/// shared.
+#[derive(Clone)]
+pub struct RateLimits {
+    /// Rate limits by tier, in Redis when it is configured.
+    pub limiter: Arc<Limiter>,
+    /// Whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Arc<TrustedProxies>,
+    /// Finds the caller's tier; the caller found is handed on, so handlers do not
+    /// authenticate again.
+    pub authenticator: Authenticator,
+}
+
+impl RateLimits {
+    /// Counts one password attempt against an account. The email is hashed into the key, so
+    /// shared state never holds addresses.
+    pub async fn check_account_login(&self, email: &str) -> Decision {
+        let key = hash_secret(&email.trim().to_lowercase());
+        self.limiter.check(ACCOUNT_LOGIN, &key).await
+    }
+}
+
+pub async fn middleware(State(limits): State<RateLimits>, mut request: Request, next: Next) -> Response {
     let path = request.uri().path();
     if !path.starts_with("/api/") {
         return next.run(request).await;
     }
     let (policy, key) = if path.starts_with(CREDENTIAL_PATHS) {
-        (CREDENTIALS, client_key(&app, &request))
+        (CREDENTIALS, client_key(&limits.trusted_proxies, &request))
     } else {
-        match auth::authenticate(&app, request.headers()).await {
+        match limits.authenticator.authenticate(request.headers()).await {
             Ok(Some(caller)) => {
                 request.extensions_mut().insert(caller);
                 match caller.api_key_id {
@@ -60,25 +82,18 @@ pub async fn middleware(State(app): State<AppState>, mut request: Request, next:
                     None => (USER, caller.user_id.to_string()),
                 }
             }
-            Ok(None) | Err(_) => (ANONYMOUS, client_key(&app, &request)),
+            Ok(None) | Err(_) => (ANONYMOUS, client_key(&limits.trusted_proxies, &request)),
         }
     };
-    ratelimit::enforce(&app.limiter, policy, &key, request, next).await
+    ratelimit::enforce(&limits.limiter, policy, &key, request, next).await
 }
 
 /// The client's address as the limit key, believing `X-Forwarded-For` only from trusted
 /// proxies.
-fn client_key(app: &AppState, request: &Request) -> String {
+fn client_key(trusted_proxies: &TrustedProxies, request: &Request) -> String {
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |connection| connection.0.ip());
-    client_ip::limit_key(app.trusted_proxies.client_ip(peer, request.headers()))
-}
-
-/// Counts one password attempt against an account. The email is hashed into the key, so
-/// shared state never holds addresses.
-pub async fn check_account_login(app: &AppState, email: &str) -> Decision {
-    let key = hash_secret(&email.trim().to_lowercase());
-    app.limiter.check(ACCOUNT_LOGIN, &key).await
+    client_ip::limit_key(trusted_proxies.client_ip(peer, request.headers()))
 }

@@ -1,8 +1,12 @@
 //! Operations endpoints outside `/api/v1`: liveness, readiness, Prometheus metrics, the JWKS,
 //! the OpenAPI document and the interactive docs page (served from the binary; no CDN).
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{FromRef, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use orderly_kit::FieldError;
@@ -11,15 +15,43 @@ use orderly_kit::docs::{
     ServiceUnavailable, Unauthorized, UnsupportedMediaType, ValidationFailed,
 };
 use orderly_kit::problem::ProblemBody;
+use orderly_kit::redis::SharedRedis;
 use serde::Serialize;
-use std::collections::BTreeMap;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::app::AppState;
+use crate::accounts::tokens::SigningKeys;
+use crate::db::Database;
+use crate::payments::provider::PaymentGateway;
+
+/// What the operations endpoints look at. Cheap to clone: every field is shared.
+#[derive(Clone)]
+pub struct Operations {
+    pub db: Database,
+    /// Published as the JWKS.
+    pub keys: Arc<SigningKeys>,
+    /// Its circuit state is published at each scrape.
+    pub gateway: Arc<PaymentGateway>,
+    /// Reported by `/readyz`, never deciding it; `None` when each instance keeps its own state.
+    pub redis: Option<Arc<SharedRedis>>,
+    /// Renders `/metrics`.
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Set when shutdown begins so `/readyz` fails at once while in-flight requests finish.
+    pub shutting_down: Arc<AtomicBool>,
+}
+
+impl Operations {
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+}
 
 #[derive(OpenApi)]
 #[openapi(
@@ -76,12 +108,16 @@ pub fn api_doc() -> utoipa::openapi::OpenApi {
 pub const NEVER_SHED: &[&str] = &["/healthz", "/readyz", "/metrics"];
 
 /// The documented operations routes.
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Operations: FromRef<S>,
+{
     OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(metrics)).routes(routes!(jwks))
 }
 
 /// The OpenAPI document and the interactive docs page.
-pub fn docs_router(openapi: utoipa::openapi::OpenApi) -> axum::Router<AppState> {
+pub fn docs_router<S: Clone + Send + Sync + 'static>(openapi: utoipa::openapi::OpenApi) -> axum::Router<S> {
     axum::Router::from(SwaggerUi::new("/docs").url("/openapi.json", openapi))
 }
 
@@ -109,20 +145,20 @@ async fn healthz() -> Json<Health> {
     get, path = "/readyz", tag = "operations",
     responses((status = 200, body = Health, description = "Ready"), (status = 503, body = Health, description = "Not ready"))
 )]
-async fn readyz(State(app): State<AppState>) -> Response {
-    if app.is_shutting_down() {
+async fn readyz(State(ops): State<Operations>) -> Response {
+    if ops.is_shutting_down() {
         return not_ready(Health { status: "shutting_down", checks: BTreeMap::new() });
     }
-    let database = app.db.check().await;
+    let database = ops.db.check().await;
     let ready = database.is_ok();
     let mut checks = BTreeMap::from([("database", database.map(|()| "ok".to_owned()).unwrap_or_else(|e| e))]);
     // The replica and Redis are shared by every instance, and each instance can serve
     // without them (lists from the primary; per-instance limits and cached copies): they are
     // reported, but failing readiness on them would take every instance out of rotation at once.
-    if let Some(replica) = app.db.replica_status() {
+    if let Some(replica) = ops.db.replica_status() {
         checks.insert("read_replica", replica);
     }
-    if let Some(redis) = &app.redis {
+    if let Some(redis) = &ops.redis {
         let state = match redis.ping().await {
             Ok(()) => "ok".to_owned(),
             Err(error) => format!("degraded: {error}; serving with per-instance limits and caches"),
@@ -150,17 +186,17 @@ fn not_ready(health: Health) -> Response {
     get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String))
 )]
-async fn metrics(State(app): State<AppState>) -> Response {
+async fn metrics(State(ops): State<Operations>) -> Response {
     // Several servers in one process (as in tests) share one registry: publishing and rendering
     // under one lock keeps each scrape's state gauges its own server's.
     static SCRAPE: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _scrape = SCRAPE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    app.payments.publish_metrics();
-    app.db.publish_metrics();
-    if let Some(redis) = &app.redis {
+    ops.gateway.publish_metrics();
+    ops.db.publish_metrics();
+    if let Some(redis) = &ops.redis {
         redis.publish_metrics();
     }
-    orderly_kit::metrics::exposition(&app.metrics)
+    orderly_kit::metrics::exposition(&ops.metrics)
 }
 
 /// Describes the application's own metrics; the HTTP ones are described by the kit.
@@ -221,8 +257,8 @@ pub fn describe_metrics() {
     get, path = "/.well-known/jwks.json", tag = "operations",
     responses((status = 200, description = "JSON Web Key Set", content_type = "application/json", body = Object))
 )]
-async fn jwks(State(app): State<AppState>) -> Response {
-    let mut response = Json(app.keys.jwks().clone()).into_response();
+async fn jwks(State(ops): State<Operations>) -> Response {
+    let mut response = Json(ops.keys.jwks().clone()).into_response();
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
     response
 }

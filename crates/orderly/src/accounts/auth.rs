@@ -1,21 +1,24 @@
 //! Who is calling: the [`Principal`] extractor accepts a JWT access token or an API key as
-//! `Authorization: Bearer …`; [`Admin`] additionally requires the admin role.
+//! `Authorization: Bearer …`; [`Admin`] additionally requires the admin role. Both work in any
+//! router whose state provides an [`Authenticator`].
 //!
 //! Failures are 401 with `WWW-Authenticate: Bearer` (RFC 6750), or 403 for a caller whose role
 //! is not enough. Credentials are never logged.
 
-use axum::extract::FromRequestParts;
+use std::sync::Arc;
+
+use axum::extract::{FromRef, FromRequestParts};
 use http::{HeaderValue, StatusCode, header, request::Parts};
 use orderly_kit::Problem;
 use orderly_kit::context::RequestContext;
 use uuid::Uuid;
 
-use crate::app::AppState;
+use crate::db::Database;
 use crate::error::AppError;
 
 use super::domain::Role;
 use super::store;
-use super::tokens::hash_secret;
+use super::tokens::{SigningKeys, hash_secret};
 
 /// API keys start with this prefix; anything else presented as a bearer token is a JWT.
 pub const API_KEY_PREFIX: &str = "sk_";
@@ -41,22 +44,35 @@ impl Principal {
     }
 }
 
-impl FromRequestParts<AppState> for Principal {
+impl<S: Send + Sync> FromRequestParts<S> for Principal
+where
+    Authenticator: FromRef<S>,
+{
     type Rejection = AppError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        // Middleware that needed the caller first (idempotency) has already authenticated.
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        // Middleware that needed the caller first (rate limits, idempotency) has already
+        // authenticated.
         if let Some(principal) = parts.extensions.get::<Principal>() {
             return Ok(*principal);
         }
-        authenticate(state, &parts.headers).await?.ok_or_else(|| unauthorized(None).into())
+        Authenticator::from_ref(state).authenticate(&parts.headers).await?.ok_or_else(|| unauthorized(None).into())
     }
 }
 
-/// Authenticates the bearer credential in `headers`: `Ok(None)` when there is none, 401 when
-/// it is malformed, unknown or expired.
-pub async fn authenticate(state: &AppState, headers: &http::HeaderMap) -> Result<Option<Principal>, AppError> {
-    {
+/// What authenticating a caller takes: the keys that verify access tokens and the database
+/// that knows API keys. Cheap to clone.
+#[derive(Clone)]
+pub struct Authenticator {
+    /// Finds API keys on the primary, so a key works the moment it is created.
+    pub db: Database,
+    pub keys: Arc<SigningKeys>,
+}
+
+impl Authenticator {
+    /// Authenticates the bearer credential in `headers`: `Ok(None)` when there is none, 401
+    /// when it is malformed, unknown or expired.
+    pub async fn authenticate(&self, headers: &http::HeaderMap) -> Result<Option<Principal>, AppError> {
         let Some(value) = headers.get(header::AUTHORIZATION) else {
             return Ok(None);
         };
@@ -71,11 +87,11 @@ pub async fn authenticate(state: &AppState, headers: &http::HeaderMap) -> Result
         let principal = if token.starts_with(API_KEY_PREFIX) {
             let secret_hash = hash_secret(token);
             let found =
-                state.db.current().run(async move |conn| store::find_api_key_owner(conn, &secret_hash).await).await?;
+                self.db.current().run(async move |conn| store::find_api_key_owner(conn, &secret_hash).await).await?;
             let (key_id, owner) = found.ok_or_else(|| unauthorized(Some("The API key is unknown or revoked.")))?;
             Principal { user_id: owner.id, role: owner.role, api_key_id: Some(key_id) }
         } else {
-            let claims = state
+            let claims = self
                 .keys
                 .verify_access_token(token)
                 .ok_or_else(|| unauthorized(Some("The access token is invalid or expired.")))?;
@@ -91,10 +107,13 @@ pub async fn authenticate(state: &AppState, headers: &http::HeaderMap) -> Result
 #[derive(Debug, Clone, Copy)]
 pub struct Admin(pub Principal);
 
-impl FromRequestParts<AppState> for Admin {
+impl<S: Send + Sync> FromRequestParts<S> for Admin
+where
+    Authenticator: FromRef<S>,
+{
     type Rejection = AppError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
         let principal = Principal::from_request_parts(parts, state).await?;
         if principal.is_admin() {
             Ok(Self(principal))

@@ -4,6 +4,13 @@
 //! Owns the `users`, `refresh_tokens` and `api_keys` tables and the token signing keys. Never
 //! stores or logs a password, refresh token or API key secret in the clear.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use orderly_kit::cursor::CursorCodec;
+
+use crate::db::Database;
+
 pub mod auth;
 pub mod domain;
 pub mod passwords;
@@ -13,3 +20,14 @@ pub mod store;
 pub mod tokens;
 
 pub use routes::router;
+
+/// What the account endpoints use. Cheap to clone: every field is shared.
+#[derive(Clone)]
+pub struct Accounts {
+    pub db: Database,
+    /// Sign the access tokens the token endpoint issues.
+    pub keys: Arc<tokens::SigningKeys>,
+    pub cursors: CursorCodec,
+    /// How long a refresh token lasts (`ORDERLY_REFRESH_TOKEN_TTL`).
+    pub refresh_token_ttl: Duration,
+}

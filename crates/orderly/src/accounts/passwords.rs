@@ -15,8 +15,6 @@ use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{Output, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 
-use crate::error::AppError;
-
 use super::domain::Password;
 
 type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
@@ -60,24 +58,31 @@ fn work(queue: &Mutex<Receiver<Job>>) {
 /// How long a hashing thread keeps its 19 MiB buffer without work.
 const IDLE_RELEASE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// A hashing thread could not take or finish a job: a broken process, never the caller's doing.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct HashingFailed(&'static str);
+
 /// Runs `task` on a hashing thread with that thread's Argon2 memory.
-async fn on_hasher<T: Send + 'static>(task: impl FnOnce(&mut Vec<Block>) -> T + Send + 'static) -> Result<T, AppError> {
+async fn on_hasher<T: Send + 'static>(
+    task: impl FnOnce(&mut Vec<Block>) -> T + Send + 'static,
+) -> Result<T, HashingFailed> {
     let (reply, result) = tokio::sync::oneshot::channel();
     pool()
         .send(Box::new(move |memory| {
             let _ = reply.send(task(memory));
         }))
-        .map_err(|_| AppError::internal("the password hashing threads are gone"))?;
-    result.await.map_err(|_| AppError::internal("a password hashing thread failed"))
+        .map_err(|_| HashingFailed("the password hashing threads are gone"))?;
+    result.await.map_err(|_| HashingFailed("a password hashing thread failed"))
 }
 
-pub async fn hash(password: Password) -> Result<String, AppError> {
+pub async fn hash(password: Password) -> Result<String, HashingFailed> {
     on_hasher(move |memory| hash_with(memory, password.expose())).await
 }
 
 /// Verifies `password` against `stored`; with no stored hash (unknown user) it verifies
 /// against a dummy hash anyway, so response time does not reveal which emails exist.
-pub async fn verify(password: String, stored: Option<String>) -> Result<bool, AppError> {
+pub async fn verify(password: String, stored: Option<String>) -> Result<bool, HashingFailed> {
     on_hasher(move |memory| match stored {
         Some(stored) => verify_with(memory, &password, &stored),
         None => {

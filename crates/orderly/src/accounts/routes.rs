@@ -2,12 +2,12 @@
 //! Handlers parse, call the service or store, and respond.
 
 use axum::Extension;
-use axum::extract::{OriginalUri, Request, State};
-use axum::response::IntoResponse;
+use axum::extract::{FromRef, OriginalUri, Request, State};
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 use orderly_kit::Problem;
-use orderly_kit::conditional::{CacheControl, check_if_match, conditional_response};
+use orderly_kit::conditional::{CacheControl, conditional_response};
 use orderly_kit::docs::{
     BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, PreconditionFailed, Unauthorized, UnsupportedMediaType,
     ValidationFailed,
@@ -23,19 +23,27 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::app::AppState;
-use crate::error::ApiResult;
-use crate::limits;
+use crate::db::Database;
+use crate::error::{ApiResult, AppError};
+use crate::limits::RateLimits;
 use crate::listing::{CreatedAtSort, FieldsQuery, ListParams, read_fields};
 use crate::responses::{Written, written};
 use crate::schemas;
 
-use super::auth::{Admin, Principal};
+use super::Accounts;
+use super::auth::{Admin, Authenticator, Principal};
 use super::domain::{Email, Password, Role, UserName};
-use super::service::{self, OAuthError, Registration, TokenGrant, TokenOutcome};
+use super::service::{self, AccountError, Registration, TokenGrant};
 use super::store::{self, ApiKey, User, UserChanges, UserFilter};
 
-pub fn router() -> OpenApiRouter<AppState> {
+/// The account routes; the token endpoint also counts password attempts per account.
+pub fn router<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Accounts: FromRef<S>,
+    Authenticator: FromRef<S>,
+    RateLimits: FromRef<S>,
+{
     OpenApiRouter::new()
         .routes(routes!(register))
         .routes(routes!(token))
@@ -135,6 +143,25 @@ pub struct ApiKeyList {
     has_more: bool,
 }
 
+impl From<AccountError> for AppError {
+    fn from(error: AccountError) -> Self {
+        match error {
+            AccountError::NotFound => Problem::not_found().into(),
+            AccountError::PreconditionFailed => Problem::precondition_failed().into(),
+            AccountError::EmailTaken => {
+                Problem::conflict("email_taken", "An account with this email already exists.").into()
+            }
+            // The token endpoint answers refused grants in RFC 6749's format (`TokenOutcome`)
+            // before they get here; anywhere else a refusal is a plain 400.
+            AccountError::InvalidGrant(description) => {
+                Problem::new(StatusCode::BAD_REQUEST, "invalid_grant", description).into()
+            }
+            AccountError::Hashing(error) => AppError::internal(error.to_string()),
+            AccountError::Database(error) => error.into(),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Registration and tokens
 
@@ -165,7 +192,7 @@ pub struct RegisterRequest {
     )
 )]
 async fn register(
-    State(app): State<AppState>,
+    State(accounts): State<Accounts>,
     key: Option<Extension<KeyedWrite>>,
     JsonBody(mut body): JsonBody,
 ) -> ApiResult {
@@ -175,7 +202,7 @@ async fn register(
     let (email, password, name) = body.finish((email, password, name))?;
     let key = key.map(|Extension(key)| key);
     let registration = Registration { email, password, name };
-    Ok(service::register(&app, registration, Role::Customer, key, registered_user).await?.into_response())
+    Ok(service::register(&accounts.db, registration, Role::Customer, key, registered_user).await?.into_response())
 }
 
 fn registered_user(user: &User) -> Written {
@@ -244,7 +271,7 @@ pub enum RefreshTokenGrantType {
         (status = 415, description = "The body is neither form-encoded nor JSON", body = OAuthError),
     )
 )]
-async fn token(State(app): State<AppState>, request: Request) -> ApiResult {
+async fn token(State(accounts): State<Accounts>, State(limits): State<RateLimits>, request: Request) -> ApiResult {
     let kind = BodyKind::of(request.headers());
     let body = read_body(request).await?;
     let params = match kind {
@@ -260,18 +287,21 @@ async fn token(State(app): State<AppState>, request: Request) -> ApiResult {
         Ok(params) => params,
         Err(error) => return Ok(error.into_response()),
     };
+    let (db, keys, ttl) = (&accounts.db, &accounts.keys, accounts.refresh_token_ttl);
     let mut account_guard = None;
     let outcome = match token_request(&params) {
         Err(error) => TokenOutcome::Refused(error),
         Ok(TokenGrantRequest::Password { username, password }) => {
-            let guard = limits::check_account_login(&app, &username).await;
+            let guard = limits.check_account_login(&username).await;
             if !guard.allowed {
                 return Ok(guard.rejection());
             }
             account_guard = Some(guard);
-            service::grant_password(&app, &username, password).await?
+            TokenOutcome::of(service::grant_password(db, keys, ttl, &username, password).await)?
         }
-        Ok(TokenGrantRequest::Refresh { refresh_token }) => service::grant_refresh(&app, &refresh_token).await?,
+        Ok(TokenGrantRequest::Refresh { refresh_token }) => {
+            TokenOutcome::of(service::grant_refresh(db, keys, ttl, &refresh_token).await)?
+        }
     };
     let mut response = match outcome {
         TokenOutcome::Granted(grant) => grant.into_response(),
@@ -281,6 +311,74 @@ async fn token(State(app): State<AppState>, request: Request) -> ApiResult {
         guard.write_headers(response.headers_mut());
     }
     Ok(response)
+}
+
+/// The token endpoint's answer: tokens, or a refusal in RFC 6749's terms.
+enum TokenOutcome {
+    Granted(TokenGrant),
+    Refused(OAuthError),
+}
+
+impl TokenOutcome {
+    /// A refused grant becomes RFC 6749 `invalid_grant`; any other failure is an application
+    /// error.
+    fn of(granted: Result<TokenGrant, AccountError>) -> Result<Self, AppError> {
+        match granted {
+            Ok(grant) => Ok(Self::Granted(grant)),
+            Err(AccountError::InvalidGrant(description)) => Ok(Self::Refused(OAuthError::invalid_grant(description))),
+            Err(error) => Err(error.into()),
+        }
+    }
+}
+
+impl IntoResponse for TokenGrant {
+    fn into_response(self) -> Response {
+        let mut response = axum::Json(self).into_response();
+        no_store(&mut response);
+        response
+    }
+}
+
+/// An error response of the token endpoint (RFC 6749 §5.2).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OAuthError {
+    #[serde(skip)]
+    pub status: u16,
+    /// `invalid_request`, `invalid_grant`, `unsupported_grant_type`, …
+    pub error: &'static str,
+    pub error_description: String,
+}
+
+impl OAuthError {
+    pub fn invalid_request(description: impl Into<String>) -> Self {
+        Self { status: 400, error: "invalid_request", error_description: description.into() }
+    }
+
+    pub fn invalid_grant(description: impl Into<String>) -> Self {
+        Self { status: 400, error: "invalid_grant", error_description: description.into() }
+    }
+
+    pub fn unsupported_grant_type() -> Self {
+        Self {
+            status: 400,
+            error: "unsupported_grant_type",
+            error_description: "grant_type must be `password` or `refresh_token`".into(),
+        }
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_REQUEST);
+        let mut response = (status, axum::Json(self)).into_response();
+        no_store(&mut response);
+        response
+    }
+}
+
+fn no_store(response: &mut Response) {
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
 }
 
 enum TokenGrantRequest {
@@ -338,10 +436,10 @@ pub struct LogoutRequest {
         (status = 422, response = ValidationFailed),
     )
 )]
-async fn logout(State(app): State<AppState>, JsonBody(mut body): JsonBody) -> ApiResult {
+async fn logout(State(accounts): State<Accounts>, JsonBody(mut body): JsonBody) -> ApiResult {
     let refresh_token = body.required("refresh_token", |v| text(json::string(v)?, 1, 512));
     let (refresh_token,) = body.finish((refresh_token,))?;
-    service::logout(&app, &refresh_token).await?;
+    service::logout(&accounts.db, &refresh_token).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -396,7 +494,7 @@ pub struct ApiKeyListQuery {
     )
 )]
 async fn get_me(
-    State(app): State<AppState>,
+    State(accounts): State<Accounts>,
     principal: Principal,
     headers: HeaderMap,
     Query(mut query): Query,
@@ -404,7 +502,7 @@ async fn get_me(
     let fields = read_fields(&mut query, USER_FIELDS);
     let (fields,) = query.finish((fields,))?;
     let user_id = principal.user_id;
-    let user = app
+    let user = accounts
         .db
         .current()
         .run(async move |conn| store::find_user(conn, user_id).await)
@@ -440,7 +538,7 @@ pub struct UpdateMeRequest {
     )
 )]
 async fn patch_me(
-    State(app): State<AppState>,
+    State(accounts): State<Accounts>,
     principal: Principal,
     headers: HeaderMap,
     JsonBody(mut body): JsonBody,
@@ -448,7 +546,7 @@ async fn patch_me(
     let name = body.optional("name", UserName::from_json);
     let (name,) = body.finish((name,))?;
     let changes = UserChanges { name: name.map(UserName::into_inner), role: None };
-    update_user(&app, headers, principal.user_id, changes).await
+    update_user(&accounts.db, headers, principal.user_id, changes).await
 }
 
 /// List users (admin).
@@ -463,7 +561,7 @@ async fn patch_me(
     )
 )]
 async fn list_users(
-    State(app): State<AppState>,
+    State(accounts): State<Accounts>,
     _admin: Admin,
     OriginalUri(uri): OriginalUri,
     Query(mut query): Query,
@@ -474,17 +572,17 @@ async fn list_users(
     let (params, role, email) = query.finish((params, role, email))?;
     let filter = UserFilter { role, email: email.map(|e| e.as_str().to_owned()) };
     let scope = ("users", &params.sort, &filter);
-    let after = params.position(&app.cursors, &scope)?;
+    let after = params.position(&accounts.cursors, &scope)?;
     let page = {
         let (filter, params) = (filter.clone(), params.clone());
-        app.db.read().run(async move |conn| store::list_users(conn, &filter, &params, after).await).await?
+        accounts.db.read().run(async move |conn| store::list_users(conn, &filter, &params, after).await).await?
     };
     Ok(crate::listing::respond(
         &uri,
         &page,
         &params,
         user_body,
-        |last| app.cursors.encode(&scope, &(last.created_at, last.id)),
+        |last| accounts.cursors.encode(&scope, &(last.created_at, last.id)),
         CacheControl::Private,
     ))
 }
@@ -503,7 +601,7 @@ async fn list_users(
     )
 )]
 async fn get_user(
-    State(app): State<AppState>,
+    State(accounts): State<Accounts>,
     _admin: Admin,
     Id(id): Id,
     headers: HeaderMap,
@@ -511,7 +609,7 @@ async fn get_user(
 ) -> ApiResult {
     let fields = read_fields(&mut query, USER_FIELDS);
     let (fields,) = query.finish((fields,))?;
-    let user = app
+    let user = accounts
         .db
         .current()
         .run(async move |conn| store::find_user(conn, id).await)
@@ -550,7 +648,7 @@ pub struct UpdateUserRequest {
     )
 )]
 async fn patch_user(
-    State(app): State<AppState>,
+    State(accounts): State<Accounts>,
     _admin: Admin,
     Id(id): Id,
     headers: HeaderMap,
@@ -560,14 +658,13 @@ async fn patch_user(
     let role = body.optional("role", Role::from_json);
     let (name, role) = body.finish((name, role))?;
     let changes = UserChanges { name: name.map(UserName::into_inner), role };
-    update_user(&app, headers, id, changes).await
+    update_user(&accounts.db, headers, id, changes).await
 }
 
 /// Applies `changes` if `If-Match` matches the user as it stands under its row lock (see
 /// [`service::update_user`]).
-async fn update_user(app: &AppState, headers: HeaderMap, id: Uuid, changes: UserChanges) -> ApiResult {
-    let user =
-        service::update_user(app, id, changes, move |current| check_if_match(&headers, &user_value(current))).await?;
+async fn update_user(db: &Database, headers: HeaderMap, id: Uuid, changes: UserChanges) -> ApiResult {
+    let user = service::update_user(db, id, changes, headers, user_value).await?;
     Ok(written(&user_value(&user), user.updated_at))
 }
 
@@ -595,7 +692,7 @@ pub struct CreateApiKeyRequest {
     )
 )]
 async fn create_api_key(
-    State(app): State<AppState>,
+    State(accounts): State<Accounts>,
     principal: Principal,
     key: Option<Extension<KeyedWrite>>,
     JsonBody(mut body): JsonBody,
@@ -603,7 +700,7 @@ async fn create_api_key(
     let name = body.required("name", |v| text(json::string(v)?, 1, 100));
     let (name,) = body.finish((name,))?;
     let key = key.map(|Extension(key)| key);
-    Ok(service::create_api_key(&app, principal.user_id, name, key, created_api_key).await?.into_response())
+    Ok(service::create_api_key(&accounts.db, principal.user_id, name, key, created_api_key).await?.into_response())
 }
 
 /// The new key with its secret, shown this once.
@@ -625,7 +722,7 @@ fn created_api_key((api_key, secret): &(ApiKey, String)) -> Written {
     )
 )]
 async fn list_api_keys(
-    State(app): State<AppState>,
+    State(accounts): State<Accounts>,
     principal: Principal,
     OriginalUri(uri): OriginalUri,
     Query(mut query): Query,
@@ -634,17 +731,17 @@ async fn list_api_keys(
     let (params,) = query.finish((params,))?;
     let user_id = principal.user_id;
     let scope = ("api_keys", user_id, &params.sort);
-    let after = params.position(&app.cursors, &scope)?;
+    let after = params.position(&accounts.cursors, &scope)?;
     let page = {
         let params = params.clone();
-        app.db.read().run(async move |conn| store::list_api_keys(conn, user_id, &params, after).await).await?
+        accounts.db.read().run(async move |conn| store::list_api_keys(conn, user_id, &params, after).await).await?
     };
     Ok(crate::listing::respond(
         &uri,
         &page,
         &params,
         api_key_body,
-        |last| app.cursors.encode(&scope, &(last.created_at, last.id)),
+        |last| accounts.cursors.encode(&scope, &(last.created_at, last.id)),
         CacheControl::Private,
     ))
 }
@@ -662,7 +759,7 @@ async fn list_api_keys(
     )
 )]
 async fn get_api_key(
-    State(app): State<AppState>,
+    State(accounts): State<Accounts>,
     principal: Principal,
     Id(id): Id,
     headers: HeaderMap,
@@ -671,7 +768,7 @@ async fn get_api_key(
     let fields = read_fields(&mut query, API_KEY_FIELDS);
     let (fields,) = query.finish((fields,))?;
     let user_id = principal.user_id;
-    let key = app
+    let key = accounts
         .db
         .current()
         .run(async move |conn| store::find_api_key(conn, user_id, id).await)
@@ -697,12 +794,11 @@ async fn get_api_key(
     )
 )]
 async fn delete_api_key(
-    State(app): State<AppState>,
+    State(accounts): State<Accounts>,
     principal: Principal,
     Id(id): Id,
     headers: HeaderMap,
 ) -> ApiResult {
-    service::delete_api_key(&app, principal.user_id, id, move |key| check_if_match(&headers, &api_key_value(key)))
-        .await?;
+    service::delete_api_key(&accounts.db, principal.user_id, id, headers, api_key_value).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

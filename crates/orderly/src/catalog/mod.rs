@@ -4,6 +4,12 @@
 //!
 //! Owns the `products` table.
 
+use std::sync::Arc;
+
+use orderly_kit::cursor::CursorCodec;
+
+use crate::db::Database;
+
 pub mod cache;
 pub mod domain;
 mod routes;
@@ -11,3 +17,14 @@ pub mod service;
 pub mod store;
 
 pub use routes::router;
+
+/// What the catalog endpoints use. Cheap to clone: every field is shared.
+#[derive(Clone)]
+pub struct Catalog {
+    pub db: Database,
+    /// Representations of single products for public reads; every product write invalidates.
+    pub products: Arc<cache::ProductCache>,
+    pub cursors: CursorCodec,
+    /// `max-age` of public catalog reads, seconds (`ORDERLY_CATALOG_MAX_AGE`).
+    pub max_age: u32,
+}

@@ -1,7 +1,7 @@
 //! Catalog endpoints: public product reads, admin writes.
 
 use axum::Extension;
-use axum::extract::{OriginalUri, State};
+use axum::extract::{FromRef, OriginalUri, State};
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use http::{HeaderMap, StatusCode};
@@ -21,18 +21,23 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::accounts::auth::Admin;
-use crate::app::AppState;
+use crate::accounts::auth::{Admin, Authenticator};
 use crate::error::{ApiResult, AppError};
 use crate::listing::{FieldsQuery, ListParams, read_fields};
 use crate::responses::{Written, written};
 
+use super::Catalog;
 use super::domain::{Currency, MAX_STOCK, MAX_UNIT_PRICE, Sku, currency_schema};
 use super::service::{self, CatalogError};
 use super::store::{self, After, NewProduct, Product, ProductChanges, ProductFilter};
 use crate::schemas;
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Catalog: FromRef<S>,
+    Authenticator: FromRef<S>,
+{
     OpenApiRouter::new().routes(routes!(list_products, create_product)).routes(routes!(
         get_product,
         patch_product,
@@ -174,7 +179,7 @@ pub struct ProductListQuery {
     )
 )]
 async fn list_products(
-    State(app): State<AppState>,
+    State(catalog): State<Catalog>,
     OriginalUri(uri): OriginalUri,
     Query(mut query): Query,
 ) -> ApiResult {
@@ -194,12 +199,14 @@ async fn list_products(
     let filter = ProductFilter { active, currency: currency.map(Currency::code), min_price, max_price, q };
     let scope = ("products", &params.sort, &filter);
     let after = match params.sort.key {
-        "unit_price" => params.position::<(i64, Uuid)>(&app.cursors, &scope)?.map(|(p, id)| After::UnitPrice(p, id)),
-        _ => params.position::<(DateTime<Utc>, Uuid)>(&app.cursors, &scope)?.map(|(t, id)| After::CreatedAt(t, id)),
+        "unit_price" => {
+            params.position::<(i64, Uuid)>(&catalog.cursors, &scope)?.map(|(p, id)| After::UnitPrice(p, id))
+        }
+        _ => params.position::<(DateTime<Utc>, Uuid)>(&catalog.cursors, &scope)?.map(|(t, id)| After::CreatedAt(t, id)),
     };
     let page = {
         let (filter, params) = (filter.clone(), params.clone());
-        app.db.read().run(async move |conn| store::list_products(conn, &filter, &params, after).await).await?
+        catalog.db.read().run(async move |conn| store::list_products(conn, &filter, &params, after).await).await?
     };
     let by_price = params.sort.key == "unit_price";
     Ok(crate::listing::respond(
@@ -209,12 +216,12 @@ async fn list_products(
         product_body,
         |last| {
             if by_price {
-                app.cursors.encode(&scope, &(last.unit_price, last.id))
+                catalog.cursors.encode(&scope, &(last.unit_price, last.id))
             } else {
-                app.cursors.encode(&scope, &(last.created_at, last.id))
+                catalog.cursors.encode(&scope, &(last.created_at, last.id))
             }
         },
-        CacheControl::Public { max_age: app.catalog_max_age },
+        CacheControl::Public { max_age: catalog.max_age },
     ))
 }
 
@@ -229,15 +236,15 @@ async fn list_products(
     )
 )]
 async fn get_product(
-    State(app): State<AppState>,
+    State(catalog): State<Catalog>,
     Id(id): Id,
     headers: HeaderMap,
     Query(mut query): Query,
 ) -> ApiResult {
     let fields = read_fields(&mut query, PRODUCT_FIELDS);
     let (fields,) = query.finish((fields,))?;
-    let product = app.products.get(&app.db, id, product_value).await?.ok_or_else(Problem::not_found)?;
-    let cache = CacheControl::Public { max_age: app.catalog_max_age };
+    let product = catalog.products.get(&catalog.db, id, product_value).await?.ok_or_else(Problem::not_found)?;
+    let cache = CacheControl::Public { max_age: catalog.max_age };
     Ok(match fields {
         None => prepared_conditional_response(&headers, product.body.clone(), &product.etag, product.updated_at, cache),
         Some(fields) => {
@@ -327,7 +334,7 @@ fn read_product_fields(body: &mut Fields<Value>, required: bool) -> Option<Produ
     )
 )]
 async fn create_product(
-    State(app): State<AppState>,
+    State(catalog): State<Catalog>,
     _admin: Admin,
     key: Option<Extension<KeyedWrite>>,
     JsonBody(mut body): JsonBody,
@@ -344,7 +351,7 @@ async fn create_product(
         active: fields.active.unwrap_or(true),
     };
     let key = key.map(|Extension(key)| key);
-    Ok(service::create_product(&app.db, new, key, created_product).await?.into_response())
+    Ok(service::create_product(&catalog.db, new, key, created_product).await?.into_response())
 }
 
 /// Update a product (admin). Honours `If-Match`.
@@ -364,7 +371,7 @@ async fn create_product(
     )
 )]
 async fn patch_product(
-    State(app): State<AppState>,
+    State(catalog): State<Catalog>,
     _admin: Admin,
     Id(id): Id,
     headers: HeaderMap,
@@ -372,7 +379,7 @@ async fn patch_product(
 ) -> ApiResult {
     let changes = read_product_fields(&mut body, false);
     let (changes,) = body.finish((changes,))?;
-    let product = service::change_product(&app.db, &app.products, id, changes, headers, product_value).await?;
+    let product = service::change_product(&catalog.db, &catalog.products, id, changes, headers, product_value).await?;
     Ok(written(&product_value(&product), product.updated_at))
 }
 
@@ -388,8 +395,8 @@ async fn patch_product(
         (status = 412, response = PreconditionFailed),
     )
 )]
-async fn delete_product(State(app): State<AppState>, _admin: Admin, Id(id): Id, headers: HeaderMap) -> ApiResult {
+async fn delete_product(State(catalog): State<Catalog>, _admin: Admin, Id(id): Id, headers: HeaderMap) -> ApiResult {
     let archive = ProductChanges { active: Some(false), ..ProductChanges::default() };
-    service::change_product(&app.db, &app.products, id, archive, headers, product_value).await?;
+    service::change_product(&catalog.db, &catalog.products, id, archive, headers, product_value).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

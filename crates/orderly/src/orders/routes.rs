@@ -1,7 +1,7 @@
 //! Order endpoints: place, list, read, cancel.
 
 use axum::Extension;
-use axum::extract::{OriginalUri, State};
+use axum::extract::{FromRef, OriginalUri, State};
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use http::HeaderMap;
@@ -22,17 +22,22 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::accounts::auth::Principal;
-use crate::app::AppState;
+use crate::accounts::auth::{Authenticator, Principal};
 use crate::error::{ApiResult, AppError};
 use crate::listing::{CreatedAtListQuery, FieldsQuery, ListParams, read_fields};
 use crate::responses::Written;
 
+use super::Orders;
 use super::domain::{OrderItem, OrderStatus, parse_items};
 use super::service::{self, LineRefusal, OrderError};
 use super::store::{self, Order, OrderFilter};
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Orders: FromRef<S>,
+    Authenticator: FromRef<S>,
+{
     OpenApiRouter::new()
         .routes(routes!(place_order, list_orders))
         .routes(routes!(get_order))
@@ -122,7 +127,7 @@ pub struct OrderLineRequest {
     )
 )]
 async fn place_order(
-    State(app): State<AppState>,
+    State(orders): State<Orders>,
     principal: Principal,
     key: Option<Extension<KeyedWrite>>,
     JsonBody(mut body): JsonBody,
@@ -130,7 +135,10 @@ async fn place_order(
     let items = body.required("items", parse_items);
     let (items,) = body.finish((items,))?;
     let key = key.map(|Extension(key)| key);
-    Ok(service::place_order(&app, principal.user_id, &items, key, placed_order).await?.into_response())
+    let (db, products, idempotency_ttl) = (&orders.db, &orders.products, orders.idempotency_ttl);
+    Ok(service::place_order(db, products, idempotency_ttl, principal.user_id, &items, key, placed_order)
+        .await?
+        .into_response())
 }
 
 impl From<OrderError> for AppError {
@@ -209,7 +217,7 @@ pub struct OrderListQuery {
     )
 )]
 async fn list_orders(
-    State(app): State<AppState>,
+    State(orders): State<Orders>,
     principal: Principal,
     OriginalUri(uri): OriginalUri,
     Query(mut query): Query,
@@ -236,17 +244,17 @@ async fn list_orders(
     };
     let filter = OrderFilter { user_id, status, created_after, created_before };
     let scope = ("orders", &params.sort, &filter);
-    let after = params.position(&app.cursors, &scope)?;
+    let after = params.position(&orders.cursors, &scope)?;
     let page = {
         let (filter, params) = (filter.clone(), params.clone());
-        app.db.read().run(async move |conn| store::list_orders(conn, &filter, &params, after).await).await?
+        orders.db.read().run(async move |conn| store::list_orders(conn, &filter, &params, after).await).await?
     };
     Ok(crate::listing::respond(
         &uri,
         &page,
         &params,
         order_body,
-        |last| app.cursors.encode(&scope, &(last.created_at, last.id)),
+        |last| orders.cursors.encode(&scope, &(last.created_at, last.id)),
         CacheControl::Private,
     ))
 }
@@ -268,7 +276,7 @@ fn empty_list(uri: &http::Uri) -> axum::response::Response {
     )
 )]
 async fn get_order(
-    State(app): State<AppState>,
+    State(orders): State<Orders>,
     principal: Principal,
     Id(id): Id,
     headers: HeaderMap,
@@ -277,7 +285,7 @@ async fn get_order(
     let fields = read_fields(&mut query, ORDER_FIELDS);
     let (fields,) = query.finish((fields,))?;
     let owner = principal.owner_scope();
-    let order = app
+    let order = orders
         .db
         .current()
         .run(async move |conn| store::find_order(conn, id, owner).await)
@@ -300,13 +308,14 @@ async fn get_order(
     )
 )]
 async fn cancel_order(
-    State(app): State<AppState>,
+    State(orders): State<Orders>,
     principal: Principal,
     Id(id): Id,
     key: Option<Extension<KeyedWrite>>,
 ) -> ApiResult {
     let key = key.map(|Extension(key)| key);
-    Ok(service::cancel_order(&app, principal, id, key, cancelled_order).await?.into_response())
+    let (db, products, settle_after) = (&orders.db, &orders.products, orders.payment_settle_after);
+    Ok(service::cancel_order(db, products, settle_after, principal, id, key, cancelled_order).await?.into_response())
 }
 
 fn cancelled_order(order: &Order) -> Written {

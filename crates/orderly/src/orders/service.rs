@@ -3,15 +3,16 @@
 //! answered as an [`OrderError`], which the routes turn into problems.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use orderly_kit::idempotency::KeyedWrite;
 
 use uuid::Uuid;
 
 use crate::accounts::auth::Principal;
-use crate::app::App;
+use crate::catalog::cache::ProductCache;
 use crate::catalog::store::{self as catalog, Product};
-use crate::db::{Conn, DbError};
+use crate::db::{Conn, Database, DbError};
 use crate::idempotency::{Keyed, keyed_transaction};
 use crate::payments::service::PaymentError;
 use crate::responses::Written;
@@ -50,7 +51,8 @@ pub enum LineRefusal {
 }
 
 /// Places an order for `user_id`: every product must exist, be active and share one currency;
-/// every line must be in stock. Prices are the catalog's at this moment.
+/// every line must be in stock. Prices are the catalog's at this moment; the products whose
+/// stock it takes are invalidated in `products` once it commits.
 ///
 /// The hot path is one conditional decrement per line and one insert. Only when a decrement
 /// finds nothing does the order read its products, to say which rule it broke: unknown or
@@ -62,9 +64,11 @@ pub enum LineRefusal {
 /// depth: should a key record ever be lost while its order stands, a retry finds the order
 /// its first run placed instead of placing another. A claim on an order older than the
 /// idempotency TTL belongs to a key that expired and was used again; it is released and the new
-/// order placed.
+/// order placed (`idempotency_ttl` is how long keys are kept).
 pub async fn place_order(
-    app: &App,
+    db: &Database,
+    products: &ProductCache,
+    idempotency_ttl: Duration,
     user_id: Uuid,
     lines: &[OrderLine],
     key: Option<KeyedWrite>,
@@ -74,7 +78,7 @@ pub async fn place_order(
     let claim = key.as_ref().map(|key| key.id.clone());
     let placed = {
         let (lines, claim) = (lines.to_vec(), claim.clone());
-        keyed_transaction(&app.db, key.clone(), render, async move |conn| {
+        keyed_transaction(db, key.clone(), render, async move |conn| {
             place(conn, user_id, &lines, claim.as_deref()).await
         })
         .await
@@ -84,10 +88,10 @@ pub async fn place_order(
         Err(Unplaced::Refused(error)) => return Err(error),
         Err(Unplaced::ClaimTaken) => {
             let claim = claim.expect("only a claimed order can find its claim taken");
-            let expired_before = chrono::Utc::now()
-                - chrono::TimeDelta::from_std(app.idempotency_settings.ttl).unwrap_or(chrono::TimeDelta::days(1));
+            let expired_before =
+                chrono::Utc::now() - chrono::TimeDelta::from_std(idempotency_ttl).unwrap_or(chrono::TimeDelta::days(1));
             let lines = lines.to_vec();
-            let placed = keyed_transaction(&app.db, key, render, async move |conn| {
+            let placed = keyed_transaction(db, key, render, async move |conn| {
                 match store::find_order_by_claim(conn, &claim).await? {
                     Some(placed) if placed.user_id == user_id && placed.created_at > expired_before => {
                         return Ok(placed);
@@ -110,7 +114,7 @@ pub async fn place_order(
         }
     };
     if let Keyed::Done(..) = placed {
-        app.products.invalidate(ids).await;
+        products.invalidate(ids).await;
     }
     Ok(placed)
 }
@@ -211,18 +215,20 @@ async fn refusal(conn: &mut Conn<'_>, lines: &[OrderLine], short: &OrderLine) ->
 
 /// Cancels a pending order and returns its stock. Cancelling a cancelled order returns it
 /// unchanged; any other state is 409 `invalid_state`; while a charge of the order is unsettled,
-/// 409 `payment_in_progress`.
+/// 409 `payment_in_progress` (`payment_settle_after` says when to retry). The products whose
+/// stock comes back are invalidated in `products`.
 pub async fn cancel_order(
-    app: &App,
+    db: &Database,
+    products: &ProductCache,
+    payment_settle_after: Duration,
     caller: Principal,
     id: Uuid,
     key: Option<KeyedWrite>,
     render: fn(&Order) -> Written,
 ) -> Result<Keyed<Order>, OrderError> {
     let owner = caller.owner_scope();
-    let settle_after = app.payment_settle_after;
     let cancelled = keyed_transaction(
-        &app.db,
+        db,
         key,
         move |(order, _): &(Order, Option<Vec<OrderItem>>)| render(order),
         async move |conn| {
@@ -233,7 +239,7 @@ pub async fn cancel_order(
                 other => return Err(OrderError::InvalidState(other)),
             }
             // Cancelling and paying exclude each other: the stock goes back only with the money.
-            crate::payments::service::refuse_while_charging(conn, order.id, settle_after).await?;
+            crate::payments::service::refuse_while_charging(conn, order.id, payment_settle_after).await?;
             let mut items = order.item_list()?;
             // In id order, the order stock is taken in.
             items.sort_by_key(|item| item.product_id);
@@ -248,7 +254,7 @@ pub async fn cancel_order(
     Ok(match cancelled {
         Keyed::Done((order, returned), written) => {
             if let Some(items) = returned {
-                app.products.invalidate(items.iter().map(|item| item.product_id)).await;
+                products.invalidate(items.iter().map(|item| item.product_id)).await;
             }
             Keyed::Done(order, written)
         }

@@ -18,9 +18,9 @@
 
 use std::time::Duration;
 
-use crate::app::AppState;
 use crate::db::{DbError, now};
 
+use super::Payments;
 use super::attempts::{self, Attempt, Kind, Outcome};
 use super::service::{PaymentError, record_charge, record_refund, reverse};
 
@@ -34,16 +34,16 @@ const RETRY_FAILED_AFTER: Duration = Duration::from_secs(30);
 const PROVIDER_MARGIN: Duration = Duration::from_secs(5);
 
 /// Reconciles every so often until the task is aborted.
-pub async fn reconcile_forever(app: AppState, settle_after: Duration) {
+pub async fn reconcile_forever(payments: Payments) {
     let mut interval =
-        tokio::time::interval((settle_after / 4).clamp(Duration::from_millis(100), Duration::from_secs(5)));
+        tokio::time::interval((payments.settle_after / 4).clamp(Duration::from_millis(100), Duration::from_secs(5)));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        if let Err(error) = publish_metrics(&app).await {
+        if let Err(error) = publish_metrics(&payments).await {
             tracing::warn!(%error, "counting unsettled payment attempts failed");
         }
-        if let Err(error) = reconcile(&app, settle_after).await {
+        if let Err(error) = reconcile(&payments).await {
             tracing::warn!(%error, "reconciling payment attempts failed; trying again later");
         }
     }
@@ -52,21 +52,22 @@ pub async fn reconcile_forever(app: AppState, settle_after: Duration) {
 /// One pass over the attempts due for reconciliation. An attempt that cannot be settled now
 /// is left for a later pass without holding up the others; the pass ends early only when the
 /// provider refuses every call (circuit open) or the database cannot be written.
-pub async fn reconcile(app: &AppState, settle_after: Duration) -> Result<(), PaymentError> {
+pub async fn reconcile(payments: &Payments) -> Result<(), PaymentError> {
+    let settle_after = payments.settle_after;
     let now = now();
     let ago = |duration: Duration| now - chrono::TimeDelta::from_std(duration).unwrap_or(chrono::TimeDelta::MAX);
     // A lookup that finds nothing proves nothing while a call under the key may still land:
     // "nothing" is believed only once every call of the attempt has had its whole deadline
     // and a margin for the provider's own processing, however short `settle_after` is.
-    let silent_before = ago(settle_after.max(app.payments.deadline() + PROVIDER_MARGIN));
+    let silent_before = ago(settle_after.max(payments.gateway.deadline() + PROVIDER_MARGIN));
     let before = ago(settle_after);
     // Found on `current`, not `write`: on SQLite a read there never queues behind the one writer
     // (which waits out a locked database), so a hold is judged lapsed by the clock, not late.
     // Recording locks and checks what is on record, so a row read here that is settled
     // meanwhile is recorded once all the same.
-    let lapsed = app.db.current().run(async move |conn| attempts::lapsed(conn, before, BATCH).await).await?;
+    let lapsed = payments.db.current().run(async move |conn| attempts::lapsed(conn, before, BATCH).await).await?;
     for attempt in lapsed {
-        let outcome = match reconcile_one(app, &attempt, attempt.created_at < silent_before).await {
+        let outcome = match reconcile_one(payments, &attempt, attempt.created_at < silent_before).await {
             Ok(Some(outcome)) => outcome,
             Ok(None) => continue,
             Err(PaymentError::ProviderUnavailable { sent: false, .. }) => {
@@ -88,7 +89,7 @@ pub async fn reconcile(app: &AppState, settle_after: Duration) -> Result<(), Pay
                 );
                 let later = crate::db::now() + chrono::TimeDelta::from_std(RETRY_FAILED_AFTER).unwrap_or_default();
                 let id = attempt.id;
-                app.db.write().run(async move |conn| attempts::postpone(conn, id, later).await).await?;
+                payments.db.write().run(async move |conn| attempts::postpone(conn, id, later).await).await?;
                 continue;
             }
         };
@@ -112,35 +113,37 @@ pub async fn reconcile(app: &AppState, settle_after: Duration) -> Result<(), Pay
 /// Settles one attempt; `None` when the provider has nothing under its key yet and that cannot
 /// be believed (`silence_is_final` is false): a later pass asks again.
 async fn reconcile_one(
-    app: &AppState,
+    payments: &Payments,
     attempt: &Attempt,
     silence_is_final: bool,
 ) -> Result<Option<Outcome>, PaymentError> {
     match attempt.kind {
         Kind::Charge => {
-            let found = app.payments.find_charge(&attempt.provider_key).await.map_err(|e| PaymentError::from(&e))?;
+            let found =
+                payments.gateway.find_charge(&attempt.provider_key).await.map_err(|e| PaymentError::from(&e))?;
             if found.is_none() && !silence_is_final {
                 return Ok(None);
             }
-            Ok(Some(record_charge(app, attempt, found).await?.0))
+            Ok(Some(record_charge(payments, attempt, found).await?.0))
         }
         Kind::Refund => {
-            let found = app.payments.find_refund(&attempt.provider_key).await.map_err(|e| PaymentError::from(&e))?;
+            let found =
+                payments.gateway.find_refund(&attempt.provider_key).await.map_err(|e| PaymentError::from(&e))?;
             if found.is_none() && !silence_is_final {
                 return Ok(None);
             }
             let outcome = if found.is_some() { Outcome::Succeeded } else { Outcome::NotMade };
-            record_refund(app, attempt, found).await?;
+            record_refund(&payments.db, attempt, found).await?;
             Ok(Some(outcome))
         }
         // Owed, so carried out; never given up.
-        Kind::Reversal => reverse(app, attempt).await.map(Some),
+        Kind::Reversal => reverse(payments, attempt).await.map(Some),
     }
 }
 
 /// Sets the gauges of unsettled attempts.
-async fn publish_metrics(app: &AppState) -> Result<(), DbError> {
-    let unsettled = app.db.current().run(async |conn| attempts::unsettled_by_kind(conn).await).await?;
+async fn publish_metrics(payments: &Payments) -> Result<(), DbError> {
+    let unsettled = payments.db.current().run(async |conn| attempts::unsettled_by_kind(conn).await).await?;
     let now = now();
     for kind in [Kind::Charge, Kind::Refund, Kind::Reversal] {
         let count = unsettled.iter().find(|(k, ..)| *k == kind).map_or(0, |(_, count, _)| *count);

@@ -2,7 +2,7 @@
 //! the ledger (admin).
 
 use axum::Extension;
-use axum::extract::{OriginalUri, State};
+use axum::extract::{FromRef, OriginalUri, State};
 use chrono::{DateTime, Utc};
 use http::HeaderMap;
 use orderly_kit::conditional::{CacheControl, conditional_response};
@@ -22,19 +22,24 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::accounts::auth::{Admin, Principal};
-use crate::app::AppState;
+use crate::accounts::auth::{Admin, Authenticator, Principal};
 use crate::error::{ApiResult, AppError};
 use crate::listing::{CreatedAtListQuery, FieldsQuery, ListParams, read_fields};
 use crate::responses::created;
 
+use super::Payments;
 use super::service;
 use super::store::{self, LedgerEntry, Payment, PaymentFilter, Refund};
 
 /// Paths whose POST requires an `Idempotency-Key`: they move money.
 pub const KEY_REQUIRED: &[&str] = &["/api/v1/orders/{id}/payments", "/api/v1/payments/{id}/refunds"];
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Payments: FromRef<S>,
+    Authenticator: FromRef<S>,
+{
     OpenApiRouter::new()
         .routes(routes!(pay_order))
         .routes(routes!(list_payments))
@@ -230,7 +235,7 @@ fn payment_method(value: &Value) -> Result<String, Invalid> {
     )
 )]
 async fn pay_order(
-    State(app): State<AppState>,
+    State(payments): State<Payments>,
     principal: Principal,
     Id(order_id): Id,
     claim: Option<Extension<Claim>>,
@@ -239,7 +244,7 @@ async fn pay_order(
     let method = body.required("payment_method", payment_method);
     let (method,) = body.finish((method,))?;
     let claim = claimed(claim)?;
-    let payment = service::pay(app, principal, order_id, method, claim).await?;
+    let payment = service::pay(payments, principal, order_id, method, claim).await?;
     Ok(created(format!("/api/v1/payments/{}", payment.id), &payment_value(&payment), payment.updated_at))
 }
 
@@ -262,7 +267,7 @@ pub struct PaymentListQuery {
     )
 )]
 async fn list_payments(
-    State(app): State<AppState>,
+    State(payments): State<Payments>,
     principal: Principal,
     OriginalUri(uri): OriginalUri,
     Query(mut query): Query,
@@ -274,17 +279,17 @@ async fn list_payments(
     let (params, order_id) = query.finish((params, order_id))?;
     let filter = PaymentFilter { user_id: principal.owner_scope(), order_id };
     let scope = ("payments", &params.sort, &filter);
-    let after = params.position(&app.cursors, &scope)?;
+    let after = params.position(&payments.cursors, &scope)?;
     let page = {
         let (filter, params) = (filter.clone(), params.clone());
-        app.db.read().run(async move |conn| store::list_payments(conn, &filter, &params, after).await).await?
+        payments.db.read().run(async move |conn| store::list_payments(conn, &filter, &params, after).await).await?
     };
     Ok(crate::listing::respond(
         &uri,
         &page,
         &params,
         payment_body,
-        |last| app.cursors.encode(&scope, &(last.created_at, last.id)),
+        |last| payments.cursors.encode(&scope, &(last.created_at, last.id)),
         CacheControl::Private,
     ))
 }
@@ -301,7 +306,7 @@ async fn list_payments(
     )
 )]
 async fn get_payment(
-    State(app): State<AppState>,
+    State(payments): State<Payments>,
     principal: Principal,
     Id(id): Id,
     headers: HeaderMap,
@@ -311,7 +316,7 @@ async fn get_payment(
     let (fields,) = query.finish((fields,))?;
     let owner = principal.owner_scope();
     // Read from the primary: a client reads its payment right after paying.
-    let payment = app
+    let payment = payments
         .db
         .current()
         .run(async move |conn| store::find_payment(conn, id, owner).await)
@@ -349,7 +354,7 @@ pub struct RefundRequestBody {
     )
 )]
 async fn refund_payment(
-    State(app): State<AppState>,
+    State(payments): State<Payments>,
     _admin: Admin,
     Id(payment_id): Id,
     claim: Option<Extension<Claim>>,
@@ -358,7 +363,7 @@ async fn refund_payment(
     let amount = body.optional("amount", |v| json::integer(v, 1, i64::MAX));
     let (amount,) = body.finish((amount,))?;
     let key = claimed(claim)?;
-    let (_payment, refund) = service::refund(app, payment_id, amount, key).await?;
+    let (_payment, refund) = service::refund(payments, payment_id, amount, key).await?;
     Ok(created(format!("/api/v1/refunds/{}", refund.id), &refund_value(&refund), refund.created_at))
 }
 
@@ -374,7 +379,7 @@ async fn refund_payment(
     )
 )]
 async fn get_refund(
-    State(app): State<AppState>,
+    State(payments): State<Payments>,
     principal: Principal,
     Id(id): Id,
     headers: HeaderMap,
@@ -384,7 +389,7 @@ async fn get_refund(
     let (fields,) = query.finish((fields,))?;
     let owner = principal.owner_scope();
     // Read from the primary: the refund's Location is followed right after it is created.
-    let refund = app
+    let refund = payments
         .db
         .current()
         .run(async move |conn| store::find_refund(conn, id, owner).await)
@@ -406,7 +411,7 @@ async fn get_refund(
     )
 )]
 async fn list_transactions(
-    State(app): State<AppState>,
+    State(payments): State<Payments>,
     _admin: Admin,
     OriginalUri(uri): OriginalUri,
     Query(mut query): Query,
@@ -414,17 +419,17 @@ async fn list_transactions(
     let params = ListParams::read(&mut query, TRANSACTION_FIELDS, SORTS);
     let (params,) = query.finish((params,))?;
     let scope = ("transactions", &params.sort);
-    let after = params.position(&app.cursors, &scope)?;
+    let after = params.position(&payments.cursors, &scope)?;
     let page = {
         let params = params.clone();
-        app.db.read().run(async move |conn| store::list_ledger(conn, &params, after).await).await?
+        payments.db.read().run(async move |conn| store::list_ledger(conn, &params, after).await).await?
     };
     Ok(crate::listing::respond(
         &uri,
         &page,
         &params,
         transaction_body,
-        |last| app.cursors.encode(&scope, &(last.created_at, last.id)),
+        |last| payments.cursors.encode(&scope, &(last.created_at, last.id)),
         CacheControl::Private,
     ))
 }

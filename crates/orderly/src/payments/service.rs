@@ -27,11 +27,11 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::accounts::auth::Principal;
-use crate::app::{App, AppState};
-use crate::db::{Conn, DbError, now};
+use crate::db::{Conn, Database, DbError, now};
 use crate::orders::domain::OrderStatus;
 use crate::orders::store as orders;
 
+use super::Payments;
 use super::attempts::{self, Attempt, Kind, NewAttempt, Outcome, Settlement};
 use super::provider::{ChargeOutcome, ChargeRequest, RefundRequest, Unavailable};
 use super::store::{self, NewPayment, Payment, PaymentStatus, Refund};
@@ -68,16 +68,16 @@ pub enum PaymentError {
 
 /// Charges an order's total. `claim` is the request's idempotency claim.
 pub async fn pay(
-    app: AppState,
+    payments: Payments,
     caller: Principal,
     order_id: Uuid,
     payment_method: String,
     claim: String,
 ) -> Result<Payment, PaymentError> {
     let owner = caller.owner_scope();
-    let horizon = claim_horizon(&app);
+    let horizon = claim_horizon(payments.idempotency_ttl);
     // Written ahead: the attempt commits before the call goes out.
-    let attempt = app
+    let attempt = payments
         .db
         .write()
         .transaction(async move |conn| {
@@ -137,11 +137,11 @@ pub async fn pay(
         reference: attempt.order_id,
     };
     let task = tokio::spawn(async move {
-        let outcome = match holding(&app, &attempt, app.payments.charge(&request)).await {
+        let outcome = match holding(&payments.db, &attempt, payments.gateway.charge(&request)).await {
             Ok(outcome) => outcome,
-            Err(unavailable) => return Err(call_failed(&app, &attempt, &unavailable).await),
+            Err(unavailable) => return Err(call_failed(&payments.db, &attempt, &unavailable).await),
         };
-        let (outcome, payment) = record_charge(&app, &attempt, Some(outcome)).await?;
+        let (outcome, payment) = record_charge(&payments, &attempt, Some(outcome)).await?;
         charge_answer(outcome, payment)
     });
     task.await.map_err(|_| PaymentError::Internal("the payment task panicked"))?
@@ -196,12 +196,12 @@ async fn recorded_payment(conn: &mut Conn<'_>, payment_id: Option<Uuid>) -> Resu
 /// settled as such (a reversal stays due: it is owed). Otherwise the outcome is unknown: the
 /// hold ends, so a retry may take the attempt over at once, and the reconciler finds out if
 /// nobody does.
-async fn call_failed(app: &App, attempt: &Attempt, unavailable: &Unavailable) -> PaymentError {
+async fn call_failed(db: &Database, attempt: &Attempt, unavailable: &Unavailable) -> PaymentError {
     let id = attempt.id;
     let settled = if unavailable.reached || attempt.kind == Kind::Reversal {
-        app.db.write().run(async move |conn| attempts::release(conn, id).await).await
+        db.write().run(async move |conn| attempts::release(conn, id).await).await
     } else {
-        app.db.write().run(async move |conn| attempts::settle_unsent(conn, id).await).await
+        db.write().run(async move |conn| attempts::settle_unsent(conn, id).await).await
     };
     if let Err(error) = settled {
         // The attempt stays held until its hold lapses; then the reconciler settles it.
@@ -215,12 +215,12 @@ async fn call_failed(app: &App, attempt: &Attempt, unavailable: &Unavailable) ->
 /// no longer pending is recorded and reversed. Returns how the attempts were settled, with the
 /// payment recorded, if any.
 pub(super) async fn record_charge(
-    app: &AppState,
+    payments: &Payments,
     charge: &Attempt,
     outcome: Option<ChargeOutcome>,
 ) -> Result<(Outcome, Option<Payment>), PaymentError> {
     let charge = charge.clone();
-    let (outcome, payment, reversal) = app
+    let (outcome, payment, reversal) = payments
         .db
         .write()
         .transaction(async move |conn| {
@@ -300,18 +300,18 @@ pub(super) async fn record_charge(
             "a charge landed on an order that can no longer be paid; reversing it"
         );
         // Best effort now; the reconciler carries it out if this does not.
-        let _ = reverse(app, &reversal).await;
+        let _ = reverse(payments, &reversal).await;
     }
     Ok((outcome, payment))
 }
 
 /// Gives back the charge of a reversal attempt, under the reversal's key: a repeat returns the
 /// refund already made.
-pub(super) async fn reverse(app: &AppState, reversal: &Attempt) -> Result<Outcome, PaymentError> {
+pub(super) async fn reverse(payments: &Payments, reversal: &Attempt) -> Result<Outcome, PaymentError> {
     let request = refund_request(reversal);
-    match holding(app, reversal, app.payments.refund(&request)).await {
-        Ok(reference) => record_refund(app, reversal, Some(reference)).await.map(|_| Outcome::Succeeded),
-        Err(unavailable) => Err(call_failed(app, reversal, &unavailable).await),
+    match holding(&payments.db, reversal, payments.gateway.refund(&request)).await {
+        Ok(reference) => record_refund(&payments.db, reversal, Some(reference)).await.map(|_| Outcome::Succeeded),
+        Err(unavailable) => Err(call_failed(&payments.db, reversal, &unavailable).await),
     }
 }
 
@@ -328,15 +328,15 @@ fn refund_request(attempt: &Attempt) -> RefundRequest {
 /// Refunds `amount` of a payment (all that is left when `None`). `claim` is the request's
 /// idempotency claim; it is also the provider's key for this refund.
 pub async fn refund(
-    app: AppState,
+    payments: Payments,
     payment_id: Uuid,
     amount: Option<i64>,
     claim: String,
 ) -> Result<(Payment, Refund), PaymentError> {
-    let horizon = claim_horizon(&app);
-    let settle_after = app.payment_settle_after;
+    let horizon = claim_horizon(payments.idempotency_ttl);
+    let settle_after = payments.settle_after;
     // Written ahead: the attempt commits before the call goes out.
-    let attempt = app
+    let attempt = payments
         .db
         .write()
         .transaction(async move |conn| {
@@ -393,11 +393,11 @@ pub async fn refund(
 
     let request = refund_request(&attempt);
     let task = tokio::spawn(async move {
-        let reference = match holding(&app, &attempt, app.payments.refund(&request)).await {
+        let reference = match holding(&payments.db, &attempt, payments.gateway.refund(&request)).await {
             Ok(reference) => reference,
-            Err(unavailable) => return Err(call_failed(&app, &attempt, &unavailable).await),
+            Err(unavailable) => return Err(call_failed(&payments.db, &attempt, &unavailable).await),
         };
-        record_refund(&app, &attempt, Some(reference))
+        record_refund(&payments.db, &attempt, Some(reference))
             .await?
             .ok_or(PaymentError::Internal("a refund the provider made was not recorded"))
     });
@@ -409,15 +409,14 @@ pub async fn refund(
 /// the refund, its ledger row, the payment's refunded amount, and the order `refunded` once
 /// none of its payments holds money.
 pub(super) async fn record_refund(
-    app: &App,
+    db: &Database,
     attempt: &Attempt,
     reference: Option<String>,
 ) -> Result<Option<(Payment, Refund)>, PaymentError> {
     let payment_id = attempt.payment_id.ok_or(PaymentError::Internal("a refund attempt has no payment"))?;
     let provider_key = attempt.provider_key.clone();
     let amount = attempt.amount;
-    app.db
-        .write()
+    db.write()
         .transaction(async move |conn| {
             let payment = store::lock_payment(conn, payment_id)
                 .await?
@@ -460,7 +459,7 @@ pub(super) async fn record_refund(
 
 /// Refuses (409 `payment_in_progress`) while a charge of the order is unsettled: a cancel must
 /// not return the stock of an order whose money may be moving. Runs inside the cancel's
-/// transaction; `settle_after` is `App::payment_settle_after`.
+/// transaction; `settle_after` is `Payments::settle_after`.
 pub async fn refuse_while_charging(
     conn: &mut Conn<'_>,
     order_id: Uuid,
@@ -476,7 +475,7 @@ pub async fn refuse_while_charging(
 
 /// When unsettled attempts will have been settled: at once for one held by its request (it is
 /// about to end), else when the reconciler is due to look it up (`settle_after`, as
-/// `App::payment_settle_after`, after it was made).
+/// `Payments::settle_after`, after it was made).
 fn retry_after(settle_after: Duration, unsettled: &[Attempt]) -> u64 {
     let now = now();
     if unsettled.iter().any(|attempt| attempt.is_held(now)) {
@@ -498,11 +497,11 @@ fn hold_until() -> DateTime<Utc> {
 }
 
 /// Runs a provider call for `attempt`, renewing its hold until the call ends.
-async fn holding<T>(app: &App, attempt: &Attempt, call: impl Future<Output = T>) -> T {
+async fn holding<T>(db: &Database, attempt: &Attempt, call: impl Future<Output = T>) -> T {
     let id = attempt.id;
     orderly_kit::lease::renewing(call, HOLD / 3, || async move {
         let until = hold_until();
-        if let Err(error) = app.db.write().run(async move |conn| attempts::renew_hold(conn, id, until).await).await {
+        if let Err(error) = db.write().run(async move |conn| attempts::renew_hold(conn, id, until).await).await {
             tracing::warn!(%error, attempt_id = %id, "could not renew a payment attempt's hold");
         }
     })
@@ -511,8 +510,8 @@ async fn holding<T>(app: &App, attempt: &Attempt, call: impl Future<Output = T>)
 
 /// The oldest a request's attempt may be for a retry to be answered with its outcome: as long
 /// as idempotency keys are kept.
-fn claim_horizon(app: &App) -> DateTime<Utc> {
-    now() - chrono::TimeDelta::from_std(app.idempotency_settings.ttl).unwrap_or(chrono::TimeDelta::days(1))
+fn claim_horizon(idempotency_ttl: Duration) -> DateTime<Utc> {
+    now() - chrono::TimeDelta::from_std(idempotency_ttl).unwrap_or(chrono::TimeDelta::days(1))
 }
 
 fn invalid_state(detail: String) -> PaymentError {

@@ -1,6 +1,6 @@
 //! Report endpoints.
 
-use axum::extract::State;
+use axum::extract::{FromRef, State};
 use http::HeaderMap;
 use orderly_kit::conditional::{CacheControl, conditional_response};
 use orderly_kit::docs::{Forbidden, Unauthorized, ValidationFailed};
@@ -9,14 +9,19 @@ use orderly_kit::fields::select;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::accounts::auth::Admin;
-use crate::app::AppState;
+use crate::accounts::auth::{Admin, Authenticator};
 use crate::error::ApiResult;
 use crate::listing::{FieldsQuery, read_fields};
 
+use super::Reports;
 use super::stats::Stats;
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Reports: FromRef<S>,
+    Authenticator: FromRef<S>,
+{
     OpenApiRouter::new().routes(routes!(get_stats))
 }
 
@@ -34,16 +39,16 @@ const STATS_FIELDS: &[&str] = &["users", "orders", "orders_by_status", "revenue"
     )
 )]
 async fn get_stats(
-    State(app): State<AppState>,
+    State(reports): State<Reports>,
     _admin: Admin,
     headers: HeaderMap,
     Query(mut query): Query,
 ) -> ApiResult {
     let fields = read_fields(&mut query, STATS_FIELDS);
     let (fields,) = query.finish((fields,))?;
-    let stats = app.stats.get(&app.db).await?;
+    let stats = reports.stats.get(&reports.db).await?;
     let value = select(fields.as_ref(), serde_json::to_value(&stats).expect("representations serialize"));
-    let max_age = u32::try_from(app.stats.ttl().as_secs()).unwrap_or(u32::MAX);
+    let max_age = u32::try_from(reports.stats.ttl().as_secs()).unwrap_or(u32::MAX);
     let cache = if max_age == 0 { CacheControl::Private } else { CacheControl::PrivateFor { max_age } };
     Ok(conditional_response(&headers, &value, stats.generated_at, cache))
 }

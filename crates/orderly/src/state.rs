@@ -1,0 +1,68 @@
+//! The application state: [`AppState`] owns every component, once, and hands each router,
+//! extractor and middleware the component it asks for.
+//!
+//! Capabilities never name this type. Each declares what it uses, as a component of its own
+//! (`catalog::Catalog`, `payments::Payments`, `accounts::auth::Authenticator`, …), and its
+//! router is generic over any state that provides it (`Catalog: FromRef<S>`). So no capability
+//! depends on the composition root, a service takes only the parts it works with, and a
+//! capability's needs can be read from its router's bounds. This module may name every
+//! component; only [`crate::app`] builds it.
+
+use axum::extract::FromRef;
+
+use crate::accounts::Accounts;
+use crate::accounts::auth::Authenticator;
+use crate::catalog::Catalog;
+use crate::db::Database;
+use crate::idempotency::Idempotency;
+use crate::limits::RateLimits;
+use crate::ops::Operations;
+use crate::orders::Orders;
+use crate::payments::Payments;
+use crate::reports::Reports;
+
+/// Every component of a running instance. Holds no per-request or per-user state: any
+/// instance can serve any request. Components share their pools, caches and clients, so a
+/// clone (one per request) copies handles, never the things they point to.
+#[derive(Clone)]
+pub struct AppState {
+    /// Also watched for replica lag by a background task.
+    pub db: Database,
+    /// Behind the `Principal` and `Admin` extractors of every capability.
+    pub authenticator: Authenticator,
+    pub accounts: Accounts,
+    pub catalog: Catalog,
+    pub orders: Orders,
+    /// Also what the payment reconciler works with.
+    pub payments: Payments,
+    pub reports: Reports,
+    pub operations: Operations,
+    /// The state of `limits::middleware`; the token endpoint counts password attempts with it.
+    pub rate_limits: RateLimits,
+    /// The state of `idempotency::middleware` and of the sweep of expired keys.
+    pub idempotency: Idempotency,
+}
+
+/// `FromRef<AppState>` for each component a router or an extractor asks for: a clone of it.
+macro_rules! provide {
+    ($($field:ident: $component:ty),* $(,)?) => {
+        $(
+            impl FromRef<AppState> for $component {
+                fn from_ref(state: &AppState) -> Self {
+                    state.$field.clone()
+                }
+            }
+        )*
+    };
+}
+
+provide!(
+    authenticator: Authenticator,
+    accounts: Accounts,
+    catalog: Catalog,
+    orders: Orders,
+    payments: Payments,
+    reports: Reports,
+    operations: Operations,
+    rate_limits: RateLimits,
+);
