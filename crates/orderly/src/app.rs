@@ -32,7 +32,7 @@ use crate::payments::Payments;
 use crate::payments::provider::PaymentGateway;
 use crate::reports::Reports;
 use crate::reports::stats::StatsCache;
-use crate::state::AppState;
+use crate::state::{AppState, Components};
 use crate::{accounts, catalog, ops, orders, payments, reports};
 
 /// How often expired idempotency records are deleted.
@@ -162,7 +162,7 @@ fn assemble(
     );
     let idempotency_ttl = config.http.idempotency_ttl;
     let authenticator = Authenticator { db: db.clone(), keys: Arc::clone(&keys) };
-    Ok(AppState {
+    Ok(AppState::new(Components {
         accounts: Accounts {
             db: db.clone(),
             keys: Arc::clone(&keys),
@@ -213,7 +213,7 @@ fn assemble(
         operations: Operations { db: db.clone(), keys, gateway, redis, metrics, shutting_down: Arc::default() },
         authenticator,
         db,
-    })
+    }))
 }
 
 /// Folds recorded latencies into their buckets now and then, so memory stays flat between

@@ -8,6 +8,8 @@
 //! capability's needs can be read from its router's bounds. This module may name every
 //! component; only [`crate::app`] builds it.
 
+use std::sync::Arc;
+
 use axum::extract::FromRef;
 
 use crate::accounts::Accounts;
@@ -21,11 +23,28 @@ use crate::orders::Orders;
 use crate::payments::Payments;
 use crate::reports::Reports;
 
-/// Every component of a running instance. Holds no per-request or per-user state: any
-/// instance can serve any request. Components share their pools, caches and clients, so a
-/// clone (one per request) copies handles, never the things they point to.
+/// Every component of a running instance, shared: the router clones its state for every
+/// request, and this clone is one reference count.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Components>);
+
+impl AppState {
+    pub fn new(components: Components) -> Self {
+        Self(Arc::new(components))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Components;
+    fn deref(&self) -> &Components {
+        &self.0
+    }
+}
+
+/// Holds no per-request or per-user state: any instance can serve any request. Components
+/// share their pools, caches and clients, so handing one to a request copies handles, never
+/// the things they point to.
+pub struct Components {
     /// Also watched for replica lag by a background task.
     pub db: Database,
     /// Behind the `Principal` and `Admin` extractors of every capability.

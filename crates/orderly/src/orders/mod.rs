@@ -3,7 +3,7 @@
 //! are 404); admins see all.
 //!
 //! Owns the `orders` table (each order keeps its items), and moves `products.stock` only through
-//! `store::take_stock` and `store::return_stock`.
+//! `catalog::store::take_stock` and `catalog::store::return_stock`.
 
 use std::sync::Arc;
 use std::time::Duration;
