@@ -161,7 +161,7 @@ impl Database {
 
     /// Applies pending migrations up to `version` (all when `None`).
     pub async fn migrate_up_to(&self, version: Option<i64>) -> Result<(), MigrateError> {
-        self.write().run(async move |conn| migrate::up(conn, version).await).await
+        self.write().run_alone(async move |conn| migrate::up(conn, version).await).await
     }
 
     /// Checks the replica, when there is one, for as long as the instance runs.
@@ -224,7 +224,21 @@ impl Pool<'_> {
         E: From<DbError> + Send + 'static,
     {
         match self.target {
-            Target::Sqlite(workers) => workers.run(false, work).await,
+            Target::Sqlite(workers) => workers.run(sqlite::Unit::Statements, work).await,
+            Target::Postgres(_) => self.run_alone(work).await,
+        }
+    }
+
+    /// As [`Pool::run`], for work that begins and ends transactions itself (migrations): on
+    /// SQLite it never shares a transaction with other work.
+    async fn run_alone<T, E, F>(&self, work: F) -> Result<T, E>
+    where
+        F: AsyncFnOnce(&mut Conn<'_>) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+    {
+        match self.target {
+            Target::Sqlite(workers) => workers.run(sqlite::Unit::Alone, work).await,
             Target::Postgres(pool) => {
                 let client = pool.get().await.map_err(pool_error)?;
                 let mut conn = Conn::postgres(&client, false);
@@ -242,7 +256,7 @@ impl Pool<'_> {
         E: From<DbError> + Send + 'static,
     {
         match self.target {
-            Target::Sqlite(workers) => workers.run(true, work).await,
+            Target::Sqlite(workers) => workers.run(sqlite::Unit::Transaction, work).await,
             Target::Postgres(pool) => {
                 let client = pool.get().await.map_err(pool_error)?;
                 let mut checkout = Checkout { client: Some(client), finished: false };

@@ -11,11 +11,13 @@
 //! queueing writes here, bounded by the acquire timeout, replaces `SQLITE_BUSY` failures with
 //! an orderly wait. Readers share one queue, so any idle reader takes the next read.
 //!
-//! The writer commits in groups: the transactions waiting in its queue when it takes one run
-//! in a single SQLite transaction, each in a savepoint of its own, and share one commit. A
-//! unit that fails rolls back to its savepoint, leaving the others' work in place; every unit
-//! is answered only after the group's commit, so no caller sees a write before it is
-//! durable and visible to the readers. Under load most of a commit's cost (the WAL frames of
+//! The writer commits in groups: the writes waiting in its queue when it takes one run in a
+//! single SQLite transaction, each in a savepoint of its own, and share one commit. A
+//! transaction that fails rolls back to its savepoint, leaving the others' work in place (a
+//! unit whose statements commit one by one keeps what it did before failing, as it would
+//! alone); every unit is answered only after the group's commit, so no caller sees a write
+//! before it is durable and visible to the readers. Work that begins and ends transactions
+//! itself (migrations) runs alone. Under load most of a commit's cost (the WAL frames of
 //! the pages it touched, the WAL index) is paid once per group instead of once per request;
 //! alone, a unit runs exactly as before.
 
@@ -31,18 +33,33 @@ use super::conn::{Conn, DbError};
 
 /// Work queued for a database thread.
 enum Job {
-    /// A read, or a unit whose statements commit one by one: runs on its own.
+    /// Runs on its own, outside any transaction: reads, and work that begins and ends
+    /// transactions itself (migrations).
     Alone(Box<dyn FnOnce(&mut Connection) + Send>),
-    /// A unit of work in a transaction: on the writer, may share its commit with others.
+    /// A write: may share its commit with others (see the module documentation).
     Transaction(Box<dyn GroupMember>),
+}
+
+/// How the writer runs a unit of work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Unit {
+    /// All or nothing.
+    Transaction,
+    /// Each statement stands on its own: when the unit fails, what it did before the failing
+    /// statement is kept, as if each had committed.
+    Statements,
+    /// Never grouped, outside any transaction.
+    Alone,
 }
 
 /// A transaction that can run inside a group's transaction and be answered after its commit.
 trait GroupMember: Send {
     /// Takes the unit off the queue: false when its caller already gave it up (it never runs).
     fn start(&self) -> bool;
-    /// Runs the unit; false when it failed (its changes must be rolled back).
+    /// Runs the unit; false when it failed.
     fn run(&mut self, connection: &mut Connection) -> bool;
+    /// Whether the changes of a failed run stay (statement by statement semantics).
+    fn keeps_partial_work(&self) -> bool;
     /// Answers the caller: the unit's own outcome if `commit` succeeded, else the error.
     fn answer(self: Box<Self>, commit: Result<(), DbError>);
 }
@@ -77,6 +94,7 @@ pub(super) struct Workers {
     busy: Arc<AtomicUsize>,
     threads: usize,
     acquire_timeout: Duration,
+    writer: bool,
 }
 
 impl Workers {
@@ -117,7 +135,7 @@ impl Workers {
                 .spawn(move || serve(&mut connection, &jobs, &busy, writer))
                 .map_err(|error| format!("cannot start a database thread: {error}"))?;
         }
-        Ok(Self { queue, busy, threads, acquire_timeout })
+        Ok(Self { queue, busy, threads, acquire_timeout, writer })
     }
 
     /// Threads busy and idle, for the pool gauges.
@@ -126,9 +144,9 @@ impl Workers {
         super::Usage { in_use, idle: self.threads - in_use, max: self.threads }
     }
 
-    /// Runs `work` on one of the threads, in a transaction when `transaction` is set (rolled
-    /// back when `work` fails). Waits at most the acquire timeout for a thread to take it.
-    pub(super) async fn run<T, E, F>(&self, transaction: bool, work: F) -> Result<T, E>
+    /// Runs `work` on one of the threads, as `unit` says (readers run every unit but a
+    /// transaction alone). Waits at most the acquire timeout for a thread to take it.
+    pub(super) async fn run<T, E, F>(&self, kind: Unit, work: F) -> Result<T, E>
     where
         F: AsyncFnOnce(&mut Conn<'_>) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
@@ -136,8 +154,20 @@ impl Workers {
     {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let state = Arc::new(AtomicU8::new(QUEUED));
-        let job = if transaction {
-            Job::Transaction(Box::new(Member { state: Arc::clone(&state), work: Some(work), ran: None, reply }))
+        let grouped = match kind {
+            Unit::Transaction => true,
+            Unit::Statements => self.writer,
+            Unit::Alone => false,
+        };
+        let job = if grouped {
+            let keeps_partial_work = kind == Unit::Statements;
+            Job::Transaction(Box::new(Member {
+                state: Arc::clone(&state),
+                keeps_partial_work,
+                work: Some(work),
+                ran: None,
+                reply,
+            }))
         } else {
             let job_state = Arc::clone(&state);
             Job::Alone(Box::new(move |connection: &mut Connection| {
@@ -249,7 +279,7 @@ fn commit_group(connection: &mut Connection, begin: &str, group: Vec<Box<dyn Gro
             return 0;
         }
         let ok = member.run(connection);
-        let ended = statement(connection, if ok { "COMMIT" } else { "ROLLBACK" });
+        let ended = statement(connection, if ok || member.keeps_partial_work() { "COMMIT" } else { "ROLLBACK" });
         if ended.is_err() && !connection.is_autocommit() {
             let _ = connection.execute_batch("ROLLBACK");
         }
@@ -273,7 +303,7 @@ fn commit_group(connection: &mut Connection, begin: &str, group: Vec<Box<dyn Gro
                 continue;
             }
             let ok = member.run(connection);
-            let undone = ok || statement(connection, "ROLLBACK TO unit").is_ok();
+            let undone = ok || member.keeps_partial_work() || statement(connection, "ROLLBACK TO unit").is_ok();
             if !undone && !connection.is_autocommit() {
                 // A failed unit's changes could not be undone alone: undo the whole group.
                 let _ = connection.execute_batch("ROLLBACK");
@@ -314,6 +344,7 @@ fn statement(connection: &mut Connection, sql: &str) -> Result<(), DbError> {
 /// A caller's transaction, as queued.
 struct Member<T, E, F> {
     state: Arc<AtomicU8>,
+    keeps_partial_work: bool,
     work: Option<F>,
     /// `None` until it ran; `Some(None)` when it panicked.
     ran: Option<Option<Result<T, E>>>,
@@ -328,6 +359,10 @@ where
 {
     fn start(&self) -> bool {
         self.state.compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    fn keeps_partial_work(&self) -> bool {
+        self.keeps_partial_work
     }
 
     fn run(&mut self, connection: &mut Connection) -> bool {
