@@ -1002,7 +1002,7 @@ async fn connect_admin(url: &str) -> tokio_postgres::Client {
 
 /// A client of the PostgreSQL database at `url`; its connection runs on a task of its own
 /// until the client is dropped.
-async fn connect_postgres(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+pub async fn connect_postgres(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
     tokio::spawn(async move {
         let _ = connection.await;

@@ -226,11 +226,62 @@ mod bounds {
         let recovered = eventually(async || create("AFTER").await.unwrap().status() == StatusCode::CREATED).await;
         assert!(recovered, "writes succeed again once the lock is gone");
 
+        // The request that gave up while its work waited for a connection left no trace: its
+        // work never ran, so the client's retry cannot make it twice.
+        let listed: Value =
+            app.get("/api/v1/products?limit=100", None).await.json().await.expect("the product list is JSON");
+        let skus: Vec<&str> = listed["data"].as_array().unwrap().iter().filter_map(|p| p["sku"].as_str()).collect();
+        assert!(!skus.contains(&"STUCK-2"), "work given up while queued never runs: {skus:?}");
+
         let after = scrape_metrics(&app).await;
         let delta =
             |series: &str| after.get(series).copied().unwrap_or(0.0) - before.get(series).copied().unwrap_or(0.0);
         assert!(delta("http_requests_deadline_exceeded_total") >= 1.0, "deadlines are counted");
         assert!(delta(r#"orderly_db_unavailable_total{cause="pool_timeout"}"#) >= 1.0, "pool timeouts are counted");
+    }
+
+    /// A transaction cut off by the request deadline while PostgreSQL still runs one of its
+    /// statements takes its connection with it: the connection is closed, never pooled inside
+    /// an open transaction, where the next request's statements would join (and commit) it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_a_transaction_cut_off_by_the_deadline_leaves_no_connection_inside_it() {
+        let flags = ["--request-timeout", "1000ms", "--payment-provider-deadline", "500ms"];
+        let Some(app) = TestApp::spawn_with(Backend::Postgres, &flags).await else { return };
+        let admin = app.admin().await;
+        let product = app.create_product(&admin, serde_json::json!({"stock": 1})).await;
+        let id = product["id"].as_str().unwrap().to_owned();
+        let path = format!("/api/v1/products/{id}");
+        let patch = || {
+            app.request(reqwest::Method::PATCH, &path)
+                .bearer_auth(&admin.access_token)
+                .json(&serde_json::json!({"stock": 5}))
+                .send()
+        };
+
+        // Another client holds the product's row, so the change waits inside its transaction.
+        let mut transaction = crate::helpers::OutsideTransaction::begin(app.database_url()).await;
+        transaction.execute(&format!("UPDATE products SET stock = stock WHERE id = '{id}'")).await;
+        let cut_off = patch().await.unwrap();
+        crate::helpers::assert_problem(cut_off, StatusCode::SERVICE_UNAVAILABLE, "deadline_exceeded").await;
+        transaction.rollback().await;
+
+        let client = crate::helpers::connect_postgres(app.database_url()).await.unwrap();
+        let inside_a_transaction = async || -> i64 {
+            client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+                     AND pid <> pg_backend_pid() AND state LIKE 'idle in transaction%'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0)
+        };
+        // Give the cut-off statement time to finish once the row is free.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(inside_a_transaction().await, 0, "no connection is left inside a transaction");
+        assert_eq!(patch().await.unwrap().status(), StatusCode::OK, "the retry applies");
+        assert_eq!(app.stock_of(&id).await, 5);
     }
 
     crate::on_every_backend_with_backend!(
