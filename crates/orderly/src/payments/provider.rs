@@ -248,13 +248,15 @@ impl Provider {
 struct Sandbox {
     failure_rate: f64,
     latency: Duration,
-    charges: moka::sync::Cache<String, ChargeOutcome>,
-    refunds: moka::sync::Cache<String, String>,
+    /// Keys charged, and whether the charge succeeded.
+    charges: Remembered,
+    /// Keys refunded.
+    refunds: Remembered,
 }
 
 impl Sandbox {
     fn new(failure_rate: f64, latency: Duration) -> Self {
-        Self { failure_rate, latency, charges: remembered(), refunds: remembered() }
+        Self { failure_rate, latency, charges: Remembered::default(), refunds: Remembered::default() }
     }
 
     /// The configured latency, then the configured share of failures.
@@ -271,31 +273,81 @@ impl Sandbox {
 
     async fn charge(&self, request: &ChargeRequest) -> Result<ChargeOutcome, Retryable> {
         self.arrive().await?;
-        Ok(self.charges.get_with(request.key.clone(), || match request.payment_method.as_str() {
-            "pm_card_visa" => ChargeOutcome::Succeeded { reference: format!("ch_sandbox_{}", Uuid::now_v7().simple()) },
-            _ => ChargeOutcome::Declined { code: "card_declined".into() },
-        }))
+        let key = Remembered::key(&request.key);
+        let succeeded = self.charges.first(key, request.payment_method == "pm_card_visa");
+        Ok(sandbox_charge(key, succeeded))
     }
 
     async fn find_charge(&self, key: &str) -> Result<Option<ChargeOutcome>, Retryable> {
         self.arrive().await?;
-        Ok(self.charges.get(key))
+        let key = Remembered::key(key);
+        Ok(self.charges.get(key).map(|succeeded| sandbox_charge(key, succeeded)))
     }
 
     async fn refund(&self, request: &RefundRequest) -> Result<String, Retryable> {
         self.arrive().await?;
-        Ok(self.refunds.get_with(request.key.clone(), || format!("re_sandbox_{}", Uuid::now_v7().simple())))
+        let key = Remembered::key(&request.key);
+        self.refunds.first(key, true);
+        Ok(format!("re_sandbox_{key:032x}"))
     }
 
     async fn find_refund(&self, key: &str) -> Result<Option<String>, Retryable> {
         self.arrive().await?;
-        Ok(self.refunds.get(key))
+        let key = Remembered::key(key);
+        Ok(self.refunds.get(key).map(|_| format!("re_sandbox_{key:032x}")))
     }
 }
 
-/// Outcomes by idempotency key, for a day.
-fn remembered<V: Clone + Send + Sync + 'static>() -> moka::sync::Cache<String, V> {
-    moka::sync::Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(86_400)).build()
+/// A sandbox charge's outcome: its reference follows from its key, as the same key always
+/// names the same charge.
+fn sandbox_charge(key: u128, succeeded: bool) -> ChargeOutcome {
+    if succeeded {
+        ChargeOutcome::Succeeded { reference: format!("ch_sandbox_{key:032x}") }
+    } else {
+        ChargeOutcome::Declined { code: "card_declined".into() }
+    }
+}
+
+/// The sandbox's memory of the keys it was called with: the last 100,000, by a 128-bit
+/// digest, about 50 bytes each, so that a load test's calls do not show in the process's
+/// memory (a cache entry per call cost five times that).
+#[derive(Default)]
+struct Remembered(std::sync::Mutex<RememberedKeys>);
+
+#[derive(Default)]
+struct RememberedKeys {
+    outcomes: std::collections::HashMap<u128, bool>,
+    /// Oldest first, for forgetting.
+    order: std::collections::VecDeque<u128>,
+}
+
+impl Remembered {
+    const CAPACITY: usize = 100_000;
+
+    fn key(key: &str) -> u128 {
+        let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+        u128::from_be_bytes(digest.as_ref()[..16].try_into().expect("a SHA-256 digest has 16 bytes to spare"))
+    }
+
+    /// The outcome first remembered for `key`, remembering `outcome` if there is none.
+    fn first(&self, key: u128, outcome: bool) -> bool {
+        let mut keys = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(first) = keys.outcomes.get(&key) {
+            return *first;
+        }
+        if keys.order.len() >= Self::CAPACITY
+            && let Some(oldest) = keys.order.pop_front()
+        {
+            keys.outcomes.remove(&oldest);
+        }
+        keys.outcomes.insert(key, outcome);
+        keys.order.push_back(key);
+        outcome
+    }
+
+    fn get(&self, key: u128) -> Option<bool> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).outcomes.get(&key).copied()
+    }
 }
 
 struct HttpProvider {
