@@ -13,13 +13,18 @@
 //! Records live behind [`IdempotencyStore`], shared by every instance. Stored responses are
 //! sealed (AES-256-GCM): they may hold secrets shown once, such as a new API key.
 //!
-//! A key is kept one of two ways ([`Keeping`]). `Separately`: the record is claimed before
+//! A key is kept one of three ways ([`Keeping`]). `Separately`: the record is claimed before
 //! the handler runs and completed after it (three commits with the handler's own). `WithTheWrite`,
 //! for handlers whose whole effect is one database transaction: the handler receives a
 //! [`KeyedWrite`], claims the key as the first statement of its transaction and stores the
 //! response as the last, so the key, the effect and the kept response commit together. A second
 //! request with the same key then waits on the first's transaction (the record's row is
 //! locked) and replays its outcome, or runs if it rolled back, instead of getting 409.
+//! `InPhases`, for handlers whose effect is two transactions around a call elsewhere (a
+//! charge written ahead, then recorded): the handler claims the key in its first transaction
+//! and stores the response in its last; a request with the same key meanwhile gets 409. An
+//! answer the handler could not store there comes back marked [`Claimed`], and the layer
+//! keeps it under the claim, or releases the key when the answer is not kept.
 
 use std::time::Duration;
 
@@ -126,6 +131,7 @@ struct StoredResponse {
 pub enum Keeping {
     Separately,
     WithTheWrite,
+    InPhases,
 }
 
 /// Handed to a handler whose route keeps keys [`Keeping::WithTheWrite`]: what its transaction
@@ -162,9 +168,16 @@ impl KeyedWrite {
     }
 }
 
-/// Marks a response whose key the handler settled itself ([`Keeping::WithTheWrite`]).
+/// Marks a response whose key the handler settled itself ([`Keeping::WithTheWrite`],
+/// [`Keeping::InPhases`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Kept;
+
+/// Marks a response whose handler holds the key's claim, committed by an earlier
+/// transaction, without having stored an outcome under it ([`Keeping::InPhases`]): the layer
+/// keeps the response under the claim, or releases the key when the response is not kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Claimed;
 
 /// Handed to the handler of a request that holds its key. `id` is the same for every retry
 /// with the same key by the same caller on the same method and path, so it can serve as the
@@ -213,7 +226,7 @@ pub async fn run<S: IdempotencyStore>(
     let lock_ttl = chrono::TimeDelta::from_std(settings.lock_ttl).unwrap_or(chrono::TimeDelta::seconds(60));
     let locked_until = now + lock_ttl;
     let expires_at = now + chrono::TimeDelta::from_std(settings.ttl).unwrap_or(chrono::TimeDelta::days(1));
-    if keeping == Keeping::WithTheWrite {
+    if keeping != Keeping::Separately {
         let keyed = KeyedWrite { id, fingerprint, locked_until, expires_at, sealer: settings.sealer.clone() };
         return run_with_the_write(store, keyed, parts, body, next).await;
     }
@@ -258,9 +271,10 @@ pub async fn run<S: IdempotencyStore>(
     Response::from_parts(parts, Body::from(body))
 }
 
-/// [`Keeping::WithTheWrite`]: the handler claims and keeps the key in its transaction. An
-/// outcome it could not keep there (a refusal, after its transaction rolled back) is kept
-/// here, unless another request's outcome stands by then.
+/// [`Keeping::WithTheWrite`] and [`Keeping::InPhases`]: the handler claims and keeps the key
+/// in its transactions. An outcome it could not keep there is kept here: under the claim it
+/// holds ([`Claimed`]), or, when it holds none (a refusal, after its transaction rolled
+/// back), under a claim made now, unless another request's outcome stands by then.
 async fn run_with_the_write<S: IdempotencyStore>(
     store: &S,
     keyed: KeyedWrite,
@@ -270,7 +284,14 @@ async fn run_with_the_write<S: IdempotencyStore>(
 ) -> Response {
     parts.extensions.insert(keyed.clone());
     let response = next.run(Request::from_parts(parts, Body::from(body))).await;
-    if response.extensions().get::<Kept>().is_some() || !is_kept(response.status(), response.headers()) {
+    if response.extensions().get::<Kept>().is_some() {
+        return response;
+    }
+    let claimed = response.extensions().get::<Claimed>().is_some();
+    if !is_kept(response.status(), response.headers()) {
+        if claimed && let Err(error) = store.release(&keyed.id).await {
+            tracing::warn!(error = %error, "could not release an idempotency key; it frees itself when its lock lapses");
+        }
         return response;
     }
     let (parts, body) = response.into_parts();
@@ -279,6 +300,13 @@ async fn run_with_the_write<S: IdempotencyStore>(
         return Problem::internal().into_response();
     };
     let sealed = seal_parts(&keyed.sealer, &parts, &body);
+    if claimed {
+        if let Err(error) = store.complete(&keyed.id, sealed, keyed.expires_at).await {
+            tracing::error!(error = %error, "could not keep an answer under its idempotency key");
+            let _ = store.release(&keyed.id).await;
+        }
+        return Response::from_parts(parts, Body::from(body));
+    }
     match store.claim(&keyed.id, &keyed.fingerprint, keyed.locked_until, keyed.expires_at).await {
         Ok(None) => {
             if let Err(error) = store.complete(&keyed.id, sealed, keyed.expires_at).await {

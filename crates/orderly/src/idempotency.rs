@@ -4,8 +4,10 @@
 //! this module supplies the caller's scope, the storage, the background sweep of expired
 //! records, and [`keyed_transaction`]: the writes whose whole effect is one transaction
 //! ([`WITH_THE_WRITE`]) claim their key first in it and keep their response last, so a keyed
-//! write is one commit. The token endpoint is exempt: its responses are fresh credentials bound to a
-//! rotation chain, and RFC 6749 clients retry it by design.
+//! write is one commit; a payment ([`IN_PHASES`]) claims its key in the transaction that writes
+//! its charge ahead and keeps its response in the one that records it ([`claim_key`],
+//! [`keep_response`]). The token endpoint is exempt: its responses are fresh credentials bound
+//! to a rotation chain, and RFC 6749 clients retry it by design.
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
@@ -59,6 +61,11 @@ impl KeyRecord {
 pub const WITH_THE_WRITE: &[&str] =
     &["/api/v1/auth/register", "/api/v1/products", "/api/v1/orders", "/api/v1/orders/{id}/cancel", "/api/v1/api-keys"];
 
+/// Routes whose effect is two transactions around a provider call (a charge written ahead,
+/// then recorded): the key is claimed in the first and kept in the last
+/// ([`Keeping::InPhases`]; see `payments::service::pay`).
+pub const IN_PHASES: &[&str] = &["/api/v1/orders/{id}/payments"];
+
 /// What a write that keeps its key answers: its result and rendered response, or the answer
 /// owed to a retry (the first run's response replayed, 422, 409).
 pub enum Keyed<T> {
@@ -98,15 +105,14 @@ where
         .write()
         .transaction(async move |conn| {
             if let Some(key) = &key
-                && let Some(standing) = claim(conn, &key.id, &key.fingerprint, key.locked_until, key.expires_at).await?
+                && let Some(standing) = claim_key(conn, key).await?
             {
                 return Ok(Err(standing));
             }
             let result = work(conn).await?;
             let written = render(&result);
             if let Some(key) = &key {
-                let sealed = key.seal(written.status, written.location.as_deref(), &written.body);
-                complete(conn, &key.id, &sealed, key.expires_at).await?;
+                keep_response(conn, key, &written).await?;
             }
             Ok::<_, E>(Ok((result, written)))
         })
@@ -118,6 +124,30 @@ where
         (Err(standing), Some(key)) => Keyed::Answered(key.answer(&standing)),
         (Err(_), None) => unreachable!("only a claimed key finds a standing record"),
     })
+}
+
+/// Claims `key` in the caller's transaction: `None` when this request now owns it, else the
+/// record of another request that stands (answer it with [`KeyedWrite::answer`], outside the
+/// unit of work).
+pub async fn claim_key(conn: &mut Conn<'_>, key: &KeyedWrite) -> Result<Option<Record>, DbError> {
+    claim(conn, &key.id, &key.fingerprint, key.locked_until, key.expires_at).await
+}
+
+/// Keeps `written` as the response of the request owning `key`, in the caller's transaction.
+pub async fn keep_response(conn: &mut Conn<'_>, key: &KeyedWrite, written: &Written) -> Result<(), DbError> {
+    let sealed = key.seal(written.status, written.location.as_deref(), &written.body);
+    complete(conn, &key.id, &sealed, key.expires_at).await
+}
+
+/// Extends the lock of the unfinished record `id`: its request still runs (a provider call
+/// renews it with the hold of its attempt, in one statement each).
+pub async fn renew_key(conn: &mut Conn<'_>, id: &str, locked_until: DateTime<Utc>) -> Result<(), DbError> {
+    conn.execute(
+        "UPDATE idempotency_keys SET locked_until = $1 WHERE id = $2 AND response IS NULL",
+        &[&locked_until, &id],
+    )
+    .await
+    .map(drop)
 }
 
 /// The answer owed to a keyed request whose key already holds a finished outcome, read before
@@ -186,17 +216,7 @@ impl IdempotencyStore for DatabaseStore {
 
     async fn renew(&self, id: &str, locked_until: DateTime<Utc>) -> Result<(), DbError> {
         let id = id.to_owned();
-        self.db
-            .write()
-            .run(async move |conn| {
-                conn.execute(
-                    "UPDATE idempotency_keys SET locked_until = $1 WHERE id = $2 AND response IS NULL",
-                    &[&locked_until, &id],
-                )
-                .await
-            })
-            .await
-            .map(drop)
+        self.db.write().run(async move |conn| renew_key(conn, &id, locked_until).await).await
     }
 }
 
@@ -279,6 +299,7 @@ pub async fn middleware(
     let required = route.is_some_and(|route| crate::payments::KEY_REQUIRED.contains(&route));
     let keeping = match route {
         Some(route) if WITH_THE_WRITE.contains(&route) => Keeping::WithTheWrite,
+        Some(route) if IN_PHASES.contains(&route) => Keeping::InPhases,
         _ => Keeping::Separately,
     };
     idempotency::run(&store, &settings, &scope, required, keeping, request, next).await

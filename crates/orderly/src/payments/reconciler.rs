@@ -124,7 +124,7 @@ async fn reconcile_one(
             if found.is_none() && !silence_is_final {
                 return Ok(None);
             }
-            Ok(Some(record_charge(payments, attempt, found).await?.0))
+            Ok(Some(record_charge(payments, attempt, found, None).await?.0))
         }
         Kind::Refund => {
             let found =

@@ -3,6 +3,7 @@
 
 use axum::Extension;
 use axum::extract::{FromRef, OriginalUri, State};
+use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use http::HeaderMap;
 use orderly_kit::conditional::{CacheControl, conditional_response};
@@ -12,7 +13,7 @@ use orderly_kit::docs::{
 };
 use orderly_kit::extract::{Id, JsonBody, Query};
 use orderly_kit::fields::select;
-use orderly_kit::idempotency::Claim;
+use orderly_kit::idempotency::{Claim, Claimed, KeyedWrite};
 use orderly_kit::validation::{Invalid, json};
 use orderly_kit::{FieldError, Problem};
 use serde::Serialize;
@@ -25,7 +26,7 @@ use uuid::Uuid;
 use crate::accounts::auth::{Admin, Authenticator, Principal};
 use crate::error::{ApiResult, AppError};
 use crate::listing::{CreatedAtListQuery, FieldsQuery, ListParams, read_fields};
-use crate::responses::created;
+use crate::responses::{Written, created};
 
 use super::Payments;
 use super::service;
@@ -194,9 +195,11 @@ impl From<service::PaymentError> for AppError {
 
 /// The request's idempotency claim; the layer guarantees one on these paths.
 fn claimed(claim: Option<Extension<Claim>>) -> Result<String, Problem> {
-    claim.map(|Extension(claim)| claim.id).ok_or_else(|| {
-        Problem::bad_request("idempotency_key_required", "This endpoint requires an `Idempotency-Key` header.")
-    })
+    claim.map(|Extension(claim)| claim.id).ok_or_else(key_required)
+}
+
+fn key_required() -> Problem {
+    Problem::bad_request("idempotency_key_required", "This endpoint requires an `Idempotency-Key` header.")
 }
 
 /// Body of `POST /orders/{id}/payments`.
@@ -238,14 +241,27 @@ async fn pay_order(
     State(payments): State<Payments>,
     principal: Principal,
     Id(order_id): Id,
-    claim: Option<Extension<Claim>>,
+    key: Option<Extension<KeyedWrite>>,
     JsonBody(mut body): JsonBody,
 ) -> ApiResult {
     let method = body.required("payment_method", payment_method);
     let (method,) = body.finish((method,))?;
-    let claim = claimed(claim)?;
-    let payment = service::pay(payments, principal, order_id, method, claim).await?;
-    Ok(created(format!("/api/v1/payments/{}", payment.id), &payment_value(&payment), payment.updated_at))
+    let key = key.map(|Extension(key)| key).ok_or_else(key_required)?;
+    match service::pay(payments, principal, order_id, method, key, paid).await {
+        Ok(keyed) => Ok(keyed.into_response()),
+        Err(service::NotPaid { error, key_claimed }) => {
+            let mut response = AppError::from(error).into_response();
+            if key_claimed {
+                // The key is this request's: the idempotency layer keeps this answer under it.
+                response.extensions_mut().insert(Claimed);
+            }
+            Ok(response)
+        }
+    }
+}
+
+fn paid(payment: &Payment) -> Written {
+    Written::created(format!("/api/v1/payments/{}", payment.id), &payment_value(payment), payment.updated_at)
 }
 
 #[derive(IntoParams)]

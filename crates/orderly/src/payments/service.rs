@@ -26,10 +26,14 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use orderly_kit::idempotency::KeyedWrite;
+
 use crate::accounts::auth::Principal;
 use crate::db::{Conn, Database, DbError, now};
+use crate::idempotency::{self, Keyed};
 use crate::orders::domain::OrderStatus;
 use crate::orders::store as orders;
+use crate::responses::Written;
 
 use super::Payments;
 use super::attempts::{self, Attempt, Kind, NewAttempt, Outcome, Settlement};
@@ -66,28 +70,47 @@ pub enum PaymentError {
     Internal(&'static str),
 }
 
-/// Charges an order's total. `claim` is the request's idempotency claim.
+/// A charge that did not go through, or not yet, and whether the request's idempotency key
+/// was claimed (by the transaction that wrote the charge ahead): then the answer is the
+/// request's to keep under it, or the key to release.
+#[derive(Debug)]
+pub struct NotPaid {
+    pub error: PaymentError,
+    pub key_claimed: bool,
+}
+
+/// Charges an order's total, under the request's idempotency `key`, in two commits: the key is
+/// claimed in the transaction that writes the charge ahead, and the response (`render` of the
+/// payment) kept in the one that records its outcome.
 pub async fn pay(
     payments: Payments,
     caller: Principal,
     order_id: Uuid,
     payment_method: String,
-    claim: String,
-) -> Result<Payment, PaymentError> {
+    key: KeyedWrite,
+    render: fn(&Payment) -> Written,
+) -> Result<Keyed<Payment>, NotPaid> {
     let owner = caller.owner_scope();
     let horizon = claim_horizon(payments.idempotency_ttl);
+    let claim = key.id.clone();
+    let keyed = key.clone();
     // Written ahead: the attempt commits before the call goes out.
-    let attempt = payments
+    let begun = payments
         .db
         .write()
         .transaction(async move |conn| {
+            if let Some(standing) = idempotency::claim_key(conn, &keyed).await? {
+                return Ok(Err(standing));
+            }
             let order = orders::lock_order(conn, order_id, owner).await?.ok_or(PaymentError::NotFound)?;
             if let Some(earlier) = attempts::recorded_for_claim(conn, &claim, Kind::Charge, horizon).await?
                 && let Some(outcome) = earlier.outcome
             {
                 // A retry of a request whose charge was recorded, by its first run or anyone else.
                 let payment = recorded_payment(conn, earlier.payment_id).await?;
-                return Ok(Begun::Recorded((outcome, payment)));
+                let answering = Answering { key: keyed, render };
+                let written = kept_charge(conn, &answering, outcome, payment.as_ref()).await?;
+                return Ok(Ok(Begun::Recorded((outcome, payment, written))));
             }
             if order.status != OrderStatus::Pending {
                 return Err(invalid_state(format!(
@@ -121,12 +144,15 @@ pub async fn pay(
                 },
             )
             .await?;
-            Ok(Begun::Attempt(Box::new(attempt)))
+            Ok(Ok(Begun::Attempt(Box::new(attempt))))
         })
-        .await?;
-    let attempt = match attempt {
-        Begun::Recorded((outcome, payment)) => return charge_answer(outcome, payment),
-        Begun::Attempt(attempt) => *attempt,
+        .await
+        .map_err(|error| NotPaid { error, key_claimed: false })?;
+    // Answered here, not in the unit: a problem carries the request's id.
+    let attempt = match begun {
+        Err(standing) => return Ok(Keyed::Answered(key.answer(&standing))),
+        Ok(Begun::Recorded((outcome, payment, written))) => return charge_answer(outcome, payment, written),
+        Ok(Begun::Attempt(attempt)) => *attempt,
     };
 
     let request = ChargeRequest {
@@ -139,12 +165,41 @@ pub async fn pay(
     let task = tokio::spawn(async move {
         let outcome = match holding(&payments.db, &attempt, payments.gateway.charge(&request)).await {
             Ok(outcome) => outcome,
-            Err(unavailable) => return Err(call_failed(&payments.db, &attempt, &unavailable).await),
+            Err(unavailable) => {
+                let error = call_failed(&payments.db, &attempt, &unavailable).await;
+                return Err(NotPaid { error, key_claimed: true });
+            }
         };
-        let (outcome, payment) = record_charge(&payments, &attempt, Some(outcome)).await?;
-        charge_answer(outcome, payment)
+        let recorded = record_charge(&payments, &attempt, Some(outcome), Some(Answering { key, render })).await;
+        let (outcome, payment, written) = recorded.map_err(|error| NotPaid { error, key_claimed: true })?;
+        charge_answer(outcome, payment, written)
     });
-    task.await.map_err(|_| PaymentError::Internal("the payment task panicked"))?
+    task.await.map_err(|_| NotPaid { error: PaymentError::Internal("the payment task panicked"), key_claimed: true })?
+}
+
+/// The request a charge answers: its idempotency key, and how it renders a payment.
+pub(super) struct Answering {
+    key: KeyedWrite,
+    render: fn(&Payment) -> Written,
+}
+
+/// Keeps the response to a charge that succeeded under the request's key, in the transaction
+/// that recorded it (or found it recorded). Other outcomes are answered with a problem, which
+/// carries the request's id and is kept by the idempotency layer.
+async fn kept_charge(
+    conn: &mut Conn<'_>,
+    answering: &Answering,
+    outcome: Outcome,
+    payment: Option<&Payment>,
+) -> Result<Option<Written>, DbError> {
+    match (outcome, payment) {
+        (Outcome::Succeeded, Some(payment)) => {
+            let written = (answering.render)(payment);
+            idempotency::keep_response(conn, &answering.key, &written).await?;
+            Ok(Some(written))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// How a payment or refund request's first transaction ended: with what a first run of the
@@ -169,20 +224,26 @@ fn reversal_key(payment_id: Uuid) -> String {
     format!("orderly-reversal-{payment_id}")
 }
 
-/// What a charge request answers once its outcome is recorded.
-fn charge_answer(outcome: Outcome, payment: Option<Payment>) -> Result<Payment, PaymentError> {
-    match (outcome, payment) {
-        (Outcome::Succeeded, Some(payment)) => Ok(payment),
-        (Outcome::Declined, payment) => Err(PaymentError::Declined {
+/// What a charge request answers once its outcome is recorded; `written`, the response kept
+/// with a successful charge.
+fn charge_answer(
+    outcome: Outcome,
+    payment: Option<Payment>,
+    written: Option<Written>,
+) -> Result<Keyed<Payment>, NotPaid> {
+    let error = match (outcome, payment, written) {
+        (Outcome::Succeeded, Some(payment), Some(written)) => return Ok(Keyed::Done(payment, written)),
+        (Outcome::Declined, payment, _) => PaymentError::Declined {
             code: payment.and_then(|payment| payment.failure_code).unwrap_or_else(|| "card_declined".into()),
-        }),
-        (Outcome::Reversed, _) => Err(invalid_state(
+        },
+        (Outcome::Reversed, _, _) => invalid_state(
             "The order could no longer be paid when the charge went through (it was cancelled or paid meanwhile); \
              the charge is being refunded."
                 .into(),
-        )),
-        _ => Err(PaymentError::Internal("a recorded charge has no payment")),
-    }
+        ),
+        _ => PaymentError::Internal("a recorded charge has no payment"),
+    };
+    Err(NotPaid { error, key_claimed: true })
 }
 
 async fn recorded_payment(conn: &mut Conn<'_>, payment_id: Option<Uuid>) -> Result<Option<Payment>, DbError> {
@@ -212,15 +273,18 @@ async fn call_failed(db: &Database, attempt: &Attempt, unavailable: &Unavailable
 
 /// Records what a charge did at the provider (`None`: nothing, as a lookup found), once for
 /// every attempt under its key, and settles them. A charge that succeeded on an order that is
-/// no longer pending is recorded and reversed. Returns how the attempts were settled, with the
-/// payment recorded, if any.
+/// no longer pending is recorded and reversed. With the request's `keep` (its idempotency key
+/// and how it renders a payment), a successful charge's response is kept in the same
+/// transaction. Returns how the attempts were settled, with the payment recorded, if any, and
+/// the response kept.
 pub(super) async fn record_charge(
     payments: &Payments,
     charge: &Attempt,
     outcome: Option<ChargeOutcome>,
-) -> Result<(Outcome, Option<Payment>), PaymentError> {
+    keep: Option<Answering>,
+) -> Result<(Outcome, Option<Payment>, Option<Written>), PaymentError> {
     let charge = charge.clone();
-    let (outcome, payment, reversal) = payments
+    let (outcome, payment, written, reversal) = payments
         .db
         .write()
         .transaction(async move |conn| {
@@ -240,7 +304,11 @@ pub(super) async fn record_charge(
                 // Another attempt under this key (one call at the provider) recorded it already.
                 attempts::settle(conn, settlement(outcome, recorded.payment_id)).await?;
                 let payment = recorded_payment(conn, recorded.payment_id).await?;
-                return Ok((outcome, payment, None));
+                let written = match &keep {
+                    Some(answering) => kept_charge(conn, answering, outcome, payment.as_ref()).await?,
+                    None => None,
+                };
+                return Ok((outcome, payment, written, None));
             }
             let new_payment = |outcome| NewPayment {
                 order_id: order.id,
@@ -289,7 +357,12 @@ pub(super) async fn record_charge(
                     }
                 }
             };
-            Ok::<_, PaymentError>(recorded)
+            let (outcome, payment, reversal) = recorded;
+            let written = match &keep {
+                Some(answering) => kept_charge(conn, answering, outcome, payment.as_ref()).await?,
+                None => None,
+            };
+            Ok::<_, PaymentError>((outcome, payment, written, reversal))
         })
         .await?;
     if let Some((reversal, status)) = reversal {
@@ -302,7 +375,7 @@ pub(super) async fn record_charge(
         // Best effort now; the reconciler carries it out if this does not.
         let _ = reverse(payments, &reversal).await;
     }
-    Ok((outcome, payment))
+    Ok((outcome, payment, written))
 }
 
 /// Gives back the charge of a reversal attempt, under the reversal's key: a repeat returns the
@@ -496,13 +569,28 @@ fn hold_until() -> DateTime<Utc> {
     now() + chrono::TimeDelta::from_std(HOLD).unwrap_or(chrono::TimeDelta::minutes(1))
 }
 
-/// Runs a provider call for `attempt`, renewing its hold until the call ends.
+/// Runs a provider call for `attempt`, renewing its hold, and the lock of the idempotency key
+/// of the request that made it, until the call ends.
 async fn holding<T>(db: &Database, attempt: &Attempt, call: impl Future<Output = T>) -> T {
     let id = attempt.id;
-    orderly_kit::lease::renewing(call, HOLD / 3, || async move {
-        let until = hold_until();
-        if let Err(error) = db.write().run(async move |conn| attempts::renew_hold(conn, id, until).await).await {
-            tracing::warn!(%error, attempt_id = %id, "could not renew a payment attempt's hold");
+    let claim = attempt.idempotency_claim.clone();
+    orderly_kit::lease::renewing(call, HOLD / 3, || {
+        let claim = claim.clone();
+        async move {
+            let until = hold_until();
+            let renewed = db
+                .write()
+                .run(async move |conn| {
+                    attempts::renew_hold(conn, id, until).await?;
+                    match &claim {
+                        Some(claim) => idempotency::renew_key(conn, claim, until).await,
+                        None => Ok(()),
+                    }
+                })
+                .await;
+            if let Err(error) = renewed {
+                tracing::warn!(%error, attempt_id = %id, "could not renew a payment attempt's hold");
+            }
         }
     })
     .await

@@ -358,6 +358,53 @@ async fn a_keyed_order_is_one_commit() {
     assert!(after - before > ORDERS, "each order committed");
 }
 
+/// A keyed payment commits twice: the key's claim with the charge written ahead of the
+/// provider call, and the outcome (payment, ledger, order status, attempt settled) with the
+/// kept response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_payment_is_two_commits() {
+    let args = ["--database-max-connections", "1", "--payment-settle-after", "1h"];
+    let Some(app) = TestApp::spawn_with(Backend::Postgres, &args).await else { return };
+    let admin = app.admin().await;
+    let customer = app.customer().await;
+    let product = app.create_product(&admin, json!({"stock": 1000})).await;
+    const PAYMENTS: i64 = 20;
+    let mut orders = Vec::new();
+    for _ in 0..PAYMENTS {
+        let order: Value = app
+            .post_json(
+                "/api/v1/orders",
+                Some(&customer.access_token),
+                &json!({"items": [{"product_id": product["id"], "quantity": 1}]}),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        orders.push(order["id"].as_str().unwrap().to_owned());
+    }
+    // As for orders above: a read of the database (an order; products may come from the cache)
+    // after a pause makes PostgreSQL's count current.
+    let order_path = format!("/api/v1/orders/{}", orders[0]);
+    let commits = async || {
+        tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+        assert_eq!(app.get(&order_path, Some(&customer.access_token)).await.status(), StatusCode::OK);
+        app.database_commits().await
+    };
+    let before = commits().await;
+    for (n, order) in orders.iter().enumerate() {
+        let response = crate::payments::pay(&app, &customer, order, "pm_card_visa", &format!("paid-{n}")).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    let after = commits().await;
+    let per_payment = (after - before - 1) as f64 / PAYMENTS as f64;
+    assert!(per_payment < 2.25, "{} commits for {PAYMENTS} keyed payments", after - before - 1);
+    assert!(after - before > 2 * PAYMENTS, "each payment committed its two phases: {}", after - before);
+    let replay = crate::payments::pay(&app, &customer, &orders[0], "pm_card_visa", "paid-0").await;
+    assert_eq!(replay.status(), StatusCode::CREATED);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true", "the response was kept with the outcome");
+}
+
 #[tokio::test]
 async fn a_key_is_free_again_after_its_ttl() {
     let app = TestApp::spawn_with(Backend::Sqlite, &["--idempotency-ttl", "1s"]).await.unwrap();
