@@ -273,50 +273,51 @@ impl Sandbox {
 
     async fn charge(&self, request: &ChargeRequest) -> Result<ChargeOutcome, Retryable> {
         self.arrive().await?;
-        let key = Remembered::key(&request.key);
-        let succeeded = self.charges.first(key, request.payment_method == "pm_card_visa");
-        Ok(sandbox_charge(key, succeeded))
+        let first = self.charges.first(&request.key, request.payment_method == "pm_card_visa");
+        Ok(sandbox_charge(first))
     }
 
     async fn find_charge(&self, key: &str) -> Result<Option<ChargeOutcome>, Retryable> {
         self.arrive().await?;
-        let key = Remembered::key(key);
-        Ok(self.charges.get(key).map(|succeeded| sandbox_charge(key, succeeded)))
+        Ok(self.charges.get(key).map(sandbox_charge))
     }
 
     async fn refund(&self, request: &RefundRequest) -> Result<String, Retryable> {
         self.arrive().await?;
-        let key = Remembered::key(&request.key);
-        self.refunds.first(key, true);
-        Ok(format!("re_sandbox_{key:032x}"))
+        Ok(format!("re_sandbox_{}", self.refunds.first(&request.key, true).reference.simple()))
     }
 
     async fn find_refund(&self, key: &str) -> Result<Option<String>, Retryable> {
         self.arrive().await?;
-        let key = Remembered::key(key);
-        Ok(self.refunds.get(key).map(|_| format!("re_sandbox_{key:032x}")))
+        Ok(self.refunds.get(key).map(|first| format!("re_sandbox_{}", first.reference.simple())))
     }
 }
 
-/// A sandbox charge's outcome: its reference follows from its key, as the same key always
-/// names the same charge.
-fn sandbox_charge(key: u128, succeeded: bool) -> ChargeOutcome {
-    if succeeded {
-        ChargeOutcome::Succeeded { reference: format!("ch_sandbox_{key:032x}") }
+fn sandbox_charge(first: FirstCall) -> ChargeOutcome {
+    if first.succeeded {
+        ChargeOutcome::Succeeded { reference: format!("ch_sandbox_{}", first.reference.simple()) }
     } else {
         ChargeOutcome::Declined { code: "card_declined".into() }
     }
 }
 
+/// What the sandbox did the first time it was called with a key.
+#[derive(Clone, Copy)]
+struct FirstCall {
+    succeeded: bool,
+    /// Time-ordered, as a provider's references usually are.
+    reference: Uuid,
+}
+
 /// The sandbox's memory of the keys it was called with: the last 100,000, by a 128-bit
-/// digest, about 50 bytes each, so that a load test's calls do not show in the process's
-/// memory (a cache entry per call cost five times that).
+/// digest, about 70 bytes each, so that a load test's calls do not show in the process's
+/// memory (a cache entry per call cost four times that).
 #[derive(Default)]
 struct Remembered(std::sync::Mutex<RememberedKeys>);
 
 #[derive(Default)]
 struct RememberedKeys {
-    outcomes: std::collections::HashMap<u128, bool>,
+    calls: std::collections::HashMap<u128, FirstCall>,
     /// Oldest first, for forgetting.
     order: std::collections::VecDeque<u128>,
 }
@@ -324,29 +325,32 @@ struct RememberedKeys {
 impl Remembered {
     const CAPACITY: usize = 100_000;
 
-    fn key(key: &str) -> u128 {
+    fn digest(key: &str) -> u128 {
         let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
         u128::from_be_bytes(digest.as_ref()[..16].try_into().expect("a SHA-256 digest has 16 bytes to spare"))
     }
 
-    /// The outcome first remembered for `key`, remembering `outcome` if there is none.
-    fn first(&self, key: u128, outcome: bool) -> bool {
+    /// The first call with `key`; this one, succeeding as `succeeded` says, if there was none.
+    fn first(&self, key: &str, succeeded: bool) -> FirstCall {
+        let digest = Self::digest(key);
         let mut keys = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(first) = keys.outcomes.get(&key) {
+        if let Some(first) = keys.calls.get(&digest) {
             return *first;
         }
         if keys.order.len() >= Self::CAPACITY
             && let Some(oldest) = keys.order.pop_front()
         {
-            keys.outcomes.remove(&oldest);
+            keys.calls.remove(&oldest);
         }
-        keys.outcomes.insert(key, outcome);
-        keys.order.push_back(key);
-        outcome
+        let first = FirstCall { succeeded, reference: Uuid::now_v7() };
+        keys.calls.insert(digest, first);
+        keys.order.push_back(digest);
+        first
     }
 
-    fn get(&self, key: u128) -> Option<bool> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).outcomes.get(&key).copied()
+    fn get(&self, key: &str) -> Option<FirstCall> {
+        let digest = Self::digest(key);
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).calls.get(&digest).copied()
     }
 }
 
