@@ -86,13 +86,9 @@ pub trait IdempotencyStore: Clone + Send + Sync + 'static {
         expires_at: DateTime<Utc>,
     ) -> impl Future<Output = Result<Option<Record>, Self::Error>> + Send;
 
-    /// Stores the sealed response of the request that owns `id`.
-    fn complete(
-        &self,
-        id: &str,
-        response: Vec<u8>,
-        expires_at: DateTime<Utc>,
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Stores the sealed response of the request that owns `id`. The record keeps the expiry
+    /// its claim set (the same request's), so completing changes nothing a store indexes.
+    fn complete(&self, id: &str, response: Vec<u8>) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
     /// Forgets `id`, so the key may be used again.
     fn release(&self, id: &str) -> impl Future<Output = Result<(), Self::Error>> + Send;
@@ -260,7 +256,7 @@ pub async fn run<S: IdempotencyStore>(
     };
     // Settle the key before answering, so a retry that follows this response sees it settled.
     let settled = if is_kept(parts.status, &parts.headers) {
-        store.complete(&id, seal_parts(&settings.sealer, &parts, &body), expires_at).await
+        store.complete(&id, seal_parts(&settings.sealer, &parts, &body)).await
     } else {
         store.release(&id).await
     };
@@ -301,7 +297,7 @@ async fn run_with_the_write<S: IdempotencyStore>(
     };
     let sealed = seal_parts(&keyed.sealer, &parts, &body);
     if claimed {
-        if let Err(error) = store.complete(&keyed.id, sealed, keyed.expires_at).await {
+        if let Err(error) = store.complete(&keyed.id, sealed).await {
             tracing::error!(error = %error, "could not keep an answer under its idempotency key");
             let _ = store.release(&keyed.id).await;
         }
@@ -309,7 +305,7 @@ async fn run_with_the_write<S: IdempotencyStore>(
     }
     match store.claim(&keyed.id, &keyed.fingerprint, keyed.locked_until, keyed.expires_at).await {
         Ok(None) => {
-            if let Err(error) = store.complete(&keyed.id, sealed, keyed.expires_at).await {
+            if let Err(error) = store.complete(&keyed.id, sealed).await {
                 tracing::error!(error = %error, "could not keep a refusal under its idempotency key");
                 let _ = store.release(&keyed.id).await;
             }

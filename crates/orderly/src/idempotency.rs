@@ -136,7 +136,7 @@ pub async fn claim_key(conn: &mut Conn<'_>, key: &KeyedWrite) -> Result<Option<R
 /// Keeps `written` as the response of the request owning `key`, in the caller's transaction.
 pub async fn keep_response(conn: &mut Conn<'_>, key: &KeyedWrite, written: &Written) -> Result<(), DbError> {
     let sealed = key.seal(written.status, written.location.as_deref(), &written.body);
-    complete(conn, &key.id, &sealed, key.expires_at).await
+    complete(conn, &key.id, &sealed).await
 }
 
 /// Extends the lock of the unfinished record `id`: its request still runs (a provider call
@@ -200,9 +200,9 @@ impl IdempotencyStore for DatabaseStore {
         self.db.write().run(async move |conn| claim(conn, &id, &fingerprint, locked_until, expires_at).await).await
     }
 
-    async fn complete(&self, id: &str, response: Vec<u8>, expires_at: DateTime<Utc>) -> Result<(), DbError> {
+    async fn complete(&self, id: &str, response: Vec<u8>) -> Result<(), DbError> {
         let id = id.to_owned();
-        self.db.write().run(async move |conn| complete(conn, &id, &response, expires_at).await).await
+        self.db.write().run(async move |conn| complete(conn, &id, &response).await).await
     }
 
     async fn release(&self, id: &str) -> Result<(), DbError> {
@@ -221,13 +221,10 @@ impl IdempotencyStore for DatabaseStore {
 }
 
 /// [`IdempotencyStore::complete`]: keeps the sealed response of the request that owns `id`.
-async fn complete(conn: &mut Conn<'_>, id: &str, response: &[u8], expires_at: DateTime<Utc>) -> Result<(), DbError> {
-    conn.execute(
-        "UPDATE idempotency_keys SET response = $1, expires_at = $2 WHERE id = $3",
-        &[&response, &expires_at, &id],
-    )
-    .await
-    .map(drop)
+/// Its claim set the expiry; leaving indexed columns alone lets PostgreSQL update the row in
+/// place (HOT), with no index entries to write.
+async fn complete(conn: &mut Conn<'_>, id: &str, response: &[u8]) -> Result<(), DbError> {
+    conn.execute("UPDATE idempotency_keys SET response = $1 WHERE id = $2", &[&response, &id]).await.map(drop)
 }
 
 /// [`IdempotencyStore::claim`]: one atomic upsert that inserts the record or replaces a dead
