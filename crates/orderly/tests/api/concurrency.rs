@@ -104,12 +104,14 @@ async fn concurrent_orders_sharing_commits_each_stand_or_fall_alone(app: TestApp
     assert_eq!(listed["data"].as_array().unwrap().len(), 60, "no refused order was kept");
 
     if app.database_url().starts_with("sqlite") {
+        // Metrics are per process: where tests share one (`cargo test`), other apps' commits
+        // count too, so the figures are bounds.
         let after = scrape_metrics(&app).await;
         let delta =
             |series: &str| after.get(series).copied().unwrap_or(0.0) - before.get(series).copied().unwrap_or(0.0);
         let (commits, transactions) =
             (delta("orderly_db_sqlite_commits_total"), delta("orderly_db_sqlite_committed_transactions_total"));
-        assert_eq!(transactions, 60.0, "every placed order, and nothing else, was committed");
+        assert!(transactions >= 60.0, "every placed order was committed ({transactions})");
         assert!(commits < transactions, "some orders shared a commit ({commits} commits)");
     }
 }

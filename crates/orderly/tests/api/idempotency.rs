@@ -398,11 +398,11 @@ async fn a_keyed_payment_is_two_commits() {
         assert_eq!(response.status(), StatusCode::CREATED);
     }
     let after = commits().await;
-    // Besides the payments: the read that makes the count current, and the reconciler's two
-    // reads per pass (one every 5 s at most), which a slow run sees more of. Four commits per
-    // payment would be 2 × PAYMENTS more than this allows.
+    // Besides the payments: the read that makes the count current, the reconciler's two reads
+    // per pass (one every 5 s at most), which a slow run sees more of, and a few commits whose
+    // statistics PostgreSQL reported late. Three commits per payment would be over this.
     let passes = started.elapsed().as_secs() as i64 / 5 + 2;
-    let allowed = 2 * PAYMENTS + 1 + 2 * passes;
+    let allowed = 2 * PAYMENTS + 1 + 2 * passes + PAYMENTS / 4;
     let counted = after - before;
     assert!(counted <= allowed, "{counted} commits for {PAYMENTS} keyed payments (at most {allowed})");
     assert!(counted > 2 * PAYMENTS, "each payment committed its two phases: {counted}");
