@@ -339,6 +339,7 @@ async fn a_keyed_order_is_one_commit() {
         app.database_commits().await
     };
     let before = commits().await;
+    let started = std::time::Instant::now();
     const ORDERS: i64 = 20;
     for n in 0..ORDERS {
         let response = app
@@ -352,10 +353,14 @@ async fn a_keyed_order_is_one_commit() {
         assert_eq!(response.status(), StatusCode::CREATED);
     }
     let after = commits().await;
-    // The read that makes the count current is one more; a reconciler pass may add a few.
-    let per_order = (after - before - 1) as f64 / ORDERS as f64;
-    assert!(per_order < 1.25, "{} commits for {ORDERS} keyed orders", after - before - 1);
-    assert!(after - before > ORDERS, "each order committed");
+    // Besides the orders: the read that makes the count current, the reconciler's two reads
+    // per pass (one every 5 s at most), and a few commits whose statistics PostgreSQL
+    // reported late. Two commits per order would be over this.
+    let passes = started.elapsed().as_secs() as i64 / 5 + 2;
+    let allowed = ORDERS + 1 + 2 * passes + ORDERS / 4;
+    let counted = after - before;
+    assert!(counted <= allowed, "{counted} commits for {ORDERS} keyed orders (at most {allowed})");
+    assert!(counted > ORDERS, "each order committed");
 }
 
 /// A keyed payment commits twice: the key's claim with the charge written ahead of the
