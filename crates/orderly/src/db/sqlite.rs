@@ -104,6 +104,9 @@ impl Workers {
             std::fs::create_dir_all(folder).map_err(|error| format!("cannot create {}: {error}", folder.display()))?;
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        // SQLite's own checkpointing (by the writer, every 1,000 WAL pages) stays: checkpointing
+        // less often, or from a thread of its own, was measured faster but raised p99 latency
+        // past 30 ms (bench/README.md).
         let connection = open(path, flags, "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
         Self::start(vec![connection], acquire_timeout, true, "sqlite-writer")
     }
