@@ -270,7 +270,8 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
         crate::idempotency::EXEMPT_PATHS,
         crate::payments::KEY_REQUIRED,
     );
-    let (idempotency, rate_limits) = (state.idempotency.clone(), state.rate_limits.clone());
+    // Shared, so each request clones one reference count, not every handle inside.
+    let (idempotency, rate_limits) = (Arc::new(state.idempotency.clone()), Arc::new(state.rate_limits.clone()));
     let deadline = http.request_timeout;
     let in_flight = Arc::new(tokio::sync::Semaphore::new(usize::try_from(http.max_in_flight).unwrap_or(usize::MAX)));
     let body_limit = usize::try_from(http.max_body_bytes).unwrap_or(usize::MAX);

@@ -9,6 +9,8 @@
 //! [`keep_response`]). The token endpoint is exempt: its responses are fresh credentials bound
 //! to a rotation chain, and RFC 6749 clients retry it by design.
 
+use std::sync::Arc;
+
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -271,11 +273,8 @@ pub struct Idempotency {
 /// Applies the key of a POST under the caller's scope: the user for authenticated calls, one
 /// shared anonymous scope otherwise. A request with bad credentials passes straight through:
 /// its handler answers 401, which is never kept.
-pub async fn middleware(
-    State(Idempotency { store, settings, authenticator }): State<Idempotency>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+pub async fn middleware(State(idempotency): State<Arc<Idempotency>>, mut request: Request, next: Next) -> Response {
+    let Idempotency { store, settings, authenticator } = &*idempotency;
     let path = request.uri().path().to_owned();
     if request.method() != Method::POST || EXEMPT_PATHS.contains(&path.as_str()) {
         return next.run(request).await;
@@ -299,7 +298,7 @@ pub async fn middleware(
         Some(route) if IN_PHASES.contains(&route) => Keeping::InPhases,
         _ => Keeping::Separately,
     };
-    idempotency::run(&store, &settings, &scope, required, keeping, request, next).await
+    idempotency::run(store, settings, &scope, required, keeping, request, next).await
 }
 
 /// Deletes expired records every `interval` until the task is aborted.

@@ -66,7 +66,7 @@ impl RateLimits {
     }
 }
 
-pub async fn middleware(State(limits): State<RateLimits>, mut request: Request, next: Next) -> Response {
+pub async fn middleware(State(limits): State<Arc<RateLimits>>, mut request: Request, next: Next) -> Response {
     let path = request.uri().path();
     if !path.starts_with("/api/") {
         return next.run(request).await;

@@ -36,11 +36,12 @@ enum Job {
     /// Runs on its own, outside any transaction: reads, and work that begins and ends
     /// transactions itself (migrations).
     Alone(Box<dyn FnOnce(&mut Connection) + Send>),
-    /// A write: may share its commit with others (see the module documentation).
-    Transaction(Box<dyn GroupMember>),
+    /// Runs in a transaction: on the writer, one it may share with other writes (see the
+    /// module documentation); on a reader, a read transaction of its own.
+    InTransaction(Box<dyn GroupMember>),
 }
 
-/// How the writer runs a unit of work.
+/// How a unit of work runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Unit {
     /// All or nothing.
@@ -52,7 +53,7 @@ pub(super) enum Unit {
     Alone,
 }
 
-/// A transaction that can run inside a group's transaction and be answered after its commit.
+/// A unit of work that can run inside a group's transaction and be answered after its commit.
 trait GroupMember: Send {
     /// Takes the unit off the queue: false when its caller already gave it up (it never runs).
     fn start(&self) -> bool;
@@ -147,7 +148,7 @@ impl Workers {
         super::Usage { in_use, idle: self.threads - in_use, max: self.threads }
     }
 
-    /// Runs `work` on one of the threads, as `unit` says (readers run every unit but a
+    /// Runs `work` on one of the threads, as `kind` says (readers run every unit but a
     /// transaction alone). Waits at most the acquire timeout for a thread to take it.
     pub(super) async fn run<T, E, F>(&self, kind: Unit, work: F) -> Result<T, E>
     where
@@ -164,7 +165,7 @@ impl Workers {
         };
         let job = if grouped {
             let keeps_partial_work = kind == Unit::Statements;
-            Job::Transaction(Box::new(Member {
+            Job::InTransaction(Box::new(Member {
                 state: Arc::clone(&state),
                 keeps_partial_work,
                 work: Some(work),
@@ -242,9 +243,9 @@ fn serve(connection: &mut Connection, jobs: &crossbeam_channel::Receiver<Job>, b
                     let _ = connection.execute_batch("ROLLBACK");
                 }
             }
-            Job::Transaction(first) if !first.start() => {}
-            Job::Transaction(first) if !writer => drop(commit_group(connection, "BEGIN", vec![first])),
-            Job::Transaction(first) => {
+            Job::InTransaction(first) if !first.start() => {}
+            Job::InTransaction(first) if !writer => drop(commit_group(connection, "BEGIN", vec![first])),
+            Job::InTransaction(first) => {
                 // Whatever else is already waiting joins this commit, in queue order; a job
                 // that must run alone ends the group and runs next. Members are started
                 // before the transaction begins, so waiting for SQLite's lock counts against
@@ -252,8 +253,8 @@ fn serve(connection: &mut Connection, jobs: &crossbeam_channel::Receiver<Job>, b
                 let mut group = vec![first];
                 while group.len() < MAX_GROUP {
                     match jobs.try_recv() {
-                        Ok(Job::Transaction(member)) if !member.start() => {}
-                        Ok(Job::Transaction(member)) => group.push(member),
+                        Ok(Job::InTransaction(member)) if !member.start() => {}
+                        Ok(Job::InTransaction(member)) => group.push(member),
                         Ok(alone) => {
                             next = Some(alone);
                             break;

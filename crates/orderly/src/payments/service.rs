@@ -109,7 +109,7 @@ pub async fn pay(
                 // A retry of a request whose charge was recorded, by its first run or anyone else.
                 let payment = recorded_payment(conn, earlier.payment_id).await?;
                 let answering = Answering { key: keyed, render };
-                let written = kept_charge(conn, &answering, outcome, payment.as_ref()).await?;
+                let written = kept_charge(conn, Some(&answering), outcome, payment.as_ref()).await?;
                 return Ok(Ok(Begun::Recorded((outcome, payment, written))));
             }
             if order.status != OrderStatus::Pending {
@@ -183,17 +183,18 @@ pub(super) struct Answering {
     render: fn(&Payment) -> Written,
 }
 
-/// Keeps the response to a charge that succeeded under the request's key, in the transaction
-/// that recorded it (or found it recorded). Other outcomes are answered with a problem, which
-/// carries the request's id and is kept by the idempotency layer.
+/// Keeps the response to a charge that succeeded under the key of the request it answers
+/// (none for the reconciler), in the transaction that recorded it (or found it recorded).
+/// Other outcomes are answered with a problem, which carries the request's id and is kept by
+/// the idempotency layer.
 async fn kept_charge(
     conn: &mut Conn<'_>,
-    answering: &Answering,
+    answering: Option<&Answering>,
     outcome: Outcome,
     payment: Option<&Payment>,
 ) -> Result<Option<Written>, DbError> {
-    match (outcome, payment) {
-        (Outcome::Succeeded, Some(payment)) => {
+    match (answering, outcome, payment) {
+        (Some(answering), Outcome::Succeeded, Some(payment)) => {
             let written = (answering.render)(payment);
             idempotency::keep_response(conn, &answering.key, &written).await?;
             Ok(Some(written))
@@ -304,10 +305,7 @@ pub(super) async fn record_charge(
                 // Another attempt under this key (one call at the provider) recorded it already.
                 attempts::settle(conn, settlement(outcome, recorded.payment_id)).await?;
                 let payment = recorded_payment(conn, recorded.payment_id).await?;
-                let written = match &keep {
-                    Some(answering) => kept_charge(conn, answering, outcome, payment.as_ref()).await?,
-                    None => None,
-                };
+                let written = kept_charge(conn, keep.as_ref(), outcome, payment.as_ref()).await?;
                 return Ok((outcome, payment, written, None));
             }
             let new_payment = |outcome| NewPayment {
@@ -358,10 +356,7 @@ pub(super) async fn record_charge(
                 }
             };
             let (outcome, payment, reversal) = recorded;
-            let written = match &keep {
-                Some(answering) => kept_charge(conn, answering, outcome, payment.as_ref()).await?,
-                None => None,
-            };
+            let written = kept_charge(conn, keep.as_ref(), outcome, payment.as_ref()).await?;
             Ok::<_, PaymentError>((outcome, payment, written, reversal))
         })
         .await?;
