@@ -52,13 +52,16 @@ pub fn body_of(value: &Value) -> Bytes {
     Bytes::from(serde_json::to_vec(value).expect("JSON values always serialize"))
 }
 
-/// Formats an RFC 9110 HTTP-date (`Sun, 06 Nov 1994 08:49:37 GMT`).
+/// Formats an RFC 9110 HTTP-date (`Sun, 06 Nov 1994 08:49:37 GMT`). The form has four-digit
+/// years from 1970 on; times outside it are clamped into it.
 pub fn http_date(time: DateTime<Utc>) -> String {
-    time.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
+    let last = DateTime::from_timestamp(253_402_300_799, 0).expect("the last second of year 9999");
+    httpdate::fmt_http_date(time.clamp(DateTime::UNIX_EPOCH, last).into())
 }
 
+/// Reads an HTTP-date in any of the three forms RFC 9110 asks recipients to accept.
 fn parse_http_date(value: &str) -> Option<DateTime<Utc>> {
-    chrono::NaiveDateTime::parse_from_str(value.trim(), "%a, %d %b %Y %H:%M:%S GMT").ok().map(|t| t.and_utc())
+    httpdate::parse_http_date(value.trim()).ok().map(DateTime::<Utc>::from)
 }
 
 /// Answers a single-resource GET: 304 when the client's copy is current, else 200 with the body.
@@ -170,5 +173,7 @@ mod tests {
         let time = DateTime::parse_from_rfc3339("1994-11-06T08:49:37Z").unwrap().to_utc();
         assert_eq!(http_date(time), "Sun, 06 Nov 1994 08:49:37 GMT");
         assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"), Some(time));
+        assert_eq!(parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"), Some(time), "RFC 850");
+        assert_eq!(parse_http_date("Sun Nov  6 08:49:37 1994"), Some(time), "asctime");
     }
 }

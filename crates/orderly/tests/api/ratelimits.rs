@@ -253,8 +253,49 @@ mod shared {
         assert_eq!(metrics.get("redis_available"), Some(&1.0));
     }
 
+    /// Rate-limit scripts Redis has run so far.
+    async fn script_calls(redis_url: &str) -> u64 {
+        let client = redis::Client::open(redis_url).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut connection).await.unwrap();
+        info.lines()
+            .filter(|line| line.starts_with("cmdstat_evalsha:") || line.starts_with("cmdstat_eval:"))
+            .filter_map(|line| line.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    /// A busy client is decided from leases of its quota: Redis is asked now and then, not
+    /// for every request, and two instances together still admit no more than the quota, and
+    /// not less by more than what two leases can hold (1/64 of it each).
+    async fn with_redis_a_busy_client_spends_leases_and_never_gets_more_than_its_quota(backend: Backend) {
+        let Some(redis) = PrivateRedis::start() else { return };
+        // A day's window: no quota comes back while the test runs.
+        let flags = ["--rate-limit-anonymous=1280/86400s", "--trusted-proxies=127.0.0.1"];
+        let Some((a, b)) = two_instances(backend, &redis.url(), &flags).await else { return };
+        let before = script_calls(&redis.url()).await;
+        let (mut admitted, mut refused) = (0, 0);
+        for request in 0..1400 {
+            let app = if request % 2 == 0 { &a } else { &b };
+            let response = get_as(app, "/api/v1/products", Some("198.51.100.9")).await;
+            match response.status() {
+                StatusCode::OK => admitted += 1,
+                StatusCode::TOO_MANY_REQUESTS => {
+                    refused += 1;
+                    assert_rate_limited(response, "anonymous").await;
+                }
+                other => panic!("unexpected {other}"),
+            }
+        }
+        let calls = script_calls(&redis.url()).await - before;
+        assert!(admitted <= 1280, "{admitted} admitted: more than the quota");
+        assert!(admitted >= 1280 - 2 * 20, "{admitted} admitted: leases held back more than they may");
+        assert_eq!(admitted + refused, 1400);
+        assert!(calls < 1400 / 4, "{calls} Redis decisions for 1,400 requests: not spent from leases");
+    }
+
     on_every_backend_with_backend!(
         with_redis_a_quota_is_global_across_instances,
+        with_redis_a_busy_client_spends_leases_and_never_gets_more_than_its_quota,
         while_redis_is_down_limits_hold_per_instance_and_come_back_global,
     );
 }
