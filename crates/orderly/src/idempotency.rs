@@ -19,7 +19,7 @@ use http::Method;
 use orderly_kit::idempotency::{self, IdempotencyStore, Keeping, Kept, KeyedWrite, Record};
 
 use crate::accounts::auth::{Authenticator, Principal};
-use crate::db::{Conn, Database, DbError, Row};
+use crate::db::{Conn, Database, DbError, Row, Rows};
 use crate::responses::Written;
 
 pub const EXEMPT_PATHS: &[&str] = &["/api/v1/auth/token"];
@@ -226,7 +226,7 @@ impl IdempotencyStore for DatabaseStore {
 /// Its claim set the expiry; leaving indexed columns alone lets PostgreSQL update the row in
 /// place (HOT), with no index entries to write.
 async fn complete(conn: &mut Conn<'_>, id: &str, response: &[u8]) -> Result<(), DbError> {
-    conn.execute("UPDATE idempotency_keys SET response = $1 WHERE id = $2", &[&response, &id]).await.map(drop)
+    conn.defer("UPDATE idempotency_keys SET response = $1 WHERE id = $2", &[&response, &id], Rows::Any).await
 }
 
 /// [`IdempotencyStore::claim`]: one atomic upsert that inserts the record or replaces a dead

@@ -8,14 +8,18 @@
 //! On SQLite every method completes without waiting: the whole unit of work runs on a
 //! database thread (see [`super::sqlite`]). On PostgreSQL the methods are network calls;
 //! statements are prepared once per connection and cached. A transaction's `BEGIN` is sent
-//! together with its first statement, so it costs no round trip of its own.
+//! together with its first statement, so it costs no round trip of its own, and so are writes
+//! the unit does not read back ([`Conn::defer`]): a transaction's closing writes and its
+//! `COMMIT` are one round trip.
 
 use std::borrow::Cow;
 
+use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, SecondsFormat, Utc};
 use deadpool_postgres::ClientWrapper;
+use futures_util::future::try_join_all;
 use rusqlite::types::{ToSqlOutput, ValueRef};
-use tokio_postgres::types::{FromSql, ToSql};
+use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
 use uuid::Uuid;
 
 /// The two supported backends.
@@ -244,10 +248,60 @@ enum Inner<'a> {
     Sqlite(&'a mut rusqlite::Connection),
     Postgres {
         client: &'a ClientWrapper,
+        /// The unit is one transaction (else each statement commits on its own).
+        transaction: bool,
         /// A transaction was asked for and `BEGIN` is not sent yet: it goes with the first
         /// statement.
         begin_pending: bool,
+        /// Writes to send with the next statement.
+        deferred: Vec<Deferred>,
     },
+}
+
+/// How many rows a deferred write must change for its unit of work to go on.
+pub enum Rows {
+    Any,
+    /// Exactly this many, else the unit fails with this reason.
+    Exactly(u64, String),
+}
+
+impl Rows {
+    fn check(&self, changed: u64) -> Result<(), DbError> {
+        match self {
+            Self::Exactly(expected, reason) if *expected != changed => Err(DbError::Other(reason.clone())),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A PostgreSQL write waiting for the next statement, its parameters already encoded.
+struct Deferred {
+    statement: tokio_postgres::Statement,
+    params: Vec<Encoded>,
+    rows: Rows,
+}
+
+/// A parameter in PostgreSQL's binary form (`None` is NULL).
+#[derive(Debug)]
+struct Encoded(Option<Bytes>);
+
+impl ToSql for Encoded {
+    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match &self.0 {
+            Some(bytes) => {
+                out.extend_from_slice(bytes);
+                Ok(IsNull::No)
+            }
+            None => Ok(IsNull::Yes),
+        }
+    }
+
+    /// Checked when it was encoded, against the statement's own parameter types.
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
 }
 
 impl<'a> Conn<'a> {
@@ -256,7 +310,8 @@ impl<'a> Conn<'a> {
     }
 
     pub(super) fn postgres(client: &'a ClientWrapper, in_transaction: bool) -> Self {
-        Self { inner: Inner::Postgres { client, begin_pending: in_transaction } }
+        let deferred = Vec::new();
+        Self { inner: Inner::Postgres { client, transaction: in_transaction, begin_pending: in_transaction, deferred } }
     }
 
     pub fn backend(&self) -> Backend {
@@ -274,17 +329,47 @@ impl<'a> Conn<'a> {
                 bind(&mut statement, params)?;
                 Ok(statement.raw_execute()? as u64)
             }
-            Inner::Postgres { client, begin_pending } => {
+            Inner::Postgres { client, begin_pending, deferred, .. } => {
                 let statement = client.prepare_cached(sql).await?;
                 let params = postgres_params(params);
-                if std::mem::take(begin_pending) {
-                    let begin = client.prepare_cached("BEGIN").await?;
-                    let (_, changed) =
-                        tokio::try_join!(client.execute(&begin, &[]), client.execute(&statement, &params))?;
-                    Ok(changed)
-                } else {
-                    Ok(client.execute(&statement, &params).await?)
+                pipelined(client, begin_pending, deferred, client.execute(&statement, &params)).await
+            }
+        }
+    }
+
+    /// A write whose outcome the unit of work does not read. On SQLite it runs now; on
+    /// PostgreSQL it is sent with the unit's next statement, or with its `COMMIT`, saving a
+    /// round trip. A failure, or another number of changed rows than `rows` asks for, fails
+    /// that next statement, so the transaction does not commit (a write whose rows are counted
+    /// goes before `COMMIT`, not with it, so that the count can stop it).
+    pub async fn defer(&mut self, sql: &str, params: &[&dyn Param], rows: Rows) -> Result<(), DbError> {
+        match &mut self.inner {
+            Inner::Sqlite(_) => {
+                let changed = self.execute(sql, params).await?;
+                rows.check(changed)
+            }
+            Inner::Postgres { client, deferred, .. } => {
+                let statement = client.prepare_cached(sql).await?;
+                let types = statement.params();
+                if types.len() != params.len() {
+                    return Err(DbError::Other(format!(
+                        "statement takes {} parameters, {} given",
+                        types.len(),
+                        params.len()
+                    )));
                 }
+                let mut buffer = BytesMut::new();
+                let mut encoded = Vec::with_capacity(params.len());
+                for (param, ty) in params.iter().zip(types) {
+                    let value = match param.to_sql_checked(ty, &mut buffer) {
+                        Ok(IsNull::No) => Some(buffer.split().freeze()),
+                        Ok(IsNull::Yes) => None,
+                        Err(error) => return Err(DbError::Other(format!("cannot encode a parameter: {error}"))),
+                    };
+                    encoded.push(Encoded(value));
+                }
+                deferred.push(Deferred { statement, params: encoded, rows });
+                Ok(())
             }
         }
     }
@@ -307,15 +392,10 @@ impl<'a> Conn<'a> {
                 }
                 Ok(mapped)
             }
-            Inner::Postgres { client, begin_pending } => {
+            Inner::Postgres { client, begin_pending, deferred, .. } => {
                 let statement = client.prepare_cached(sql).await?;
                 let params = postgres_params(params);
-                let rows = if std::mem::take(begin_pending) {
-                    let begin = client.prepare_cached("BEGIN").await?;
-                    tokio::try_join!(client.execute(&begin, &[]), client.query(&statement, &params))?.1
-                } else {
-                    client.query(&statement, &params).await?
-                };
+                let rows = pipelined(client, begin_pending, deferred, client.query(&statement, &params)).await?;
                 rows.iter().map(|row| map(&Row::Postgres(row))).collect()
             }
         }
@@ -349,26 +429,69 @@ impl<'a> Conn<'a> {
     pub async fn batch(&mut self, sql: &str) -> Result<(), DbError> {
         match &mut self.inner {
             Inner::Sqlite(connection) => Ok(connection.execute_batch(sql)?),
-            Inner::Postgres { client, begin_pending } => {
-                if std::mem::take(begin_pending) {
-                    client.batch_execute("BEGIN").await?;
-                }
+            Inner::Postgres { client, begin_pending, deferred, .. } => {
+                pipelined(client, begin_pending, deferred, async { Ok(()) }).await?;
                 Ok(client.batch_execute(sql).await?)
             }
         }
     }
 
-    /// Ends a transaction begun by [`Conn::postgres`]: `COMMIT` or `ROLLBACK`, or nothing when
-    /// no statement was sent (so `BEGIN` never was).
+    /// Ends a unit of work on PostgreSQL. A transaction ends with `COMMIT`, sent with the
+    /// writes still deferred, or `ROLLBACK`, which drops them; with neither when no statement
+    /// was sent (so `BEGIN` never was). A unit without a transaction sends its deferred writes
+    /// whatever its outcome, as SQLite ran them when they were asked for.
     pub(super) async fn finish(&mut self, commit: bool) -> Result<(), DbError> {
-        if let Inner::Postgres { client, begin_pending } = &mut self.inner
-            && !std::mem::take(begin_pending)
-        {
-            let end = client.prepare_cached(if commit { "COMMIT" } else { "ROLLBACK" }).await?;
-            client.execute(&end, &[]).await?;
+        let Inner::Postgres { client, transaction, begin_pending, deferred } = &mut self.inner else {
+            return Ok(());
+        };
+        if !*transaction {
+            return pipelined(client, begin_pending, deferred, async { Ok(()) }).await;
         }
-        Ok(())
+        if !commit {
+            deferred.clear();
+        }
+        if *begin_pending && deferred.is_empty() {
+            return Ok(());
+        }
+        if deferred.iter().any(|write| matches!(write.rows, Rows::Exactly(..))) {
+            // Their counts are known only once they ran: checked before `COMMIT` is sent.
+            pipelined(client, begin_pending, deferred, async { Ok(()) }).await?;
+        }
+        let end = client.prepare_cached(if commit { "COMMIT" } else { "ROLLBACK" }).await?;
+        pipelined(client, begin_pending, deferred, client.execute(&end, &[])).await.map(drop)
     }
+}
+
+/// Sends `BEGIN` when it is due and the deferred writes, then `current`, as one pipeline (a
+/// join polls its parts in order, so every request is written before any answer is awaited),
+/// and checks what the deferred writes changed. The server runs them in order; the first to
+/// fail fails the rest of the transaction, and its error is the one returned.
+async fn pipelined<T>(
+    client: &ClientWrapper,
+    begin_pending: &mut bool,
+    deferred: &mut Vec<Deferred>,
+    current: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, DbError> {
+    if !*begin_pending && deferred.is_empty() {
+        return Ok(current.await?);
+    }
+    let begin = if std::mem::take(begin_pending) { Some(client.prepare_cached("BEGIN").await?) } else { None };
+    let writes = std::mem::take(deferred);
+    let ahead = async {
+        let begin = async {
+            match &begin {
+                Some(begin) => client.execute(begin, &[]).await.map(drop),
+                None => Ok(()),
+            }
+        };
+        let writes = try_join_all(writes.iter().map(|write| client.execute_raw(&write.statement, &write.params)));
+        tokio::try_join!(begin, writes)
+    };
+    let (((), changed), value) = tokio::try_join!(ahead, current)?;
+    for (write, changed) in writes.iter().zip(changed) {
+        write.rows.check(changed)?;
+    }
+    Ok(value)
 }
 
 /// SQLite reads `?N` as PostgreSQL's `$N`: the N-th parameter wherever it appears.
@@ -389,4 +512,97 @@ fn bind(statement: &mut rusqlite::Statement<'_>, params: &[&dyn Param]) -> Resul
 
 fn postgres_params<'p>(params: &'p [&'p dyn Param]) -> Vec<&'p (dyn ToSql + Sync)> {
     params.iter().map(|param| *param as &(dyn ToSql + Sync)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Rows;
+    use crate::config::DatabaseConfig;
+    use crate::db::{Database, DbError};
+
+    #[derive(Parser)]
+    struct Settings {
+        #[command(flatten)]
+        database: DatabaseConfig,
+    }
+
+    async fn connect(url: &str) -> Database {
+        let settings = Settings::parse_from(["test", "--database-url", url]);
+        Database::connect(&settings.database).await.expect("the test database connects")
+    }
+
+    async fn ids(db: &Database, table: &str) -> Vec<i64> {
+        let sql = format!("SELECT id FROM {table} ORDER BY id");
+        db.write().run(async move |conn| conn.query(&sql, &[], |row| row.get(0)).await).await.unwrap()
+    }
+
+    /// Deferred writes take part in their transaction as if they had run when asked for: the
+    /// next statement sees them, they commit with it, and one that fails, or changes another
+    /// number of rows than it must, leaves nothing of the transaction behind.
+    async fn deferred_writes_stand_or_fall_with_their_transaction(db: Database) {
+        let table = format!("deferred_{}", uuid::Uuid::new_v4().simple());
+        let create = format!("CREATE TABLE {table} (id BIGINT PRIMARY KEY)");
+        db.write().run(async move |conn| conn.batch(&create).await).await.unwrap();
+        let insert: &'static str = format!("INSERT INTO {table} (id) VALUES ($1)").leak();
+        let update: &'static str = format!("UPDATE {table} SET id = $1 WHERE id = $2").leak();
+
+        let seen = db
+            .write()
+            .transaction(async move |conn| {
+                conn.defer(insert, &[&1_i64], Rows::Exactly(1, "inserted".into())).await?;
+                conn.defer(insert, &[&2_i64], Rows::Any).await?;
+                let sql = format!("SELECT count(*) FROM {}", insert.split(' ').nth(2).unwrap());
+                conn.query_one(&sql, &[], |row| row.get::<i64>(0)).await
+            })
+            .await
+            .unwrap();
+        assert_eq!(seen, 2, "the next statement sees the deferred writes");
+        assert_eq!(ids(&db, &table).await, [1, 2], "and they commit with the transaction");
+
+        let duplicate: Result<(), DbError> = db
+            .write()
+            .transaction(async move |conn| {
+                conn.execute(insert, &[&3_i64]).await?;
+                conn.defer(insert, &[&4_i64], Rows::Any).await?;
+                conn.defer(insert, &[&1_i64], Rows::Any).await
+            })
+            .await;
+        assert!(duplicate.is_err_and(|error| error.is_unique_violation()), "the failing write's own error");
+        assert_eq!(ids(&db, &table).await, [1, 2], "nothing of a transaction whose deferred write failed");
+
+        let missed: Result<(), DbError> = db
+            .write()
+            .transaction(async move |conn| {
+                conn.execute(insert, &[&5_i64]).await?;
+                conn.defer(update, &[&6_i64, &99_i64], Rows::Exactly(1, "row 99 is gone".into())).await
+            })
+            .await;
+        assert!(matches!(missed, Err(DbError::Other(ref reason)) if reason == "row 99 is gone"), "{missed:?}");
+        assert_eq!(ids(&db, &table).await, [1, 2], "nothing of a transaction whose write missed its rows");
+
+        let drop = format!("DROP TABLE {table}");
+        db.write().run(async move |conn| conn.batch(&drop).await).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn sqlite_deferred_writes_stand_or_fall_with_their_transaction() {
+        let path = std::env::temp_dir().join(format!("orderly-deferred-{}.db", uuid::Uuid::new_v4().simple()));
+        deferred_writes_stand_or_fall_with_their_transaction(connect(&format!("sqlite://{}", path.display())).await)
+            .await;
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[tokio::test]
+    async fn postgres_deferred_writes_stand_or_fall_with_their_transaction() {
+        let url = match std::env::var("ORDERLY_TEST_DATABASE_URL") {
+            Ok(url) if !url.is_empty() => url,
+            _ if std::env::var("CI").is_ok_and(|ci| ci == "true") => {
+                panic!("CI=true but ORDERLY_TEST_DATABASE_URL is unset")
+            }
+            _ => return eprintln!("skipping: ORDERLY_TEST_DATABASE_URL is unset"),
+        };
+        deferred_writes_stand_or_fall_with_their_transaction(connect(&url).await).await;
+    }
 }

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, RecyclingMethod, Runtime};
 
-pub use conn::{Backend, Column, Conn, DbError, Param, Row};
+pub use conn::{Backend, Column, Conn, DbError, Param, Row, Rows};
 pub use migrate::MigrateError;
 
 use crate::config::{ConfigError, DatabaseConfig};
@@ -242,7 +242,9 @@ impl Pool<'_> {
             Target::Postgres(pool) => {
                 let client = pool.get().await.map_err(pool_error)?;
                 let mut conn = Conn::postgres(&client, false);
-                work(&mut conn).await
+                let result = work(&mut conn).await;
+                conn.finish(result.is_ok()).await?;
+                result
             }
         }
     }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use crate::db::{Backend, Conn, DbError, Param, Row, now};
+use crate::db::{Backend, Conn, DbError, Param, Row, Rows, now};
 use crate::listing::{ListParams, and_where, seek};
 use orderly_kit::pagination::Page;
 
@@ -163,15 +163,12 @@ pub async fn lock_order(conn: &mut Conn<'_>, id: Uuid, owner: Option<Uuid>) -> R
 pub async fn set_status(conn: &mut Conn<'_>, current: &Order, status: OrderStatus) -> Result<Order, DbError> {
     let updated_at = now();
     let version = current.version + 1;
-    let changed = conn
-        .execute(
-            "UPDATE orders SET status = $1, version = $2, updated_at = $3 WHERE id = $4 AND version = $5",
-            &[&status.as_str(), &version, &updated_at, &current.id, &current.version],
-        )
-        .await?;
-    if changed != 1 {
-        return Err(DbError::Other(format!("order {} changed under its lock", current.id)));
-    }
+    conn.defer(
+        "UPDATE orders SET status = $1, version = $2, updated_at = $3 WHERE id = $4 AND version = $5",
+        &[&status.as_str(), &version, &updated_at, &current.id, &current.version],
+        Rows::Exactly(1, format!("order {} changed under its lock", current.id)),
+    )
+    .await?;
     Ok(Order { status, version, updated_at, ..current.clone() })
 }
 

@@ -13,7 +13,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::db::{Conn, DbError, Row, now};
+use crate::db::{Conn, DbError, Row, Rows, now};
 
 /// A provider call written ahead (a `payment_attempts` row).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -180,7 +180,7 @@ pub async fn insert(conn: &mut Conn<'_>, new: NewAttempt) -> Result<Attempt, DbE
         outcome: None,
         reconcile_after: None,
     };
-    conn.execute(
+    conn.defer(
         concat!(
             "INSERT INTO payment_attempts (",
             attempt_columns!(),
@@ -204,6 +204,7 @@ pub async fn insert(conn: &mut Conn<'_>, new: NewAttempt) -> Result<Attempt, DbE
             &row.outcome.map(Outcome::as_str),
             &row.reconcile_after,
         ],
+        Rows::Any,
     )
     .await?;
     Ok(row)
@@ -274,7 +275,7 @@ pub struct Settlement<'a> {
 /// Settles the unsettled attempts under a key. A known outcome settles all of them: they are
 /// one call at the provider. "Nothing was made" settles only those whose hold has lapsed: a
 /// held one may still land.
-pub async fn settle(conn: &mut Conn<'_>, settlement: Settlement<'_>) -> Result<u64, DbError> {
+pub async fn settle(conn: &mut Conn<'_>, settlement: Settlement<'_>) -> Result<(), DbError> {
     // A payment or refund id is set when given, else left as it is.
     const ALL: &str = "UPDATE payment_attempts
         SET settled_at = $1, outcome = $2, payment_id = COALESCE($3, payment_id), refund_id = COALESCE($4, refund_id)
@@ -283,7 +284,7 @@ pub async fn settle(conn: &mut Conn<'_>, settlement: Settlement<'_>) -> Result<u
         SET settled_at = $1, outcome = $2, payment_id = COALESCE($3, payment_id), refund_id = COALESCE($4, refund_id)
         WHERE order_id = $5 AND provider_key = $6 AND settled_at IS NULL AND hold_until <= $1";
     let sql = if settlement.outcome == Outcome::NotMade { LAPSED } else { ALL };
-    conn.execute(
+    conn.defer(
         sql,
         &[
             &now(),
@@ -293,6 +294,7 @@ pub async fn settle(conn: &mut Conn<'_>, settlement: Settlement<'_>) -> Result<u
             &settlement.order_id,
             &settlement.provider_key,
         ],
+        Rows::Any,
     )
     .await
 }

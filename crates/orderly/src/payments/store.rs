@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::db::{Backend, Conn, DbError, Param, Row, now};
+use crate::db::{Backend, Conn, DbError, Param, Row, Rows, now};
 use crate::listing::{ListParams, and_where, seek};
 use orderly_kit::pagination::Page;
 
@@ -198,7 +198,7 @@ pub async fn insert_payment(conn: &mut Conn<'_>, new: NewPayment) -> Result<Paym
         created_at: now,
         updated_at: now,
     };
-    conn.execute(
+    conn.defer(
         concat!(
             "INSERT INTO payments (",
             payment_columns!(),
@@ -217,6 +217,7 @@ pub async fn insert_payment(conn: &mut Conn<'_>, new: NewPayment) -> Result<Paym
             &row.created_at,
             &row.updated_at,
         ],
+        Rows::Any,
     )
     .await?;
     if row.status == PaymentStatus::Succeeded {
@@ -259,12 +260,12 @@ async fn append_ledger(
     amount: i64,
     at: DateTime<Utc>,
 ) -> Result<(), DbError> {
-    conn.execute(
+    conn.defer(
         concat!("INSERT INTO transactions (", ledger_columns!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"),
         &[&Uuid::now_v7(), &kind.as_str(), &payment.id, &refund_id, &payment.order_id, &amount, &payment.currency, &at],
+        Rows::Any,
     )
     .await
-    .map(drop)
 }
 
 /// A payment visible to the caller: their own, or any for an admin (`owner = None`).
