@@ -89,13 +89,9 @@ impl<S: Subscriber> Layer<S> for JsonLines {
     fn on_event(&self, event: &Event<'_>, _context: Context<'_, S>) {
         let metadata = event.metadata();
         let mut line = String::with_capacity(320);
-        let now = chrono::Utc::now();
-        let _ = write!(
-            line,
-            r#"{{"timestamp":"{}","level":"{}","target":"#,
-            now.format("%Y-%m-%dT%H:%M:%S%.6fZ"),
-            metadata.level()
-        );
+        line.push_str(r#"{"timestamp":""#);
+        crate::timestamp::push_micros(&mut line, &chrono::Utc::now());
+        let _ = write!(line, r#"","level":"{}","target":"#, metadata.level());
         push_json_string(&mut line, metadata.target());
         let mut fields = JsonFields { line, has_request_id: false };
         event.record(&mut fields);

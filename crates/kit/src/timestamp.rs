@@ -16,23 +16,24 @@ pub fn serialize<S: Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::
     }
 }
 
+/// Appends `at` with exactly six fraction digits (`2026-11-30T07:45:12.123456Z`), the form of
+/// log lines.
+pub fn push_micros(line: &mut String, at: &DateTime<Utc>) {
+    let mut buffer = [0u8; 30];
+    if write_seconds(at, &mut buffer).is_none() {
+        let _ = std::fmt::Write::write_fmt(line, format_args!("{}", at.format("%Y-%m-%dT%H:%M:%S%.6fZ")));
+        return;
+    }
+    buffer[19] = b'.';
+    digits(&mut buffer[20..26], at.time().nanosecond() % 1_000_000_000 / 1_000);
+    buffer[26] = b'Z';
+    line.push_str(std::str::from_utf8(&buffer[..27]).expect("ASCII digits"));
+}
+
 /// Writes `at` into `buffer`, returning the length; `None` for years outside 0000–9999.
 fn write(at: &DateTime<Utc>, buffer: &mut [u8; 30]) -> Option<usize> {
-    let year = u32::try_from(at.year()).ok().filter(|year| *year <= 9999)?;
-    let time = at.time();
-    digits(&mut buffer[0..4], year);
-    buffer[4] = b'-';
-    digits(&mut buffer[5..7], at.month());
-    buffer[7] = b'-';
-    digits(&mut buffer[8..10], at.day());
-    buffer[10] = b'T';
-    digits(&mut buffer[11..13], time.hour());
-    buffer[13] = b':';
-    digits(&mut buffer[14..16], time.minute());
-    buffer[16] = b':';
-    // A leap second is carried in the nanoseconds (≥ 1 s); chrono prints it as second 60.
-    let (leap, nanos) = (time.nanosecond() / 1_000_000_000, time.nanosecond() % 1_000_000_000);
-    digits(&mut buffer[17..19], time.second() + leap);
+    write_seconds(at, buffer)?;
+    let nanos = at.time().nanosecond() % 1_000_000_000;
     let mut length = 19;
     let fraction = match nanos {
         0 => None,
@@ -47,6 +48,25 @@ fn write(at: &DateTime<Utc>, buffer: &mut [u8; 30]) -> Option<usize> {
     }
     buffer[length] = b'Z';
     Some(length + 1)
+}
+
+/// Writes `YYYY-MM-DDTHH:MM:SS` (19 bytes); `None` for years outside 0000–9999.
+fn write_seconds(at: &DateTime<Utc>, buffer: &mut [u8; 30]) -> Option<()> {
+    let year = u32::try_from(at.year()).ok().filter(|year| *year <= 9999)?;
+    let time = at.time();
+    digits(&mut buffer[0..4], year);
+    buffer[4] = b'-';
+    digits(&mut buffer[5..7], at.month());
+    buffer[7] = b'-';
+    digits(&mut buffer[8..10], at.day());
+    buffer[10] = b'T';
+    digits(&mut buffer[11..13], time.hour());
+    buffer[13] = b':';
+    digits(&mut buffer[14..16], time.minute());
+    buffer[16] = b':';
+    // A leap second is carried in the nanoseconds (≥ 1 s); chrono prints it as second 60.
+    digits(&mut buffer[17..19], time.second() + time.nanosecond() / 1_000_000_000);
+    Some(())
 }
 
 /// Writes `value` zero-padded to the width of `out`.
@@ -81,6 +101,16 @@ mod tests {
                 * i64::try_from((seed >> 8) % 1_000_000).unwrap();
             let at = Utc.timestamp_opt(seconds, u32::try_from(nanos % 1_000_000_000).unwrap()).unwrap();
             assert_eq!(text(at), serde_json::to_value(at).unwrap(), "{seconds} {nanos}");
+        }
+    }
+
+    #[test]
+    fn log_times_have_six_digits_as_chrono_writes_them() {
+        for (seconds, nanos) in [(0, 0), (1_764_489_912, 123_456_789), (253_402_300_799, 999_999_999), (1, 1_000)] {
+            let at = Utc.timestamp_opt(seconds, nanos).unwrap();
+            let mut line = String::new();
+            push_micros(&mut line, &at);
+            assert_eq!(line, at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string());
         }
     }
 
