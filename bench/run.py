@@ -99,9 +99,11 @@ def build(skip):
 class Server:
     """`orderly serve` on a fresh database, stopped (and the database dropped) on exit."""
 
-    def __init__(self, binary, backend, postgres_url, pin, extra_env):
+    def __init__(self, binary, backend, postgres_url, pin, extra_env, wrapper=(), start_timeout=30):
         self.binary, self.backend, self.postgres_url, self.pin = binary, backend, postgres_url, pin
         self.extra_env = extra_env
+        # A command the server runs under (a profiler), and how long it may take to be ready.
+        self.wrapper, self.start_timeout = list(wrapper), start_timeout
         self.workdir = tempfile.mkdtemp(prefix=f"orderly-bench-{backend}-")
         self.database = None
         self.process = None
@@ -137,10 +139,10 @@ class Server:
         )
         if admin.returncode != 0:
             sys.exit(f"creating the admin failed: {admin.stderr.strip()}")
-        command = (["taskset", "-c", "0"] if self.pin else []) + [self.binary, "serve"]
+        command = (["taskset", "-c", "0"] if self.pin else []) + self.wrapper + [self.binary, "serve"]
         self.log = open(os.path.join(self.workdir, "serve.log"), "w")
         self.process = subprocess.Popen(command, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             try:
                 if request(self.port, "GET", "/readyz")[0] == 200:
@@ -150,7 +152,7 @@ class Server:
             if self.process.poll() is not None:
                 sys.exit(f"orderly exited at start; see {self.log.name}")
             time.sleep(0.1)
-        sys.exit("orderly did not become ready within 30 s")
+        sys.exit(f"orderly did not become ready within {self.start_timeout} s")
 
     def __exit__(self, *exc):
         if self.process and self.process.poll() is None:

@@ -49,7 +49,7 @@ pub fn list_response<T: Serialize>(uri: &Uri, body: ListBody<T>, cache: CacheCon
     let link = body.next_cursor.as_deref().map(|cursor| next_link(uri, cursor));
     // Sized for the usual item up front: growing a page's buffer step by step copies it again
     // at each step.
-    let mut buffer = Vec::with_capacity(256 + 512 * body.data.len());
+    let mut buffer = Vec::with_capacity(256 + 1024 * body.data.len());
     serde_json::to_writer(&mut buffer, &body).expect("list bodies serialize");
     let mut response = ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], buffer).into_response();
     if let Some(link) = link.and_then(|l| HeaderValue::from_str(&l).ok()) {

@@ -179,6 +179,8 @@ fn assemble(
             db: db.clone(),
             products,
             cursors: cursors.clone(),
+            // A few megabytes hold the items of the orders of many busy customers' first pages.
+            known_items: orders::store::KnownItems::new(4 << 20),
             idempotency_ttl,
             payment_settle_after: config.payments.payment_settle_after,
         },

@@ -246,8 +246,8 @@ async fn list_orders(
     let scope = ("orders", &params.sort, &filter);
     let after = params.position(&orders.cursors, &scope)?;
     let page = {
-        let (filter, params) = (filter.clone(), params.clone());
-        orders.db.read().run(async move |conn| store::list_orders(conn, &filter, &params, after).await).await?
+        let (filter, params, known) = (filter.clone(), params.clone(), orders.known_items.clone());
+        orders.db.read().run(async move |conn| store::list_orders(conn, &known, &filter, &params, after).await).await?
     };
     Ok(crate::listing::respond(
         &uri,

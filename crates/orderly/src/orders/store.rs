@@ -5,6 +5,8 @@
 //! as: they never change once the order is placed, and every read of an order needs all of them,
 //! so one row (one round trip) serves an order or a page of orders.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -29,7 +31,20 @@ pub struct Order {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// JSON array of [`crate::orders::domain::OrderItem`], in the order requested.
-    pub items: Box<RawValue>,
+    pub items: Arc<RawValue>,
+}
+
+/// Order items already read and checked, by order. Items never change once an order is
+/// placed, so a page of orders read again takes them from here rather than checking their
+/// JSON again, which is most of the work of reading a page. Bounded in bytes.
+#[derive(Clone)]
+pub struct KnownItems(moka::sync::Cache<Uuid, Arc<RawValue>>);
+
+impl KnownItems {
+    pub fn new(max_bytes: u64) -> Self {
+        let weigh = |_: &Uuid, items: &Arc<RawValue>| u32::try_from(items.get().len() + 64).unwrap_or(u32::MAX);
+        Self(moka::sync::Cache::builder().max_capacity(max_bytes).weigher(weigh).build())
+    }
 }
 
 /// The columns [`Order::from_row`] reads, in its order (a macro, so queries are `concat!`ed
@@ -44,11 +59,30 @@ impl Order {
     /// Reads an order row; an unknown status is corrupt, and so are items that are not JSON
     /// (checked here, so serving them as they are is safe).
     pub fn from_row(row: &Row<'_>) -> Result<Self, DbError> {
+        Self::read(row, None)
+    }
+
+    /// As [`Order::from_row`], with the items from `known` when they are there (and added to
+    /// it when they are not).
+    pub fn from_row_knowing(row: &Row<'_>, known: &KnownItems) -> Result<Self, DbError> {
+        Self::read(row, Some(known))
+    }
+
+    fn read(row: &Row<'_>, known: Option<&KnownItems>) -> Result<Self, DbError> {
         let id: Uuid = row.get(0)?;
         let status: String = row.get(2)?;
         let status = OrderStatus::parse(&status)
             .map_err(|_| DbError::corrupt(format!("order {id} has an unknown status {status:?}")))?;
-        let items = RawValue::from_string(row.get(8)?).map_err(|_| corrupt(id))?;
+        let items = match known.and_then(|known| known.0.get(&id)) {
+            Some(items) => items,
+            None => {
+                let items: Arc<RawValue> = RawValue::from_string(row.get(8)?).map_err(|_| corrupt(id))?.into();
+                if let Some(known) = known {
+                    known.0.insert(id, Arc::clone(&items));
+                }
+                items
+            }
+        };
         Ok(Self {
             id,
             user_id: row.get(1)?,
@@ -103,7 +137,7 @@ pub async fn insert_order(
         version,
         created_at: now,
         updated_at: now,
-        items: RawValue::from_string(items).map_err(|_| corrupt(id))?,
+        items: RawValue::from_string(items).map_err(|_| corrupt(id))?.into(),
     })
 }
 
@@ -194,6 +228,7 @@ pub struct OrderFilter {
 
 pub async fn list_orders(
     conn: &mut Conn<'_>,
+    known: &KnownItems,
     filter: &OrderFilter,
     params: &ListParams,
     after: Option<(DateTime<Utc>, Uuid)>,
@@ -216,6 +251,6 @@ pub async fn list_orders(
     let limit = params.limit + 1;
     let after = after.as_ref().map(|(created_at, id)| (created_at as &dyn Param, id));
     seek(&mut sql, &mut values, "created_at", params.sort.descending, after, &limit);
-    let rows = conn.query(&sql, &values, Order::from_row).await?;
+    let rows = conn.query(&sql, &values, |row| Order::from_row_knowing(row, known)).await?;
     Ok(Page::from_overfetch(rows, params.limit))
 }
