@@ -1,7 +1,7 @@
 //! Per-request context: request id, trace id, path and the authenticated user, visible to every
 //! piece of code that runs while the request is being handled.
 //!
-//! The [`middleware::request_context`](crate::middleware::request_context) layer creates the
+//! The [`middleware::envelope`](crate::middleware::envelope) layer creates the
 //! context and runs the rest of the stack inside a task-local scope, so problem bodies and log
 //! lines can carry the request id without threading it through every function.
 

@@ -6,13 +6,13 @@
 //! than count events (a circuit, a pool) are best set right before rendering, by whoever owns
 //! the state, so a scrape always sees the present.
 //!
-//! HTTP metrics, recorded by [`crate::middleware::request_context`]:
+//! HTTP metrics, recorded by [`crate::middleware::envelope`]:
 //! - `http_requests_total{method, route, status}`: requests answered;
 //! - `http_request_duration_seconds{method, route, status}`: a latency histogram;
 //! - `http_requests_in_flight`: requests being served now, the autoscaling signal.
 //!
 //! `http_requests_shed_total` and `http_requests_deadline_exceeded_total` count the requests
-//! [`crate::middleware::shed_load`] refused and [`crate::middleware::deadline`] cut off,
+//! [`crate::middleware::envelope`] shed and cut off at their deadline,
 //! and `idempotency_replays_total` the replays of [`crate::idempotency`].
 //!
 //! `ratelimit_rejections_total{policy}` counts 429s of [`crate::ratelimit`], and

@@ -12,7 +12,6 @@ use orderly_kit::idempotency;
 use orderly_kit::middleware;
 use orderly_kit::ratelimit::Limiter;
 use orderly_kit::redis::SharedRedis;
-use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
 use utoipa_axum::router::OpenApiRouter;
@@ -274,8 +273,11 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
     );
     // Shared, so each request clones one reference count, not every handle inside.
     let (idempotency, rate_limits) = (Arc::new(state.idempotency.clone()), Arc::new(state.rate_limits.clone()));
-    let deadline = http.request_timeout;
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(usize::try_from(http.max_in_flight).unwrap_or(usize::MAX)));
+    let envelope = Arc::new(middleware::Envelope {
+        in_flight: tokio::sync::Semaphore::new(usize::try_from(http.max_in_flight).unwrap_or(usize::MAX)),
+        never_shed: ops::NEVER_SHED,
+        deadline: http.request_timeout,
+    });
     let body_limit = usize::try_from(http.max_body_bytes).unwrap_or(usize::MAX);
     let compress =
         SizeAbove::new(1024).and(NotForContentType::GRPC).and(NotForContentType::IMAGES).and(NotForContentType::SSE);
@@ -286,14 +288,8 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(idempotency, crate::idempotency::middleware))
         .layer(axum::middleware::from_fn_with_state(rate_limits, crate::limits::middleware))
-        .layer(axum::middleware::from_fn(move |request, next| middleware::deadline(deadline, request, next)))
-        .layer(CatchPanicLayer::custom(middleware::panic_response))
-        .layer(axum::middleware::from_fn(move |request, next| {
-            middleware::shed_load(Arc::clone(&in_flight), ops::NEVER_SHED, request, next)
-        }))
-        .layer(axum::middleware::from_fn(middleware::finalize))
+        .layer(axum::middleware::from_fn_with_state(envelope, middleware::envelope))
         .layer(CompressionLayer::new().compress_when(compress))
-        .layer(axum::middleware::from_fn(middleware::request_context))
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
