@@ -44,6 +44,7 @@ pub const MIGRATIONS: &[Migration] = migrations![
     7 "0007_unsettled_charges",
     8 "0008_order_idempotency_claims",
     9 "0009_payment_attempts",
+    10 "0010_partial_attempt_indexes",
 ];
 
 /// Any key, held only while migrating; taken by every instance of every Orderly deployment
