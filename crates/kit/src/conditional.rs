@@ -43,7 +43,7 @@ impl CacheControl {
 /// A strong entity tag: quoted hex of the first 128 bits of SHA-256 over the body.
 pub fn etag_of(body: &[u8]) -> String {
     let hash = digest::digest(&digest::SHA256, body);
-    let hex: String = hash.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let hex = crate::hex::lower(&hash.as_ref()[..16]);
     format!("\"{hex}\"")
 }
 

@@ -391,7 +391,7 @@ fn hex_digest(parts: &[&[u8]]) -> String {
     for part in parts {
         context.update(part);
     }
-    context.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::lower(context.finish().as_ref())
 }
 
 /// Releases the key it holds when dropped unless disarmed.

@@ -13,6 +13,7 @@ pub mod cursor;
 pub mod docs;
 pub mod extract;
 pub mod fields;
+pub mod hex;
 pub mod idempotency;
 pub mod lease;
 pub mod metrics;

@@ -218,7 +218,7 @@ pub fn generate_secret(prefix: &str) -> String {
 
 /// Hex SHA-256 of a secret, as stored.
 pub fn hash_secret(secret: &str) -> String {
-    digest::digest(&digest::SHA256, secret.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    orderly_kit::hex::lower(digest::digest(&digest::SHA256, secret.as_bytes()).as_ref())
 }
 
 #[cfg(test)]

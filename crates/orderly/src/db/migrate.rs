@@ -60,7 +60,7 @@ impl Migration {
     }
 
     fn checksum(&self, backend: Backend) -> String {
-        hex(digest(&SHA256, self.text(backend).as_bytes()).as_ref())
+        orderly_kit::hex::lower(digest(&SHA256, self.text(backend).as_bytes()).as_ref())
     }
 }
 
@@ -197,8 +197,4 @@ async fn adopt_earlier_releases(conn: &mut Conn<'_>) -> Result<(), MigrateError>
         record(conn, migration, backend).await?;
     }
     Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
