@@ -47,9 +47,10 @@ pub fn etag_of(body: &[u8]) -> String {
     format!("\"{hex}\"")
 }
 
-/// Serializes a resource exactly as a GET would send it.
-pub fn body_of(value: &Value) -> Bytes {
-    Bytes::from(serde_json::to_vec(value).expect("JSON values always serialize"))
+/// Serializes a resource exactly as a GET would send it (a representation's own type, or the
+/// `Value` it renders to when fields are selected: the bytes are the same).
+pub fn body_of<T: serde::Serialize + ?Sized>(value: &T) -> Bytes {
+    Bytes::from(serde_json::to_vec(value).expect("representations serialize"))
 }
 
 /// Formats an RFC 9110 HTTP-date (`Sun, 06 Nov 1994 08:49:37 GMT`). The form has four-digit

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http::{HeaderValue, StatusCode, header};
 use orderly_kit::conditional::{body_of, etag_of, http_date};
+use serde::Serialize;
 use serde_json::Value;
 
 /// The response to a write, rendered: what is sent, and what an idempotency key keeps.
@@ -19,12 +20,12 @@ pub struct Written {
 
 impl Written {
     /// 201 with `Location` and the new representation.
-    pub fn created(location: String, value: &Value, last_modified: DateTime<Utc>) -> Self {
+    pub fn created<T: Serialize + ?Sized>(location: String, value: &T, last_modified: DateTime<Utc>) -> Self {
         Self { status: StatusCode::CREATED, location: Some(location), body: body_of(value), last_modified }
     }
 
     /// 200 with the representation after a write.
-    pub fn ok(value: &Value, last_modified: DateTime<Utc>) -> Self {
+    pub fn ok<T: Serialize + ?Sized>(value: &T, last_modified: DateTime<Utc>) -> Self {
         Self { status: StatusCode::OK, location: None, body: body_of(value), last_modified }
     }
 }

@@ -188,7 +188,7 @@ impl From<OrderError> for AppError {
 }
 
 fn placed_order(order: &Order) -> Written {
-    Written::created(format!("/api/v1/orders/{}", order.id), &order_value(order), order.updated_at)
+    Written::created(format!("/api/v1/orders/{}", order.id), &order_body(order), order.updated_at)
 }
 
 #[derive(IntoParams)]
@@ -319,5 +319,5 @@ async fn cancel_order(
 }
 
 fn cancelled_order(order: &Order) -> Written {
-    Written::ok(&order_value(order), order.updated_at)
+    Written::ok(&order_body(order), order.updated_at)
 }

@@ -279,8 +279,36 @@ async fn an_unknown_stored_status_is_an_internal_error_not_a_default(app: TestAp
     assert_eq!(app.stock_of(&id(&product)).await, 3, "nothing was given back");
 }
 
+/// A write answers with exactly the bytes a GET of the order sends, and the same `ETag`:
+/// placing and cancelling render the order as reading it does, escapes and all.
+async fn placing_and_cancelling_answer_the_bytes_a_read_sends(app: TestApp) {
+    let admin = app.admin().await;
+    let customer = app.customer().await;
+    let name = "Mug \"Deluxe\" ☕ \\ </script>";
+    let mug = app.create_product(&admin, json!({"name": name, "unit_price": 1250, "stock": 10})).await;
+    let token = Some(customer.access_token.as_str());
+
+    let placed = app.place_order(&customer, &[(&id(&mug), 2)]).await;
+    assert_eq!(placed.status(), StatusCode::CREATED);
+    let location = placed.headers()["location"].to_str().unwrap().to_owned();
+    let placed_etag = placed.headers()["etag"].clone();
+    let placed = placed.bytes().await.unwrap();
+    let read = app.get(&location, token).await;
+    assert_eq!(read.headers()["etag"], placed_etag);
+    assert_eq!(read.bytes().await.unwrap(), placed, "the placed order's bytes");
+
+    let cancelled = app.send_json(Method::POST, &format!("{location}/cancel"), token, &json!({})).await;
+    assert_eq!(cancelled.status(), StatusCode::OK);
+    let cancelled_etag = cancelled.headers()["etag"].clone();
+    let cancelled = cancelled.bytes().await.unwrap();
+    let read = app.get(&location, token).await;
+    assert_eq!(read.headers()["etag"], cancelled_etag);
+    assert_eq!(read.bytes().await.unwrap(), cancelled, "the cancelled order's bytes");
+}
+
 crate::on_every_backend!(
     an_unknown_stored_status_is_an_internal_error_not_a_default,
+    placing_and_cancelling_answer_the_bytes_a_read_sends,
     placing_an_order_snapshots_prices_and_reserves_stock,
     order_creation_never_oversells_under_concurrency,
     bad_orders_are_rejected_naming_the_item_and_change_nothing,
