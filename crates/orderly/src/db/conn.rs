@@ -10,7 +10,8 @@
 //! statements are prepared once per connection and cached. A transaction's `BEGIN` is sent
 //! together with its first statement, so it costs no round trip of its own, and so are writes
 //! the unit does not read back ([`Conn::defer`]): a transaction's closing writes and its
-//! `COMMIT` are one round trip.
+//! `COMMIT` are one round trip (two when one of those writes must change a given number of
+//! rows, which is checked before `COMMIT` goes).
 
 use std::borrow::Cow;
 
