@@ -183,7 +183,7 @@ class Server:
         return 0
 
 
-def seed(server):
+def seed(server, products=PRODUCTS, customers=CUSTOMERS, orders_per_customer=ORDERS_PER_CUSTOMER):
     """Seeds through the API; returns the folder of data files the wrk script reads."""
     port = server.port
     admin_token = token(port, ADMIN_EMAIL, ADMIN_PASSWORD)
@@ -202,12 +202,12 @@ def seed(server):
         return token(port, email, password), json.loads(payload)["id"]
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
-        product_ids = list(pool.map(create_product, range(PRODUCTS)))
-        tokens, user_ids = zip(*pool.map(create_customer, range(CUSTOMERS)))
+        product_ids = list(pool.map(create_product, range(products)))
+        tokens, user_ids = zip(*pool.map(create_customer, range(customers)))
 
         def create_orders(customer_token):
             rng = random.Random(customer_token)
-            for _ in range(ORDERS_PER_CUSTOMER):
+            for _ in range(orders_per_customer):
                 lines = rng.sample(product_ids, rng.randint(1, 3))
                 body = {"items": [{"product_id": p, "quantity": rng.randint(1, 3)} for p in lines]}
                 status, _, payload = request(port, "POST", "/api/v1/orders", body, customer_token)
