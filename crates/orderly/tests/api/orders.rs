@@ -306,8 +306,32 @@ async fn placing_and_cancelling_answer_the_bytes_a_read_sends(app: TestApp) {
     assert_eq!(read.bytes().await.unwrap(), cancelled, "the cancelled order's bytes");
 }
 
+/// Every order in a list carries its own items, on the first read of the page and on the
+/// reads after it (which take checked items from memory).
+async fn a_listed_order_always_carries_its_own_items(app: TestApp) {
+    let admin = app.admin().await;
+    let customer = app.customer().await;
+    let token = Some(customer.access_token.as_str());
+    let mut placed = Vec::new();
+    for (name, quantity) in [("Mug", 1), ("Pen", 2), ("Cup", 3)] {
+        let product = app.create_product(&admin, json!({"name": name, "stock": 10})).await;
+        let order: Value = app.place_order(&customer, &[(&id(&product), quantity)]).await.json().await.unwrap();
+        placed.push(order);
+    }
+    for _ in 0..3 {
+        let page: Value = app.get("/api/v1/orders?limit=10", token).await.json().await.unwrap();
+        let listed = page["data"].as_array().unwrap();
+        assert_eq!(listed.len(), placed.len());
+        for order in &placed {
+            let found = listed.iter().find(|listed| listed["id"] == order["id"]).unwrap();
+            assert_eq!(found["items"], order["items"], "order {}", order["id"]);
+        }
+    }
+}
+
 crate::on_every_backend!(
     an_unknown_stored_status_is_an_internal_error_not_a_default,
+    a_listed_order_always_carries_its_own_items,
     placing_and_cancelling_answer_the_bytes_a_read_sends,
     placing_an_order_snapshots_prices_and_reserves_stock,
     order_creation_never_oversells_under_concurrency,
