@@ -15,6 +15,7 @@ pub mod extract;
 pub mod fields;
 pub mod hex;
 pub mod idempotency;
+pub mod json;
 pub mod lease;
 pub mod metrics;
 pub mod middleware;

@@ -16,6 +16,15 @@ pub fn serialize<S: Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::
     }
 }
 
+/// Appends `at` as [`serialize`] writes it (without the quotes).
+pub fn push(out: &mut Vec<u8>, at: &DateTime<Utc>) {
+    let mut buffer = [0u8; 30];
+    match write(at, &mut buffer) {
+        Some(length) => out.extend_from_slice(&buffer[..length]),
+        None => out.extend_from_slice(at.to_rfc3339_opts(SecondsFormat::AutoSi, true).as_bytes()),
+    }
+}
+
 /// Appends `at` with exactly six fraction digits (`2026-11-30T07:45:12.123456Z`), the form of
 /// log lines.
 pub fn push_micros(line: &mut String, at: &DateTime<Utc>) {
@@ -101,6 +110,9 @@ mod tests {
                 * i64::try_from((seed >> 8) % 1_000_000).unwrap();
             let at = Utc.timestamp_opt(seconds, u32::try_from(nanos % 1_000_000_000).unwrap()).unwrap();
             assert_eq!(text(at), serde_json::to_value(at).unwrap(), "{seconds} {nanos}");
+            let mut pushed = Vec::new();
+            push(&mut pushed, &at);
+            assert_eq!(pushed, text(at).as_bytes());
         }
     }
 
@@ -118,5 +130,8 @@ mod tests {
     fn years_past_9999_fall_back_to_chrono() {
         let at = Utc.with_ymd_and_hms(12026, 1, 2, 3, 4, 5).unwrap();
         assert_eq!(text(at), serde_json::to_value(at).unwrap());
+        let mut pushed = Vec::new();
+        push(&mut pushed, &at);
+        assert_eq!(serde_json::Value::from(String::from_utf8(pushed).unwrap()), serde_json::to_value(at).unwrap());
     }
 }

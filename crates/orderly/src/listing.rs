@@ -11,7 +11,7 @@ use orderly_kit::Problem;
 use orderly_kit::conditional::CacheControl;
 use orderly_kit::cursor::CursorCodec;
 use orderly_kit::fields::FieldSelection;
-use orderly_kit::pagination::{DEFAULT_LIMIT, ListBody, Page, list_response, parse_limit};
+use orderly_kit::pagination::{DEFAULT_LIMIT, ListBody, Page, list_response, parse_limit, written_list_response};
 use orderly_kit::validation::{Fields, Invalid, query};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -155,16 +155,53 @@ pub fn respond<'a, T, B: Serialize>(
     next_cursor: impl FnOnce(&T) -> String,
     cache: CacheControl,
 ) -> Response {
+    let write_all = |out: &mut Vec<u8>| {
+        let data: Vec<B> = page.rows.iter().map(&render).collect();
+        serde_json::to_writer(out, &data).expect("representations serialize");
+    };
+    respond_with(uri, page, params, &render, write_all, next_cursor, cache)
+}
+
+/// As [`respond`], with each row written by `write` (the bytes `render` serializes to, written
+/// directly with [`orderly_kit::json`]) unless `fields=` selects some: for the lists read most.
+pub fn respond_writing<'a, T, B: Serialize>(
+    uri: &Uri,
+    page: &'a Page<T>,
+    params: &ListParams,
+    render: impl Fn(&'a T) -> B,
+    write: impl Fn(&mut Vec<u8>, &T),
+    next_cursor: impl FnOnce(&T) -> String,
+    cache: CacheControl,
+) -> Response {
+    let write_all = |out: &mut Vec<u8>| {
+        out.push(b'[');
+        for (index, row) in page.rows.iter().enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            write(out, row);
+        }
+        out.push(b']');
+    };
+    respond_with(uri, page, params, &render, write_all, next_cursor, cache)
+}
+
+fn respond_with<'a, T, B: Serialize>(
+    uri: &Uri,
+    page: &'a Page<T>,
+    params: &ListParams,
+    render: &impl Fn(&'a T) -> B,
+    write_all: impl FnOnce(&mut Vec<u8>),
+    next_cursor: impl FnOnce(&T) -> String,
+    cache: CacheControl,
+) -> Response {
     let next_cursor = match (page.has_more, page.rows.last()) {
         (true, Some(last)) => Some(next_cursor(last)),
         _ => None,
     };
-    let has_more = page.has_more;
+    let (items, has_more) = (page.rows.len(), page.has_more);
     match &params.fields {
-        None => {
-            let data = page.rows.iter().map(render).collect();
-            list_response(uri, ListBody { data, next_cursor, has_more }, cache)
-        }
+        None => written_list_response(uri, items, write_all, next_cursor.as_deref(), has_more, cache),
         Some(fields) => {
             let data = page
                 .rows
