@@ -13,7 +13,8 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::db::{Conn, DbError, Row, Rows, now};
+use super::store::PaymentStatus;
+use crate::db::{Conn, DbError, Param, Row, Rows, now};
 
 /// A provider call written ahead (a `payment_attempts` row).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -208,6 +209,67 @@ pub async fn insert(conn: &mut Conn<'_>, new: NewAttempt) -> Result<Attempt, DbE
     )
     .await?;
     Ok(row)
+}
+
+/// What a new charge of an order must know, read in one statement after the order is locked.
+#[derive(Debug)]
+pub struct ChargeStanding {
+    /// The newest attempt made under the request's idempotency claim since the horizon whose
+    /// call did something at the provider (see [`recorded_for_claim`]).
+    pub recorded_for_claim: Option<Attempt>,
+    /// The order's unsettled charge attempts, newest first (see [`unsettled_charges`]).
+    pub unsettled: Vec<Attempt>,
+    /// How many charges of the order were declined (its failed payments).
+    pub declines: i64,
+}
+
+/// [`recorded_for_claim`] for an order's charge, its [`unsettled_charges`] and its declines,
+/// in one round trip: the write-ahead transaction of a payment reads all three.
+pub async fn charge_standing(
+    conn: &mut Conn<'_>,
+    order_id: Uuid,
+    claim: &str,
+    since: DateTime<Utc>,
+) -> Result<ChargeStanding, DbError> {
+    // One row per matching attempt, or a single row of NULLs when none matches; the count of
+    // declines rides on every row.
+    const SQL: &str = concat!(
+        "SELECT ",
+        attempt_columns!(),
+        ", (SELECT count(*) FROM payments WHERE order_id = $1 AND status = $2)
+         FROM (SELECT 1 AS one) AS always
+         LEFT JOIN payment_attempts ON order_id = $1 AND kind = $3 AND (
+             settled_at IS NULL
+             OR (idempotency_claim = $4 AND outcome <> $5 AND created_at > $6))
+         ORDER BY created_at DESC"
+    );
+    let params: [&dyn Param; 6] = [
+        &order_id,
+        &PaymentStatus::Failed.as_str(),
+        &Kind::Charge.as_str(),
+        &claim,
+        &Outcome::NotMade.as_str(),
+        &since,
+    ];
+    let rows = conn
+        .query(SQL, &params, |row| {
+            let attempt = match row.get::<Option<Uuid>>(0)? {
+                Some(_) => Some(Attempt::from_row(row)?),
+                None => None,
+            };
+            Ok((attempt, row.get::<i64>(16)?))
+        })
+        .await?;
+    let declines = rows.first().map_or(0, |(_, declines)| *declines);
+    let mut standing = ChargeStanding { recorded_for_claim: None, unsettled: Vec::new(), declines };
+    for attempt in rows.into_iter().filter_map(|(attempt, _)| attempt) {
+        if attempt.settled_at.is_none() {
+            standing.unsettled.push(attempt);
+        } else if standing.recorded_for_claim.is_none() {
+            standing.recorded_for_claim = Some(attempt);
+        }
+    }
+    Ok(standing)
 }
 
 /// The unsettled charge attempts of an order, newest first. All of them share one provider

@@ -103,7 +103,8 @@ pub async fn pay(
                 return Ok(Err(standing));
             }
             let order = orders::lock_order(conn, order_id, owner).await?.ok_or(PaymentError::NotFound)?;
-            if let Some(earlier) = attempts::recorded_for_claim(conn, &claim, Kind::Charge, horizon).await?
+            let standing = attempts::charge_standing(conn, order.id, &claim, horizon).await?;
+            if let Some(earlier) = standing.recorded_for_claim
                 && let Some(outcome) = earlier.outcome
             {
                 // A retry of a request whose charge was recorded, by its first run or anyone else.
@@ -118,15 +119,14 @@ pub async fn pay(
                     order.status.as_str()
                 )));
             }
-            let unsettled = attempts::unsettled_charges(conn, order.id).await?;
-            if unsettled.iter().any(|attempt| attempt.is_held(now())) {
+            if standing.unsettled.iter().any(|attempt| attempt.is_held(now())) {
                 return Err(in_progress("A payment for this order is already being processed; retry shortly.", 1));
             }
             // A lapsed attempt's outcome is unknown: take it over under its key, so that whatever it
             // did at the provider is found rather than done again.
-            let provider_key = match unsettled.first() {
+            let provider_key = match standing.unsettled.first() {
                 Some(lapsed) => lapsed.provider_key.clone(),
-                None => charge_key(order.id, store::count_declined(conn, order.id).await?),
+                None => charge_key(order.id, standing.declines),
             };
             let attempt = attempts::insert(
                 conn,

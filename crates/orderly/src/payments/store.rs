@@ -242,16 +242,6 @@ pub async fn count_holding_money(conn: &mut Conn<'_>, order_id: Uuid) -> Result<
     .await
 }
 
-/// How many charges of an order were declined.
-pub async fn count_declined(conn: &mut Conn<'_>, order_id: Uuid) -> Result<i64, DbError> {
-    conn.query_one(
-        "SELECT count(*) FROM payments WHERE order_id = $1 AND status = $2",
-        &[&order_id, &PaymentStatus::Failed.as_str()],
-        |row| row.get(0),
-    )
-    .await
-}
-
 async fn append_ledger(
     conn: &mut Conn<'_>,
     kind: EntryKind,
