@@ -242,7 +242,7 @@ impl Pool<'_> {
             Target::Postgres(pool) => {
                 let client = pool.get().await.map_err(pool_error)?;
                 let mut conn = Conn::postgres(&client, false);
-                let result = work(&mut conn).await;
+                let result = Box::pin(work(&mut conn)).await;
                 conn.finish(result.is_ok()).await?;
                 result
             }
@@ -264,7 +264,9 @@ impl Pool<'_> {
                 let mut checkout = Checkout { client: Some(client), finished: false };
                 let client = checkout.client.as_ref().expect("checked out");
                 let mut conn = Conn::postgres(client, true);
-                let result = work(&mut conn).await;
+                // On the heap: a unit's future holds every statement's, and kept inline it would
+                // be copied whole each time a future around it moves.
+                let result = Box::pin(work(&mut conn)).await;
                 let end = conn.finish(result.is_ok()).await;
                 checkout.finished = end.is_ok();
                 end?;
