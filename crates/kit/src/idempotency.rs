@@ -38,7 +38,7 @@ use http::{HeaderValue, StatusCode, header};
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::digest;
 use ring::rand::{SecureRandom, SystemRandom};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::problem::Problem;
 
@@ -113,8 +113,64 @@ pub struct Settings {
 }
 
 /// The response parts that are replayed.
-#[derive(Serialize, Deserialize)]
-struct StoredResponse {
+#[derive(Debug, PartialEq, Eq)]
+struct StoredResponse<'a> {
+    status: u16,
+    location: Option<&'a str>,
+    content_type: Option<&'a str>,
+    body: &'a [u8],
+}
+
+/// Sealed records start with this byte, then the status (2 bytes, big-endian), `Location` and
+/// `Content-Type` (each a 4-byte big-endian length, `u32::MAX` when absent, and the text), then
+/// the body. Records sealed before it existed are JSON, so they start with `{`.
+const RECORD_FORMAT: u8 = 1;
+const ABSENT: u32 = u32::MAX;
+
+impl<'a> StoredResponse<'a> {
+    fn encode(&self) -> Vec<u8> {
+        let texts = self.location.map_or(0, str::len) + self.content_type.map_or(0, str::len);
+        let mut plain = Vec::with_capacity(11 + texts + self.body.len());
+        plain.push(RECORD_FORMAT);
+        plain.extend_from_slice(&self.status.to_be_bytes());
+        for text in [self.location, self.content_type] {
+            match text.map(|text| (text, u32::try_from(text.len()))) {
+                Some((text, Ok(length))) if length != ABSENT => {
+                    plain.extend_from_slice(&length.to_be_bytes());
+                    plain.extend_from_slice(text.as_bytes());
+                }
+                _ => plain.extend_from_slice(&ABSENT.to_be_bytes()),
+            }
+        }
+        plain.extend_from_slice(self.body);
+        plain
+    }
+
+    fn decode(plain: &'a [u8]) -> Option<Self> {
+        let (&format, rest) = plain.split_first()?;
+        if format != RECORD_FORMAT {
+            return None;
+        }
+        let (status, mut rest) = rest.split_first_chunk::<2>()?;
+        let mut text = || -> Option<Option<&'a str>> {
+            let (length, after) = rest.split_first_chunk::<4>()?;
+            let length = u32::from_be_bytes(*length);
+            if length == ABSENT {
+                rest = after;
+                return Some(None);
+            }
+            let (text, after) = after.split_at_checked(usize::try_from(length).ok()?)?;
+            rest = after;
+            Some(Some(std::str::from_utf8(text).ok()?))
+        };
+        let (location, content_type) = (text()?, text()?);
+        Some(Self { status: u16::from_be_bytes(*status), location, content_type, body: rest })
+    }
+}
+
+/// A response as records sealed before [`RECORD_FORMAT`] hold it (read while they live).
+#[derive(Deserialize)]
+struct JsonStoredResponse {
     status: u16,
     location: Option<String>,
     content_type: Option<String>,
@@ -145,13 +201,8 @@ impl KeyedWrite {
     /// The sealed record of a response with this `status`, `Location` and JSON `body`, to be
     /// stored in the same transaction as the write.
     pub fn seal(&self, status: StatusCode, location: Option<&str>, body: &[u8]) -> Vec<u8> {
-        let stored = StoredResponse {
-            status: status.as_u16(),
-            location: location.map(str::to_owned),
-            content_type: Some("application/json".to_owned()),
-            body: body.to_vec(),
-        };
-        self.sealer.seal(&serde_json::to_vec(&stored).expect("stored responses serialize"))
+        let stored = StoredResponse { status: status.as_u16(), location, content_type: Some("application/json"), body };
+        self.sealer.seal(&stored.encode())
     }
 
     /// The answer to a request whose claim found `standing`, a live record of another
@@ -318,13 +369,15 @@ async fn run_with_the_write<S: IdempotencyStore>(
 }
 
 fn seal_parts(sealer: &Sealer, parts: &http::response::Parts, body: &[u8]) -> Vec<u8> {
+    let (location, content_type) =
+        (header_string(&parts.headers, header::LOCATION), header_string(&parts.headers, header::CONTENT_TYPE));
     let stored = StoredResponse {
         status: parts.status.as_u16(),
-        location: header_string(&parts.headers, header::LOCATION),
-        content_type: header_string(&parts.headers, header::CONTENT_TYPE),
-        body: body.to_vec(),
+        location: location.as_deref(),
+        content_type: content_type.as_deref(),
+        body,
     };
-    sealer.seal(&serde_json::to_vec(&stored).expect("stored responses serialize"))
+    sealer.seal(&stored.encode())
 }
 
 fn store_unavailable(error: &impl std::fmt::Display) -> Response {
@@ -363,15 +416,26 @@ fn is_kept(status: StatusCode, headers: &http::HeaderMap) -> bool {
 }
 
 fn replay(sealer: &Sealer, sealed: &[u8]) -> Response {
-    let stored = sealer.open(sealed).and_then(|plain| serde_json::from_slice::<StoredResponse>(&plain).ok());
-    let Some(stored) = stored else {
+    let Some(plain) = sealer.open(sealed) else {
         tracing::error!("a stored idempotent response could not be opened");
         return Problem::internal().into_response();
     };
-    let mut response = Response::new(Body::from(Bytes::from(stored.body)));
-    *response.status_mut() = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+    let stored = match StoredResponse::decode(&plain) {
+        Some(StoredResponse { status, location, content_type, body }) => {
+            Some((status, location.map(str::to_owned), content_type.map(str::to_owned), body.to_vec()))
+        }
+        None => serde_json::from_slice::<JsonStoredResponse>(&plain)
+            .ok()
+            .map(|json| (json.status, json.location, json.content_type, json.body)),
+    };
+    let Some((status, location, content_type, body)) = stored else {
+        tracing::error!("a stored idempotent response could not be read");
+        return Problem::internal().into_response();
+    };
+    let mut response = Response::new(Body::from(Bytes::from(body)));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
     let headers = response.headers_mut();
-    for (name, value) in [(header::LOCATION, stored.location), (header::CONTENT_TYPE, stored.content_type)] {
+    for (name, value) in [(header::LOCATION, location), (header::CONTENT_TYPE, content_type)] {
         if let Some(value) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
             headers.insert(name, value);
         }
@@ -430,16 +494,19 @@ impl Sealer {
         Self { key: std::sync::Arc::new(LessSafeKey::new(key)) }
     }
 
+    /// `plain` encrypted and authenticated: the nonce, the cipher text, the tag.
     pub fn seal(&self, plain: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_LEN];
         SystemRandom::new().fill(&mut nonce).expect("the system random source works");
-        let mut sealed = plain.to_vec();
-        self.key
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut sealed)
+        let mut sealed = Vec::with_capacity(NONCE_LEN + plain.len() + AES_256_GCM.tag_len());
+        sealed.extend_from_slice(&nonce);
+        sealed.extend_from_slice(plain);
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut sealed[NONCE_LEN..])
             .expect("sealing in memory does not fail");
-        let mut out = nonce.to_vec();
-        out.extend_from_slice(&sealed);
-        out
+        sealed.extend_from_slice(tag.as_ref());
+        sealed
     }
 
     pub fn open(&self, sealed: &[u8]) -> Option<Vec<u8>> {
@@ -457,11 +524,7 @@ impl Sealer {
 mod base64_bytes {
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&STANDARD.encode(bytes))
-    }
+    use serde::{Deserialize, Deserializer};
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
         let text = String::deserialize(deserializer)?;
@@ -481,6 +544,40 @@ mod tests {
         for bad in [&b""[..], &[b'k'; 256], b"tab\there", b"new\nline", "ünï".as_bytes(), b"\x7f"] {
             assert_eq!(IdempotencyKey::parse(bad).unwrap_err().code(), "invalid_idempotency_key");
         }
+    }
+
+    #[test]
+    fn a_stored_response_reads_back_as_it_was_kept() {
+        for location in [None, Some(""), Some("/api/v1/orders/0193b1e8-0000-7000-8000-000000000001")] {
+            for content_type in [None, Some("application/problem+json")] {
+                for body in [&b""[..], b"{\"id\":1}", &[0, 255, 7]] {
+                    let stored = StoredResponse { status: 201, location, content_type, body };
+                    let plain = stored.encode();
+                    assert_eq!(StoredResponse::decode(&plain), Some(stored));
+                    for cut in 0..plain.len().min(11) {
+                        assert_eq!(StoredResponse::decode(&plain[..cut]), None, "cut at {cut}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn responses_kept_as_json_by_earlier_releases_still_replay() {
+        let sealer = Sealer::new(&[7; 32]);
+        let json =
+            br#"{"status":201,"location":"/api/v1/orders/1","content_type":"application/json","body":"eyJpZCI6MX0="}"#;
+        let replayed = replay(&sealer, &sealer.seal(json));
+        assert_eq!(replayed.status(), StatusCode::CREATED);
+        assert_eq!(replayed.headers()[header::LOCATION], "/api/v1/orders/1");
+        assert_eq!(replayed.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(replayed.headers()[REPLAYED_HEADER], "true");
+        let body = http_body_util::BodyExt::collect(replayed.into_body()).await.unwrap().to_bytes();
+        assert_eq!(&body[..], br#"{"id":1}"#);
+
+        let kept = StoredResponse { status: 201, location: Some("/api/v1/orders/1"), content_type: None, body: b"{}" };
+        let replayed = replay(&sealer, &sealer.seal(&kept.encode()));
+        assert_eq!((replayed.status(), replayed.headers().get(header::CONTENT_TYPE)), (StatusCode::CREATED, None));
     }
 
     #[test]
