@@ -217,16 +217,19 @@ impl Database {
 
 impl Pool<'_> {
     /// Runs a unit of work whose statements each commit on their own.
-    pub async fn run<T, E, F>(&self, work: F) -> Result<T, E>
+    pub fn run<T, E, F>(&self, work: F) -> impl Future<Output = Result<T, E>>
     where
         F: AsyncFnOnce(&mut Conn<'_>) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
         E: From<DbError> + Send + 'static,
     {
-        match self.target {
-            Target::Sqlite(workers) => workers.run(sqlite::Unit::Statements, work).await,
-            Target::Postgres(_) => self.run_alone(work).await,
-        }
+        // On the heap, as `transaction`'s.
+        Box::pin(async move {
+            match self.target {
+                Target::Sqlite(workers) => workers.run(sqlite::Unit::Statements, work).await,
+                Target::Postgres(_) => self.run_alone(work).await,
+            }
+        })
     }
 
     /// As [`Pool::run`], for work that begins and ends transactions itself (migrations): on
@@ -242,7 +245,7 @@ impl Pool<'_> {
             Target::Postgres(pool) => {
                 let client = pool.get().await.map_err(pool_error)?;
                 let mut conn = Conn::postgres(&client, false);
-                let result = Box::pin(work(&mut conn)).await;
+                let result = work(&mut conn).await;
                 conn.finish(result.is_ok()).await?;
                 result
             }
@@ -251,28 +254,30 @@ impl Pool<'_> {
 
     /// Runs a unit of work in one transaction: it commits when `work` returns `Ok`, and
     /// nothing of it remains when `work` fails, panics or is cancelled.
-    pub async fn transaction<T, E, F>(&self, work: F) -> Result<T, E>
+    pub fn transaction<T, E, F>(&self, work: F) -> impl Future<Output = Result<T, E>>
     where
         F: AsyncFnOnce(&mut Conn<'_>) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
         E: From<DbError> + Send + 'static,
     {
-        match self.target {
-            Target::Sqlite(workers) => workers.run(sqlite::Unit::Transaction, work).await,
-            Target::Postgres(pool) => {
-                let client = pool.get().await.map_err(pool_error)?;
-                let mut checkout = Checkout { client: Some(client), finished: false };
-                let client = checkout.client.as_ref().expect("checked out");
-                let mut conn = Conn::postgres(client, true);
-                // On the heap: a unit's future holds every statement's, and kept inline it would
-                // be copied whole each time a future around it moves.
-                let result = Box::pin(work(&mut conn)).await;
-                let end = conn.finish(result.is_ok()).await;
-                checkout.finished = end.is_ok();
-                end?;
-                result
+        // On the heap: the future holds the unit's, which holds every statement's, and kept
+        // inline in its callers' futures it would be copied whole each time one of them moves.
+        Box::pin(async move {
+            match self.target {
+                Target::Sqlite(workers) => workers.run(sqlite::Unit::Transaction, work).await,
+                Target::Postgres(pool) => {
+                    let client = pool.get().await.map_err(pool_error)?;
+                    let mut checkout = Checkout { client: Some(client), finished: false };
+                    let client = checkout.client.as_ref().expect("checked out");
+                    let mut conn = Conn::postgres(client, true);
+                    let result = work(&mut conn).await;
+                    let end = conn.finish(result.is_ok()).await;
+                    checkout.finished = end.is_ok();
+                    end?;
+                    result
+                }
             }
-        }
+        })
     }
 }
 
