@@ -79,9 +79,15 @@ impl<'a> Object<'a> {
     }
 }
 
+/// Whether `value` goes into a JSON string as it is: it holds no quote, backslash or control
+/// character (the only characters JSON requires escaped, and the only ones `serde_json` escapes).
+pub fn is_plain(value: &str) -> bool {
+    value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
+}
+
 /// Appends `value` as a JSON string.
 fn push_str(out: &mut Vec<u8>, value: &str) {
-    if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if is_plain(value) {
         out.push(b'"');
         out.extend_from_slice(value.as_bytes());
         out.push(b'"');

@@ -162,6 +162,12 @@ impl Visit for JsonFields {
 }
 
 fn push_json_string(line: &mut String, value: &str) {
+    if crate::json::is_plain(value) {
+        line.push('"');
+        line.push_str(value);
+        line.push('"');
+        return;
+    }
     // Writing JSON into a String cannot fail.
     let quoted = serde_json::to_string(value).expect("strings serialize");
     line.push_str(&quoted);
@@ -222,5 +228,10 @@ mod tests {
         let mut line = String::new();
         push_json_string(&mut line, "a\"b\n\u{1}");
         assert_eq!(line, r#""a\"b\n\u0001""#);
+        for text in ["plain text", "", "é and \u{7f}", "\"", "\\", "\u{1f}", "tab\there"] {
+            let mut line = String::new();
+            push_json_string(&mut line, text);
+            assert_eq!(line, serde_json::to_string(text).unwrap());
+        }
     }
 }

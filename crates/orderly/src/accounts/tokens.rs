@@ -49,7 +49,7 @@ pub struct SigningKeys {
     derivation: hmac::Key,
     /// Recently verified tokens: a signature check costs far more than the rest of most
     /// requests. Keyed by the whole token; an entry is still checked for expiry on use.
-    verified: moka::sync::Cache<String, AccessClaims>,
+    verified: moka::sync::Cache<String, AccessClaims, foldhash::fast::RandomState>,
 }
 
 impl std::fmt::Debug for SigningKeys {
@@ -115,7 +115,10 @@ impl SigningKeys {
             validation,
             access_ttl,
             derivation: hmac::Key::new(hmac::HMAC_SHA256, pkcs8),
-            verified: moka::sync::Cache::builder().max_capacity(10_000).time_to_live(Duration::from_secs(60)).build(),
+            verified: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(60))
+                .build_with_hasher(foldhash::fast::RandomState::default()),
         }
     }
 

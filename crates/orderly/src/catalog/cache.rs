@@ -43,7 +43,7 @@ pub struct CachedProduct {
 pub enum ProductCache {
     /// `None` when caching is turned off (TTL of zero).
     Local {
-        entries: Option<moka::sync::Cache<Uuid, Arc<CachedProduct>>>,
+        entries: Option<moka::sync::Cache<Uuid, Arc<CachedProduct>, foldhash::fast::RandomState>>,
         epoch: AtomicU64,
     },
     Shared(SharedProducts),
@@ -62,8 +62,10 @@ pub struct SharedProducts {
 impl ProductCache {
     /// In memory; a TTL of zero turns caching off.
     pub fn local(ttl: Duration) -> Self {
-        let entries =
-            (!ttl.is_zero()).then(|| moka::sync::Cache::builder().max_capacity(100_000).time_to_live(ttl).build());
+        let entries = (!ttl.is_zero()).then(|| {
+            let builder = moka::sync::Cache::builder().max_capacity(100_000).time_to_live(ttl);
+            builder.build_with_hasher(foldhash::fast::RandomState::default())
+        });
         Self::Local { entries, epoch: AtomicU64::new(0) }
     }
 

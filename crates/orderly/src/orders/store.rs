@@ -38,12 +38,13 @@ pub struct Order {
 /// placed, so a page of orders read again takes them from here rather than checking their
 /// JSON again, which is most of the work of reading a page. Bounded in bytes.
 #[derive(Clone)]
-pub struct KnownItems(moka::sync::Cache<Uuid, Arc<RawValue>>);
+pub struct KnownItems(moka::sync::Cache<Uuid, Arc<RawValue>, foldhash::fast::RandomState>);
 
 impl KnownItems {
     pub fn new(max_bytes: u64) -> Self {
         let weigh = |_: &Uuid, items: &Arc<RawValue>| u32::try_from(items.get().len() + 64).unwrap_or(u32::MAX);
-        Self(moka::sync::Cache::builder().max_capacity(max_bytes).weigher(weigh).build())
+        let builder = moka::sync::Cache::builder().max_capacity(max_bytes).weigher(weigh);
+        Self(builder.build_with_hasher(foldhash::fast::RandomState::default()))
     }
 }
 
