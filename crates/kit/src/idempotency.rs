@@ -178,6 +178,17 @@ struct JsonStoredResponse {
     body: Vec<u8>,
 }
 
+impl JsonStoredResponse {
+    fn as_stored(&self) -> StoredResponse<'_> {
+        StoredResponse {
+            status: self.status,
+            location: self.location.as_deref(),
+            content_type: self.content_type.as_deref(),
+            body: &self.body,
+        }
+    }
+}
+
 /// How a route keeps its keys (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Keeping {
@@ -420,23 +431,23 @@ fn replay(sealer: &Sealer, sealed: &[u8]) -> Response {
         tracing::error!("a stored idempotent response could not be opened");
         return Problem::internal().into_response();
     };
+    let json: Option<JsonStoredResponse>;
     let stored = match StoredResponse::decode(&plain) {
-        Some(StoredResponse { status, location, content_type, body }) => {
-            Some((status, location.map(str::to_owned), content_type.map(str::to_owned), body.to_vec()))
+        Some(stored) => Some(stored),
+        None => {
+            json = serde_json::from_slice(&plain).ok();
+            json.as_ref().map(JsonStoredResponse::as_stored)
         }
-        None => serde_json::from_slice::<JsonStoredResponse>(&plain)
-            .ok()
-            .map(|json| (json.status, json.location, json.content_type, json.body)),
     };
-    let Some((status, location, content_type, body)) = stored else {
+    let Some(stored) = stored else {
         tracing::error!("a stored idempotent response could not be read");
         return Problem::internal().into_response();
     };
-    let mut response = Response::new(Body::from(Bytes::from(body)));
-    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    let mut response = Response::new(Body::from(Bytes::copy_from_slice(stored.body)));
+    *response.status_mut() = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
     let headers = response.headers_mut();
-    for (name, value) in [(header::LOCATION, location), (header::CONTENT_TYPE, content_type)] {
-        if let Some(value) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+    for (name, value) in [(header::LOCATION, stored.location), (header::CONTENT_TYPE, stored.content_type)] {
+        if let Some(value) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
             headers.insert(name, value);
         }
     }

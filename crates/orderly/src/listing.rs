@@ -147,6 +147,8 @@ pub fn seek<'a>(
     write!(sql, " ORDER BY {key} {direction}, id {direction} LIMIT ${}", params.len()).expect("writing to a string");
 }
 
+/// Responds with a page: each row as `render` makes it (only the fields `fields=` selects, if
+/// any), the next cursor from the last row when more follow, and the list envelope.
 pub fn respond<'a, T, B: Serialize>(
     uri: &Uri,
     page: &'a Page<T>,
@@ -155,11 +157,10 @@ pub fn respond<'a, T, B: Serialize>(
     next_cursor: impl FnOnce(&T) -> String,
     cache: CacheControl,
 ) -> Response {
-    let write_all = |out: &mut Vec<u8>| {
-        let data: Vec<B> = page.rows.iter().map(&render).collect();
-        serde_json::to_writer(out, &data).expect("representations serialize");
+    let write = |out: &mut Vec<u8>, row: &'a T| {
+        serde_json::to_writer(out, &render(row)).expect("representations serialize");
     };
-    respond_with(uri, page, params, &render, write_all, next_cursor, cache)
+    respond_writing(uri, page, params, &render, write, next_cursor, cache)
 }
 
 /// As [`respond`], with each row written by `write` (the bytes `render` serializes to, written
@@ -169,29 +170,7 @@ pub fn respond_writing<'a, T, B: Serialize>(
     page: &'a Page<T>,
     params: &ListParams,
     render: impl Fn(&'a T) -> B,
-    write: impl Fn(&mut Vec<u8>, &T),
-    next_cursor: impl FnOnce(&T) -> String,
-    cache: CacheControl,
-) -> Response {
-    let write_all = |out: &mut Vec<u8>| {
-        out.push(b'[');
-        for (index, row) in page.rows.iter().enumerate() {
-            if index > 0 {
-                out.push(b',');
-            }
-            write(out, row);
-        }
-        out.push(b']');
-    };
-    respond_with(uri, page, params, &render, write_all, next_cursor, cache)
-}
-
-fn respond_with<'a, T, B: Serialize>(
-    uri: &Uri,
-    page: &'a Page<T>,
-    params: &ListParams,
-    render: &impl Fn(&'a T) -> B,
-    write_all: impl FnOnce(&mut Vec<u8>),
+    write: impl Fn(&mut Vec<u8>, &'a T),
     next_cursor: impl FnOnce(&T) -> String,
     cache: CacheControl,
 ) -> Response {
@@ -201,7 +180,19 @@ fn respond_with<'a, T, B: Serialize>(
     };
     let (items, has_more) = (page.rows.len(), page.has_more);
     match &params.fields {
-        None => written_list_response(uri, items, write_all, next_cursor.as_deref(), has_more, cache),
+        None => {
+            let write_all = |out: &mut Vec<u8>| {
+                out.push(b'[');
+                for (index, row) in page.rows.iter().enumerate() {
+                    if index > 0 {
+                        out.push(b',');
+                    }
+                    write(out, row);
+                }
+                out.push(b']');
+            };
+            written_list_response(uri, items, write_all, next_cursor.as_deref(), has_more, cache)
+        }
         Some(fields) => {
             let data = page
                 .rows
