@@ -7,6 +7,24 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Commits the allocator's arenas page by page as they are used rather than whole: arenas
+/// committed up front leave freed pages counted in RSS (measured: the `mixed` benchmark
+/// after payments held 66 MiB against 54 MiB, at the same throughput). The option takes
+/// effect only for arenas reserved after it is set, and the first one is reserved by the first
+/// allocation, so it is set from the program's initialisers, before anything allocates.
+#[cfg(target_os = "linux")]
+#[used]
+#[unsafe(link_section = ".init_array")]
+static COMMIT_ARENAS_LAZILY: extern "C" fn() = {
+    /// `mi_option_arena_eager_commit` in mimalloc.h (the bindings do not name it).
+    const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+    extern "C" fn set() {
+        // SAFETY: sets a plain option; nothing else runs yet.
+        unsafe { libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0) };
+    }
+    set
+};
+
 fn main() -> ExitCode {
     if let Some(path) = config_file_argument()
         && let Err(error) = orderly::config::load_config_file(&path)
