@@ -179,7 +179,7 @@ fn assemble(
             products,
             cursors: cursors.clone(),
             // A few megabytes hold the items of the orders of many busy customers' first pages.
-            known_items: orders::store::KnownItems::new(4 << 20),
+            known: orders::store::KnownOrders::new(4 << 20),
             idempotency_ttl,
             payment_settle_after: config.payments.payment_settle_after,
         },

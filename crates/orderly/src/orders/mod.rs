@@ -27,8 +27,8 @@ pub struct Orders {
     /// Invalidated for every product whose stock an order takes or returns.
     pub products: Arc<ProductCache>,
     pub cursors: CursorCodec,
-    /// Items of orders read before, checked once.
-    pub known_items: store::KnownItems,
+    /// Orders read before, at the version they were read at, and their representations.
+    pub known: store::KnownOrders,
     /// How long idempotency keys are kept: an order's claim older than this belongs to a key
     /// that expired and may be used again.
     pub idempotency_ttl: Duration,

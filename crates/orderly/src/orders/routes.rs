@@ -90,8 +90,14 @@ fn order_body(order: &Order) -> OrderBody<'_> {
     }
 }
 
-/// Writes what [`order_body`] serializes to, directly (a page of orders is most of what
+/// What [`order_body`] serializes to, written directly (a page of orders is most of what
 /// listing them costs).
+fn written_order(order: &Order) -> Box<[u8]> {
+    let mut out = Vec::with_capacity(order.items.get().len() + 320);
+    write_order(&mut out, order);
+    out.into_boxed_slice()
+}
+
 fn write_order(out: &mut Vec<u8>, order: &Order) {
     let mut object = orderly_kit::json::Object::begin(out);
     object
@@ -263,16 +269,16 @@ async fn list_orders(
     let scope = ("orders", &params.sort, &filter);
     let after = params.position(&orders.cursors, &scope)?;
     let page = {
-        let (filter, params, known) = (filter.clone(), params.clone(), orders.known_items.clone());
+        let (filter, params, known) = (filter.clone(), params.clone(), orders.known.clone());
         orders.db.read().run(async move |conn| store::list_orders(conn, &known, &filter, &params, after).await).await?
     };
     Ok(crate::listing::respond_writing(
         &uri,
         &page,
         &params,
-        order_body,
-        write_order,
-        |last| orders.cursors.encode(&scope, &(last.created_at, last.id)),
+        |known| order_body(&known.order),
+        |out, known| out.extend_from_slice(known.written.get_or_init(|| written_order(&known.order))),
+        |last| orders.cursors.encode(&scope, &(last.order.created_at, last.order.id)),
         CacheControl::Private,
     ))
 }

@@ -5,7 +5,7 @@
 //! as: they never change once the order is placed, and every read of an order needs all of them,
 //! so one row (one round trip) serves an order or a page of orders.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -34,17 +34,44 @@ pub struct Order {
     pub items: Arc<RawValue>,
 }
 
-/// Order items already read and checked, by order. Items never change once an order is
-/// placed, so a page of orders read again takes them from here rather than checking their
-/// JSON again, which is most of the work of reading a page. Bounded in bytes.
+/// Orders already read, by id, each at the version it was read at, with its representation
+/// once a page has written it. An order at a given version never changes (every change bumps
+/// its version: [`set_status`]), so a page read again decodes only each row's id and version
+/// and takes the rest, written, from here: decoding and writing 20 orders was most of the work
+/// of serving a page. Filled only by reads outside transactions, which see committed rows
+/// alone. Bounded in bytes.
 #[derive(Clone)]
-pub struct KnownItems(moka::sync::Cache<Uuid, Arc<RawValue>, foldhash::fast::RandomState>);
+pub struct KnownOrders(moka::sync::Cache<Uuid, Arc<KnownOrder>, foldhash::fast::RandomState>);
 
-impl KnownItems {
+/// An order as read at one version, and what it is written as.
+pub struct KnownOrder {
+    pub order: Order,
+    /// The order's representation, written by the first page that served it at this version.
+    pub written: OnceLock<Box<[u8]>>,
+}
+
+impl KnownOrders {
     pub fn new(max_bytes: u64) -> Self {
-        let weigh = |_: &Uuid, items: &Arc<RawValue>| u32::try_from(items.get().len() + 64).unwrap_or(u32::MAX);
+        // The representation is about the items and 300 bytes more; weighed before it exists.
+        let weigh = |_: &Uuid, known: &Arc<KnownOrder>| {
+            u32::try_from(2 * known.order.items.get().len() + 512).unwrap_or(u32::MAX)
+        };
         let builder = moka::sync::Cache::builder().max_capacity(max_bytes).weigher(weigh);
         Self(builder.build_with_hasher(foldhash::fast::RandomState::default()))
+    }
+
+    /// The order of `row`: from here when it is known at the row's version, else read (and kept).
+    fn read(&self, row: &Row<'_>) -> Result<Arc<KnownOrder>, DbError> {
+        let id: Uuid = row.get(0)?;
+        let version: i64 = row.get(5)?;
+        if let Some(known) = self.0.get(&id)
+            && known.order.version == version
+        {
+            return Ok(known);
+        }
+        let known = Arc::new(KnownOrder { order: Order::from_row(row)?, written: OnceLock::new() });
+        self.0.insert(id, Arc::clone(&known));
+        Ok(known)
     }
 }
 
@@ -60,30 +87,11 @@ impl Order {
     /// Reads an order row; an unknown status is corrupt, and so are items that are not JSON
     /// (checked here, so serving them as they are is safe).
     pub fn from_row(row: &Row<'_>) -> Result<Self, DbError> {
-        Self::read(row, None)
-    }
-
-    /// As [`Order::from_row`], with the items from `known` when they are there (and added to
-    /// it when they are not).
-    pub fn from_row_knowing(row: &Row<'_>, known: &KnownItems) -> Result<Self, DbError> {
-        Self::read(row, Some(known))
-    }
-
-    fn read(row: &Row<'_>, known: Option<&KnownItems>) -> Result<Self, DbError> {
         let id: Uuid = row.get(0)?;
         let status: String = row.get(2)?;
         let status = OrderStatus::parse(&status)
             .map_err(|_| DbError::corrupt(format!("order {id} has an unknown status {status:?}")))?;
-        let items = match known.and_then(|known| known.0.get(&id)) {
-            Some(items) => items,
-            None => {
-                let items: Arc<RawValue> = RawValue::from_string(row.get(8)?).map_err(|_| corrupt(id))?.into();
-                if let Some(known) = known {
-                    known.0.insert(id, Arc::clone(&items));
-                }
-                items
-            }
-        };
+        let items: Arc<RawValue> = RawValue::from_string(row.get(8)?).map_err(|_| corrupt(id))?.into();
         Ok(Self {
             id,
             user_id: row.get(1)?,
@@ -194,7 +202,8 @@ pub async fn lock_order(conn: &mut Conn<'_>, id: Uuid, owner: Option<Uuid>) -> R
 }
 
 /// Moves an order read under lock in this transaction to `status`. The one way an order's
-/// status changes, for this module and for payments.
+/// status changes, for this module and for payments; like every change of an order, it bumps
+/// the version ([`KnownOrders`] relies on that).
 pub async fn set_status(conn: &mut Conn<'_>, current: &Order, status: OrderStatus) -> Result<Order, DbError> {
     let updated_at = now();
     let version = current.version + 1;
@@ -229,11 +238,11 @@ pub struct OrderFilter {
 
 pub async fn list_orders(
     conn: &mut Conn<'_>,
-    known: &KnownItems,
+    known: &KnownOrders,
     filter: &OrderFilter,
     params: &ListParams,
     after: Option<(DateTime<Utc>, Uuid)>,
-) -> Result<Page<Order>, DbError> {
+) -> Result<Page<Arc<KnownOrder>>, DbError> {
     let mut sql = String::from(concat!("SELECT ", order_columns!(), " FROM orders WHERE true"));
     let mut values: Vec<&dyn Param> = Vec::new();
     if let Some(user_id) = &filter.user_id {
@@ -252,6 +261,6 @@ pub async fn list_orders(
     let limit = params.limit + 1;
     let after = after.as_ref().map(|(created_at, id)| (created_at as &dyn Param, id));
     seek(&mut sql, &mut values, "created_at", params.sort.descending, after, &limit);
-    let rows = conn.query(&sql, &values, |row| Order::from_row_knowing(row, known)).await?;
+    let rows = conn.query(&sql, &values, |row| known.read(row)).await?;
     Ok(Page::from_overfetch(rows, params.limit))
 }

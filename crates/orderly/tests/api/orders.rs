@@ -329,9 +329,40 @@ async fn a_listed_order_always_carries_its_own_items(app: TestApp) {
     }
 }
 
+/// A page read again serves each order as it is now: an order that changed since the page was
+/// last read is listed at its new version, as a read of it answers, and the others as before.
+async fn a_page_read_again_lists_each_order_as_it_is_now(app: TestApp) {
+    let admin = app.admin().await;
+    let customer = app.customer().await;
+    let token = Some(customer.access_token.as_str());
+    let product = app.create_product(&admin, json!({"stock": 10})).await;
+    let kept: Value = app.place_order(&customer, &[(&id(&product), 1)]).await.json().await.unwrap();
+    let changed: Value = app.place_order(&customer, &[(&id(&product), 2)]).await.json().await.unwrap();
+    let listed = async || -> Vec<Value> {
+        let page: Value = app.get("/api/v1/orders?limit=10", token).await.json().await.unwrap();
+        page["data"].as_array().unwrap().clone()
+    };
+    let before = listed().await;
+    assert_eq!(listed().await, before, "a page read twice");
+
+    let path = format!("/api/v1/orders/{}", id(&changed));
+    let cancelled = app.post_json(&format!("{path}/cancel"), token, &json!({})).await;
+    assert_eq!(cancelled.status(), StatusCode::OK);
+    let now: Value = app.get(&path, token).await.json().await.unwrap();
+    assert_eq!((now["status"].as_str(), now["version"].as_i64()), (Some("cancelled"), Some(2)));
+
+    let after = listed().await;
+    assert_eq!(after.len(), 2);
+    assert_eq!(after.iter().find(|order| order["id"] == changed["id"]), Some(&now), "the changed order, as read");
+    let unchanged = |page: &[Value]| page.iter().find(|order| order["id"] == kept["id"]).cloned();
+    assert_eq!(unchanged(&after), unchanged(&before), "the other order, as before");
+    assert_eq!(unchanged(&after).as_ref(), Some(&kept), "as placed");
+}
+
 crate::on_every_backend!(
     an_unknown_stored_status_is_an_internal_error_not_a_default,
     a_listed_order_always_carries_its_own_items,
+    a_page_read_again_lists_each_order_as_it_is_now,
     placing_and_cancelling_answer_the_bytes_a_read_sends,
     placing_an_order_snapshots_prices_and_reserves_stock,
     order_creation_never_oversells_under_concurrency,
