@@ -87,7 +87,9 @@ pub async fn place_order(
         Ok(placed) => placed,
         Err(Unplaced::Refused(error)) => return Err(error),
         Err(Unplaced::ClaimTaken) => {
-            let claim = claim.expect("only a claimed order can find its claim taken");
+            let Some(claim) = claim else {
+                return Err(OrderError::Internal("an order without a claim broke a unique index"));
+            };
             let expired_before =
                 chrono::Utc::now() - chrono::TimeDelta::from_std(idempotency_ttl).unwrap_or(chrono::TimeDelta::days(1));
             let lines = lines.to_vec();
@@ -128,8 +130,10 @@ enum Unplaced {
 }
 
 impl From<DbError> for Unplaced {
+    /// The one unique index an order placement can hit is the order's claim (the insert may
+    /// fail as late as the commit it travels with).
     fn from(error: DbError) -> Self {
-        Self::Refused(error.into())
+        if error.is_unique_violation() { Self::ClaimTaken } else { Self::Refused(error.into()) }
     }
 }
 
@@ -171,11 +175,7 @@ async fn place(
             }
         })
         .collect();
-    match store::insert_order(conn, user_id, currency, &items, claim).await {
-        Ok(placed) => Ok(placed),
-        Err(error) if claim.is_some() && error.is_unique_violation() => Err(Unplaced::ClaimTaken),
-        Err(error) => Err(error.into()),
-    }
+    Ok(store::insert_order(conn, user_id, currency, &items, claim).await?)
 }
 
 /// Why an order cannot be placed, once the decrement for `short` changed nothing. The caller

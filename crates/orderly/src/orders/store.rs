@@ -115,8 +115,10 @@ fn corrupt(id: Uuid) -> DbError {
     DbError::corrupt(format!("order {id} has malformed items"))
 }
 
-/// Inserts a pending order with its items (in the order given); a second order under the same
-/// idempotency claim is a unique violation.
+/// Inserts a pending order with its items (in the order given). Nothing in the transaction
+/// reads the row back, so on PostgreSQL it travels with the next statement (for an order,
+/// `COMMIT`). A second order under the same idempotency claim is a unique violation: from this
+/// call on SQLite, from the transaction's commit on PostgreSQL.
 pub async fn insert_order(
     conn: &mut Conn<'_>,
     user_id: Uuid,
@@ -130,11 +132,12 @@ pub async fn insert_order(
     let total: i64 = items.iter().map(|item| item.line_total).sum();
     let version = 1_i64;
     let items = serde_json::to_string(items).expect("items serialize");
-    conn.execute(
+    conn.defer(
         "INSERT INTO orders (id, user_id, status, currency, total, version, created_at, updated_at, items,
              idempotency_claim)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         &[&id, &user_id, &status.as_str(), &currency, &total, &version, &now, &now, &items, &claim],
+        Rows::Any,
     )
     .await?;
     Ok(Order {
