@@ -19,7 +19,7 @@ use http::Method;
 use orderly_kit::idempotency::{self, IdempotencyStore, Keeping, Kept, KeyedWrite, Record};
 
 use crate::accounts::auth::{Authenticator, Principal};
-use crate::db::{Conn, Database, DbError, Row, Rows};
+use crate::db::{Ahead, Conn, Database, DbError, Row, Rows};
 use crate::responses::Written;
 
 pub const EXEMPT_PATHS: &[&str] = &["/api/v1/auth/token"];
@@ -135,6 +135,22 @@ pub async fn claim_key(conn: &mut Conn<'_>, key: &KeyedWrite) -> Result<Option<R
     claim(conn, &key.id, &key.fingerprint, key.locked_until, key.expires_at).await
 }
 
+/// A claim of a request's key sent ahead of the unit's next statement ([`Conn::ahead`]), so
+/// that the reads the request needs either way share its round trip; [`claimed`] tells how it
+/// went.
+#[must_use = "a claim sent ahead is looked at with `claimed`"]
+pub struct ClaimAhead(Ahead<()>);
+
+/// Sends the claim of `key` ahead, in the caller's transaction.
+pub async fn claim_key_ahead(conn: &mut Conn<'_>, key: &KeyedWrite) -> Result<ClaimAhead, DbError> {
+    claim_ahead(conn, &key.id, &key.fingerprint, key.locked_until, key.expires_at).await.map(ClaimAhead)
+}
+
+/// What [`claim_key`] answers, for a claim sent ahead.
+pub async fn claimed(conn: &mut Conn<'_>, key: &KeyedWrite, ahead: ClaimAhead) -> Result<Option<Record>, DbError> {
+    claim_outcome(conn, ahead.0, &key.id, &key.fingerprint, key.locked_until, key.expires_at).await
+}
+
 /// Keeps `written` as the response of the request owning `key`, in the caller's transaction.
 pub async fn keep_response(conn: &mut Conn<'_>, key: &KeyedWrite, written: &Written) -> Result<(), DbError> {
     let sealed = key.seal(written.status, written.location.as_deref(), &written.body);
@@ -239,26 +255,61 @@ async fn claim(
     locked_until: DateTime<Utc>,
     expires_at: DateTime<Utc>,
 ) -> Result<Option<Record>, DbError> {
+    let ahead = claim_ahead(conn, id, fingerprint, locked_until, expires_at).await?;
+    claim_outcome(conn, ahead, id, fingerprint, locked_until, expires_at).await
+}
+
+/// Inserts the record of `id`, or takes over one that expired or whose request died; a row
+/// comes back when the claim is ours.
+async fn claim_ahead(
+    conn: &mut Conn<'_>,
+    id: &str,
+    fingerprint: &str,
+    locked_until: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+) -> Result<Ahead<()>, DbError> {
     const UPSERT: &str =
         "INSERT INTO idempotency_keys (id, fingerprint, response, locked_until, expires_at, created_at)
          VALUES ($1, $2, NULL, $3, $4, $5)
          ON CONFLICT (id) DO UPDATE SET fingerprint = excluded.fingerprint, response = excluded.response,
              locked_until = excluded.locked_until, expires_at = excluded.expires_at, created_at = excluded.created_at
          WHERE idempotency_keys.expires_at <= $5
-             OR (idempotency_keys.response IS NULL AND idempotency_keys.locked_until <= $5)";
-    const STANDING: &str = concat!("SELECT ", key_record_columns!(), " FROM idempotency_keys WHERE id = $1");
-    // Two rounds: the standing record may be released between our insert and our read.
-    for _ in 0..2 {
-        let now = Utc::now();
-        let inserted = conn.execute(UPSERT, &[&id, &fingerprint, &locked_until, &expires_at, &now]).await?;
-        if inserted == 1 {
-            return Ok(None);
-        }
-        if let Some(standing) = conn.query_opt(STANDING, &[&id], KeyRecord::from_row).await? {
-            return Ok(Some(Record { fingerprint: standing.fingerprint, response: standing.response }));
-        }
+             OR (idempotency_keys.response IS NULL AND idempotency_keys.locked_until <= $5)
+         RETURNING 1";
+    let now = Utc::now();
+    conn.ahead(UPSERT, &[&id, &fingerprint, &locked_until, &expires_at, &now], |_| Ok(())).await
+}
+
+/// `None` when the claim sent ahead made the key ours, else the record that stands.
+async fn claim_outcome(
+    conn: &mut Conn<'_>,
+    ahead: Ahead<()>,
+    id: &str,
+    fingerprint: &str,
+    locked_until: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+) -> Result<Option<Record>, DbError> {
+    if !conn.fetch(ahead).await?.is_empty() {
+        return Ok(None);
     }
-    Err(DbError::Other("idempotency record kept changing under a claim".into()))
+    if let Some(standing) = standing_record(conn, id).await? {
+        return Ok(Some(standing));
+    }
+    // The standing record was released between our insert and our read: once more.
+    let again = claim_ahead(conn, id, fingerprint, locked_until, expires_at).await?;
+    if !conn.fetch(again).await?.is_empty() {
+        return Ok(None);
+    }
+    standing_record(conn, id)
+        .await?
+        .map(Some)
+        .ok_or_else(|| DbError::Other("idempotency record kept changing under a claim".into()))
+}
+
+async fn standing_record(conn: &mut Conn<'_>, id: &str) -> Result<Option<Record>, DbError> {
+    const STANDING: &str = concat!("SELECT ", key_record_columns!(), " FROM idempotency_keys WHERE id = $1");
+    let standing = conn.query_opt(STANDING, &[&id], KeyRecord::from_row).await?;
+    Ok(standing.map(|standing| Record { fingerprint: standing.fingerprint, response: standing.response }))
 }
 
 /// What the idempotency middleware uses. Cheap to clone.

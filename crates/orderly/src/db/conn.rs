@@ -11,7 +11,9 @@
 //! together with its first statement, so it costs no round trip of its own, and so are writes
 //! the unit does not read back ([`Conn::defer`]): a transaction's closing writes and its
 //! `COMMIT` are one round trip (two when one of those writes must change a given number of
-//! rows, which is checked before `COMMIT` goes).
+//! rows, which is checked before `COMMIT` goes). Reads can go ahead the same way
+//! ([`Conn::ahead`]): several reads that do not depend on each other's rows cost one round
+//! trip.
 
 use std::borrow::Cow;
 
@@ -254,9 +256,25 @@ enum Inner<'a> {
         /// A transaction was asked for and `BEGIN` is not sent yet: it goes with the first
         /// statement.
         begin_pending: bool,
-        /// Writes to send with the next statement.
+        /// Writes and reads to send with the next statement.
         deferred: Vec<Deferred>,
+        /// Rows of reads sent ahead, by slot, until they are fetched.
+        fetched: Vec<Option<Vec<tokio_postgres::Row>>>,
     },
+}
+
+/// A read sent ahead of the unit's next statement ([`Conn::ahead`]); [`Conn::fetch`] gives
+/// its rows.
+#[must_use = "a read sent ahead is fetched"]
+pub struct Ahead<T> {
+    state: AheadState<T>,
+}
+
+enum AheadState<T> {
+    /// SQLite ran it when it was asked for.
+    Read(Vec<T>),
+    /// PostgreSQL sends it with the next statement; its rows wait in `fetched[slot]`.
+    Queued { slot: usize, map: fn(&Row<'_>) -> Result<T, DbError> },
 }
 
 /// How many rows a deferred write must change for its unit of work to go on.
@@ -275,11 +293,24 @@ impl Rows {
     }
 }
 
-/// A PostgreSQL write waiting for the next statement, its parameters already encoded.
+/// A PostgreSQL write or read waiting for the next statement, its parameters already encoded.
 struct Deferred {
     statement: tokio_postgres::Statement,
     params: Vec<Encoded>,
-    rows: Rows,
+    purpose: Purpose,
+}
+
+enum Purpose {
+    /// A write that must change `Rows`.
+    Write(Rows),
+    /// A read whose rows go to this slot of `fetched`.
+    Read(usize),
+}
+
+/// What a deferred statement came back with.
+enum Outcome {
+    Changed(u64),
+    Rows(Vec<tokio_postgres::Row>),
 }
 
 /// A parameter in PostgreSQL's binary form (`None` is NULL).
@@ -311,8 +342,9 @@ impl<'a> Conn<'a> {
     }
 
     pub(super) fn postgres(client: &'a ClientWrapper, in_transaction: bool) -> Self {
-        let deferred = Vec::new();
-        Self { inner: Inner::Postgres { client, transaction: in_transaction, begin_pending: in_transaction, deferred } }
+        let (deferred, fetched) = (Vec::new(), Vec::new());
+        let begin_pending = in_transaction;
+        Self { inner: Inner::Postgres { client, transaction: in_transaction, begin_pending, deferred, fetched } }
     }
 
     pub fn backend(&self) -> Backend {
@@ -330,10 +362,10 @@ impl<'a> Conn<'a> {
                 bind(&mut statement, params)?;
                 Ok(statement.raw_execute()? as u64)
             }
-            Inner::Postgres { client, begin_pending, deferred, .. } => {
+            Inner::Postgres { client, begin_pending, deferred, fetched, .. } => {
                 let statement = client.prepare_cached(sql).await?;
                 let params = postgres_params(params);
-                pipelined(client, begin_pending, deferred, client.execute(&statement, &params)).await
+                pipelined(client, begin_pending, deferred, fetched, client.execute(&statement, &params)).await
             }
         }
     }
@@ -350,29 +382,61 @@ impl<'a> Conn<'a> {
                 rows.check(changed)
             }
             Inner::Postgres { client, deferred, .. } => {
-                let statement = client.prepare_cached(sql).await?;
-                let types = statement.params();
-                if types.len() != params.len() {
-                    return Err(DbError::Other(format!(
-                        "statement takes {} parameters, {} given",
-                        types.len(),
-                        params.len()
-                    )));
-                }
-                let mut buffer = BytesMut::new();
-                let mut encoded = Vec::with_capacity(params.len());
-                for (param, ty) in params.iter().zip(types) {
-                    let value = match param.to_sql_checked(ty, &mut buffer) {
-                        Ok(IsNull::No) => Some(buffer.split().freeze()),
-                        Ok(IsNull::Yes) => None,
-                        Err(error) => return Err(DbError::Other(format!("cannot encode a parameter: {error}"))),
-                    };
-                    encoded.push(Encoded(value));
-                }
-                deferred.push(Deferred { statement, params: encoded, rows });
+                let (statement, params) = encoded(client, sql, params).await?;
+                deferred.push(Deferred { statement, params, purpose: Purpose::Write(rows) });
                 Ok(())
             }
         }
+    }
+
+    /// A read sent ahead: on PostgreSQL it goes with the unit's next statement (before it), so
+    /// that reads which do not need each other's rows share one round trip; on SQLite it runs
+    /// now. [`Conn::fetch`] gives its rows, mapped by `map`.
+    pub async fn ahead<T>(
+        &mut self,
+        sql: &str,
+        params: &[&dyn Param],
+        map: fn(&Row<'_>) -> Result<T, DbError>,
+    ) -> Result<Ahead<T>, DbError> {
+        match &mut self.inner {
+            Inner::Sqlite(_) => Ok(Ahead { state: AheadState::Read(self.query(sql, params, map).await?) }),
+            Inner::Postgres { client, deferred, fetched, .. } => {
+                let (statement, params) = encoded(client, sql, params).await?;
+                let slot = fetched.len();
+                fetched.push(None);
+                deferred.push(Deferred { statement, params, purpose: Purpose::Read(slot) });
+                Ok(Ahead { state: AheadState::Queued { slot, map } })
+            }
+        }
+    }
+
+    /// The rows of a read sent ahead; sends it now (with whatever else waits) if no statement
+    /// has taken it yet.
+    pub async fn fetch<T>(&mut self, ahead: Ahead<T>) -> Result<Vec<T>, DbError> {
+        let (slot, map) = match ahead.state {
+            AheadState::Read(rows) => return Ok(rows),
+            AheadState::Queued { slot, map } => (slot, map),
+        };
+        let Inner::Postgres { client, begin_pending, deferred, fetched, .. } = &mut self.inner else {
+            unreachable!("only PostgreSQL queues reads")
+        };
+        if fetched.get(slot).is_some_and(Option::is_none) {
+            pipelined(client, begin_pending, deferred, fetched, async { Ok(()) }).await?;
+        }
+        let rows = fetched
+            .get_mut(slot)
+            .and_then(Option::take)
+            .ok_or_else(|| DbError::Other("a read sent ahead has no rows: it failed, or was fetched before".into()))?;
+        rows.iter().map(|row| map(&Row::Postgres(row))).collect()
+    }
+
+    /// [`Conn::fetch`] of a read that returns at most one row.
+    pub async fn fetch_opt<T>(&mut self, ahead: Ahead<T>) -> Result<Option<T>, DbError> {
+        let mut rows = self.fetch(ahead).await?;
+        if rows.len() > 1 {
+            return Err(DbError::Other(format!("expected at most one row, got {}", rows.len())));
+        }
+        Ok(rows.pop())
     }
 
     /// Runs a query and maps every row it returns.
@@ -393,10 +457,11 @@ impl<'a> Conn<'a> {
                 }
                 Ok(mapped)
             }
-            Inner::Postgres { client, begin_pending, deferred, .. } => {
+            Inner::Postgres { client, begin_pending, deferred, fetched, .. } => {
                 let statement = client.prepare_cached(sql).await?;
                 let params = postgres_params(params);
-                let rows = pipelined(client, begin_pending, deferred, client.query(&statement, &params)).await?;
+                let rows =
+                    pipelined(client, begin_pending, deferred, fetched, client.query(&statement, &params)).await?;
                 rows.iter().map(|row| map(&Row::Postgres(row))).collect()
             }
         }
@@ -430,8 +495,8 @@ impl<'a> Conn<'a> {
     pub async fn batch(&mut self, sql: &str) -> Result<(), DbError> {
         match &mut self.inner {
             Inner::Sqlite(connection) => Ok(connection.execute_batch(sql)?),
-            Inner::Postgres { client, begin_pending, deferred, .. } => {
-                pipelined(client, begin_pending, deferred, async { Ok(()) }).await?;
+            Inner::Postgres { client, begin_pending, deferred, fetched, .. } => {
+                pipelined(client, begin_pending, deferred, fetched, async { Ok(()) }).await?;
                 Ok(client.batch_execute(sql).await?)
             }
         }
@@ -442,11 +507,13 @@ impl<'a> Conn<'a> {
     /// was sent (so `BEGIN` never was). A unit without a transaction sends its deferred writes
     /// whatever its outcome, as SQLite ran them when they were asked for.
     pub(super) async fn finish(&mut self, commit: bool) -> Result<(), DbError> {
-        let Inner::Postgres { client, transaction, begin_pending, deferred } = &mut self.inner else {
+        let Inner::Postgres { client, transaction, begin_pending, deferred, fetched } = &mut self.inner else {
             return Ok(());
         };
+        // Reads nobody fetched are not worth sending.
+        deferred.retain(|statement| matches!(statement.purpose, Purpose::Write(_)));
         if !*transaction {
-            return pipelined(client, begin_pending, deferred, async { Ok(()) }).await;
+            return pipelined(client, begin_pending, deferred, fetched, async { Ok(()) }).await;
         }
         if !commit {
             deferred.clear();
@@ -454,30 +521,32 @@ impl<'a> Conn<'a> {
         if *begin_pending && deferred.is_empty() {
             return Ok(());
         }
-        if deferred.iter().any(|write| matches!(write.rows, Rows::Exactly(..))) {
+        if deferred.iter().any(|write| matches!(write.purpose, Purpose::Write(Rows::Exactly(..)))) {
             // Their counts are known only once they ran: checked before `COMMIT` is sent.
-            pipelined(client, begin_pending, deferred, async { Ok(()) }).await?;
+            pipelined(client, begin_pending, deferred, fetched, async { Ok(()) }).await?;
         }
         let end = client.prepare_cached(if commit { "COMMIT" } else { "ROLLBACK" }).await?;
-        pipelined(client, begin_pending, deferred, client.execute(&end, &[])).await.map(drop)
+        pipelined(client, begin_pending, deferred, fetched, client.execute(&end, &[])).await.map(drop)
     }
 }
 
-/// Sends `BEGIN` when it is due and the deferred writes, then `current`, as one pipeline (a
-/// join polls its parts in order, so every request is written before any answer is awaited),
-/// and checks what the deferred writes changed. The server runs them in order; the first to
-/// fail fails the rest of the transaction, and its error is the one returned.
+/// Sends `BEGIN` when it is due and the deferred writes and reads, then `current`, as one
+/// pipeline (a join polls its parts in order, so every request is written before any answer
+/// is awaited), checks what the deferred writes changed and keeps the rows of the reads. The
+/// server runs them in order; the first to fail fails the rest of the transaction, and its
+/// error is the one returned.
 async fn pipelined<T>(
     client: &ClientWrapper,
     begin_pending: &mut bool,
     deferred: &mut Vec<Deferred>,
+    fetched: &mut [Option<Vec<tokio_postgres::Row>>],
     current: impl Future<Output = Result<T, tokio_postgres::Error>>,
 ) -> Result<T, DbError> {
     if !*begin_pending && deferred.is_empty() {
         return Ok(current.await?);
     }
     let begin = if std::mem::take(begin_pending) { Some(client.prepare_cached("BEGIN").await?) } else { None };
-    let writes = std::mem::take(deferred);
+    let statements = std::mem::take(deferred);
     let ahead = async {
         let begin = async {
             match &begin {
@@ -485,14 +554,52 @@ async fn pipelined<T>(
                 None => Ok(()),
             }
         };
-        let writes = try_join_all(writes.iter().map(|write| client.execute_raw(&write.statement, &write.params)));
-        tokio::try_join!(begin, writes)
+        let sent = try_join_all(statements.iter().map(|deferred| async move {
+            match deferred.purpose {
+                Purpose::Write(_) => {
+                    client.execute_raw(&deferred.statement, &deferred.params).await.map(Outcome::Changed)
+                }
+                Purpose::Read(_) => {
+                    let params: Vec<&(dyn ToSql + Sync)> = deferred.params.iter().map(|p| p as _).collect();
+                    client.query(&deferred.statement, &params).await.map(Outcome::Rows)
+                }
+            }
+        }));
+        tokio::try_join!(begin, sent)
     };
-    let (((), changed), value) = tokio::try_join!(ahead, current)?;
-    for (write, changed) in writes.iter().zip(changed) {
-        write.rows.check(changed)?;
+    let (((), outcomes), value) = tokio::try_join!(ahead, current)?;
+    for (deferred, outcome) in statements.into_iter().zip(outcomes) {
+        match (deferred.purpose, outcome) {
+            (Purpose::Write(rows), Outcome::Changed(changed)) => rows.check(changed)?,
+            (Purpose::Read(slot), Outcome::Rows(rows)) => fetched[slot] = Some(rows),
+            _ => unreachable!("each statement comes back as what it was sent as"),
+        }
     }
     Ok(value)
+}
+
+/// A prepared statement and `params` encoded for it, to be sent later.
+async fn encoded(
+    client: &ClientWrapper,
+    sql: &str,
+    params: &[&dyn Param],
+) -> Result<(tokio_postgres::Statement, Vec<Encoded>), DbError> {
+    let statement = client.prepare_cached(sql).await?;
+    let types = statement.params();
+    if types.len() != params.len() {
+        return Err(DbError::Other(format!("statement takes {} parameters, {} given", types.len(), params.len())));
+    }
+    let mut buffer = BytesMut::new();
+    let mut encoded = Vec::with_capacity(params.len());
+    for (param, ty) in params.iter().zip(types) {
+        let value = match param.to_sql_checked(ty, &mut buffer) {
+            Ok(IsNull::No) => Some(buffer.split().freeze()),
+            Ok(IsNull::Yes) => None,
+            Err(error) => return Err(DbError::Other(format!("cannot encode a parameter: {error}"))),
+        };
+        encoded.push(Encoded(value));
+    }
+    Ok((statement, encoded))
 }
 
 /// SQLite reads `?N` as PostgreSQL's `$N`: the N-th parameter wherever it appears.
@@ -587,6 +694,58 @@ mod tests {
         db.write().run(async move |conn| conn.batch(&drop).await).await.unwrap();
     }
 
+    /// A read sent ahead sees exactly what its unit did before it was asked for, whenever it
+    /// is sent and fetched: with the next statement, on its own, or after other reads.
+    async fn reads_sent_ahead_see_what_came_before_them(db: Database) {
+        let table = format!("ahead_{}", uuid::Uuid::new_v4().simple());
+        let create = format!("CREATE TABLE {table} (id BIGINT PRIMARY KEY)");
+        db.write().run(async move |conn| conn.batch(&create).await).await.unwrap();
+        let insert: &'static str = format!("INSERT INTO {table} (id) VALUES ($1)").leak();
+        let count: &'static str = format!("SELECT count(*) FROM {table}").leak();
+
+        let counts = db
+            .write()
+            .transaction(async move |conn| {
+                let count_row = |row: &super::Row<'_>| row.get::<i64>(0);
+                let none = conn.ahead(count, &[], count_row).await?;
+                conn.execute(insert, &[&1_i64]).await?;
+                let one = conn.ahead(count, &[], count_row).await?;
+                conn.defer(insert, &[&2_i64], Rows::Exactly(1, "inserted".into())).await?;
+                let two = conn.ahead(count, &[], count_row).await?;
+                let three_later = {
+                    conn.execute(insert, &[&3_i64]).await?;
+                    conn.ahead(count, &[], count_row).await?
+                };
+                let fetched = [
+                    conn.fetch_opt(three_later).await?,
+                    conn.fetch_opt(none).await?,
+                    conn.fetch_opt(one).await?,
+                    conn.fetch_opt(two).await?,
+                ];
+                Ok::<_, DbError>(fetched)
+            })
+            .await
+            .unwrap();
+        assert_eq!(counts, [Some(3), Some(0), Some(1), Some(2)]);
+        assert_eq!(ids(&db, &table).await, [1, 2, 3], "the transaction committed");
+
+        let drop = format!("DROP TABLE {table}");
+        db.write().run(async move |conn| conn.batch(&drop).await).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn sqlite_reads_sent_ahead_see_what_came_before_them() {
+        let path = std::env::temp_dir().join(format!("orderly-ahead-{}.db", uuid::Uuid::new_v4().simple()));
+        reads_sent_ahead_see_what_came_before_them(connect(&format!("sqlite://{}", path.display())).await).await;
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[tokio::test]
+    async fn postgres_reads_sent_ahead_see_what_came_before_them() {
+        let Some(url) = test_database_url() else { return };
+        reads_sent_ahead_see_what_came_before_them(connect(&url).await).await;
+    }
+
     #[tokio::test]
     async fn sqlite_deferred_writes_stand_or_fall_with_their_transaction() {
         let path = std::env::temp_dir().join(format!("orderly-deferred-{}.db", uuid::Uuid::new_v4().simple()));
@@ -597,13 +756,21 @@ mod tests {
 
     #[tokio::test]
     async fn postgres_deferred_writes_stand_or_fall_with_their_transaction() {
-        let url = match std::env::var("ORDERLY_TEST_DATABASE_URL") {
-            Ok(url) if !url.is_empty() => url,
+        let Some(url) = test_database_url() else { return };
+        deferred_writes_stand_or_fall_with_their_transaction(connect(&url).await).await;
+    }
+
+    /// The PostgreSQL suite's database; `None` (the test skips) only off CI.
+    fn test_database_url() -> Option<String> {
+        match std::env::var("ORDERLY_TEST_DATABASE_URL") {
+            Ok(url) if !url.is_empty() => Some(url),
             _ if std::env::var("CI").is_ok_and(|ci| ci == "true") => {
                 panic!("CI=true but ORDERLY_TEST_DATABASE_URL is unset")
             }
-            _ => return eprintln!("skipping: ORDERLY_TEST_DATABASE_URL is unset"),
-        };
-        deferred_writes_stand_or_fall_with_their_transaction(connect(&url).await).await;
+            _ => {
+                eprintln!("skipping: ORDERLY_TEST_DATABASE_URL is unset");
+                None
+            }
+        }
     }
 }

@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use crate::db::{Backend, Conn, DbError, Param, Row, Rows, now};
+use crate::db::{Ahead, Backend, Conn, DbError, Param, Row, Rows, now};
 use crate::listing::{ListParams, and_where, seek};
 use orderly_kit::pagination::Page;
 
@@ -183,6 +183,12 @@ pub async fn release_claim(conn: &mut Conn<'_>, claim: &str) -> Result<(), DbErr
 /// As [`find_order`], locked until the transaction ends (`FOR UPDATE` on PostgreSQL; SQLite
 /// has a single writer).
 pub async fn lock_order(conn: &mut Conn<'_>, id: Uuid, owner: Option<Uuid>) -> Result<Option<Order>, DbError> {
+    let locked = lock_order_ahead(conn, id, owner).await?;
+    conn.fetch_opt(locked).await
+}
+
+/// [`lock_order`], sent ahead of the unit's next statement ([`Conn::ahead`]).
+pub async fn lock_order_ahead(conn: &mut Conn<'_>, id: Uuid, owner: Option<Uuid>) -> Result<Ahead<Order>, DbError> {
     let postgres = conn.backend() == Backend::Postgres;
     match owner {
         None => {
@@ -191,7 +197,7 @@ pub async fn lock_order(conn: &mut Conn<'_>, id: Uuid, owner: Option<Uuid>) -> R
             } else {
                 concat!("SELECT ", order_columns!(), " FROM orders WHERE id = $1")
             };
-            conn.query_opt(sql, &[&id], Order::from_row).await
+            conn.ahead(sql, &[&id], Order::from_row).await
         }
         Some(owner) => {
             let sql = if postgres {
@@ -199,7 +205,7 @@ pub async fn lock_order(conn: &mut Conn<'_>, id: Uuid, owner: Option<Uuid>) -> R
             } else {
                 concat!("SELECT ", order_columns!(), " FROM orders WHERE id = $1 AND user_id = $2")
             };
-            conn.query_opt(sql, &[&id, &owner], Order::from_row).await
+            conn.ahead(sql, &[&id, &owner], Order::from_row).await
         }
     }
 }

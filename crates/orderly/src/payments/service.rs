@@ -99,11 +99,18 @@ pub async fn pay(
         .db
         .write()
         .transaction(async move |conn| {
-            if let Some(standing) = idempotency::claim_key(conn, &keyed).await? {
+            // The order's lock, the claim of the key and the order's standing go in one round
+            // trip (a retry that finds its key taken locked the order for nothing, and commits
+            // nothing). The lock comes first: the recording transaction locks the order and
+            // then keeps the response under the key, and locks taken in another order could
+            // wait on each other.
+            let order = orders::lock_order_ahead(conn, order_id, owner).await?;
+            let claiming = idempotency::claim_key_ahead(conn, &keyed).await?;
+            let standing = attempts::charge_standing(conn, order_id, &claim, horizon).await?;
+            if let Some(standing) = idempotency::claimed(conn, &keyed, claiming).await? {
                 return Ok(Err(standing));
             }
-            let order = orders::lock_order(conn, order_id, owner).await?.ok_or(PaymentError::NotFound)?;
-            let standing = attempts::charge_standing(conn, order.id, &claim, horizon).await?;
+            let order = conn.fetch_opt(order).await?.ok_or(PaymentError::NotFound)?;
             if let Some(earlier) = standing.recorded_for_claim
                 && let Some(outcome) = earlier.outcome
             {
@@ -289,9 +296,11 @@ pub(super) async fn record_charge(
         .db
         .write()
         .transaction(async move |conn| {
-            let order = orders::lock_order(conn, charge.order_id, None)
-                .await?
-                .ok_or(PaymentError::Internal("a payment attempt's order is gone"))?;
+            // The order's lock and the outcome on record go in one round trip.
+            let order = orders::lock_order_ahead(conn, charge.order_id, None).await?;
+            let on_record = attempts::recorded_under_key(conn, charge.order_id, &charge.provider_key).await?;
+            let order =
+                conn.fetch_opt(order).await?.ok_or(PaymentError::Internal("a payment attempt's order is gone"))?;
             let settlement = |outcome, payment_id| Settlement {
                 order_id: order.id,
                 provider_key: &charge.provider_key,
@@ -299,7 +308,7 @@ pub(super) async fn record_charge(
                 payment_id,
                 refund_id: None,
             };
-            if let Some(recorded) = attempts::recorded_under_key(conn, order.id, &charge.provider_key).await?
+            if let Some(recorded) = on_record
                 && let Some(outcome) = recorded.outcome
             {
                 // Another attempt under this key (one call at the provider) recorded it already.
