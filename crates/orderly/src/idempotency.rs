@@ -19,7 +19,7 @@ use http::Method;
 use orderly_kit::idempotency::{self, IdempotencyStore, Keeping, Kept, KeyedWrite, Record};
 
 use crate::accounts::auth::{Authenticator, Principal};
-use crate::db::{Ahead, Conn, Database, DbError, Row, Rows};
+use crate::db::{Ahead, Backend, Conn, Database, DbError, Param, Row, Rows};
 use crate::responses::Written;
 
 pub const EXEMPT_PATHS: &[&str] = &["/api/v1/auth/token"];
@@ -139,7 +139,7 @@ pub async fn claim_key(conn: &mut Conn<'_>, key: &KeyedWrite) -> Result<Option<R
 /// that the reads the request needs either way share its round trip; [`claimed`] tells how it
 /// went.
 #[must_use = "a claim sent ahead is looked at with `claimed`"]
-pub struct ClaimAhead(Ahead<()>);
+pub struct ClaimAhead(Claiming);
 
 /// Sends the claim of `key` ahead, in the caller's transaction.
 pub async fn claim_key_ahead(conn: &mut Conn<'_>, key: &KeyedWrite) -> Result<ClaimAhead, DbError> {
@@ -259,37 +259,62 @@ async fn claim(
     claim_outcome(conn, ahead, id, fingerprint, locked_until, expires_at).await
 }
 
-/// Inserts the record of `id`, or takes over one that expired or whose request died; a row
-/// comes back when the claim is ours.
+/// Inserts the record of `id`, or takes over one that expired or whose request died. On
+/// PostgreSQL it goes ahead of the unit's next statement and a row comes back when the claim
+/// is ours; SQLite, which has no round trips to save, runs it now and counts the changed row
+/// (its `RETURNING` builds a temporary table per run).
 async fn claim_ahead(
     conn: &mut Conn<'_>,
     id: &str,
     fingerprint: &str,
     locked_until: DateTime<Utc>,
     expires_at: DateTime<Utc>,
-) -> Result<Ahead<()>, DbError> {
-    const UPSERT: &str =
-        "INSERT INTO idempotency_keys (id, fingerprint, response, locked_until, expires_at, created_at)
-         VALUES ($1, $2, NULL, $3, $4, $5)
-         ON CONFLICT (id) DO UPDATE SET fingerprint = excluded.fingerprint, response = excluded.response,
-             locked_until = excluded.locked_until, expires_at = excluded.expires_at, created_at = excluded.created_at
-         WHERE idempotency_keys.expires_at <= $5
-             OR (idempotency_keys.response IS NULL AND idempotency_keys.locked_until <= $5)
-         RETURNING 1";
+) -> Result<Claiming, DbError> {
+    macro_rules! upsert {
+        () => {
+            "INSERT INTO idempotency_keys (id, fingerprint, response, locked_until, expires_at, created_at)
+             VALUES ($1, $2, NULL, $3, $4, $5)
+             ON CONFLICT (id) DO UPDATE SET fingerprint = excluded.fingerprint, response = excluded.response,
+                 locked_until = excluded.locked_until, expires_at = excluded.expires_at, created_at = excluded.created_at
+             WHERE idempotency_keys.expires_at <= $5
+                 OR (idempotency_keys.response IS NULL AND idempotency_keys.locked_until <= $5)"
+        };
+    }
     let now = Utc::now();
-    conn.ahead(UPSERT, &[&id, &fingerprint, &locked_until, &expires_at, &now], |_| Ok(())).await
+    let params: [&dyn Param; 5] = [&id, &fingerprint, &locked_until, &expires_at, &now];
+    match conn.backend() {
+        Backend::Postgres => {
+            conn.ahead(concat!(upsert!(), " RETURNING 1"), &params, |_| Ok(())).await.map(Claiming::Sent)
+        }
+        Backend::Sqlite => Ok(Claiming::Ran { ours: conn.execute(upsert!(), &params).await? == 1 }),
+    }
+}
+
+/// A claim on its way ([`claim_ahead`]).
+enum Claiming {
+    Sent(Ahead<()>),
+    Ran { ours: bool },
+}
+
+impl Claiming {
+    async fn ours(self, conn: &mut Conn<'_>) -> Result<bool, DbError> {
+        match self {
+            Self::Sent(ahead) => Ok(!conn.fetch(ahead).await?.is_empty()),
+            Self::Ran { ours } => Ok(ours),
+        }
+    }
 }
 
 /// `None` when the claim sent ahead made the key ours, else the record that stands.
 async fn claim_outcome(
     conn: &mut Conn<'_>,
-    ahead: Ahead<()>,
+    claiming: Claiming,
     id: &str,
     fingerprint: &str,
     locked_until: DateTime<Utc>,
     expires_at: DateTime<Utc>,
 ) -> Result<Option<Record>, DbError> {
-    if !conn.fetch(ahead).await?.is_empty() {
+    if claiming.ours(conn).await? {
         return Ok(None);
     }
     if let Some(standing) = standing_record(conn, id).await? {
@@ -297,7 +322,7 @@ async fn claim_outcome(
     }
     // The standing record was released between our insert and our read: once more.
     let again = claim_ahead(conn, id, fingerprint, locked_until, expires_at).await?;
-    if !conn.fetch(again).await?.is_empty() {
+    if again.ours(conn).await? {
         return Ok(None);
     }
     standing_record(conn, id)
