@@ -13,6 +13,11 @@
 //! is deleted, in one transaction); a load notes the generation when it misses, and a script
 //! stores its result only if the generation is still the same.
 //!
+//! Reads that reach Redis at the same time share one `MGET`: a task of the cache sends what
+//! waits whenever the previous lookup has come back, so under load Redis answers a batch per
+//! round trip instead of a command per read (its networking, not the lookup, is what a command
+//! costs it).
+//!
 //! Redis failing never fails a read: the product is loaded from the database and not cached.
 //! An invalidation that cannot reach Redis is remembered and retried before this instance's
 //! next cache call; until then (or until the TTL), other instances may serve the old copy.
@@ -27,6 +32,7 @@ use chrono::{DateTime, Utc};
 use orderly_kit::conditional::{body_of, etag_of};
 use orderly_kit::redis::SharedRedis;
 use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::store::{self, Product};
@@ -54,6 +60,8 @@ const GENERATION_TTL: Duration = Duration::from_secs(86_400);
 
 pub struct SharedProducts {
     redis: Arc<SharedRedis>,
+    /// Lookups waiting for the next `MGET` ([`look_up_in_batches`]).
+    lookups: mpsc::UnboundedSender<Lookup>,
     ttl: Duration,
     /// Invalidations that could not reach Redis, retried before the next cache call.
     pending: Mutex<HashSet<Uuid>>,
@@ -70,8 +78,11 @@ impl ProductCache {
     }
 
     /// In Redis, shared by every instance.
+    /// Starts the task that sends lookups to Redis (it ends with the cache).
     pub fn shared(redis: Arc<SharedRedis>, ttl: Duration) -> Self {
-        Self::Shared(SharedProducts { redis, ttl, pending: Mutex::new(HashSet::new()) })
+        let (lookups, waiting) = mpsc::unbounded_channel();
+        tokio::spawn(look_up_in_batches(Arc::clone(&redis), waiting));
+        Self::Shared(SharedProducts { redis, lookups, ttl, pending: Mutex::new(HashSet::new()) })
     }
 
     /// The product's current representation, from the cache or from the database as
@@ -124,6 +135,39 @@ impl ProductCache {
     }
 }
 
+/// A product's entry and generation keys, and where their values go.
+struct Lookup {
+    keys: [String; 2],
+    reply: oneshot::Sender<Result<(Option<Vec<u8>>, Option<u64>), ()>>,
+}
+
+/// At most this many lookups share one `MGET`.
+const MAX_BATCH: usize = 256;
+
+/// Sends the lookups waiting, all in one `MGET`, each time the previous one has come back.
+async fn look_up_in_batches(redis: Arc<SharedRedis>, mut waiting: mpsc::UnboundedReceiver<Lookup>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while waiting.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let keys: Vec<&str> = batch.iter().flat_map(|lookup| lookup.keys.iter().map(String::as_str)).collect();
+        let values: Result<Vec<Option<Vec<u8>>>, _> = redis
+            .call("cache_get", async |connection| redis::cmd("MGET").arg(&keys).query_async(connection).await)
+            .await;
+        match values {
+            Ok(values) if values.len() == keys.len() => {
+                let mut values = values.into_iter();
+                for lookup in batch.drain(..) {
+                    let entry = values.next().flatten();
+                    let generation = values.next().flatten();
+                    let generation = generation.and_then(|bytes| std::str::from_utf8(&bytes).ok()?.parse().ok());
+                    let _ = lookup.reply.send(Ok((entry, generation)));
+                }
+            }
+            // Redis is unavailable (or answered nonsense): every read goes to the database.
+            _ => batch.drain(..).for_each(|lookup| drop(lookup.reply.send(Err(())))),
+        }
+    }
+}
+
 /// Stores an entry only if its product's generation is still the one its load started at.
 static FILL: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
@@ -149,12 +193,12 @@ impl SharedProducts {
     ) -> Result<Option<Arc<CachedProduct>>, DbError> {
         self.retry_pending().await;
         let (entry_key, generation_key) = self.keys(id);
-        let cached: Result<(Option<Vec<u8>>, Option<u64>), _> = self
-            .redis
-            .call("cache_get", async |connection| {
-                redis::cmd("MGET").arg(&entry_key).arg(&generation_key).query_async(connection).await
-            })
-            .await;
+        let (reply, answer) = oneshot::channel();
+        let lookup = Lookup { keys: [entry_key.clone(), generation_key.clone()], reply };
+        let cached = match self.lookups.send(lookup) {
+            Ok(()) => answer.await.unwrap_or(Err(())),
+            Err(_) => Err(()),
+        };
         let generation = match cached {
             Ok((bytes, generation)) => {
                 if let Some(hit) = bytes.as_deref().and_then(decode) {
