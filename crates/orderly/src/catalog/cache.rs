@@ -138,8 +138,11 @@ impl ProductCache {
 /// A product's entry and generation keys, and where their values go.
 struct Lookup {
     keys: [String; 2],
-    reply: oneshot::Sender<Result<(Option<Vec<u8>>, Option<u64>), ()>>,
+    reply: oneshot::Sender<Result<Found, ()>>,
 }
+
+/// A product's cached entry and its generation, as Redis holds them (either may be absent).
+type Found = (Option<Vec<u8>>, Option<u64>);
 
 /// At most this many lookups share one `MGET`.
 const MAX_BATCH: usize = 256;
