@@ -19,7 +19,7 @@ use http::Method;
 use orderly_kit::idempotency::{self, IdempotencyStore, Keeping, Kept, KeyedWrite, Record};
 
 use crate::accounts::auth::{Authenticator, Principal};
-use crate::db::{Ahead, Backend, Conn, Database, DbError, Param, Row, Rows};
+use crate::db::{Ahead, Backend, Conn, Database, DbError, Param, Row};
 use crate::responses::Written;
 
 pub const EXEMPT_PATHS: &[&str] = &["/api/v1/auth/token"];
@@ -242,7 +242,7 @@ impl IdempotencyStore for DatabaseStore {
 /// Its claim set the expiry; leaving indexed columns alone lets PostgreSQL update the row in
 /// place (HOT), with no index entries to write.
 async fn complete(conn: &mut Conn<'_>, id: &str, response: &[u8]) -> Result<(), DbError> {
-    conn.defer("UPDATE idempotency_keys SET response = $1 WHERE id = $2", &[&response, &id], Rows::Any).await
+    conn.defer("UPDATE idempotency_keys SET response = $1 WHERE id = $2", &[&response, &id]).await
 }
 
 /// [`IdempotencyStore::claim`]: one atomic upsert that inserts the record or replaces a dead

@@ -10,8 +10,7 @@
 //! statements are prepared once per connection and cached. A transaction's `BEGIN` is sent
 //! together with its first statement, so it costs no round trip of its own, and so are writes
 //! the unit does not read back ([`Conn::defer`]): a transaction's closing writes and its
-//! `COMMIT` are one round trip (two when one of those writes must change a given number of
-//! rows, which is checked before `COMMIT` goes). Reads can go ahead the same way
+//! `COMMIT` are one round trip. Reads can go ahead the same way
 //! ([`Conn::ahead`]): several reads that do not depend on each other's rows cost one round
 //! trip.
 
@@ -277,22 +276,6 @@ enum AheadState<T> {
     Queued { slot: usize, map: fn(&Row<'_>) -> Result<T, DbError> },
 }
 
-/// How many rows a deferred write must change for its unit of work to go on.
-pub enum Rows {
-    Any,
-    /// Exactly this many, else the unit fails with this reason.
-    Exactly(u64, String),
-}
-
-impl Rows {
-    fn check(&self, changed: u64) -> Result<(), DbError> {
-        match self {
-            Self::Exactly(expected, reason) if *expected != changed => Err(DbError::Other(reason.clone())),
-            _ => Ok(()),
-        }
-    }
-}
-
 /// A PostgreSQL write or read waiting for the next statement, its parameters already encoded.
 struct Deferred {
     statement: tokio_postgres::Statement,
@@ -301,15 +284,14 @@ struct Deferred {
 }
 
 enum Purpose {
-    /// A write that must change `Rows`.
-    Write(Rows),
+    Write,
     /// A read whose rows go to this slot of `fetched`.
     Read(usize),
 }
 
 /// What a deferred statement came back with.
 enum Outcome {
-    Changed(u64),
+    Written,
     Rows(Vec<tokio_postgres::Row>),
 }
 
@@ -370,20 +352,16 @@ impl<'a> Conn<'a> {
         }
     }
 
-    /// A write whose outcome the unit of work does not read. On SQLite it runs now; on
-    /// PostgreSQL it is sent with the unit's next statement, or with its `COMMIT`, saving a
-    /// round trip. A failure, or another number of changed rows than `rows` asks for, fails
-    /// that next statement, so the transaction does not commit (a write whose rows are counted
-    /// goes before `COMMIT`, not with it, so that the count can stop it).
-    pub async fn defer(&mut self, sql: &str, params: &[&dyn Param], rows: Rows) -> Result<(), DbError> {
+    /// A write whose outcome (not even its row count) the unit of work does not read. On
+    /// SQLite it runs now; on PostgreSQL it is sent with the unit's next statement, or with its
+    /// `COMMIT`, saving a round trip. A failure fails that next statement, so the transaction
+    /// does not commit.
+    pub async fn defer(&mut self, sql: &str, params: &[&dyn Param]) -> Result<(), DbError> {
         match &mut self.inner {
-            Inner::Sqlite(_) => {
-                let changed = self.execute(sql, params).await?;
-                rows.check(changed)
-            }
+            Inner::Sqlite(_) => self.execute(sql, params).await.map(drop),
             Inner::Postgres { client, deferred, .. } => {
                 let (statement, params) = encoded(client, sql, params).await?;
-                deferred.push(Deferred { statement, params, purpose: Purpose::Write(rows) });
+                deferred.push(Deferred { statement, params, purpose: Purpose::Write });
                 Ok(())
             }
         }
@@ -511,7 +489,7 @@ impl<'a> Conn<'a> {
             return Ok(());
         };
         // Reads nobody fetched are not worth sending.
-        deferred.retain(|statement| matches!(statement.purpose, Purpose::Write(_)));
+        deferred.retain(|statement| matches!(statement.purpose, Purpose::Write));
         if !*transaction {
             return pipelined(client, begin_pending, deferred, fetched, async { Ok(()) }).await;
         }
@@ -521,10 +499,6 @@ impl<'a> Conn<'a> {
         if *begin_pending && deferred.is_empty() {
             return Ok(());
         }
-        if deferred.iter().any(|write| matches!(write.purpose, Purpose::Write(Rows::Exactly(..)))) {
-            // Their counts are known only once they ran: checked before `COMMIT` is sent.
-            pipelined(client, begin_pending, deferred, fetched, async { Ok(()) }).await?;
-        }
         let end = client.prepare_cached(if commit { "COMMIT" } else { "ROLLBACK" }).await?;
         pipelined(client, begin_pending, deferred, fetched, client.execute(&end, &[])).await.map(drop)
     }
@@ -532,7 +506,7 @@ impl<'a> Conn<'a> {
 
 /// Sends `BEGIN` when it is due and the deferred writes and reads, then `current`, as one
 /// pipeline (a join polls its parts in order, so every request is written before any answer
-/// is awaited), checks what the deferred writes changed and keeps the rows of the reads. The
+/// is awaited), and keeps the rows of the reads. The
 /// server runs them in order; the first to fail fails the rest of the transaction, and its
 /// error is the one returned.
 async fn pipelined<T>(
@@ -556,8 +530,8 @@ async fn pipelined<T>(
         };
         let sent = try_join_all(statements.iter().map(|deferred| async move {
             match deferred.purpose {
-                Purpose::Write(_) => {
-                    client.execute_raw(&deferred.statement, &deferred.params).await.map(Outcome::Changed)
+                Purpose::Write => {
+                    client.execute_raw(&deferred.statement, &deferred.params).await.map(|_| Outcome::Written)
                 }
                 Purpose::Read(_) => {
                     let params: Vec<&(dyn ToSql + Sync)> = deferred.params.iter().map(|p| p as _).collect();
@@ -570,7 +544,7 @@ async fn pipelined<T>(
     let (((), outcomes), value) = tokio::try_join!(ahead, current)?;
     for (deferred, outcome) in statements.into_iter().zip(outcomes) {
         match (deferred.purpose, outcome) {
-            (Purpose::Write(rows), Outcome::Changed(changed)) => rows.check(changed)?,
+            (Purpose::Write, Outcome::Written) => {}
             (Purpose::Read(slot), Outcome::Rows(rows)) => fetched[slot] = Some(rows),
             _ => unreachable!("each statement comes back as what it was sent as"),
         }
@@ -626,7 +600,6 @@ fn postgres_params<'p>(params: &'p [&'p dyn Param]) -> Vec<&'p (dyn ToSql + Sync
 mod tests {
     use clap::Parser;
 
-    use super::Rows;
     use crate::config::DatabaseConfig;
     use crate::db::{Database, DbError};
 
@@ -647,20 +620,19 @@ mod tests {
     }
 
     /// Deferred writes take part in their transaction as if they had run when asked for: the
-    /// next statement sees them, they commit with it, and one that fails, or changes another
-    /// number of rows than it must, leaves nothing of the transaction behind.
+    /// next statement sees them, they commit with it, and one that fails leaves nothing of the
+    /// transaction behind.
     async fn deferred_writes_stand_or_fall_with_their_transaction(db: Database) {
         let table = format!("deferred_{}", uuid::Uuid::new_v4().simple());
         let create = format!("CREATE TABLE {table} (id BIGINT PRIMARY KEY)");
         db.write().run(async move |conn| conn.batch(&create).await).await.unwrap();
         let insert: &'static str = format!("INSERT INTO {table} (id) VALUES ($1)").leak();
-        let update: &'static str = format!("UPDATE {table} SET id = $1 WHERE id = $2").leak();
 
         let seen = db
             .write()
             .transaction(async move |conn| {
-                conn.defer(insert, &[&1_i64], Rows::Exactly(1, "inserted".into())).await?;
-                conn.defer(insert, &[&2_i64], Rows::Any).await?;
+                conn.defer(insert, &[&1_i64]).await?;
+                conn.defer(insert, &[&2_i64]).await?;
                 let sql = format!("SELECT count(*) FROM {}", insert.split(' ').nth(2).unwrap());
                 conn.query_one(&sql, &[], |row| row.get::<i64>(0)).await
             })
@@ -673,22 +645,12 @@ mod tests {
             .write()
             .transaction(async move |conn| {
                 conn.execute(insert, &[&3_i64]).await?;
-                conn.defer(insert, &[&4_i64], Rows::Any).await?;
-                conn.defer(insert, &[&1_i64], Rows::Any).await
+                conn.defer(insert, &[&4_i64]).await?;
+                conn.defer(insert, &[&1_i64]).await
             })
             .await;
         assert!(duplicate.is_err_and(|error| error.is_unique_violation()), "the failing write's own error");
         assert_eq!(ids(&db, &table).await, [1, 2], "nothing of a transaction whose deferred write failed");
-
-        let missed: Result<(), DbError> = db
-            .write()
-            .transaction(async move |conn| {
-                conn.execute(insert, &[&5_i64]).await?;
-                conn.defer(update, &[&6_i64, &99_i64], Rows::Exactly(1, "row 99 is gone".into())).await
-            })
-            .await;
-        assert!(matches!(missed, Err(DbError::Other(ref reason)) if reason == "row 99 is gone"), "{missed:?}");
-        assert_eq!(ids(&db, &table).await, [1, 2], "nothing of a transaction whose write missed its rows");
 
         let drop = format!("DROP TABLE {table}");
         db.write().run(async move |conn| conn.batch(&drop).await).await.unwrap();
@@ -710,7 +672,7 @@ mod tests {
                 let none = conn.ahead(count, &[], count_row).await?;
                 conn.execute(insert, &[&1_i64]).await?;
                 let one = conn.ahead(count, &[], count_row).await?;
-                conn.defer(insert, &[&2_i64], Rows::Exactly(1, "inserted".into())).await?;
+                conn.defer(insert, &[&2_i64]).await?;
                 let two = conn.ahead(count, &[], count_row).await?;
                 let three_later = {
                     conn.execute(insert, &[&3_i64]).await?;

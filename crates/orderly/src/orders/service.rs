@@ -234,7 +234,7 @@ pub async fn cancel_order(
         async move |conn| {
             let order = store::lock_order(conn, id, owner).await?.ok_or(OrderError::NotFound)?;
             match order.status {
-                OrderStatus::Cancelled => return Ok((order, None)),
+                OrderStatus::Cancelled => return Ok((order.into_order(), None)),
                 OrderStatus::Pending => {}
                 other => return Err(OrderError::InvalidState(other)),
             }

@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use crate::db::{Ahead, Backend, Conn, DbError, Param, Row, Rows, now};
+use crate::db::{Ahead, Backend, Conn, DbError, Param, Row, now};
 use crate::listing::{ListParams, and_where, seek};
 use orderly_kit::pagination::Page;
 
@@ -137,7 +137,6 @@ pub async fn insert_order(
              idempotency_claim)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         &[&id, &user_id, &status.as_str(), &currency, &total, &version, &now, &now, &items, &claim],
-        Rows::Any,
     )
     .await?;
     Ok(Order {
@@ -182,13 +181,13 @@ pub async fn release_claim(conn: &mut Conn<'_>, claim: &str) -> Result<(), DbErr
 
 /// As [`find_order`], locked until the transaction ends (`FOR UPDATE` on PostgreSQL; SQLite
 /// has a single writer).
-pub async fn lock_order(conn: &mut Conn<'_>, id: Uuid, owner: Option<Uuid>) -> Result<Option<Order>, DbError> {
+pub async fn lock_order(conn: &mut Conn<'_>, id: Uuid, owner: Option<Uuid>) -> Result<Option<Locked>, DbError> {
     let locked = lock_order_ahead(conn, id, owner).await?;
     conn.fetch_opt(locked).await
 }
 
 /// [`lock_order`], sent ahead of the unit's next statement ([`Conn::ahead`]).
-pub async fn lock_order_ahead(conn: &mut Conn<'_>, id: Uuid, owner: Option<Uuid>) -> Result<Ahead<Order>, DbError> {
+pub async fn lock_order_ahead(conn: &mut Conn<'_>, id: Uuid, owner: Option<Uuid>) -> Result<Ahead<Locked>, DbError> {
     let postgres = conn.backend() == Backend::Postgres;
     match owner {
         None => {
@@ -197,7 +196,7 @@ pub async fn lock_order_ahead(conn: &mut Conn<'_>, id: Uuid, owner: Option<Uuid>
             } else {
                 concat!("SELECT ", order_columns!(), " FROM orders WHERE id = $1")
             };
-            conn.ahead(sql, &[&id], Order::from_row).await
+            conn.ahead(sql, &[&id], |row| Order::from_row(row).map(Locked)).await
         }
         Some(owner) => {
             let sql = if postgres {
@@ -205,24 +204,45 @@ pub async fn lock_order_ahead(conn: &mut Conn<'_>, id: Uuid, owner: Option<Uuid>
             } else {
                 concat!("SELECT ", order_columns!(), " FROM orders WHERE id = $1 AND user_id = $2")
             };
-            conn.ahead(sql, &[&id, &owner], Order::from_row).await
+            conn.ahead(sql, &[&id, &owner], |row| Order::from_row(row).map(Locked)).await
         }
     }
 }
 
-/// Moves an order read under lock in this transaction to `status`. The one way an order's
-/// status changes, for this module and for payments; like every change of an order, it bumps
-/// the version ([`KnownOrders`] relies on that).
-pub async fn set_status(conn: &mut Conn<'_>, current: &Order, status: OrderStatus) -> Result<Order, DbError> {
+/// An order read under its row lock in the current transaction ([`lock_order`]): nothing else
+/// can change it until the transaction ends, so it is the one kind of order whose status may
+/// be set ([`set_status`]).
+pub struct Locked(Order);
+
+impl Locked {
+    /// The order as read, lock or no lock.
+    pub fn into_order(self) -> Order {
+        self.0
+    }
+}
+
+impl std::ops::Deref for Locked {
+    type Target = Order;
+
+    fn deref(&self) -> &Order {
+        &self.0
+    }
+}
+
+/// Moves a locked order to `status`. The one way an order's status changes, for this module
+/// and for payments; like every change of an order, it bumps the version ([`KnownOrders`]
+/// relies on that). It travels with the transaction's next statement or its `COMMIT`, its row
+/// count unchecked: the lock holds the version it was read at (checking the count before
+/// `COMMIT` would cost a round trip of its own).
+pub async fn set_status(conn: &mut Conn<'_>, current: &Locked, status: OrderStatus) -> Result<Order, DbError> {
     let updated_at = now();
     let version = current.version + 1;
     conn.defer(
         "UPDATE orders SET status = $1, version = $2, updated_at = $3 WHERE id = $4 AND version = $5",
         &[&status.as_str(), &version, &updated_at, &current.id, &current.version],
-        Rows::Exactly(1, format!("order {} changed under its lock", current.id)),
     )
     .await?;
-    Ok(Order { status, version, updated_at, ..current.clone() })
+    Ok(Order { status, version, updated_at, ..current.0.clone() })
 }
 
 /// How many orders are in each status (statuses without orders are absent).

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::store::PaymentStatus;
-use crate::db::{Conn, DbError, Param, Row, Rows, now};
+use crate::db::{Conn, DbError, Param, Row, now};
 
 /// A provider call written ahead (a `payment_attempts` row).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -205,7 +205,6 @@ pub async fn insert(conn: &mut Conn<'_>, new: NewAttempt) -> Result<Attempt, DbE
             &row.outcome.map(Outcome::as_str),
             &row.reconcile_after,
         ],
-        Rows::Any,
     )
     .await?;
     Ok(row)
@@ -356,7 +355,6 @@ pub async fn settle(conn: &mut Conn<'_>, settlement: Settlement<'_>) -> Result<(
             &settlement.order_id,
             &settlement.provider_key,
         ],
-        Rows::Any,
     )
     .await
 }

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::db::{Backend, Conn, DbError, Param, Row, Rows, now};
+use crate::db::{Backend, Conn, DbError, Param, Row, now};
 use crate::listing::{ListParams, and_where, seek};
 use orderly_kit::pagination::Page;
 
@@ -217,7 +217,6 @@ pub async fn insert_payment(conn: &mut Conn<'_>, new: NewPayment) -> Result<Paym
             &row.created_at,
             &row.updated_at,
         ],
-        Rows::Any,
     )
     .await?;
     if row.status == PaymentStatus::Succeeded {
@@ -253,7 +252,6 @@ async fn append_ledger(
     conn.defer(
         concat!("INSERT INTO transactions (", ledger_columns!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"),
         &[&Uuid::now_v7(), &kind.as_str(), &payment.id, &refund_id, &payment.order_id, &amount, &payment.currency, &at],
-        Rows::Any,
     )
     .await
 }
