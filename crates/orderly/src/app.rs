@@ -64,10 +64,15 @@ impl Application {
         let metrics = orderly_kit::metrics::install();
         ops::describe_metrics();
         let embedded = DatabaseKind::of(&config.database)? == DatabaseKind::Sqlite;
-        if config.payments.payment_provider_deadline >= config.http.request_timeout {
+        let (deadline, timeout) = (config.payments.payment_provider_deadline, config.http.request_timeout);
+        if deadline >= timeout {
+            // Either may be the one that was changed: the line names both, with their values.
             return Err(ConfigError::new(
-                "ORDERLY_PAYMENT_PROVIDER_DEADLINE",
-                "must be shorter than ORDERLY_REQUEST_TIMEOUT, so a charge is recorded before the request gives up",
+                "ORDERLY_REQUEST_TIMEOUT and ORDERLY_PAYMENT_PROVIDER_DEADLINE",
+                format!(
+                    "the request timeout ({timeout:?}) must be longer than the payment provider deadline \
+                     ({deadline:?}), so a charge is recorded before the request gives up"
+                ),
             )
             .into());
         }

@@ -27,6 +27,13 @@ pub enum CliError {
     Failed(String),
 }
 
+impl CliError {
+    /// Whether a setting was refused (rather than something failing while running).
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, Self::Config(_) | Self::Start(StartError::Config(_)))
+    }
+}
+
 impl From<passwords::HashingFailed> for CliError {
     fn from(error: passwords::HashingFailed) -> Self {
         Self::Failed(error.to_string())

@@ -94,7 +94,7 @@ pub struct DatabaseConfig {
     pub database_max_connections: u32,
 
     /// How long a request waits for a free connection before answering 503.
-    #[arg(long, env = "ORDERLY_DATABASE_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, env = "ORDERLY_DATABASE_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = parse_positive_duration)]
     pub database_acquire_timeout: Duration,
 }
 
@@ -157,11 +157,11 @@ pub struct AuthConfig {
     pub password_hashers: u16,
 
     /// Lifetime of access tokens.
-    #[arg(long, env = "ORDERLY_ACCESS_TOKEN_TTL", default_value = "15m", value_parser = parse_duration)]
+    #[arg(long, env = "ORDERLY_ACCESS_TOKEN_TTL", default_value = "15m", value_parser = parse_positive_duration)]
     pub access_token_ttl: Duration,
 
     /// Lifetime of refresh tokens (each use rotates the token).
-    #[arg(long, env = "ORDERLY_REFRESH_TOKEN_TTL", default_value = "30d", value_parser = parse_duration)]
+    #[arg(long, env = "ORDERLY_REFRESH_TOKEN_TTL", default_value = "30d", value_parser = parse_positive_duration)]
     pub refresh_token_ttl: Duration,
 }
 
@@ -173,7 +173,7 @@ pub struct PaymentsConfig {
     pub payment_provider_url: Option<String>,
 
     /// Deadline of one call to the provider.
-    #[arg(long, env = "ORDERLY_PAYMENT_PROVIDER_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "ORDERLY_PAYMENT_PROVIDER_TIMEOUT", default_value = "2s", value_parser = parse_positive_duration)]
     pub payment_provider_timeout: Duration,
 
     /// Calls per operation, first try included; timeouts and 5xx are retried with backoff.
@@ -185,7 +185,7 @@ pub struct PaymentsConfig {
     pub payment_provider_backoff: Duration,
 
     /// Budget of one operation, retries included: past it, the client gets 503.
-    #[arg(long, env = "ORDERLY_PAYMENT_PROVIDER_DEADLINE", default_value = "6s", value_parser = parse_duration)]
+    #[arg(long, env = "ORDERLY_PAYMENT_PROVIDER_DEADLINE", default_value = "6s", value_parser = parse_positive_duration)]
     pub payment_provider_deadline: Duration,
 
     /// Consecutive failed calls that open the circuit breaker.
@@ -204,7 +204,7 @@ pub struct PaymentsConfig {
     /// database outage) the provider is asked what became of it, if no retry has settled it by
     /// then. A lookup that finds nothing is believed only once the call is also older than the
     /// provider deadline + 5 s.
-    #[arg(long, env = "ORDERLY_PAYMENT_SETTLE_AFTER", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "ORDERLY_PAYMENT_SETTLE_AFTER", default_value = "60s", value_parser = parse_positive_duration)]
     pub payment_settle_after: Duration,
 
     /// Sandbox only: share of calls (0.0–1.0) that fail as if the provider were down.
@@ -227,11 +227,11 @@ pub struct HttpConfig {
     pub max_in_flight: u32,
 
     /// Deadline for handling one request.
-    #[arg(long, env = "ORDERLY_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "ORDERLY_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub request_timeout: Duration,
 
     /// How long the response to an `Idempotency-Key` is kept for replay.
-    #[arg(long, env = "ORDERLY_IDEMPOTENCY_TTL", default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, env = "ORDERLY_IDEMPOTENCY_TTL", default_value = "24h", value_parser = parse_positive_duration)]
     pub idempotency_ttl: Duration,
 
     /// `max-age` of public catalog reads, in seconds.
@@ -301,7 +301,7 @@ pub struct RedisConfig {
     pub redis_key_prefix: String,
 
     /// Deadline of one Redis call; past it, the instance uses its own state for that request.
-    #[arg(long, env = "ORDERLY_REDIS_TIMEOUT", default_value = "250ms", value_parser = parse_duration)]
+    #[arg(long, env = "ORDERLY_REDIS_TIMEOUT", default_value = "250ms", value_parser = parse_positive_duration)]
     pub redis_timeout: Duration,
 }
 
@@ -313,6 +313,14 @@ pub enum LogFormat {
 }
 
 /// Parses `500ms`, `10s`, `15m`, `24h`, `30d`.
+/// [`parse_duration`] for a setting that has no meaning at zero (a lifetime, a timeout).
+pub fn parse_positive_duration(raw: &str) -> Result<Duration, String> {
+    match parse_duration(raw)? {
+        Duration::ZERO => Err(format!("`{raw}` is zero; it must be longer")),
+        duration => Ok(duration),
+    }
+}
+
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
     let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
@@ -399,5 +407,18 @@ mod tests {
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("10y").is_err());
+    }
+
+    #[test]
+    fn lifetimes_and_timeouts_are_longer_than_zero() {
+        assert_eq!(parse_positive_duration("1ms"), Ok(Duration::from_millis(1)));
+        for zero in ["0s", "0ms", "0d"] {
+            assert!(parse_positive_duration(zero).is_err(), "{zero}");
+        }
+        let settings = ["--access-token-ttl", "--refresh-token-ttl", "--request-timeout", "--idempotency-ttl"];
+        for setting in settings {
+            let parsed = Cli::try_parse_from(["orderly", "serve", setting, "0s"]);
+            assert!(parsed.is_err(), "{setting} 0s is refused");
+        }
     }
 }

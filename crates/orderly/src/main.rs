@@ -50,7 +50,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("orderly: {error}");
-            ExitCode::from(1)
+            // A bad setting exits 2, wherever it was caught, as one that fails to parse does.
+            ExitCode::from(if error.is_configuration() { 2 } else { 1 })
         }
     }
 }

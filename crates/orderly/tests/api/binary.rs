@@ -62,6 +62,10 @@ fn bad_configuration_stops_the_process_with_one_line_naming_the_setting() {
         // A replica needs PostgreSQL; the embedded default is SQLite.
         ("ORDERLY_DATABASE_READ_URL", "postgres://user:hunter2@127.0.0.1:1/db", "ORDERLY_DATABASE_READ_URL"),
         ("ORDERLY_DATABASE_READ_MAX_LAG", "soon", "ORDERLY_DATABASE_READ_MAX_LAG"),
+        // Zero is no lifetime: tokens with `expires_in: 0` were handed out and kept working.
+        ("ORDERLY_ACCESS_TOKEN_TTL", "0s", "ORDERLY_ACCESS_TOKEN_TTL"),
+        // Shorter than the payment provider's deadline (6 s): the line names what was changed.
+        ("ORDERLY_REQUEST_TIMEOUT", "5s", "ORDERLY_REQUEST_TIMEOUT"),
     ];
     for (name, value, named) in cases {
         let dir = TempDir::new();
@@ -75,7 +79,7 @@ fn bad_configuration_stops_the_process_with_one_line_naming_the_setting() {
         let status = wait_with_timeout(&mut child, Duration::from_secs(20));
         let mut stderr = String::new();
         std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-        assert!(!status.success(), "{name}={value} must stop the process");
+        assert_eq!(status.code(), Some(2), "{name}={value} stops the process as a usage error");
         assert_eq!(stderr.trim_end().lines().count(), 1, "{name}: one line, got {stderr:?}");
         assert!(stderr.contains(named), "{name}: the line names {named}: {stderr:?}");
         assert!(!stderr.contains("hunter2") && !stderr.contains("bm90IGEga2V5"), "secrets are not echoed: {stderr:?}");
