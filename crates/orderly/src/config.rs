@@ -360,8 +360,21 @@ impl ConfigError {
     }
 }
 
+/// Every variable a setting is read from: those of the command line's flags, and the admin
+/// password `orderly admin create-user` reads.
+fn known_settings() -> std::collections::BTreeSet<String> {
+    fn gather(command: &clap::Command, names: &mut std::collections::BTreeSet<String>) {
+        names.extend(command.get_arguments().filter_map(|arg| arg.get_env()).map(|env| env.to_string_lossy().into()));
+        command.get_subcommands().for_each(|subcommand| gather(subcommand, names));
+    }
+    let mut names = std::collections::BTreeSet::from(["ORDERLY_ADMIN_PASSWORD".to_owned()]);
+    gather(&<Cli as clap::CommandFactory>::command(), &mut names);
+    names
+}
+
 /// Loads `ORDERLY_*` lines from an env-style file into the environment, without overriding
-/// variables that are already set. Must run before any thread starts.
+/// variables that are already set; a name no setting reads is refused (a misspelt setting
+/// would otherwise be ignored). Must run before any thread starts.
 pub fn load_config_file(path: &std::path::Path) -> Result<(), ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|error| ConfigError::new("ORDERLY_CONFIG", format!("cannot read {}: {error}", path.display())))?;
@@ -374,7 +387,7 @@ pub fn load_config_file(path: &std::path::Path) -> Result<(), ConfigError> {
             ConfigError::new("ORDERLY_CONFIG", format!("{} line {}: expected KEY=value", path.display(), number + 1))
         })?;
         let key = key.trim().trim_start_matches("export ").trim();
-        if !key.starts_with("ORDERLY_") {
+        if !known_settings().contains(key) {
             return Err(ConfigError::new(
                 "ORDERLY_CONFIG",
                 format!("{} line {}: `{key}` is not an ORDERLY_ setting", path.display(), number + 1),
@@ -407,6 +420,21 @@ mod tests {
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("10y").is_err());
+    }
+
+    #[test]
+    fn a_config_file_may_name_only_settings_that_exist() {
+        let known = known_settings();
+        for name in ["ORDERLY_LISTEN", "ORDERLY_DATABASE_URL", "ORDERLY_ACCESS_TOKEN_TTL", "ORDERLY_ADMIN_PASSWORD"] {
+            assert!(known.contains(name), "{name}");
+        }
+        let path = std::env::temp_dir().join(format!("orderly-config-{}.env", std::process::id()));
+        std::fs::write(&path, "# a misspelt setting\nORDERLY_LISTN=127.0.0.1:9\n").unwrap();
+        let refused = load_config_file(&path).unwrap_err();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(refused.setting, "ORDERLY_CONFIG");
+        assert!(refused.reason.contains("line 2: `ORDERLY_LISTN` is not an ORDERLY_ setting"), "{}", refused.reason);
+        assert!(std::env::var_os("ORDERLY_LISTN").is_none(), "nothing of the file was loaded");
     }
 
     #[test]

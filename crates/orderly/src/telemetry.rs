@@ -24,7 +24,10 @@ pub fn init(format: LogFormat) -> Option<FlushGuard> {
         // A subscriber may already be installed (tests run several apps in one process).
         tracing_subscriber::registry().with(layer.with_filter(filter())).try_init().ok().map(|()| guard)
     } else {
-        let _ = tracing_subscriber::fmt().with_env_filter(filter()).with_writer(std::io::stdout).try_init();
+        // Colours only on a terminal: `text` into a file or a pipe is plain text.
+        let ansi = std::io::stdout().is_terminal();
+        let _ =
+            tracing_subscriber::fmt().with_env_filter(filter()).with_ansi(ansi).with_writer(std::io::stdout).try_init();
         None
     }
 }

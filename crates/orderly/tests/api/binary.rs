@@ -86,6 +86,32 @@ fn bad_configuration_stops_the_process_with_one_line_naming_the_setting() {
     }
 }
 
+/// `--log-format text` written into a file or a pipe is plain text, without colour codes.
+#[test]
+fn text_logs_into_a_pipe_carry_no_colour_codes() {
+    let dir = TempDir::new();
+    let mut child = orderly(&dir, &["serve", "--listen", "127.0.0.1:0", "--log-format", "text"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    while !log.last().is_some_and(|line: &String| line.contains("listening")) {
+        log.push(lines.recv_timeout(Duration::from_secs(30)).expect("the server says it listens"));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(log.iter().all(|line| !line.contains('\u{1b}')), "no escape codes: {log:?}");
+    assert!(log.iter().any(|line| line.contains("INFO")), "the level is written as text: {log:?}");
+}
+
 #[test]
 fn serve_logs_one_json_line_per_request_never_logs_secrets_and_stops_on_sigterm() {
     let dir = TempDir::new();

@@ -171,7 +171,7 @@ crate::on_every_backend!(
 
 #[tokio::test]
 async fn a_request_past_its_deadline_gets_503_with_retry_after() {
-    let app = TestApp::spawn_with(Backend::Sqlite, &["--request-timeout", "1ms", "--payment-provider-deadline", "0ms"])
+    let app = TestApp::spawn_with(Backend::Sqlite, &["--request-timeout", "2ms", "--payment-provider-deadline", "1ms"])
         .await
         .unwrap();
     let response = app
