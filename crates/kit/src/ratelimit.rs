@@ -117,14 +117,20 @@ impl Decision {
 
     /// The 429 for a refused request, with `Retry-After` equal to `t` and both headers.
     pub fn rejection(&self) -> Response {
-        let retry_after = self.reset_secs().max(1);
-        let mut response = Problem::new(
-            http::StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!("Too many requests; retry in {retry_after} s."),
-        )
-        .with_header(http::header::RETRY_AFTER, retry_after.into())
-        .into_response();
+        let detail = format!("Too many requests; retry in {} s.", self.retry_after_secs());
+        self.refusing(Problem::new(http::StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail).into_response())
+    }
+
+    /// Seconds a refused client waits: `t`, and at least one.
+    pub fn retry_after_secs(&self) -> u64 {
+        self.reset_secs().max(1)
+    }
+
+    /// `response` (a 429 in another body than a problem, for an endpoint whose clients expect
+    /// one) with the headers of [`Decision::rejection`].
+    pub fn refusing(&self, mut response: Response) -> Response {
+        let retry_after = self.retry_after_secs();
+        response.headers_mut().insert(http::header::RETRY_AFTER, retry_after.into());
         let mut decision = self.clone();
         decision.reset = Duration::from_secs(retry_after);
         decision.write_headers(response.headers_mut());
@@ -135,9 +141,21 @@ impl Decision {
 /// Counts one request against `key` under `policy`, and answers 429 when over quota; otherwise
 /// runs the request and adds the rate-limit headers to its response.
 pub async fn enforce(limiter: &Limiter, policy: &str, key: &str, request: Request, next: Next) -> Response {
+    enforce_with(limiter, policy, key, request, next, Decision::rejection).await
+}
+
+/// [`enforce`], answering a refusal with `refuse` (built on [`Decision::refusing`]).
+pub async fn enforce_with(
+    limiter: &Limiter,
+    policy: &str,
+    key: &str,
+    request: Request,
+    next: Next,
+    refuse: impl FnOnce(&Decision) -> Response,
+) -> Response {
     let decision = limiter.check(policy, key).await;
     if !decision.allowed {
-        return decision.rejection();
+        return refuse(&decision);
     }
     let mut response = next.run(request).await;
     decision.write_headers(response.headers_mut());

@@ -18,10 +18,11 @@ use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use orderly_kit::client_ip::{self, TrustedProxies};
 use orderly_kit::ratelimit::{self, Decision, Limiter, Policy};
 
+use crate::accounts::OAuthError;
 use crate::accounts::auth::Authenticator;
 use crate::accounts::tokens::hash_secret;
 use crate::config::LimitsConfig;
@@ -33,6 +34,7 @@ const CREDENTIALS: &str = "credentials";
 const ACCOUNT_LOGIN: &str = "account_login";
 
 const CREDENTIAL_PATHS: &str = "/api/v1/auth/";
+const TOKEN_PATH: &str = "/api/v1/auth/token";
 
 pub fn policies(config: &LimitsConfig) -> [Policy; 5] {
     [
@@ -85,6 +87,11 @@ pub async fn middleware(State(limits): State<Arc<RateLimits>>, mut request: Requ
             Ok(None) | Err(_) => (ANONYMOUS, client_key(&limits.trusted_proxies, &request)),
         }
     };
+    if request.uri().path() == TOKEN_PATH {
+        // OAuth 2.0 clients read the token endpoint's errors by their `error` member.
+        let refuse = |decision: &Decision| decision.refusing(OAuthError::rate_limited(decision).into_response());
+        return ratelimit::enforce_with(&limits.limiter, policy, &key, request, next, refuse).await;
+    }
     ratelimit::enforce(&limits.limiter, policy, &key, request, next).await
 }
 

@@ -19,7 +19,7 @@ pub mod service;
 pub mod store;
 pub mod tokens;
 
-pub use routes::router;
+pub use routes::{OAuthError, router};
 
 /// What the account endpoints use. Cheap to clone: every field is shared.
 #[derive(Clone)]

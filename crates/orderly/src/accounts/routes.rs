@@ -15,6 +15,7 @@ use orderly_kit::docs::{
 use orderly_kit::extract::{BodyKind, Id, JsonBody, Query, parse_json_object, query_pairs, read_body};
 use orderly_kit::fields::select;
 use orderly_kit::idempotency::KeyedWrite;
+use orderly_kit::ratelimit::Decision;
 use orderly_kit::validation::{json, text};
 use serde::Serialize;
 use serde_json::Value;
@@ -269,6 +270,8 @@ pub enum RefreshTokenGrantType {
         (status = 400, description = "RFC 6749 error: `invalid_request`, `invalid_grant`, `unsupported_grant_type`", body = OAuthError),
         (status = 413, response = PayloadTooLarge),
         (status = 415, description = "The body is neither form-encoded nor JSON", body = OAuthError),
+        (status = 429, description = "Too many token requests, from this address or for this account: RFC 6749 error `temporarily_unavailable`", body = OAuthError,
+            headers(("Retry-After" = u64, description = "Seconds to wait"), ("RateLimit" = String), ("RateLimit-Policy" = String))),
     )
 )]
 async fn token(State(accounts): State<Accounts>, State(limits): State<RateLimits>, request: Request) -> ApiResult {
@@ -294,7 +297,7 @@ async fn token(State(accounts): State<Accounts>, State(limits): State<RateLimits
         Ok(TokenGrantRequest::Password { username, password }) => {
             let guard = limits.check_account_login(&username).await;
             if !guard.allowed {
-                return Ok(guard.rejection());
+                return Ok(guard.refusing(OAuthError::rate_limited(&guard).into_response()));
             }
             account_guard = Some(guard);
             TokenOutcome::of(service::grant_password(db, keys, ttl, &username, password).await)?
@@ -356,6 +359,13 @@ impl OAuthError {
 
     pub fn invalid_grant(description: impl Into<String>) -> Self {
         Self { status: 400, error: "invalid_grant", error_description: description.into() }
+    }
+
+    /// A refused token request (429): RFC 6749 names no code for it, so it borrows
+    /// `temporarily_unavailable`, which a client treats as a refusal to retry later.
+    pub fn rate_limited(decision: &Decision) -> Self {
+        let description = format!("too many token requests; retry in {} s", decision.retry_after_secs());
+        Self { status: 429, error: "temporarily_unavailable", error_description: description }
     }
 
     pub fn unsupported_grant_type() -> Self {

@@ -41,12 +41,29 @@ async fn get_as(app: &TestApp, path: &str, forwarded_for: Option<&str>) -> reqwe
 }
 
 async fn assert_rate_limited(response: reqwest::Response, policy: &str) {
+    assert_refusal_headers(&response, policy);
+    assert_problem(response, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+}
+
+fn assert_refusal_headers(response: &reqwest::Response, policy: &str) {
     let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
-    let state = rate_limit(&response);
+    let state = rate_limit(response);
     let refusing = state.iter().find(|(name, ..)| name == policy).unwrap_or_else(|| panic!("{policy} in {state:?}"));
     assert_eq!(refusing.1, 0, "nothing remains: {state:?}");
     assert!(retry_after >= 1 && retry_after >= refusing.2, "Retry-After {retry_after} is never earlier than t");
-    assert_problem(response, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+}
+
+/// A refused token request answers as the token endpoint answers every error (RFC 6749 §5.2:
+/// an `error` member), so that an OAuth 2.0 client reads it as a refusal, not as a token.
+async fn assert_token_refused(response: reqwest::Response, policy: &str) {
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_refusal_headers(&response, policy);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+    assert!(body["error_description"].as_str().is_some_and(|text| text.contains("retry in")), "{body}");
+    assert!(body.get("access_token").is_none(), "{body}");
 }
 
 async fn anonymous_callers_get_their_quota_per_ip_then_429(backend: Backend) {
@@ -152,13 +169,13 @@ async fn password_attempts_are_guarded_per_account_and_credential_calls_per_ip(b
     }
     // Past the per-account guard even the right password waits, and the address is not
     // matched case-sensitively.
-    assert_rate_limited(login(&victim.to_uppercase(), "right-password-1").await, "account_login").await;
+    assert_token_refused(login(&victim.to_uppercase(), "right-password-1").await, "account_login").await;
     // Other accounts are not locked by it.
     let other = app.unique_email("other");
     app.register(&other, "other-password-1").await;
     assert_eq!(login(&other, "other-password-1").await.status(), StatusCode::OK);
     // Seven credential calls from this address so far: the per-IP guard now refuses all.
-    assert_rate_limited(login(&other, "other-password-1").await, "credentials").await;
+    assert_token_refused(login(&other, "other-password-1").await, "credentials").await;
     let registering = app
         .post_json(
             "/api/v1/auth/register",
