@@ -176,7 +176,8 @@ pub struct PaymentsConfig {
     #[arg(long, env = "ORDERLY_PAYMENT_PROVIDER_TIMEOUT", default_value = "2s", value_parser = parse_positive_duration)]
     pub payment_provider_timeout: Duration,
 
-    /// Calls per operation, first try included; timeouts and 5xx are retried with backoff.
+    /// Calls per operation, first try included; timeouts, 5xx, 408 and 429 are retried with
+    /// backoff.
     #[arg(long, env = "ORDERLY_PAYMENT_PROVIDER_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub payment_provider_attempts: u32,
 
@@ -238,9 +239,11 @@ pub struct HttpConfig {
     #[arg(long, env = "ORDERLY_CATALOG_MAX_AGE", default_value_t = 60)]
     pub catalog_max_age: u32,
 
-    /// How long this instance may serve a product from memory. Its own writes invalidate at
-    /// once; the TTL bounds how long another instance's writes take to show. Default: 60s on
-    /// SQLite (one instance makes every write), 2s on PostgreSQL. `0s` disables.
+    /// How long a product representation is cached: in Redis when configured (every write, on
+    /// any instance, invalidates the shared copy before it returns), else in this instance's
+    /// memory (its own writes invalidate at once; the TTL bounds how long another instance's
+    /// writes take to show). Default: 60s on SQLite or with Redis, 2s on PostgreSQL without.
+    /// `0s` disables.
     #[arg(long, env = "ORDERLY_CATALOG_CACHE_TTL", value_parser = parse_duration)]
     pub catalog_cache_ttl: Option<Duration>,
 
@@ -420,6 +423,44 @@ mod tests {
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("10y").is_err());
+    }
+
+    /// README's configuration table lists every setting, with the default the binary has.
+    #[test]
+    fn the_readme_documents_every_setting_and_its_default() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+        let row = |name: &str| readme.lines().find(|line| line.starts_with(&format!("| `{name}`"))).map(str::to_owned);
+        fn gather(command: &clap::Command, args: &mut Vec<clap::Arg>) {
+            args.extend(command.get_arguments().cloned());
+            command.get_subcommands().for_each(|subcommand| gather(subcommand, args));
+        }
+        let mut args = Vec::new();
+        gather(&Cli::command(), &mut args);
+        let mut drift = Vec::new();
+        for arg in args {
+            let Some(name) = arg.get_env().map(|name| name.to_string_lossy().into_owned()) else { continue };
+            if let Some(base) = name.strip_suffix("_FILE") {
+                if !readme.contains(&format!("`{base}` / `_FILE`")) {
+                    drift.push(format!("{name} is not named"));
+                }
+                continue;
+            }
+            let Some(row) = row(&name) else {
+                drift.push(format!("{name} has no row"));
+                continue;
+            };
+            // An empty default is an unset setting.
+            if let Some(default) = arg.get_default_values().first().filter(|default| !default.is_empty()) {
+                let default = format!("`{}`", default.to_string_lossy());
+                if !row.split('|').nth(2).unwrap_or_default().contains(&default) {
+                    drift.push(format!("{name} defaults to {default}, not as in: {row}"));
+                }
+            }
+        }
+        if row("RUST_LOG").is_none() {
+            drift.push("RUST_LOG has no row".into());
+        }
+        assert!(drift.is_empty(), "README's configuration table drifted:\n{}", drift.join("\n"));
     }
 
     #[test]

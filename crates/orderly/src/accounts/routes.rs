@@ -434,7 +434,9 @@ pub struct LogoutRequest {
     refresh_token: String,
 }
 
-/// Revoke a refresh token and every token of the same login.
+/// Revoke a refresh token and every refresh token descending from the same login. Access
+/// tokens already issued stay valid until they expire (`ORDERLY_ACCESS_TOKEN_TTL`, 15 minutes
+/// by default): they are checked by signature, not looked up.
 #[utoipa::path(
     post, path = "/auth/logout", tag = "accounts",
     request_body = LogoutRequest,
