@@ -315,7 +315,6 @@ pub enum LogFormat {
     Text,
 }
 
-/// Parses `500ms`, `10s`, `15m`, `24h`, `30d`.
 /// [`parse_duration`] for a setting that has no meaning at zero (a lifetime, a timeout).
 pub fn parse_positive_duration(raw: &str) -> Result<Duration, String> {
     match parse_duration(raw)? {
@@ -324,6 +323,7 @@ pub fn parse_positive_duration(raw: &str) -> Result<Duration, String> {
     }
 }
 
+/// Parses `500ms`, `10s`, `15m`, `24h`, `30d`.
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
     let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
@@ -363,15 +363,24 @@ impl ConfigError {
     }
 }
 
-/// Every variable a setting is read from: those of the command line's flags, and the admin
-/// password `orderly admin create-user` reads.
-fn known_settings() -> std::collections::BTreeSet<String> {
-    fn gather(command: &clap::Command, names: &mut std::collections::BTreeSet<String>) {
-        names.extend(command.get_arguments().filter_map(|arg| arg.get_env()).map(|env| env.to_string_lossy().into()));
-        command.get_subcommands().for_each(|subcommand| gather(subcommand, names));
+/// Every flag of every command that is also read from a variable, with that variable's name.
+fn settings() -> Vec<(String, clap::Arg)> {
+    fn gather(command: &clap::Command, settings: &mut Vec<(String, clap::Arg)>) {
+        let named =
+            command.get_arguments().filter_map(|arg| Some((arg.get_env()?.to_string_lossy().into(), arg.clone())));
+        settings.extend(named);
+        command.get_subcommands().for_each(|subcommand| gather(subcommand, settings));
     }
-    let mut names = std::collections::BTreeSet::from(["ORDERLY_ADMIN_PASSWORD".to_owned()]);
-    gather(&<Cli as clap::CommandFactory>::command(), &mut names);
+    let mut settings = Vec::new();
+    gather(&<Cli as clap::CommandFactory>::command(), &mut settings);
+    settings
+}
+
+/// Every variable a setting is read from: those of the flags, and the admin password
+/// `orderly admin create-user` reads.
+fn known_settings() -> std::collections::BTreeSet<String> {
+    let mut names: std::collections::BTreeSet<String> = settings().into_iter().map(|(name, _)| name).collect();
+    names.insert("ORDERLY_ADMIN_PASSWORD".to_owned());
     names
 }
 
@@ -381,6 +390,7 @@ fn known_settings() -> std::collections::BTreeSet<String> {
 pub fn load_config_file(path: &std::path::Path) -> Result<(), ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|error| ConfigError::new("ORDERLY_CONFIG", format!("cannot read {}: {error}", path.display())))?;
+    let known = known_settings();
     for (number, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -390,7 +400,7 @@ pub fn load_config_file(path: &std::path::Path) -> Result<(), ConfigError> {
             ConfigError::new("ORDERLY_CONFIG", format!("{} line {}: expected KEY=value", path.display(), number + 1))
         })?;
         let key = key.trim().trim_start_matches("export ").trim();
-        if !known_settings().contains(key) {
+        if !known.contains(key) {
             return Err(ConfigError::new(
                 "ORDERLY_CONFIG",
                 format!("{} line {}: `{key}` is not an ORDERLY_ setting", path.display(), number + 1),
@@ -430,15 +440,8 @@ mod tests {
     fn the_readme_documents_every_setting_and_its_default() {
         let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
         let row = |name: &str| readme.lines().find(|line| line.starts_with(&format!("| `{name}`"))).map(str::to_owned);
-        fn gather(command: &clap::Command, args: &mut Vec<clap::Arg>) {
-            args.extend(command.get_arguments().cloned());
-            command.get_subcommands().for_each(|subcommand| gather(subcommand, args));
-        }
-        let mut args = Vec::new();
-        gather(&Cli::command(), &mut args);
         let mut drift = Vec::new();
-        for arg in args {
-            let Some(name) = arg.get_env().map(|name| name.to_string_lossy().into_owned()) else { continue };
+        for (name, arg) in settings() {
             if let Some(base) = name.strip_suffix("_FILE") {
                 if !readme.contains(&format!("`{base}` / `_FILE`")) {
                     drift.push(format!("{name} is not named"));

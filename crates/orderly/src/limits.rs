@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use orderly_kit::client_ip::{self, TrustedProxies};
 use orderly_kit::ratelimit::{self, Decision, Limiter, Policy};
 
@@ -89,8 +89,7 @@ pub async fn middleware(State(limits): State<Arc<RateLimits>>, mut request: Requ
     };
     if request.uri().path() == TOKEN_PATH {
         // OAuth 2.0 clients read the token endpoint's errors by their `error` member.
-        let refuse = |decision: &Decision| decision.refusing(OAuthError::rate_limited(decision).into_response());
-        return ratelimit::enforce_with(&limits.limiter, policy, &key, request, next, refuse).await;
+        return ratelimit::enforce_with(&limits.limiter, policy, &key, request, next, OAuthError::rate_limited).await;
     }
     ratelimit::enforce(&limits.limiter, policy, &key, request, next).await
 }

@@ -297,7 +297,7 @@ async fn token(State(accounts): State<Accounts>, State(limits): State<RateLimits
         Ok(TokenGrantRequest::Password { username, password }) => {
             let guard = limits.check_account_login(&username).await;
             if !guard.allowed {
-                return Ok(guard.refusing(OAuthError::rate_limited(&guard).into_response()));
+                return Ok(OAuthError::rate_limited(&guard));
             }
             account_guard = Some(guard);
             TokenOutcome::of(service::grant_password(db, keys, ttl, &username, password).await)?
@@ -361,11 +361,13 @@ impl OAuthError {
         Self { status: 400, error: "invalid_grant", error_description: description.into() }
     }
 
-    /// A refused token request (429): RFC 6749 names no code for it, so it borrows
-    /// `temporarily_unavailable`, which a client treats as a refusal to retry later.
-    pub fn rate_limited(decision: &Decision) -> Self {
+    /// The 429 of a refused token request, with the rate-limit headers: RFC 6749 names no code
+    /// for it, so it borrows `temporarily_unavailable`, which a client treats as a refusal to
+    /// retry later.
+    pub fn rate_limited(decision: &Decision) -> Response {
         let description = format!("too many token requests; retry in {} s", decision.retry_after_secs());
-        Self { status: 429, error: "temporarily_unavailable", error_description: description }
+        let refusal = Self { status: 429, error: "temporarily_unavailable", error_description: description };
+        decision.refusing(refusal.into_response())
     }
 
     pub fn unsupported_grant_type() -> Self {

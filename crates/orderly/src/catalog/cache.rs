@@ -77,8 +77,8 @@ impl ProductCache {
         Self::Local { entries, epoch: AtomicU64::new(0) }
     }
 
-    /// In Redis, shared by every instance.
-    /// Starts the task that sends lookups to Redis (it ends with the cache).
+    /// In Redis, shared by every instance; starts the task that sends lookups to Redis (it ends
+    /// with the cache).
     pub fn shared(redis: Arc<SharedRedis>, ttl: Duration) -> Self {
         let (lookups, waiting) = mpsc::unbounded_channel();
         tokio::spawn(look_up_in_batches(Arc::clone(&redis), waiting));

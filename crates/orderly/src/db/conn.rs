@@ -410,11 +410,7 @@ impl<'a> Conn<'a> {
 
     /// [`Conn::fetch`] of a read that returns at most one row.
     pub async fn fetch_opt<T>(&mut self, ahead: Ahead<T>) -> Result<Option<T>, DbError> {
-        let mut rows = self.fetch(ahead).await?;
-        if rows.len() > 1 {
-            return Err(DbError::Other(format!("expected at most one row, got {}", rows.len())));
-        }
-        Ok(rows.pop())
+        at_most_one(self.fetch(ahead).await?)
     }
 
     /// Runs a query and maps every row it returns.
@@ -452,11 +448,7 @@ impl<'a> Conn<'a> {
         params: &[&dyn Param],
         map: impl FnMut(&Row<'_>) -> Result<T, DbError>,
     ) -> Result<Option<T>, DbError> {
-        let mut rows = self.query(sql, params, map).await?;
-        if rows.len() > 1 {
-            return Err(DbError::Other(format!("expected at most one row, got {}", rows.len())));
-        }
-        Ok(rows.pop())
+        at_most_one(self.query(sql, params, map).await?)
     }
 
     /// Runs a query that returns exactly one row.
@@ -506,9 +498,8 @@ impl<'a> Conn<'a> {
 
 /// Sends `BEGIN` when it is due and the deferred writes and reads, then `current`, as one
 /// pipeline (a join polls its parts in order, so every request is written before any answer
-/// is awaited), and keeps the rows of the reads. The
-/// server runs them in order; the first to fail fails the rest of the transaction, and its
-/// error is the one returned.
+/// is awaited), and keeps the rows of the reads. The server runs them in order; the first to
+/// fail fails the rest of the transaction, and its error is the one returned.
 async fn pipelined<T>(
     client: &ClientWrapper,
     begin_pending: &mut bool,
@@ -550,6 +541,14 @@ async fn pipelined<T>(
         }
     }
     Ok(value)
+}
+
+/// The one row of `rows`, if any; more is an error.
+fn at_most_one<T>(mut rows: Vec<T>) -> Result<Option<T>, DbError> {
+    if rows.len() > 1 {
+        return Err(DbError::Other(format!("expected at most one row, got {}", rows.len())));
+    }
+    Ok(rows.pop())
 }
 
 /// A prepared statement and `params` encoded for it, to be sent later.

@@ -90,18 +90,7 @@ fn bad_configuration_stops_the_process_with_one_line_naming_the_setting() {
 #[test]
 fn text_logs_into_a_pipe_carry_no_colour_codes() {
     let dir = TempDir::new();
-    let mut child = orderly(&dir, &["serve", "--listen", "127.0.0.1:0", "--log-format", "text"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (lines_tx, lines) = mpsc::channel::<String>();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
+    let (mut child, lines) = serve_reading_stdout(&dir, "text");
     let mut log = Vec::new();
     while !log.last().is_some_and(|line: &String| line.contains("listening")) {
         log.push(lines.recv_timeout(Duration::from_secs(30)).expect("the server says it listens"));
@@ -112,10 +101,9 @@ fn text_logs_into_a_pipe_carry_no_colour_codes() {
     assert!(log.iter().any(|line| line.contains("INFO")), "the level is written as text: {log:?}");
 }
 
-#[test]
-fn serve_logs_one_json_line_per_request_never_logs_secrets_and_stops_on_sigterm() {
-    let dir = TempDir::new();
-    let mut child = orderly(&dir, &["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+/// `orderly serve` on a free port with `--log-format format`, its stdout lines as they come.
+fn serve_reading_stdout(dir: &TempDir, format: &str) -> (std::process::Child, mpsc::Receiver<String>) {
+    let mut child = orderly(dir, &["serve", "--listen", "127.0.0.1:0", "--log-format", format])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -127,6 +115,13 @@ fn serve_logs_one_json_line_per_request_never_logs_secrets_and_stops_on_sigterm(
             let _ = lines_tx.send(line);
         }
     });
+    (child, lines)
+}
+
+#[test]
+fn serve_logs_one_json_line_per_request_never_logs_secrets_and_stops_on_sigterm() {
+    let dir = TempDir::new();
+    let (mut child, lines) = serve_reading_stdout(&dir, "json");
     let mut log = Vec::new();
     let address = loop {
         let line = lines.recv_timeout(Duration::from_secs(30)).expect("the server reports its address");
