@@ -103,14 +103,24 @@ pub fn tighten(openapi: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
             }
         }
     }
-    for name in strict_bodies {
-        let schema = &mut document["components"]["schemas"][&name];
-        if let Some(object) = schema.as_object_mut() {
+    // A strict body's nested objects are as strict as the body.
+    let mut closed = Vec::new();
+    while let Some(name) = strict_bodies.pop() {
+        if closed.contains(&name) {
+            continue;
+        }
+        let schema = document["components"]["schemas"].get_mut(&name);
+        if let Some(object) = schema.and_then(Value::as_object_mut).filter(|o| o.contains_key("properties")) {
             object.insert("additionalProperties".into(), false.into());
             if let Some(properties) = object.get_mut("properties").and_then(Value::as_object_mut) {
                 properties.values_mut().for_each(strip_null);
+                for property in properties.values() {
+                    let nested = schema_name(property).or_else(|| schema_name(&property["items"]));
+                    strict_bodies.extend(nested.map(str::to_owned));
+                }
             }
         }
+        closed.push(name);
     }
     for name in selections {
         let selection = selection_schema(&document["components"]["schemas"], &name);
@@ -123,16 +133,25 @@ pub fn tighten(openapi: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
 /// response under `fields=` may hold any subset of the fields.
 fn selection_schema(schemas: &Value, name: &str) -> Value {
     let mut schema = schemas[name].clone();
-    if let Some(item) = schema_name(&schema["properties"]["data"]["items"]).map(str::to_owned) {
-        schema["properties"]["data"]["items"] = selection_schema(schemas, &item);
-        return schema;
+    let items = schema.pointer_mut("/properties/data/items");
+    match items {
+        Some(items) if schema_name(items).is_some() => {
+            let item = schema_name(items).expect("a reference").to_owned();
+            *items = selection_schema(schemas, &item);
+        }
+        Some(items) if items.get("properties").is_some() => optional_properties(items),
+        _ => optional_properties(&mut schema),
     }
+    schema
+}
+
+/// Makes every property of an object schema optional, saying so in its description.
+fn optional_properties(schema: &mut Value) {
     if let Some(object) = schema.as_object_mut() {
         object.remove("required");
         let description = object.get("description").and_then(Value::as_str).unwrap_or_default().to_owned();
         object.insert("description".into(), format!("{description} (the fields chosen with `fields=`)").trim().into());
     }
-    schema
 }
 
 fn schema_name(schema: &Value) -> Option<&str> {
@@ -145,8 +164,11 @@ fn response_properties(operation: &Value, schemas: &Value) -> Vec<Value> {
         return Vec::new();
     };
     let mut schema = &schemas[name];
-    if let Some(item) = schema_name(&schema["properties"]["data"]["items"]) {
+    let items = &schema["properties"]["data"]["items"];
+    if let Some(item) = schema_name(items) {
         schema = &schemas[item];
+    } else if items.get("properties").is_some() {
+        schema = items;
     }
     schema["properties"].as_object().map(|p| p.keys().map(|k| Value::String(k.clone())).collect()).unwrap_or_default()
 }

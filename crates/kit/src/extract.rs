@@ -8,7 +8,6 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::problem::{FieldError, Problem};
-use crate::validation::Fields;
 
 /// The media type of a request body, as far as the API cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,11 +57,16 @@ pub fn payload_too_large() -> Problem {
     )
 }
 
-/// Parses JSON text; syntax errors are 400 `invalid_json`, a non-object is 422.
+/// Parses JSON text; syntax errors are 400 `invalid_json`.
+pub fn parse_json(bytes: &[u8]) -> Result<Value, Problem> {
+    serde_json::from_slice(bytes)
+        .map_err(|error| Problem::bad_request("invalid_json", format!("The body is not valid JSON: {error}.")))
+}
+
+/// Parses JSON text that must be an object; syntax errors are 400 `invalid_json`, a
+/// non-object is 422.
 pub fn parse_json_object(bytes: &[u8]) -> Result<Map<String, Value>, Problem> {
-    let value: Value = serde_json::from_slice(bytes)
-        .map_err(|error| Problem::bad_request("invalid_json", format!("The body is not valid JSON: {error}.")))?;
-    match value {
+    match parse_json(bytes)? {
         Value::Object(object) => Ok(object),
         _ => Err(Problem::validation(vec![FieldError {
             field: "body".into(),
@@ -72,35 +76,7 @@ pub fn parse_json_object(bytes: &[u8]) -> Result<Map<String, Value>, Problem> {
     }
 }
 
-/// A JSON object request body, ready to be read field by field.
-///
-/// Rejects a non-JSON content type (415), unreadable or oversized bodies (400/413), malformed
-/// JSON (400 `invalid_json`) and anything but an object (422).
-pub struct JsonBody(pub Fields<Value>);
-
-impl<S: Send + Sync> FromRequest<S> for JsonBody {
-    type Rejection = Problem;
-
-    async fn from_request(request: Request, _state: &S) -> Result<Self, Problem> {
-        if BodyKind::of(request.headers()) != Some(BodyKind::Json) {
-            return Err(unsupported_media_type("application/json"));
-        }
-        let bytes = read_body(request).await?;
-        Ok(Self(Fields::from_body(parse_json_object(&bytes)?)))
-    }
-}
-
-/// The query string, ready to be read parameter by parameter; unknown parameters end in 422.
-pub struct Query(pub Fields<String>);
-
-impl<S: Send + Sync> FromRequestParts<S> for Query {
-    type Rejection = Problem;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Problem> {
-        Ok(Self(Fields::from_query(query_pairs(parts.uri.query()))))
-    }
-}
-
+/// The pairs of a query string or form-encoded body, decoded.
 pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
     form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect()
 }

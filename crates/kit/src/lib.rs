@@ -2,13 +2,14 @@
 //!
 //! This crate knows nothing about orders, users or products. It owns the conventions that must
 //! hold identically on every endpoint: RFC 9457 problem responses, per-request context (request
-//! id, trace id), strict body and query parsing that reports every offending field, signed
+//! id, trace id), requests checked against the published OpenAPI document (every offending field reported at once), signed
 //! keyset cursors, `fields=` selection, strong ETags with conditional requests, and the
 //! middleware that bounds, times, logs and measures each request.
 
 pub mod client_ip;
 pub mod conditional;
 pub mod context;
+pub mod contract;
 pub mod cursor;
 pub mod docs;
 pub mod extract;
@@ -26,6 +27,5 @@ pub mod redis;
 pub mod resilience;
 pub mod telemetry;
 pub mod timestamp;
-pub mod validation;
 
 pub use problem::{FieldError, Problem};

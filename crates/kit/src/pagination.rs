@@ -9,15 +9,9 @@ use http::{HeaderValue, Uri, header};
 use serde::Serialize;
 
 use crate::conditional::CacheControl;
-use crate::validation::{Invalid, query};
 
+/// The page size when a request names none.
 pub const DEFAULT_LIMIT: i64 = 20;
-pub const MAX_LIMIT: i64 = 100;
-
-/// Parses the `limit` query parameter: 1–100.
-pub fn parse_limit(raw: &str) -> Result<i64, Invalid> {
-    query::integer(raw, 1, MAX_LIMIT)
-}
 
 /// A page of rows fetched with `limit + 1`.
 pub struct Page<T> {
@@ -35,10 +29,14 @@ impl<T> Page<T> {
     }
 }
 
-/// `{"data": [...], "next_cursor": ..., "has_more": ...}`.
+/// `{"data": [...], "next_cursor": ..., "has_more": ...}`: the one envelope of every list.
+#[derive(utoipa::ToSchema)]
 pub struct ListBody<T> {
+    /// The page's items, in the list's order.
     pub data: Vec<T>,
+    /// Pass as `cursor` to get the next page; `null` on the last page.
     pub next_cursor: Option<String>,
+    /// Whether another page follows.
     pub has_more: bool,
 }
 
@@ -128,14 +126,5 @@ mod tests {
         assert_eq!((page.rows, page.has_more), (vec![1, 2], true));
         let page = Page::from_overfetch(vec![1, 2], 2);
         assert_eq!((page.rows, page.has_more), (vec![1, 2], false));
-    }
-
-    #[test]
-    fn limit_must_be_between_one_and_one_hundred() {
-        assert_eq!(parse_limit("1"), Ok(1));
-        assert_eq!(parse_limit("100"), Ok(100));
-        assert!(parse_limit("0").is_err());
-        assert!(parse_limit("101").is_err());
-        assert!(parse_limit("ten").is_err());
     }
 }

@@ -276,6 +276,8 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
         crate::idempotency::EXEMPT_PATHS,
         crate::payments::KEY_REQUIRED,
     );
+    // Requests are checked against the document itself, so what it publishes is what is enforced.
+    let contract = Arc::new(orderly_kit::contract::Contract::new(&openapi, crate::schemas::MEANINGS));
     // Shared, so each request clones one reference count, not every handle inside.
     let (idempotency, rate_limits) = (Arc::new(state.idempotency.clone()), Arc::new(state.rate_limits.clone()));
     let envelope = Arc::new(middleware::Envelope {
@@ -290,6 +292,7 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
         .merge(api)
         .merge(ops::docs_router(openapi))
         .with_state(state)
+        .layer(axum::Extension(contract))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(idempotency, crate::idempotency::middleware))
         .layer(axum::middleware::from_fn_with_state(rate_limits, crate::limits::middleware))

@@ -125,10 +125,8 @@ async fn create_user(args: CreateUserArgs) -> Result<(), CliError> {
             line.trim_end_matches(['\r', '\n']).to_owned()
         }
     };
-    let invalid = |field: &str, invalid: orderly_kit::validation::Invalid| {
-        CliError::Failed(format!("{field}: {}", invalid.errors.first().map(|e| e.2.as_str()).unwrap_or("is invalid")))
-    };
-    let email = Email::parse(&args.email).map_err(|e| invalid("--email", e))?;
+    let invalid = |field: &str, message: &str| CliError::Failed(format!("{field}: {message}"));
+    let email = Email::parse(args.email.trim()).map_err(|e| invalid("--email", e))?;
     let password = Password::parse(&password).map_err(|e| invalid("password", e))?;
     let name = UserName::parse(&args.name).map_err(|e| invalid("--name", e))?;
     let role = match args.role {

@@ -11,68 +11,71 @@ use orderly_kit::Problem;
 use orderly_kit::conditional::CacheControl;
 use orderly_kit::cursor::CursorCodec;
 use orderly_kit::fields::FieldSelection;
-use orderly_kit::pagination::{DEFAULT_LIMIT, ListBody, Page, list_response, parse_limit, written_list_response};
-use orderly_kit::validation::{Fields, Invalid, query};
-use serde::Serialize;
+use orderly_kit::pagination::{DEFAULT_LIMIT, ListBody, Page, list_response, written_list_response};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 
-/// A sort order as named in `sort=`: a key, descending when prefixed with `-`.
+/// A sort order: a key, descending or not. Each list declares its orders as an enum that
+/// converts to this.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Sort {
     pub key: &'static str,
     pub descending: bool,
 }
 
-impl Sort {
-    /// Parses `raw` against the sort values a list documents (`created_at`, `-created_at`, …).
-    pub fn parse(raw: &str, allowed: &[&'static str]) -> Result<Self, Invalid> {
-        let name = query::one_of(raw, allowed)?;
-        Ok(match name.strip_prefix('-') {
-            Some(key) => Self { key, descending: true },
-            None => Self { key: name, descending: false },
-        })
-    }
-}
-
-/// The sort orders of lists ordered by creation time, as documented.
-#[derive(Serialize, utoipa::ToSchema)]
+/// The sort orders of lists ordered by creation time.
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
 pub enum CreatedAtSort {
     /// Newest first (the default).
+    #[default]
     #[serde(rename = "-created_at")]
     NewestFirst,
     #[serde(rename = "created_at")]
     OldestFirst,
 }
 
-/// Documents the parameters of a list ordered by creation time; filters are documented beside
-/// it by each list.
-#[derive(utoipa::IntoParams)]
+impl From<CreatedAtSort> for Sort {
+    fn from(sort: CreatedAtSort) -> Self {
+        Sort { key: "created_at", descending: matches!(sort, CreatedAtSort::NewestFirst) }
+    }
+}
+
+/// The paging parameters every list takes; each list declares its `sort` and filters beside.
+#[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)] // Documents the query; it is parsed by `ListParams::read`.
-pub struct CreatedAtListQuery {
+pub struct PageQuery {
     /// Page size, 1–100.
     #[param(minimum = 1, maximum = 100, default = 20)]
     limit: Option<i64>,
     /// Opaque cursor from `next_cursor` of the previous page.
+    #[param(min_length = 1)]
     cursor: Option<String>,
+    /// Comma-separated top-level fields to return.
+    #[param(value_type = Option<Vec<String>>)]
+    fields: Option<FieldSelection>,
+}
+
+/// The sort parameter of a list ordered by creation time that has no filters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CreatedAtSortQuery {
     /// Sort order; `-created_at` (newest first) by default.
     #[param(inline)]
-    sort: Option<CreatedAtSort>,
-    /// Comma-separated top-level fields to return.
-    fields: Option<String>,
+    pub sort: Option<CreatedAtSort>,
 }
 
-/// Documents the `fields` parameter of a single-resource GET.
-#[derive(utoipa::IntoParams)]
+/// The `fields` parameter of a single-resource GET.
+#[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)] // Documents the query; it is parsed by `read_fields`.
 pub struct FieldsQuery {
     /// Comma-separated top-level fields to return, e.g. `id,name`.
-    fields: Option<String>,
+    #[param(value_type = Option<Vec<String>>)]
+    pub fields: Option<FieldSelection>,
 }
 
-/// The parameters every list takes.
+/// The parameters of one page of a list.
 #[derive(Debug, Clone)]
 pub struct ListParams {
     pub limit: i64,
@@ -82,19 +85,8 @@ pub struct ListParams {
 }
 
 impl ListParams {
-    /// Reads `limit`, `cursor`, `sort` (first of `sorts` is the default) and `fields`. Errors
-    /// are recorded in `query`; `None` means at least one was invalid.
-    pub fn read(query: &mut Fields<String>, available_fields: &[&'static str], sorts: &[&'static str]) -> Option<Self> {
-        let limit = query.optional("limit", |v| parse_limit(v));
-        let cursor = query.optional("cursor", |v| Ok(v.clone()));
-        let sort = query.optional("sort", |v| Sort::parse(v, sorts));
-        let fields = read_fields(query, available_fields);
-        Some(Self {
-            limit: limit?.unwrap_or(DEFAULT_LIMIT),
-            cursor: cursor?,
-            sort: sort?.unwrap_or(Sort::parse(sorts[0], sorts).expect("the default sort is allowed")),
-            fields: fields?,
-        })
+    pub fn new(page: PageQuery, sort: impl Into<Sort>) -> Self {
+        Self { limit: page.limit.unwrap_or(DEFAULT_LIMIT), cursor: page.cursor, sort: sort.into(), fields: page.fields }
     }
 
     /// Decodes the cursor, if any, for a list whose filters and sort are `scope`.
@@ -105,11 +97,6 @@ impl ListParams {
     ) -> Result<Option<P>, Problem> {
         self.cursor.as_deref().map(|cursor| codec.decode(cursor, scope)).transpose()
     }
-}
-
-/// Reads the optional `fields` parameter of a single-resource GET or a list.
-pub fn read_fields(query: &mut Fields<String>, available: &[&'static str]) -> Option<Option<FieldSelection>> {
-    query.optional("fields", |v| FieldSelection::parse(v, available))
 }
 
 /// Adds ` AND <condition>` to a list query, each `$` in `condition` standing for `value`

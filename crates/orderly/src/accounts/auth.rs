@@ -95,7 +95,7 @@ impl Authenticator {
                 .keys
                 .verify_access_token(token)
                 .ok_or_else(|| unauthorized(Some("The access token is invalid or expired.")))?;
-            let role = Role::parse(&claims.role).map_err(|_| unauthorized(Some("The access token is invalid.")))?;
+            let role = Role::parse(&claims.role).ok_or_else(|| unauthorized(Some("The access token is invalid.")))?;
             Principal { user_id: claims.sub, role, api_key_id: None }
         };
         RequestContext::record_user(&principal.user_id.to_string());

@@ -8,17 +8,18 @@ use chrono::{DateTime, Utc};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use orderly_kit::Problem;
 use orderly_kit::conditional::{CacheControl, conditional_response};
+use orderly_kit::contract::{Body, Params};
 use orderly_kit::docs::{
     BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, PreconditionFailed, Unauthorized, UnsupportedMediaType,
     ValidationFailed,
 };
-use orderly_kit::extract::{BodyKind, Id, JsonBody, Query, parse_json_object, query_pairs, read_body};
+use orderly_kit::extract::{BodyKind, Id, parse_json_object, query_pairs, read_body};
 use orderly_kit::fields::select;
 use orderly_kit::idempotency::KeyedWrite;
+use orderly_kit::pagination::ListBody;
 use orderly_kit::ratelimit::Decision;
-use orderly_kit::validation::{json, text};
-use serde::Serialize;
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -27,9 +28,9 @@ use uuid::Uuid;
 use crate::db::Database;
 use crate::error::{ApiResult, AppError};
 use crate::limits::RateLimits;
-use crate::listing::{CreatedAtSort, FieldsQuery, ListParams, read_fields};
+use crate::listing::{CreatedAtSort, CreatedAtSortQuery, FieldsQuery, ListParams, PageQuery};
 use crate::responses::{Written, written};
-use crate::schemas;
+use crate::schemas::{Name, Token};
 
 use super::Accounts;
 use super::auth::{Admin, Authenticator, Principal};
@@ -74,9 +75,6 @@ pub struct UserBody {
     pub updated_at: DateTime<Utc>,
 }
 
-pub const USER_FIELDS: &[&str] = &["id", "email", "name", "role", "version", "created_at", "updated_at"];
-const USER_SORTS: &[&str] = &["-created_at", "created_at"];
-
 fn user_body(user: &User) -> UserBody {
     UserBody {
         id: user.id,
@@ -116,32 +114,12 @@ pub struct NewApiKeyBody {
     pub secret: String,
 }
 
-const API_KEY_FIELDS: &[&str] = &["id", "name", "prefix", "created_at"];
-const API_KEY_SORTS: &[&str] = &["-created_at", "created_at"];
-
 fn api_key_body(key: &ApiKey) -> ApiKeyBody {
     ApiKeyBody { id: key.id, name: key.name.clone(), prefix: key.prefix.clone(), created_at: key.created_at }
 }
 
 fn api_key_value(key: &ApiKey) -> Value {
     serde_json::to_value(api_key_body(key)).expect("representations serialize")
-}
-
-/// The list envelope, as documented.
-#[derive(ToSchema)]
-#[allow(dead_code)] // Documents the response shape; lists are rendered by `listing::respond`.
-pub struct UserList {
-    data: Vec<UserBody>,
-    next_cursor: Option<String>,
-    has_more: bool,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)] // Documents the response shape; lists are rendered by `listing::respond`.
-pub struct ApiKeyList {
-    data: Vec<ApiKeyBody>,
-    next_cursor: Option<String>,
-    has_more: bool,
 }
 
 impl From<AccountError> for AppError {
@@ -167,16 +145,12 @@ impl From<AccountError> for AppError {
 // Registration and tokens
 
 /// Body of `POST /auth/register`.
-#[derive(ToSchema)]
-#[allow(dead_code)] // Documents the body; it is parsed field by field in `register`.
+#[derive(Deserialize, ToSchema)]
 pub struct RegisterRequest {
-    /// Normalised to lower case; must be unique.
-    #[schema(schema_with = schemas::email)]
-    email: String,
-    #[schema(min_length = 8, max_length = 128, format = Password)]
-    password: String,
-    #[schema(schema_with = schemas::name_100)]
-    name: String,
+    /// Must be unique.
+    email: Email,
+    password: Password,
+    name: UserName,
 }
 
 /// Create a customer account.
@@ -195,12 +169,8 @@ pub struct RegisterRequest {
 async fn register(
     State(accounts): State<Accounts>,
     key: Option<Extension<KeyedWrite>>,
-    JsonBody(mut body): JsonBody,
+    Body(RegisterRequest { email, password, name }): Body<RegisterRequest>,
 ) -> ApiResult {
-    let email = body.required("email", Email::from_json);
-    let password = body.required("password", Password::from_json);
-    let name = body.required("name", UserName::from_json);
-    let (email, password, name) = body.finish((email, password, name))?;
     let key = key.map(|Extension(key)| key);
     let registration = Registration { email, password, name };
     Ok(service::register(&accounts.db, registration, Role::Customer, key, registered_user).await?.into_response())
@@ -210,48 +180,23 @@ fn registered_user(user: &User) -> Written {
     Written::created(format!("/api/v1/users/{}", user.id), &user_value(user), user.updated_at)
 }
 
-/// Body of `POST /auth/token` (form-encoded or JSON): one of the two grants.
-#[derive(Serialize, ToSchema)]
-#[serde(untagged)]
-#[allow(dead_code)] // Documents the body; it is parsed in `token`.
+/// Body of `POST /auth/token` (form-encoded or JSON): one of the two grants, by `grant_type`.
+#[derive(Deserialize, ToSchema)]
+#[serde(tag = "grant_type", rename_all = "snake_case")]
 pub enum TokenRequest {
-    Password(PasswordGrant),
-    RefreshToken(RefreshTokenGrant),
-}
-
-/// `grant_type=password`: exchange an email and password for tokens.
-#[derive(Serialize, ToSchema)]
-#[allow(dead_code)] // Documents the body; it is parsed in `token`.
-pub struct PasswordGrant {
-    grant_type: PasswordGrantType,
-    /// The account email.
-    #[schema(example = "customer@example.com", min_length = 1)]
-    username: String,
-    #[schema(format = Password, example = "customer-password", min_length = 1)]
-    password: String,
-}
-
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-#[allow(dead_code)] // Documents accepted values; requests are parsed by hand.
-pub enum PasswordGrantType {
-    Password,
-}
-
-/// `grant_type=refresh_token`: exchange a refresh token for new tokens (it rotates).
-#[derive(Serialize, ToSchema)]
-#[allow(dead_code)] // Documents the body; it is parsed in `token`.
-pub struct RefreshTokenGrant {
-    grant_type: RefreshTokenGrantType,
-    #[schema(min_length = 1)]
-    refresh_token: String,
-}
-
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-#[allow(dead_code)] // Documents accepted values; requests are parsed by hand.
-pub enum RefreshTokenGrantType {
-    RefreshToken,
+    /// `grant_type=password`: exchange an email and password for tokens.
+    Password {
+        /// The account email.
+        #[schema(example = "customer@example.com", min_length = 1)]
+        username: String,
+        #[schema(format = Password, example = "customer-password", min_length = 1)]
+        password: String,
+    },
+    /// `grant_type=refresh_token`: exchange a refresh token for new tokens (it rotates).
+    RefreshToken {
+        #[schema(min_length = 1)]
+        refresh_token: String,
+    },
 }
 
 /// OAuth 2.0 token endpoint (RFC 6749): password and refresh-token grants.
@@ -292,9 +237,9 @@ async fn token(State(accounts): State<Accounts>, State(limits): State<RateLimits
     };
     let (db, keys, ttl) = (&accounts.db, &accounts.keys, accounts.refresh_token_ttl);
     let mut account_guard = None;
-    let outcome = match token_request(&params) {
+    let outcome = match token_request(params) {
         Err(error) => TokenOutcome::Refused(error),
-        Ok(TokenGrantRequest::Password { username, password }) => {
+        Ok(TokenRequest::Password { username, password }) => {
             let guard = limits.check_account_login(&username).await;
             if !guard.allowed {
                 return Ok(OAuthError::rate_limited(&guard));
@@ -302,7 +247,7 @@ async fn token(State(accounts): State<Accounts>, State(limits): State<RateLimits
             account_guard = Some(guard);
             TokenOutcome::of(service::grant_password(db, keys, ttl, &username, password).await)?
         }
-        Ok(TokenGrantRequest::Refresh { refresh_token }) => {
+        Ok(TokenRequest::RefreshToken { refresh_token }) => {
             TokenOutcome::of(service::grant_refresh(db, keys, ttl, &refresh_token).await)?
         }
     };
@@ -393,11 +338,6 @@ fn no_store(response: &mut Response) {
     response.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
 }
 
-enum TokenGrantRequest {
-    Password { username: String, password: String },
-    Refresh { refresh_token: String },
-}
-
 fn token_params_from_json(body: &[u8]) -> Result<Vec<(String, String)>, OAuthError> {
     let object = parse_json_object(body).map_err(|_| OAuthError::invalid_request("the body must be a JSON object"))?;
     object
@@ -409,31 +349,30 @@ fn token_params_from_json(body: &[u8]) -> Result<Vec<(String, String)>, OAuthErr
         .collect()
 }
 
-fn token_request(params: &[(String, String)]) -> Result<TokenGrantRequest, OAuthError> {
-    let param = |name: &str| -> Result<Option<String>, OAuthError> {
-        let mut values = params.iter().filter(|(n, _)| n == name).map(|(_, v)| v);
-        match (values.next(), values.next()) {
-            (_, Some(_)) => Err(OAuthError::invalid_request(format!("`{name}` must be given at most once"))),
-            (value, None) => Ok(value.filter(|v| !v.is_empty()).cloned()),
+/// Reads the grant from its parameters. A parameter sent without a value counts as omitted
+/// (RFC 6749 §3.1) and unrecognised ones are ignored; a repeated one is refused.
+fn token_request(params: Vec<(String, String)>) -> Result<TokenRequest, OAuthError> {
+    let mut object = Map::new();
+    for (name, value) in params {
+        if object.contains_key(&name) {
+            return Err(OAuthError::invalid_request(format!("`{name}` must be given at most once")));
         }
-    };
-    let required =
-        |name: &str| param(name)?.ok_or_else(|| OAuthError::invalid_request(format!("`{name}` is required")));
-    match required("grant_type")?.as_str() {
-        "password" => {
-            Ok(TokenGrantRequest::Password { username: required("username")?, password: required("password")? })
+        if !value.is_empty() {
+            object.insert(name, Value::String(value));
         }
-        "refresh_token" => Ok(TokenGrantRequest::Refresh { refresh_token: required("refresh_token")? }),
-        _ => Err(OAuthError::unsupported_grant_type()),
     }
+    match object.get("grant_type").and_then(Value::as_str) {
+        None => return Err(OAuthError::invalid_request("`grant_type` is required")),
+        Some("password" | "refresh_token") => {}
+        Some(_) => return Err(OAuthError::unsupported_grant_type()),
+    }
+    serde_json::from_value(Value::Object(object)).map_err(|error| OAuthError::invalid_request(error.to_string()))
 }
 
 /// Body of `POST /auth/logout`.
-#[derive(ToSchema)]
-#[allow(dead_code)] // Documents the body; it is parsed field by field in `logout`.
+#[derive(Deserialize, ToSchema)]
 pub struct LogoutRequest {
-    #[schema(schema_with = schemas::token)]
-    refresh_token: String,
+    refresh_token: Token,
 }
 
 /// Revoke a refresh token and every refresh token descending from the same login. Access
@@ -450,51 +389,25 @@ pub struct LogoutRequest {
         (status = 422, response = ValidationFailed),
     )
 )]
-async fn logout(State(accounts): State<Accounts>, JsonBody(mut body): JsonBody) -> ApiResult {
-    let refresh_token = body.required("refresh_token", |v| text(json::string(v)?, 1, 512));
-    let (refresh_token,) = body.finish((refresh_token,))?;
-    service::logout(&accounts.db, &refresh_token).await?;
+async fn logout(State(accounts): State<Accounts>, Body(request): Body<LogoutRequest>) -> ApiResult {
+    service::logout(&accounts.db, &request.refresh_token.0).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 // ---------------------------------------------------------------------------------------------
 // Users
 
-#[derive(IntoParams)]
+/// The filters of the user list.
+#[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)] // Documents the query; it is parsed field by field in `list_users`.
 pub struct UserListQuery {
-    /// Page size, 1–100.
-    #[param(minimum = 1, maximum = 100, default = 20)]
-    limit: Option<i64>,
-    /// Opaque cursor from `next_cursor` of the previous page.
-    cursor: Option<String>,
     /// Sort order; `-created_at` (newest first) by default.
     #[param(inline)]
     sort: Option<CreatedAtSort>,
-    /// Comma-separated top-level fields to return.
-    fields: Option<String>,
     /// Only users with this role.
     role: Option<Role>,
     /// Only the user with this email (case-insensitive).
-    #[param(schema_with = schemas::email)]
-    email: Option<String>,
-}
-
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-#[allow(dead_code)] // Documents the query; it is parsed field by field in `list_api_keys`.
-pub struct ApiKeyListQuery {
-    /// Page size, 1–100.
-    #[param(minimum = 1, maximum = 100, default = 20)]
-    limit: Option<i64>,
-    /// Opaque cursor from `next_cursor` of the previous page.
-    cursor: Option<String>,
-    /// Sort order; `-created_at` (newest first) by default.
-    #[param(inline)]
-    sort: Option<CreatedAtSort>,
-    /// Comma-separated top-level fields to return.
-    fields: Option<String>,
+    email: Option<Email>,
 }
 
 /// The caller's own account.
@@ -511,10 +424,8 @@ async fn get_me(
     State(accounts): State<Accounts>,
     principal: Principal,
     headers: HeaderMap,
-    Query(mut query): Query,
+    Params(FieldsQuery { fields }): Params<FieldsQuery>,
 ) -> ApiResult {
-    let fields = read_fields(&mut query, USER_FIELDS);
-    let (fields,) = query.finish((fields,))?;
     let user_id = principal.user_id;
     let user = accounts
         .db
@@ -531,11 +442,9 @@ async fn get_me(
 }
 
 /// Body of `PATCH /users/me`.
-#[derive(ToSchema)]
-#[allow(dead_code)] // Documents the body; it is parsed field by field.
+#[derive(Deserialize, ToSchema)]
 pub struct UpdateMeRequest {
-    #[schema(schema_with = schemas::name_100)]
-    name: Option<String>,
+    name: Option<UserName>,
 }
 
 /// Change the caller's own name. Honours `If-Match`.
@@ -555,19 +464,17 @@ async fn patch_me(
     State(accounts): State<Accounts>,
     principal: Principal,
     headers: HeaderMap,
-    JsonBody(mut body): JsonBody,
+    Body(UpdateMeRequest { name }): Body<UpdateMeRequest>,
 ) -> ApiResult {
-    let name = body.optional("name", UserName::from_json);
-    let (name,) = body.finish((name,))?;
     let changes = UserChanges { name: name.map(UserName::into_inner), role: None };
     update_user(&accounts.db, headers, principal.user_id, changes).await
 }
 
 /// List users (admin).
 #[utoipa::path(
-    get, path = "/users", tag = "users", params(UserListQuery), security(("bearer" = [])),
+    get, path = "/users", tag = "users", params(PageQuery, UserListQuery), security(("bearer" = [])),
     responses(
-        (status = 200, body = UserList, description = "A page of users", headers(("Link" = String, description = "`rel=\"next\"` page"))),
+        (status = 200, body = ListBody<UserBody>, description = "A page of users", headers(("Link" = String, description = "`rel=\"next\"` page"))),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
@@ -578,12 +485,10 @@ async fn list_users(
     State(accounts): State<Accounts>,
     _admin: Admin,
     OriginalUri(uri): OriginalUri,
-    Query(mut query): Query,
+    Params(page): Params<PageQuery>,
+    Params(UserListQuery { sort, role, email }): Params<UserListQuery>,
 ) -> ApiResult {
-    let params = ListParams::read(&mut query, USER_FIELDS, USER_SORTS);
-    let role = query.optional("role", |v| Role::parse(v));
-    let email = query.optional("email", |v| Email::parse(v));
-    let (params, role, email) = query.finish((params, role, email))?;
+    let params = ListParams::new(page, sort.unwrap_or_default());
     let filter = UserFilter { role, email: email.map(|e| e.as_str().to_owned()) };
     let scope = ("users", &params.sort, &filter);
     let after = params.position(&accounts.cursors, &scope)?;
@@ -619,10 +524,8 @@ async fn get_user(
     _admin: Admin,
     Id(id): Id,
     headers: HeaderMap,
-    Query(mut query): Query,
+    Params(FieldsQuery { fields }): Params<FieldsQuery>,
 ) -> ApiResult {
-    let fields = read_fields(&mut query, USER_FIELDS);
-    let (fields,) = query.finish((fields,))?;
     let user = accounts
         .db
         .current()
@@ -638,11 +541,9 @@ async fn get_user(
 }
 
 /// Body of `PATCH /users/{id}`.
-#[derive(ToSchema)]
-#[allow(dead_code)] // Documents the body; it is parsed field by field.
+#[derive(Deserialize, ToSchema)]
 pub struct UpdateUserRequest {
-    #[schema(schema_with = schemas::name_100)]
-    name: Option<String>,
+    name: Option<UserName>,
     role: Option<Role>,
 }
 
@@ -666,11 +567,8 @@ async fn patch_user(
     _admin: Admin,
     Id(id): Id,
     headers: HeaderMap,
-    JsonBody(mut body): JsonBody,
+    Body(UpdateUserRequest { name, role }): Body<UpdateUserRequest>,
 ) -> ApiResult {
-    let name = body.optional("name", UserName::from_json);
-    let role = body.optional("role", Role::from_json);
-    let (name, role) = body.finish((name, role))?;
     let changes = UserChanges { name: name.map(UserName::into_inner), role };
     update_user(&accounts.db, headers, id, changes).await
 }
@@ -686,11 +584,10 @@ async fn update_user(db: &Database, headers: HeaderMap, id: Uuid, changes: UserC
 // API keys
 
 /// Body of `POST /api-keys`.
-#[derive(ToSchema)]
-#[allow(dead_code)] // Documents the body; it is parsed field by field.
+#[derive(Deserialize, ToSchema)]
 pub struct CreateApiKeyRequest {
-    #[schema(schema_with = schemas::name_100, example = "CI deploys")]
-    name: String,
+    #[schema(example = "CI deploys")]
+    name: Name,
 }
 
 /// Create an API key for the caller. The secret is in this response only.
@@ -709,10 +606,8 @@ async fn create_api_key(
     State(accounts): State<Accounts>,
     principal: Principal,
     key: Option<Extension<KeyedWrite>>,
-    JsonBody(mut body): JsonBody,
+    Body(CreateApiKeyRequest { name: Name(name) }): Body<CreateApiKeyRequest>,
 ) -> ApiResult {
-    let name = body.required("name", |v| text(json::string(v)?, 1, 100));
-    let (name,) = body.finish((name,))?;
     let key = key.map(|Extension(key)| key);
     Ok(service::create_api_key(&accounts.db, principal.user_id, name, key, created_api_key).await?.into_response())
 }
@@ -727,9 +622,9 @@ fn created_api_key((api_key, secret): &(ApiKey, String)) -> Written {
 /// The caller's API keys.
 #[utoipa::path(
     get, path = "/api-keys", tag = "api-keys", security(("bearer" = [])),
-    params(ApiKeyListQuery),
+    params(PageQuery, CreatedAtSortQuery),
     responses(
-        (status = 200, body = ApiKeyList, description = "A page of keys"),
+        (status = 200, body = ListBody<ApiKeyBody>, description = "A page of keys"),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 422, response = ValidationFailed),
@@ -739,10 +634,10 @@ async fn list_api_keys(
     State(accounts): State<Accounts>,
     principal: Principal,
     OriginalUri(uri): OriginalUri,
-    Query(mut query): Query,
+    Params(page): Params<PageQuery>,
+    Params(CreatedAtSortQuery { sort }): Params<CreatedAtSortQuery>,
 ) -> ApiResult {
-    let params = ListParams::read(&mut query, API_KEY_FIELDS, API_KEY_SORTS);
-    let (params,) = query.finish((params,))?;
+    let params = ListParams::new(page, sort.unwrap_or_default());
     let user_id = principal.user_id;
     let scope = ("api_keys", user_id, &params.sort);
     let after = params.position(&accounts.cursors, &scope)?;
@@ -777,10 +672,8 @@ async fn get_api_key(
     principal: Principal,
     Id(id): Id,
     headers: HeaderMap,
-    Query(mut query): Query,
+    Params(FieldsQuery { fields }): Params<FieldsQuery>,
 ) -> ApiResult {
-    let fields = read_fields(&mut query, API_KEY_FIELDS);
-    let (fields,) = query.finish((fields,))?;
     let user_id = principal.user_id;
     let key = accounts
         .db

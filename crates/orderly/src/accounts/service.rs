@@ -103,7 +103,7 @@ pub async fn grant_password(
     username: &str,
     password: String,
 ) -> Result<TokenGrant, AccountError> {
-    let user = match Email::parse(username) {
+    let user = match Email::parse(username.trim()) {
         Ok(email) => {
             let email = email.as_str().to_owned();
             db.current().run(async move |conn| store::find_user_by_email(conn, &email).await).await?

@@ -68,7 +68,7 @@ impl User {
 }
 
 fn parse_role(raw: String) -> Result<Role, DbError> {
-    Role::parse(&raw).map_err(|_| DbError::corrupt(format!("users.role: unknown role {raw:?}")))
+    Role::parse(&raw).ok_or_else(|| DbError::corrupt(format!("users.role: unknown role {raw:?}")))
 }
 
 /// A refresh-token row.

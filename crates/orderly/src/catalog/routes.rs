@@ -5,16 +5,17 @@ use axum::extract::{FromRef, OriginalUri, State};
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use http::{HeaderMap, StatusCode};
-use orderly_kit::Problem;
 use orderly_kit::conditional::{CacheControl, conditional_response, prepared_conditional_response};
+use orderly_kit::contract::{Body, Params};
 use orderly_kit::docs::{
     BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, PreconditionFailed, Unauthorized, UnsupportedMediaType,
     ValidationFailed,
 };
-use orderly_kit::extract::{Id, JsonBody, Query};
+use orderly_kit::extract::Id;
 use orderly_kit::idempotency::KeyedWrite;
-use orderly_kit::validation::{Fields, json, query, text};
-use serde::Serialize;
+use orderly_kit::pagination::ListBody;
+use orderly_kit::{FieldError, Problem};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -23,14 +24,14 @@ use uuid::Uuid;
 
 use crate::accounts::auth::{Admin, Authenticator};
 use crate::error::{ApiResult, AppError};
-use crate::listing::{FieldsQuery, ListParams, read_fields};
+use crate::listing::{FieldsQuery, ListParams, PageQuery, Sort};
 use crate::responses::{Written, written};
 
 use super::Catalog;
-use super::domain::{Currency, MAX_STOCK, MAX_UNIT_PRICE, Sku, currency_schema};
+use super::domain::{Currency, Price, Stock};
 use super::service::{self, CatalogError};
 use super::store::{self, After, NewProduct, Product, ProductChanges, ProductFilter};
-use crate::schemas;
+use crate::schemas::{Description, Name, ProductName, Sku};
 
 pub fn router<S>() -> OpenApiRouter<S>
 where
@@ -66,29 +67,6 @@ pub struct ProductBody {
     #[serde(serialize_with = "orderly_kit::timestamp::serialize")]
     pub updated_at: DateTime<Utc>,
 }
-
-#[derive(ToSchema)]
-#[allow(dead_code)] // Documents the response shape; lists are rendered by `listing::respond`.
-pub struct ProductList {
-    data: Vec<ProductBody>,
-    next_cursor: Option<String>,
-    has_more: bool,
-}
-
-const PRODUCT_FIELDS: &[&str] = &[
-    "id",
-    "sku",
-    "name",
-    "description",
-    "unit_price",
-    "currency",
-    "stock",
-    "active",
-    "version",
-    "created_at",
-    "updated_at",
-];
-const PRODUCT_SORTS: &[&str] = &["-created_at", "created_at", "unit_price", "-unit_price"];
 
 fn product_body(product: &Product) -> ProductBody {
     ProductBody {
@@ -126,54 +104,57 @@ fn product_value(product: &Product) -> Value {
 }
 
 /// Sort orders of the product list.
-#[derive(Serialize, ToSchema)]
-#[allow(dead_code)] // Documents accepted values; requests are parsed by hand.
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
 pub enum ProductSort {
+    /// Newest first (the default).
+    #[default]
     #[serde(rename = "-created_at")]
-    CreatedAtDescending,
+    NewestFirst,
     #[serde(rename = "created_at")]
-    CreatedAt,
+    OldestFirst,
+    /// Cheapest first.
     #[serde(rename = "unit_price")]
-    UnitPrice,
+    Cheapest,
     #[serde(rename = "-unit_price")]
-    UnitPriceDescending,
+    DearestFirst,
 }
 
-#[derive(IntoParams)]
+impl From<ProductSort> for Sort {
+    fn from(sort: ProductSort) -> Self {
+        let (key, descending) = match sort {
+            ProductSort::NewestFirst => ("created_at", true),
+            ProductSort::OldestFirst => ("created_at", false),
+            ProductSort::Cheapest => ("unit_price", false),
+            ProductSort::DearestFirst => ("unit_price", true),
+        };
+        Sort { key, descending }
+    }
+}
+
+/// The sort and filters of the product list.
+#[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)] // Documents the query; it is parsed field by field in `list_products`.
 pub struct ProductListQuery {
-    /// Page size, 1–100.
-    #[param(minimum = 1, maximum = 100, default = 20)]
-    limit: Option<i64>,
-    /// Opaque cursor from `next_cursor` of the previous page.
-    cursor: Option<String>,
     /// Sort order; `-created_at` (newest first) by default.
     #[param(inline)]
     sort: Option<ProductSort>,
-    /// Comma-separated top-level fields to return.
-    fields: Option<String>,
     /// Only active (`true`) or archived (`false`) products.
     active: Option<bool>,
     /// Only products priced in this ISO 4217 currency.
-    #[param(schema_with = currency_schema)]
-    currency: Option<String>,
+    currency: Option<Currency>,
     /// Minimum unit price, inclusive, in minor units.
-    #[param(minimum = 0, maximum = 1_000_000_000_000_i64)]
-    min_price: Option<i64>,
-    /// Maximum unit price, inclusive, in minor units.
-    #[param(minimum = 0, maximum = 1_000_000_000_000_i64)]
-    max_price: Option<i64>,
+    min_price: Option<Price>,
+    /// Maximum unit price, inclusive, in minor units; not below `min_price`.
+    max_price: Option<Price>,
     /// Case-insensitive search in name and SKU.
-    #[param(schema_with = schemas::name_100)]
-    q: Option<String>,
+    q: Option<Name>,
 }
 
 /// List products (public).
 #[utoipa::path(
-    get, path = "/products", tag = "catalog", params(ProductListQuery),
+    get, path = "/products", tag = "catalog", params(PageQuery, ProductListQuery),
     responses(
-        (status = 200, body = ProductList, description = "A page of products", headers(("Link" = String, description = "`rel=\"next\"` page"))),
+        (status = 200, body = ListBody<ProductBody>, description = "A page of products", headers(("Link" = String, description = "`rel=\"next\"` page"))),
         (status = 400, response = BadRequest),
         (status = 422, response = ValidationFailed),
     )
@@ -181,22 +162,28 @@ pub struct ProductListQuery {
 async fn list_products(
     State(catalog): State<Catalog>,
     OriginalUri(uri): OriginalUri,
-    Query(mut query): Query,
+    Params(page): Params<PageQuery>,
+    Params(query): Params<ProductListQuery>,
 ) -> ApiResult {
-    let params = ListParams::read(&mut query, PRODUCT_FIELDS, PRODUCT_SORTS);
-    let active = query.optional("active", |v| query::boolean(v));
-    let currency = query.optional("currency", |v| Currency::parse(v));
-    let min_price = query.optional("min_price", |v| query::integer(v, 0, MAX_UNIT_PRICE));
-    let max_price = query.optional("max_price", |v| query::integer(v, 0, MAX_UNIT_PRICE));
-    let q = query.optional("q", |v| text(v, 1, 100));
-    if let (Some(Some(min)), Some(Some(max))) = (min_price, max_price)
-        && min > max
+    let ProductListQuery { sort, active, currency, min_price, max_price, q } = query;
+    if let (Some(min), Some(max)) = (min_price, max_price)
+        && min.0 > max.0
     {
-        query.push("max_price", "out_of_range", "must not be less than min_price");
+        return Err(Problem::validation(vec![FieldError {
+            field: "max_price".into(),
+            code: "out_of_range".into(),
+            message: "must not be less than min_price".into(),
+        }])
+        .into());
     }
-    let (params, active, currency, min_price, max_price, q) =
-        query.finish((params, active, currency, min_price, max_price, q))?;
-    let filter = ProductFilter { active, currency: currency.map(Currency::code), min_price, max_price, q };
+    let params = ListParams::new(page, sort.unwrap_or_default());
+    let filter = ProductFilter {
+        active,
+        currency: currency.map(Currency::code),
+        min_price: min_price.map(|p| p.0),
+        max_price: max_price.map(|p| p.0),
+        q: q.map(|q| q.0),
+    };
     let scope = ("products", &params.sort, &filter);
     let after = match params.sort.key {
         "unit_price" => {
@@ -239,10 +226,8 @@ async fn get_product(
     State(catalog): State<Catalog>,
     Id(id): Id,
     headers: HeaderMap,
-    Query(mut query): Query,
+    Params(FieldsQuery { fields }): Params<FieldsQuery>,
 ) -> ApiResult {
-    let fields = read_fields(&mut query, PRODUCT_FIELDS);
-    let (fields,) = query.finish((fields,))?;
     let product = catalog.products.get(&catalog.db, id, product_value).await?.ok_or_else(Problem::not_found)?;
     let cache = CacheControl::Public { max_age: catalog.max_age };
     Ok(match fields {
@@ -256,67 +241,30 @@ async fn get_product(
 }
 
 /// Body of `POST /products`.
-#[derive(ToSchema)]
-#[allow(dead_code)] // Documents the body; it is parsed field by field in `create_product`.
+#[derive(Deserialize, ToSchema)]
 pub struct CreateProductRequest {
-    #[schema(example = "TSHIRT-RED-L", pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
-    sku: String,
-    #[schema(schema_with = schemas::name_200)]
-    name: String,
-    #[schema(schema_with = schemas::description)]
-    description: Option<String>,
-    #[schema(example = 1999, minimum = 0, maximum = 1_000_000_000_000_i64)]
-    unit_price: i64,
-    #[schema(schema_with = currency_schema)]
-    currency: String,
-    #[schema(example = 100, minimum = 0, maximum = 1_000_000_000)]
-    stock: i64,
+    /// Unique among products.
+    sku: Sku,
+    name: ProductName,
+    /// Empty when omitted.
+    description: Option<Description>,
+    unit_price: Price,
+    currency: Currency,
+    stock: Stock,
     /// Defaults to `true`.
     active: Option<bool>,
 }
 
 /// Body of `PATCH /products/{id}`: any subset of the fields.
-#[derive(ToSchema)]
-#[allow(dead_code)] // Documents the body; it is parsed field by field in `patch_product`.
+#[derive(Deserialize, ToSchema)]
 pub struct UpdateProductRequest {
-    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
-    sku: Option<String>,
-    #[schema(schema_with = schemas::name_200)]
-    name: Option<String>,
-    #[schema(schema_with = schemas::description)]
-    description: Option<String>,
-    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
-    unit_price: Option<i64>,
-    #[schema(schema_with = currency_schema)]
-    currency: Option<String>,
-    #[schema(minimum = 0, maximum = 1_000_000_000)]
-    stock: Option<i64>,
+    sku: Option<Sku>,
+    name: Option<ProductName>,
+    description: Option<Description>,
+    unit_price: Option<Price>,
+    currency: Option<Currency>,
+    stock: Option<Stock>,
     active: Option<bool>,
-}
-
-/// Reads the product fields of a body; `required` marks the ones a create must have.
-fn read_product_fields(body: &mut Fields<Value>, required: bool) -> Option<ProductChanges> {
-    macro_rules! field {
-        ($name:literal, $parse:expr) => {
-            if required { body.required($name, $parse).map(Some) } else { body.optional($name, $parse) }
-        };
-    }
-    let sku = field!("sku", |v| Sku::from_json(v).map(Sku::into_inner));
-    let name = field!("name", |v| json::text(v, 1, 200));
-    let description = body.optional("description", |v| json::text(v, 0, 2000));
-    let unit_price = field!("unit_price", |v| json::integer(v, 0, MAX_UNIT_PRICE));
-    let currency = field!("currency", |v| Currency::from_json(v).map(Currency::code));
-    let stock = field!("stock", |v| json::integer(v, 0, MAX_STOCK));
-    let active = body.optional("active", json::boolean);
-    Some(ProductChanges {
-        sku: sku?,
-        name: name?,
-        description: description?,
-        unit_price: unit_price?,
-        currency: currency?,
-        stock: stock?,
-        active: active?,
-    })
 }
 
 /// Create a product (admin).
@@ -337,18 +285,16 @@ async fn create_product(
     State(catalog): State<Catalog>,
     _admin: Admin,
     key: Option<Extension<KeyedWrite>>,
-    JsonBody(mut body): JsonBody,
+    Body(request): Body<CreateProductRequest>,
 ) -> ApiResult {
-    let fields = read_product_fields(&mut body, true);
-    let (fields,) = body.finish((fields,))?;
     let new = NewProduct {
-        sku: fields.sku.expect("required"),
-        name: fields.name.expect("required"),
-        description: fields.description.unwrap_or_default(),
-        unit_price: fields.unit_price.expect("required"),
-        currency: fields.currency.expect("required"),
-        stock: fields.stock.expect("required"),
-        active: fields.active.unwrap_or(true),
+        sku: request.sku.0,
+        name: request.name.0,
+        description: request.description.map(|d| d.0).unwrap_or_default(),
+        unit_price: request.unit_price.0,
+        currency: request.currency.code(),
+        stock: request.stock.0,
+        active: request.active.unwrap_or(true),
     };
     let key = key.map(|Extension(key)| key);
     Ok(service::create_product(&catalog.db, new, key, created_product).await?.into_response())
@@ -375,10 +321,17 @@ async fn patch_product(
     _admin: Admin,
     Id(id): Id,
     headers: HeaderMap,
-    JsonBody(mut body): JsonBody,
+    Body(request): Body<UpdateProductRequest>,
 ) -> ApiResult {
-    let changes = read_product_fields(&mut body, false);
-    let (changes,) = body.finish((changes,))?;
+    let changes = ProductChanges {
+        sku: request.sku.map(|s| s.0),
+        name: request.name.map(|n| n.0),
+        description: request.description.map(|d| d.0),
+        unit_price: request.unit_price.map(|p| p.0),
+        currency: request.currency.map(Currency::code),
+        stock: request.stock.map(|s| s.0),
+        active: request.active,
+    };
     let product = service::change_product(&catalog.db, &catalog.products, id, changes, headers, product_value).await?;
     Ok(written(&product_value(&product), product.updated_at))
 }

@@ -6,15 +6,16 @@ use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use http::HeaderMap;
 use orderly_kit::conditional::{CacheControl, conditional_response};
+use orderly_kit::contract::{Body, Params};
 use orderly_kit::docs::{
     BadRequest, Conflict, NotFound, PayloadTooLarge, Unauthorized, UnsupportedMediaType, ValidationFailed,
 };
-use orderly_kit::extract::{Id, JsonBody, Query};
+use orderly_kit::extract::Id;
 use orderly_kit::fields::select;
 use orderly_kit::idempotency::KeyedWrite;
-use orderly_kit::validation::query;
+use orderly_kit::pagination::ListBody;
 use orderly_kit::{FieldError, Problem};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use utoipa::{IntoParams, ToSchema};
@@ -24,11 +25,11 @@ use uuid::Uuid;
 
 use crate::accounts::auth::{Authenticator, Principal};
 use crate::error::{ApiResult, AppError};
-use crate::listing::{CreatedAtListQuery, FieldsQuery, ListParams, read_fields};
+use crate::listing::{CreatedAtSort, FieldsQuery, ListParams, PageQuery};
 use crate::responses::Written;
 
 use super::Orders;
-use super::domain::{OrderItem, OrderStatus, parse_items};
+use super::domain::{OrderItem, OrderLine, OrderStatus, repeated_products};
 use super::service::{self, LineRefusal, OrderError};
 use super::store::{self, Order, OrderFilter};
 
@@ -63,18 +64,6 @@ pub struct OrderBody<'a> {
     #[serde(serialize_with = "orderly_kit::timestamp::serialize")]
     pub updated_at: DateTime<Utc>,
 }
-
-#[derive(ToSchema)]
-#[allow(dead_code)] // Documents the response shape; lists are rendered by `listing::respond`.
-pub struct OrderList {
-    data: Vec<OrderBody<'static>>,
-    next_cursor: Option<String>,
-    has_more: bool,
-}
-
-const ORDER_FIELDS: &[&str] =
-    &["id", "user_id", "status", "items", "currency", "total", "version", "created_at", "updated_at"];
-const ORDER_SORTS: &[&str] = &["-created_at", "created_at"];
 
 fn order_body(order: &Order) -> OrderBody<'_> {
     OrderBody {
@@ -118,22 +107,11 @@ fn order_value(order: &Order) -> Value {
 }
 
 /// Body of `POST /orders`.
-#[derive(Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)] // Documents the body; it is parsed by `domain::parse_items`.
+#[derive(Deserialize, ToSchema)]
 pub struct PlaceOrderRequest {
-    /// 1–50 distinct products.
+    /// 1–50 lines, each of a different product.
     #[schema(min_items = 1, max_items = 50)]
-    items: Vec<OrderLineRequest>,
-}
-
-#[derive(Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)] // Documents the body; it is parsed by `domain::parse_items`.
-pub struct OrderLineRequest {
-    product_id: Uuid,
-    #[schema(minimum = 1, maximum = 1000)]
-    quantity: i64,
+    items: Vec<OrderLine>,
 }
 
 /// Place an order. Prices are taken from the catalog now; stock is reserved atomically.
@@ -153,10 +131,17 @@ async fn place_order(
     State(orders): State<Orders>,
     principal: Principal,
     key: Option<Extension<KeyedWrite>>,
-    JsonBody(mut body): JsonBody,
+    Body(PlaceOrderRequest { items }): Body<PlaceOrderRequest>,
 ) -> ApiResult {
-    let items = body.required("items", parse_items);
-    let (items,) = body.finish((items,))?;
+    let repeated = repeated_products(&items);
+    if !repeated.is_empty() {
+        let errors = repeated.into_iter().map(|index| FieldError {
+            field: format!("items[{index}].product_id"),
+            code: "duplicate_product".into(),
+            message: "each product may appear once; combine the quantities".into(),
+        });
+        return Err(Problem::validation(errors.collect()).into());
+    }
     let key = key.map(|Extension(key)| key);
     let (db, products, idempotency_ttl) = (&orders.db, &orders.products, orders.idempotency_ttl);
     Ok(service::place_order(db, products, idempotency_ttl, principal.user_id, &items, key, placed_order)
@@ -214,10 +199,13 @@ fn placed_order(order: &Order) -> Written {
     Written::created(format!("/api/v1/orders/{}", order.id), &order_body(order), order.updated_at)
 }
 
-#[derive(IntoParams)]
+/// The sort and filters of the order list.
+#[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)] // Documents the query; it is parsed field by field in `list_orders`.
 pub struct OrderListQuery {
+    /// Sort order; `-created_at` (newest first) by default.
+    #[param(inline)]
+    sort: Option<CreatedAtSort>,
     /// Only orders in this status.
     #[param(inline)]
     status: Option<OrderStatus>,
@@ -225,15 +213,15 @@ pub struct OrderListQuery {
     user_id: Option<Uuid>,
     /// Only orders created strictly after this instant (RFC 3339).
     created_after: Option<DateTime<Utc>>,
-    /// Only orders created strictly before this instant (RFC 3339).
+    /// Only orders created strictly before this instant (RFC 3339); later than `created_after`.
     created_before: Option<DateTime<Utc>>,
 }
 
 /// List orders: the caller's own, or everyone's for an admin.
 #[utoipa::path(
-    get, path = "/orders", tag = "orders", params(CreatedAtListQuery, OrderListQuery), security(("bearer" = [])),
+    get, path = "/orders", tag = "orders", params(PageQuery, OrderListQuery), security(("bearer" = [])),
     responses(
-        (status = 200, body = OrderList, description = "A page of orders", headers(("Link" = String, description = "`rel=\"next\"` page"))),
+        (status = 200, body = ListBody<OrderBody>, description = "A page of orders", headers(("Link" = String, description = "`rel=\"next\"` page"))),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 422, response = ValidationFailed),
@@ -243,22 +231,21 @@ async fn list_orders(
     State(orders): State<Orders>,
     principal: Principal,
     OriginalUri(uri): OriginalUri,
-    Query(mut query): Query,
+    Params(page): Params<PageQuery>,
+    Params(query): Params<OrderListQuery>,
 ) -> ApiResult {
-    let params = ListParams::read(&mut query, ORDER_FIELDS, ORDER_SORTS);
-    let status = query.optional("status", |v| OrderStatus::parse(v));
-    let user_id = query.optional("user_id", |v| {
-        Uuid::try_parse(v).map_err(|_| orderly_kit::validation::Invalid::new("invalid_format", "must be a user id"))
-    });
-    let created_after = query.optional("created_after", |v| query::timestamp(v));
-    let created_before = query.optional("created_before", |v| query::timestamp(v));
-    if let (Some(Some(after)), Some(Some(before))) = (created_after, created_before)
+    let OrderListQuery { sort, status, user_id, created_after, created_before } = query;
+    if let (Some(after), Some(before)) = (created_after, created_before)
         && after >= before
     {
-        query.push("created_before", "out_of_range", "must be later than created_after");
+        return Err(Problem::validation(vec![FieldError {
+            field: "created_before".into(),
+            code: "out_of_range".into(),
+            message: "must be later than created_after".into(),
+        }])
+        .into());
     }
-    let (params, status, user_id, created_after, created_before) =
-        query.finish((params, status, user_id, created_after, created_before))?;
+    let params = ListParams::new(page, sort.unwrap_or_default());
     // A customer sees only their own orders, whatever `user_id` says.
     let user_id = match principal.owner_scope() {
         Some(own) if user_id.is_some_and(|asked| asked != own) => return Ok(empty_list(&uri)),
@@ -304,10 +291,8 @@ async fn get_order(
     principal: Principal,
     Id(id): Id,
     headers: HeaderMap,
-    Query(mut query): Query,
+    Params(FieldsQuery { fields }): Params<FieldsQuery>,
 ) -> ApiResult {
-    let fields = read_fields(&mut query, ORDER_FIELDS);
-    let (fields,) = query.finish((fields,))?;
     let owner = principal.owner_scope();
     let order = orders
         .db

@@ -90,7 +90,7 @@ impl Order {
         let id: Uuid = row.get(0)?;
         let status: String = row.get(2)?;
         let status = OrderStatus::parse(&status)
-            .map_err(|_| DbError::corrupt(format!("order {id} has an unknown status {status:?}")))?;
+            .ok_or_else(|| DbError::corrupt(format!("order {id} has an unknown status {status:?}")))?;
         let items: Arc<RawValue> = RawValue::from_string(row.get(8)?).map_err(|_| corrupt(id))?.into();
         Ok(Self {
             id,
@@ -250,7 +250,7 @@ pub async fn count_by_status(conn: &mut Conn<'_>) -> Result<Vec<(OrderStatus, i6
     conn.query("SELECT status, count(id) FROM orders GROUP BY status", &[], |row| {
         let status: String = row.get(0)?;
         let status = OrderStatus::parse(&status)
-            .map_err(|_| DbError::corrupt(format!("orders have an unknown status {status:?}")))?;
+            .ok_or_else(|| DbError::corrupt(format!("orders have an unknown status {status:?}")))?;
         Ok((status, row.get(1)?))
     })
     .await

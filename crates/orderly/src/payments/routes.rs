@@ -7,16 +7,17 @@ use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use http::HeaderMap;
 use orderly_kit::conditional::{CacheControl, conditional_response};
+use orderly_kit::contract::{Body, Params};
 use orderly_kit::docs::{
     BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, PaymentRequired, ServiceUnavailable, Unauthorized,
     UnsupportedMediaType, ValidationFailed,
 };
-use orderly_kit::extract::{Id, JsonBody, Query};
+use orderly_kit::extract::Id;
 use orderly_kit::fields::select;
 use orderly_kit::idempotency::{Claim, Claimed, KeyedWrite};
-use orderly_kit::validation::{Invalid, json};
+use orderly_kit::pagination::ListBody;
 use orderly_kit::{FieldError, Problem};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -25,8 +26,9 @@ use uuid::Uuid;
 
 use crate::accounts::auth::{Admin, Authenticator, Principal};
 use crate::error::{ApiResult, AppError};
-use crate::listing::{CreatedAtListQuery, FieldsQuery, ListParams, read_fields};
+use crate::listing::{CreatedAtSort, CreatedAtSortQuery, FieldsQuery, ListParams, PageQuery};
 use crate::responses::{Written, created};
+use crate::schemas::{PaymentMethod, integer_type};
 
 use super::Payments;
 use super::service;
@@ -97,29 +99,6 @@ pub struct TransactionBody<'a> {
     #[serde(serialize_with = "orderly_kit::timestamp::serialize")]
     pub created_at: DateTime<Utc>,
 }
-
-#[derive(ToSchema)]
-#[allow(dead_code)] // Documents the response shape; lists are rendered by `listing::respond`.
-pub struct PaymentList {
-    data: Vec<PaymentBody<'static>>,
-    next_cursor: Option<String>,
-    has_more: bool,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)] // Documents the response shape; lists are rendered by `listing::respond`.
-pub struct TransactionList {
-    data: Vec<TransactionBody<'static>>,
-    next_cursor: Option<String>,
-    has_more: bool,
-}
-
-const PAYMENT_FIELDS: &[&str] =
-    &["id", "order_id", "user_id", "amount", "currency", "status", "failure_code", "refunded_amount", "created_at"];
-const REFUND_FIELDS: &[&str] = &["id", "payment_id", "amount", "currency", "created_at"];
-const TRANSACTION_FIELDS: &[&str] =
-    &["id", "kind", "payment_id", "refund_id", "order_id", "amount", "currency", "created_at"];
-const SORTS: &[&str] = &["-created_at", "created_at"];
 
 fn payment_body(payment: &Payment) -> PaymentBody<'_> {
     PaymentBody {
@@ -203,21 +182,9 @@ fn key_required() -> Problem {
 }
 
 /// Body of `POST /orders/{id}/payments`.
-#[derive(Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)] // Documents the body; it is parsed field by field in `pay_order`.
+#[derive(Deserialize, ToSchema)]
 pub struct PaymentRequest {
-    /// The payment method to charge (sandbox: `pm_card_visa` succeeds, others are declined).
-    #[schema(min_length = 1, max_length = 255)]
-    payment_method: String,
-}
-
-fn payment_method(value: &Value) -> Result<String, Invalid> {
-    let raw = json::string(value)?;
-    if raw.is_empty() || raw.len() > 255 || !raw.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(Invalid::new("invalid_format", "must be 1–255 printable ASCII characters"));
-    }
-    Ok(raw.to_owned())
+    payment_method: PaymentMethod,
 }
 
 /// Pay an order: charges its total through the payment provider. Requires `Idempotency-Key`.
@@ -242,10 +209,8 @@ async fn pay_order(
     principal: Principal,
     Id(order_id): Id,
     key: Option<Extension<KeyedWrite>>,
-    JsonBody(mut body): JsonBody,
+    Body(PaymentRequest { payment_method: PaymentMethod(method) }): Body<PaymentRequest>,
 ) -> ApiResult {
-    let method = body.required("payment_method", payment_method);
-    let (method,) = body.finish((method,))?;
     let key = key.map(|Extension(key)| key).ok_or_else(key_required)?;
     match service::pay(payments, principal, order_id, method, key, paid).await {
         Ok(keyed) => Ok(keyed.into_response()),
@@ -264,19 +229,22 @@ fn paid(payment: &Payment) -> Written {
     Written::created(format!("/api/v1/payments/{}", payment.id), &payment_value(payment), payment.updated_at)
 }
 
-#[derive(IntoParams)]
+/// The sort and filters of the payment list.
+#[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)] // Documents the query; it is parsed field by field in `list_payments`.
 pub struct PaymentListQuery {
+    /// Sort order; `-created_at` (newest first) by default.
+    #[param(inline)]
+    sort: Option<CreatedAtSort>,
     /// Only payments of this order.
     order_id: Option<Uuid>,
 }
 
 /// List payments: the caller's own, or everyone's for an admin.
 #[utoipa::path(
-    get, path = "/payments", tag = "payments", params(CreatedAtListQuery, PaymentListQuery), security(("bearer" = [])),
+    get, path = "/payments", tag = "payments", params(PageQuery, PaymentListQuery), security(("bearer" = [])),
     responses(
-        (status = 200, body = PaymentList, description = "A page of payments", headers(("Link" = String, description = "`rel=\"next\"` page"))),
+        (status = 200, body = ListBody<PaymentBody>, description = "A page of payments", headers(("Link" = String, description = "`rel=\"next\"` page"))),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 422, response = ValidationFailed),
@@ -286,13 +254,10 @@ async fn list_payments(
     State(payments): State<Payments>,
     principal: Principal,
     OriginalUri(uri): OriginalUri,
-    Query(mut query): Query,
+    Params(page): Params<PageQuery>,
+    Params(PaymentListQuery { sort, order_id }): Params<PaymentListQuery>,
 ) -> ApiResult {
-    let params = ListParams::read(&mut query, PAYMENT_FIELDS, SORTS);
-    let order_id = query.optional("order_id", |v| {
-        Uuid::try_parse(v).map_err(|_| Invalid::new("invalid_format", "must be an order id"))
-    });
-    let (params, order_id) = query.finish((params, order_id))?;
+    let params = ListParams::new(page, sort.unwrap_or_default());
     let filter = PaymentFilter { user_id: principal.owner_scope(), order_id };
     let scope = ("payments", &params.sort, &filter);
     let after = params.position(&payments.cursors, &scope)?;
@@ -326,10 +291,8 @@ async fn get_payment(
     principal: Principal,
     Id(id): Id,
     headers: HeaderMap,
-    Query(mut query): Query,
+    Params(FieldsQuery { fields }): Params<FieldsQuery>,
 ) -> ApiResult {
-    let fields = read_fields(&mut query, PAYMENT_FIELDS);
-    let (fields,) = query.finish((fields,))?;
     let owner = principal.owner_scope();
     // Read from the primary: a client reads its payment right after paying.
     let payment = payments
@@ -343,14 +306,18 @@ async fn get_payment(
 }
 
 /// Body of `POST /payments/{id}/refunds`.
-#[derive(Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)] // Documents the body; it is parsed field by field in `refund_payment`.
+#[derive(Deserialize, ToSchema)]
 pub struct RefundRequestBody {
-    /// In minor units; what is left to refund when omitted.
-    #[schema(minimum = 1)]
-    amount: Option<i64>,
+    /// At most what is left to refund; all of that when omitted.
+    amount: Option<RefundAmount>,
 }
+
+integer_type!(
+    /// An amount to refund, in minor units (no refund can exceed the largest order total).
+    RefundAmount,
+    1,
+    crate::orders::domain::MAX_TOTAL
+);
 
 /// Refund a payment, in part or in full (admin). Requires `Idempotency-Key`.
 #[utoipa::path(
@@ -374,10 +341,9 @@ async fn refund_payment(
     _admin: Admin,
     Id(payment_id): Id,
     claim: Option<Extension<Claim>>,
-    JsonBody(mut body): JsonBody,
+    Body(RefundRequestBody { amount }): Body<RefundRequestBody>,
 ) -> ApiResult {
-    let amount = body.optional("amount", |v| json::integer(v, 1, i64::MAX));
-    let (amount,) = body.finish((amount,))?;
+    let amount = amount.map(|a| a.0);
     let key = claimed(claim)?;
     let (_payment, refund) = service::refund(payments, payment_id, amount, key).await?;
     Ok(created(format!("/api/v1/refunds/{}", refund.id), &refund_value(&refund), refund.created_at))
@@ -399,10 +365,8 @@ async fn get_refund(
     principal: Principal,
     Id(id): Id,
     headers: HeaderMap,
-    Query(mut query): Query,
+    Params(FieldsQuery { fields }): Params<FieldsQuery>,
 ) -> ApiResult {
-    let fields = read_fields(&mut query, REFUND_FIELDS);
-    let (fields,) = query.finish((fields,))?;
     let owner = principal.owner_scope();
     // Read from the primary: the refund's Location is followed right after it is created.
     let refund = payments
@@ -417,9 +381,9 @@ async fn get_refund(
 
 /// The ledger (admin): one row per charge or refund, append-only.
 #[utoipa::path(
-    get, path = "/transactions", tag = "payments", params(CreatedAtListQuery), security(("bearer" = [])),
+    get, path = "/transactions", tag = "payments", params(PageQuery, CreatedAtSortQuery), security(("bearer" = [])),
     responses(
-        (status = 200, body = TransactionList, description = "A page of ledger rows", headers(("Link" = String, description = "`rel=\"next\"` page"))),
+        (status = 200, body = ListBody<TransactionBody>, description = "A page of ledger rows", headers(("Link" = String, description = "`rel=\"next\"` page"))),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
@@ -430,10 +394,10 @@ async fn list_transactions(
     State(payments): State<Payments>,
     _admin: Admin,
     OriginalUri(uri): OriginalUri,
-    Query(mut query): Query,
+    Params(page): Params<PageQuery>,
+    Params(CreatedAtSortQuery { sort }): Params<CreatedAtSortQuery>,
 ) -> ApiResult {
-    let params = ListParams::read(&mut query, TRANSACTION_FIELDS, SORTS);
-    let (params,) = query.finish((params,))?;
+    let params = ListParams::new(page, sort.unwrap_or_default());
     let scope = ("transactions", &params.sort);
     let after = params.position(&payments.cursors, &scope)?;
     let page = {

@@ -3,15 +3,15 @@
 use axum::extract::{FromRef, State};
 use http::HeaderMap;
 use orderly_kit::conditional::{CacheControl, conditional_response};
+use orderly_kit::contract::Params;
 use orderly_kit::docs::{Forbidden, Unauthorized, ValidationFailed};
-use orderly_kit::extract::Query;
 use orderly_kit::fields::select;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::accounts::auth::{Admin, Authenticator};
 use crate::error::ApiResult;
-use crate::listing::{FieldsQuery, read_fields};
+use crate::listing::FieldsQuery;
 
 use super::Reports;
 use super::stats::Stats;
@@ -24,8 +24,6 @@ where
 {
     OpenApiRouter::new().routes(routes!(get_stats))
 }
-
-const STATS_FIELDS: &[&str] = &["users", "orders", "orders_by_status", "revenue", "generated_at"];
 
 /// Counts and revenue (admin), computed at most a few seconds ago (`ORDERLY_STATS_CACHE_TTL`).
 #[utoipa::path(
@@ -42,10 +40,8 @@ async fn get_stats(
     State(reports): State<Reports>,
     _admin: Admin,
     headers: HeaderMap,
-    Query(mut query): Query,
+    Params(FieldsQuery { fields }): Params<FieldsQuery>,
 ) -> ApiResult {
-    let fields = read_fields(&mut query, STATS_FIELDS);
-    let (fields,) = query.finish((fields,))?;
     let stats = reports.stats.get(&reports.db).await?;
     let value = select(fields.as_ref(), serde_json::to_value(&stats).expect("representations serialize"));
     let max_age = u32::try_from(reports.stats.ttl().as_secs()).unwrap_or(u32::MAX);

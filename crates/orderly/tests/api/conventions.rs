@@ -88,22 +88,79 @@ async fn json_endpoints_reject_other_media_types_and_malformed_json(app: TestApp
     assert_eq!(unchanged, product, "no rejected request changed anything");
 }
 
-async fn unknown_query_parameters_are_rejected_on_every_get(app: TestApp) {
+/// Every operation the document lists is checked against it: a query parameter it does not
+/// list is refused on each operation that takes parameters, and a body field it does not list
+/// on each operation that takes a JSON body, before anything else happens.
+async fn every_documented_operation_refuses_what_its_schema_does_not_list(app: TestApp) {
     let admin = app.admin().await;
-    let product = app.create_product(&admin, json!({})).await;
-    let paths = [
-        "/api/v1/products".to_owned(),
-        format!("/api/v1/products/{}", product["id"].as_str().unwrap()),
-        "/api/v1/users/me".to_owned(),
-        "/api/v1/users".to_owned(),
-        format!("/api/v1/users/{}", admin.user_id),
-        "/api/v1/api-keys".to_owned(),
-    ];
-    for path in paths {
-        let response = app.get(&format!("{path}?unexpected=1"), Some(&admin.access_token)).await;
-        let problem = assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
-        assert_eq!(error_fields(&problem), ["unexpected"], "{path}");
+    let document: serde_json::Value = app.get("/openapi.json", None).await.json().await.unwrap();
+    let mut checked = 0;
+    for (template, item) in document["paths"].as_object().unwrap() {
+        let path = template.replace("{id}", &uuid::Uuid::now_v7().to_string());
+        for (method, operation) in item.as_object().unwrap() {
+            let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let parameters = operation["parameters"].as_array().cloned().unwrap_or_default();
+            let takes_query = parameters.iter().any(|p| p["in"] == "query");
+            let content = operation["requestBody"]["content"].as_object().cloned().unwrap_or_default();
+            let takes_json = content.len() == 1 && content.contains_key("application/json");
+            if !takes_query && !takes_json {
+                continue;
+            }
+            let mut request = app
+                .request(method.clone(), &format!("{path}?zz_unlisted=1"))
+                .bearer_auth(&admin.access_token)
+                .header("idempotency-key", uuid::Uuid::now_v7().to_string());
+            if takes_json {
+                request = request.json(&json!({"zz_unlisted": 1}));
+            }
+            let response = request.send().await.unwrap();
+            let problem = assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+            let fields = error_fields(&problem);
+            assert!(fields.contains(&"zz_unlisted".to_owned()), "{method} {template}: {problem}");
+            let codes: Vec<&str> =
+                problem["errors"].as_array().unwrap().iter().filter_map(|e| e["code"].as_str()).collect();
+            if takes_query {
+                assert!(codes.contains(&"unknown_parameter"), "{method} {template}: {problem}");
+            }
+            if takes_json {
+                assert!(codes.contains(&"unknown_field"), "{method} {template}: {problem}");
+            }
+            checked += 1;
+        }
     }
+    assert!(checked >= 20, "only {checked} operations take input");
+}
+
+/// JSON Schema counts `34.0` as an integer; so does the server (and stores `34`), while `34.5`
+/// and an empty `cursor` (the schema requires at least one character) are refused.
+async fn input_the_schema_allows_is_accepted_as_it_allows_it(app: TestApp) {
+    let admin = app.admin().await;
+    let body = json!({"sku": "INT-1", "name": "Whole", "unit_price": 34.0, "currency": "USD", "stock": 1e3});
+    let response = app.post_json("/api/v1/products", Some(&admin.access_token), &body).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let product: serde_json::Value = response.json().await.unwrap();
+    assert_eq!((&product["unit_price"], &product["stock"]), (&json!(34), &json!(1000)));
+    let customer = app.customer().await;
+    let lines = json!({"items": [{"product_id": product["id"], "quantity": 2.0}]});
+    let order: serde_json::Value =
+        app.post_json("/api/v1/orders", Some(&customer.access_token), &lines).await.json().await.unwrap();
+    assert_eq!(order["items"][0]["quantity"], 2);
+
+    let fraction = json!({"sku": "INT-2", "name": "Half", "unit_price": 34.5, "currency": "USD", "stock": 1});
+    let problem = assert_problem(
+        app.post_json("/api/v1/products", Some(&admin.access_token), &fraction).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(error_fields(&problem), ["unit_price"]);
+    let problem = assert_problem(
+        app.get("/api/v1/products?cursor=", None).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(error_fields(&problem), ["cursor"]);
 }
 
 async fn bodies_over_the_limit_are_413(app: TestApp) {
@@ -163,7 +220,8 @@ crate::on_every_backend!(
     a_valid_request_id_is_echoed_and_an_invalid_one_replaced,
     unknown_paths_are_404_and_wrong_methods_405_with_allow,
     json_endpoints_reject_other_media_types_and_malformed_json,
-    unknown_query_parameters_are_rejected_on_every_get,
+    every_documented_operation_refuses_what_its_schema_does_not_list,
+    input_the_schema_allows_is_accepted_as_it_allows_it,
     bodies_over_the_limit_are_413,
     large_responses_are_compressed_as_the_client_accepts,
     writes_and_errors_are_never_stored_by_caches,
