@@ -7,7 +7,8 @@
 Each server gets a fresh store: a temporary data folder for SQLite, or a new database on the
 PostgreSQL server named by `postgres_url` (created before the start, dropped after the stop).
 An admin is created with `orderly admin create-user`, its password handed over in
-ORDERLY_ADMIN_PASSWORD (never on the command line). Rate limits are generous unless the caller
+ORDERLY_ADMIN_PASSWORD (never on the command line); `demo=True` also runs `orderly seed
+--demo`, whose users and products are the ones the OpenAPI examples name. Rate limits are generous unless the caller
 passes its own, so a fuzzer is not throttled into testing only 429s.
 
 Everything is bounded in time: every subprocess has a timeout, readiness is awaited for at most
@@ -60,7 +61,8 @@ class OrderlyServer:
     output somewhere that outlives the server; by default it is in the temporary folder.
     """
 
-    def __init__(self, binary, backend="sqlite", postgres_url=None, settings=None, log_path=None, ready_timeout=60):
+    def __init__(self, binary, backend="sqlite", postgres_url=None, settings=None, log_path=None, demo=False,
+                 ready_timeout=60):
         if backend not in ("sqlite", "postgres"):
             raise ValueError(f"unknown backend {backend!r}")
         if backend == "postgres" and not postgres_url:
@@ -71,6 +73,7 @@ class OrderlyServer:
         self.backend = backend
         self.postgres_url = postgres_url
         self.settings = dict(settings or {})
+        self.demo = demo
         self.ready_timeout = ready_timeout
         self.workdir = tempfile.mkdtemp(prefix=f"orderly-contract-{backend}-")
         self.log_path = log_path or os.path.join(self.workdir, "server.log")
@@ -109,6 +112,8 @@ class OrderlyServer:
             [self.binary, "admin", "create-user", "--email", self.admin_email, "--role", "admin"],
             extra_env={"ORDERLY_ADMIN_PASSWORD": self.admin_password},
         )
+        if self.demo:
+            self._run([self.binary, "seed", "--demo"])
         # The port is free when chosen but may be taken before the server binds it: try again.
         for _ in range(3):
             self.port = free_port()

@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::problem::Problem;
+use crate::problem::{Code, Problem};
 
 /// Signs and verifies cursors with one key shared by every instance of a deployment.
 #[derive(Clone)]
@@ -83,7 +83,7 @@ impl CursorCodec {
         let payload: Value = serde_json::from_slice(&payload).map_err(|_| invalid_cursor())?;
         if payload.get("s").and_then(Value::as_str) != Some(&*self.scopes.of(scope)) {
             return Err(Problem::bad_request(
-                "invalid_cursor",
+                Code::InvalidCursor,
                 "This cursor was issued for different filters or sort; start again without `cursor`.",
             ));
         }
@@ -92,7 +92,7 @@ impl CursorCodec {
 }
 
 fn invalid_cursor() -> Problem {
-    Problem::bad_request("invalid_cursor", "The cursor is malformed or was not issued by this service.")
+    Problem::bad_request(Code::InvalidCursor, "The cursor is malformed or was not issued by this service.")
 }
 
 #[cfg(test)]

@@ -50,8 +50,13 @@ problem_response!(
 );
 problem_response!(
     ServiceUnavailable,
-    "Overloaded, past the request deadline, or a dependency is down; carries `Retry-After`."
+    "`overloaded`, `deadline_exceeded`, or a dependency is down (`database_unavailable`, `idempotency_unavailable`, `payment_provider_unavailable`); carries `Retry-After`."
 );
+problem_response!(
+    TooManyRequests,
+    "Over the rate limit (`rate_limited`); carries `Retry-After` and the `RateLimit` headers."
+);
+problem_response!(InternalError, "An unexpected failure (`internal_error`); the request id finds it in the logs.");
 
 /// Makes a generated OpenAPI document say exactly what the API accepts:
 ///
@@ -229,4 +234,100 @@ pub fn document_idempotency(
         }
     }
     serde_json::from_value(document).expect("a documented OpenAPI document deserializes")
+}
+
+/// How the HTTP mechanics answer any operation, for [`document_conventions`].
+pub struct Conventions<'a> {
+    /// Every problem code with its meaning.
+    pub codes: &'a [&'a [(&'a str, &'a str)]],
+    /// Paths under this prefix are rate-limited.
+    pub rate_limited: &'a str,
+    /// Paths never shed under load.
+    pub never_shed: &'a [&'a str],
+}
+
+/// Documents what every operation can answer besides its own outcomes, so each lists every
+/// status and header it can send: the problem codes as one enum, `X-Request-ID` on every
+/// response, the `RateLimit` headers and 429 on rate-limited operations, 503 with `Retry-After`
+/// on those that may be shed, time out or lose a dependency, 500 everywhere, and the input
+/// failures (400, 413, 415, 422) of operations that take input.
+pub fn document_conventions(openapi: utoipa::openapi::OpenApi, conventions: &Conventions) -> utoipa::openapi::OpenApi {
+    let mut document = serde_json::to_value(&openapi).expect("an OpenAPI document serializes");
+    let codes: Vec<&(&str, &str)> = conventions.codes.iter().flat_map(|codes| codes.iter()).collect();
+    let table: String = codes.iter().map(|(code, meaning)| format!("\n- `{code}`: {}", meaning.trim())).collect();
+    document["components"]["schemas"]["Problem"]["properties"]["code"] = serde_json::json!({
+        "type": "string",
+        "enum": codes.iter().map(|(code, _)| *code).collect::<Vec<_>>(),
+        "description": format!("Stable snake_case error code:{table}"),
+    });
+    let request_id = header("The request id: the caller's `X-Request-ID` when well-formed, else a generated one.");
+    let rate_limit = header("This request's standing under its rate limits: `\"<policy>\";r=<remaining>;t=<seconds>`.");
+    let rate_limit_policy = header("The rate limits that apply: `\"<policy>\";q=<quota>;w=<window seconds>`.");
+    let retry_after = serde_json::json!({"description": "Seconds to wait before retrying.", "schema": {"type": "integer", "minimum": 0}});
+    let responses = &mut document["components"]["responses"];
+    for name in ["TooManyRequests", "ServiceUnavailable", "Conflict"] {
+        responses[name]["headers"]["Retry-After"] = retry_after.clone();
+    }
+    if let Some(responses) = responses.as_object_mut() {
+        for response in responses.values_mut() {
+            response["headers"]["X-Request-ID"] = request_id.clone();
+            response["headers"]["RateLimit"] = rate_limit.clone();
+            response["headers"]["RateLimit-Policy"] = rate_limit_policy.clone();
+        }
+    }
+    let reference = |name: &str| serde_json::json!({"$ref": format!("#/components/responses/{name}")});
+    for (path, item) in document["paths"].as_object_mut().into_iter().flatten() {
+        let rate_limited = path.starts_with(conventions.rate_limited);
+        let shed = !conventions.never_shed.contains(&path.as_str());
+        for operation in item.as_object_mut().into_iter().flat_map(|o| o.values_mut()) {
+            let takes_query = operation["parameters"].as_array().is_some_and(|p| p.iter().any(|p| p["in"] == "query"));
+            let takes_body = operation.get("requestBody").is_some();
+            // Bodies of other media types (OAuth's token endpoint) answer in their own terms.
+            let content = operation["requestBody"]["content"].as_object();
+            let takes_checked_body = content.is_some_and(|c| c.len() == 1 && c.contains_key("application/json"));
+            let secured = operation.get("security").is_some();
+            let responses = &mut operation["responses"];
+            let mut add = |status: &str, name: &str| {
+                if responses.get(status).is_none() {
+                    responses[status] = reference(name);
+                }
+            };
+            if takes_body {
+                add("400", "BadRequest");
+                add("413", "PayloadTooLarge");
+                add("415", "UnsupportedMediaType");
+            }
+            if takes_checked_body || takes_query {
+                add("422", "ValidationFailed");
+            }
+            if secured {
+                add("401", "Unauthorized");
+            }
+            if path.contains('{') {
+                add("404", "NotFound");
+            }
+            if rate_limited {
+                add("429", "TooManyRequests");
+            }
+            if shed {
+                add("503", "ServiceUnavailable");
+            }
+            add("500", "InternalError");
+            for response in responses.as_object_mut().into_iter().flat_map(|r| r.values_mut()) {
+                if response.get("$ref").is_some() {
+                    continue;
+                }
+                response["headers"]["X-Request-ID"] = request_id.clone();
+                if rate_limited {
+                    response["headers"]["RateLimit"] = rate_limit.clone();
+                    response["headers"]["RateLimit-Policy"] = rate_limit_policy.clone();
+                }
+            }
+        }
+    }
+    serde_json::from_value(document).expect("a documented OpenAPI document deserializes")
+}
+
+fn header(description: &str) -> Value {
+    serde_json::json!({"description": description, "schema": {"type": "string"}})
 }

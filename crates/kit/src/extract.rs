@@ -7,7 +7,7 @@ use http::{StatusCode, header, request::Parts};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::problem::{FieldError, Problem};
+use crate::problem::{Code, FieldError, Problem};
 
 /// The media type of a request body, as far as the API cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +33,7 @@ impl BodyKind {
 pub fn unsupported_media_type(expected: &str) -> Problem {
     Problem::new(
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
+        Code::UnsupportedMediaType,
         format!("The request body must be sent as `{expected}`."),
     )
 }
@@ -44,7 +44,7 @@ pub async fn read_body(request: Request) -> Result<Bytes, Problem> {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             payload_too_large()
         } else {
-            Problem::bad_request("invalid_body", "The request body could not be read.")
+            Problem::bad_request(Code::InvalidBody, "The request body could not be read.")
         }
     })
 }
@@ -52,7 +52,7 @@ pub async fn read_body(request: Request) -> Result<Bytes, Problem> {
 pub fn payload_too_large() -> Problem {
     Problem::new(
         StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
+        Code::PayloadTooLarge,
         "The request body is larger than the server accepts.",
     )
 }
@@ -60,7 +60,7 @@ pub fn payload_too_large() -> Problem {
 /// Parses JSON text; syntax errors are 400 `invalid_json`.
 pub fn parse_json(bytes: &[u8]) -> Result<Value, Problem> {
     serde_json::from_slice(bytes)
-        .map_err(|error| Problem::bad_request("invalid_json", format!("The body is not valid JSON: {error}.")))
+        .map_err(|error| Problem::bad_request(Code::InvalidJson, format!("The body is not valid JSON: {error}.")))
 }
 
 /// Parses JSON text that must be an object; syntax errors are 400 `invalid_json`, a

@@ -40,7 +40,7 @@ use ring::digest;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::Deserialize;
 
-use crate::problem::Problem;
+use crate::problem::{Code, Problem};
 
 pub const HEADER: &str = "idempotency-key";
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
@@ -55,7 +55,7 @@ impl IdempotencyKey {
             Ok(Self(String::from_utf8_lossy(raw).into_owned()))
         } else {
             Err(Problem::bad_request(
-                "invalid_idempotency_key",
+                Code::InvalidIdempotencyKey,
                 "`Idempotency-Key` must be 1 to 255 printable ASCII characters.",
             ))
         }
@@ -259,7 +259,7 @@ pub async fn run<S: IdempotencyStore>(
     let Some(raw_key) = request.headers().get(HEADER) else {
         if required {
             return Problem::bad_request(
-                "idempotency_key_required",
+                Code::IdempotencyKeyRequired,
                 "This endpoint requires an `Idempotency-Key` header.",
             )
             .into_response();
@@ -393,8 +393,12 @@ fn seal_parts(sealer: &Sealer, parts: &http::response::Parts, body: &[u8]) -> Ve
 
 fn store_unavailable(error: &impl std::fmt::Display) -> Response {
     tracing::error!(error = %error, "idempotency store unavailable");
-    Problem::unavailable("idempotency_unavailable", "Idempotency keys cannot be checked right now; retry shortly.", 1)
-        .into_response()
+    Problem::unavailable(
+        Code::IdempotencyUnavailable,
+        "Idempotency keys cannot be checked right now; retry shortly.",
+        1,
+    )
+    .into_response()
 }
 
 /// The answer to a request whose key is held by the live record `standing`.
@@ -402,13 +406,13 @@ fn judge(sealer: &Sealer, standing: &Record, fingerprint: &str) -> Response {
     match standing {
         Record { fingerprint: theirs, .. } if theirs != fingerprint => Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "idempotency_key_reused",
+            Code::IdempotencyKeyReused,
             "This `Idempotency-Key` was already used with a different request body.",
         )
         .into_response(),
         Record { response: Some(sealed), .. } => replay(sealer, sealed),
         Record { response: None, .. } => Problem::conflict(
-            "idempotency_request_in_progress",
+            Code::IdempotencyRequestInProgress,
             "A request with this `Idempotency-Key` is still being processed; retry shortly.",
         )
         .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))

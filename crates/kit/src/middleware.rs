@@ -24,7 +24,7 @@ use http::{HeaderValue, StatusCode, header};
 use tokio::sync::Semaphore;
 
 use crate::context::{REQUEST_ID_HEADER, RequestContext};
-use crate::problem::Problem;
+use crate::problem::{Code, Problem};
 
 /// The settings of [`envelope`].
 pub struct Envelope {
@@ -93,7 +93,7 @@ async fn shed(envelope: &Envelope, request: Request, next: Next) -> Response {
     }
     let Ok(_permit) = envelope.in_flight.try_acquire() else {
         metrics::counter!("http_requests_shed_total").increment(1);
-        return Problem::unavailable("overloaded", "The server is at capacity; retry shortly.", 1).into_response();
+        return Problem::unavailable(Code::Overloaded, "The server is at capacity; retry shortly.", 1).into_response();
     };
     guard(envelope.deadline, request, next).await
 }
@@ -105,7 +105,7 @@ async fn guard(budget: Duration, request: Request, next: Next) -> Response {
         Ok(Err(_)) => {
             metrics::counter!("http_requests_deadline_exceeded_total").increment(1);
             tracing::warn!(budget_ms = budget.as_millis() as u64, "request exceeded its deadline");
-            Problem::unavailable("deadline_exceeded", "The request did not complete within its deadline.", 1)
+            Problem::unavailable(Code::DeadlineExceeded, "The request did not complete within its deadline.", 1)
                 .into_response()
         }
         Err(panic) => {
@@ -122,17 +122,17 @@ async fn guard(budget: Duration, request: Request, next: Next) -> Response {
 
 fn bare_status_problem(status: StatusCode) -> Problem {
     let (code, detail) = match status {
-        StatusCode::NOT_FOUND => ("not_found", "No resource exists at this path."),
+        StatusCode::NOT_FOUND => (Code::NotFound, "No resource exists at this path."),
         StatusCode::METHOD_NOT_ALLOWED => {
-            ("method_not_allowed", "This method is not allowed here; see the `Allow` header.")
+            (Code::MethodNotAllowed, "This method is not allowed here; see the `Allow` header.")
         }
-        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "The request body is larger than the server accepts."),
+        StatusCode::PAYLOAD_TOO_LARGE => (Code::PayloadTooLarge, "The request body is larger than the server accepts."),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-            ("unsupported_media_type", "The request body's media type is not supported.")
+            (Code::UnsupportedMediaType, "The request body's media type is not supported.")
         }
-        StatusCode::REQUEST_TIMEOUT => ("request_timeout", "The request took too long to arrive."),
-        status if status.is_server_error() => ("internal_error", "An unexpected error occurred."),
-        _ => ("bad_request", "The request could not be processed."),
+        StatusCode::REQUEST_TIMEOUT => (Code::RequestTimeout, "The request took too long to arrive."),
+        status if status.is_server_error() => (Code::InternalError, "An unexpected error occurred."),
+        _ => (Code::BadRequest, "The request could not be processed."),
     };
     Problem::new(status, code, detail)
 }

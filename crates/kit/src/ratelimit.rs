@@ -118,7 +118,10 @@ impl Decision {
     /// The 429 for a refused request, with `Retry-After` equal to `t` and both headers.
     pub fn rejection(&self) -> Response {
         let detail = format!("Too many requests; retry in {} s.", self.retry_after_secs());
-        self.refusing(Problem::new(http::StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail).into_response())
+        self.refusing(
+            Problem::new(http::StatusCode::TOO_MANY_REQUESTS, crate::problem::Code::RateLimited, detail)
+                .into_response(),
+        )
     }
 
     /// Seconds a refused client waits: `t`, and at least one.

@@ -276,6 +276,14 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
         crate::idempotency::EXEMPT_PATHS,
         crate::payments::KEY_REQUIRED,
     );
+    let openapi = orderly_kit::docs::document_conventions(
+        openapi,
+        &orderly_kit::docs::Conventions {
+            codes: &[orderly_kit::problem::Code::DOCUMENTED, crate::error::Code::DOCUMENTED],
+            rate_limited: "/api/",
+            never_shed: ops::NEVER_SHED,
+        },
+    );
     // Requests are checked against the document itself, so what it publishes is what is enforced.
     let contract = Arc::new(orderly_kit::contract::Contract::new(&openapi, crate::schemas::MEANINGS));
     // Shared, so each request clones one reference count, not every handle inside.

@@ -7,9 +7,38 @@
 //! or unreachable is a 503 with `Retry-After`, not a hang and not a 500.
 
 use axum::response::{IntoResponse, Response};
-use orderly_kit::Problem;
+use orderly_kit::{Problem, problem_codes};
 
 use crate::db::DbError;
+
+problem_codes! {
+    /// The problem codes of Orderly's own rules (the HTTP mechanics' codes are
+    /// [`orderly_kit::problem::Code`]).
+    pub enum Code {
+        /// Missing, malformed, expired or revoked credentials; carries `WWW-Authenticate: Bearer`.
+        Unauthorized = "unauthorized",
+        /// The caller's role may not use this operation.
+        Forbidden = "forbidden",
+        /// An account with this email already exists.
+        EmailTaken = "email_taken",
+        /// A product with this SKU already exists.
+        SkuTaken = "sku_taken",
+        /// Not enough stock for a product of the order; the detail names it.
+        InsufficientStock = "insufficient_stock",
+        /// The order or payment is not in a state that allows this.
+        InvalidState = "invalid_state",
+        /// A payment of this order is being processed; retry after `Retry-After` seconds.
+        PaymentInProgress = "payment_in_progress",
+        /// The payment method was declined.
+        CardDeclined = "card_declined",
+        /// The payment provider did not answer in time; retrying with the same `Idempotency-Key` is safe.
+        PaymentProviderUnavailable = "payment_provider_unavailable",
+        /// The database is busy or unreachable; retry after `Retry-After` seconds.
+        DatabaseUnavailable = "database_unavailable",
+        /// A grant outside the token endpoint was refused.
+        InvalidGrant = "invalid_grant",
+    }
+}
 
 pub type ApiResult<T = Response> = Result<T, AppError>;
 
@@ -36,8 +65,12 @@ impl IntoResponse for AppError {
             Self::Database(DbError::Unavailable { cause, detail }) => {
                 metrics::counter!("orderly_db_unavailable_total", "cause" => cause).increment(1);
                 tracing::warn!(error = %detail, cause, "database unavailable");
-                Problem::unavailable("database_unavailable", "The database is busy or unreachable; retry shortly.", 1)
-                    .into_response()
+                Problem::unavailable(
+                    Code::DatabaseUnavailable,
+                    "The database is busy or unreachable; retry shortly.",
+                    1,
+                )
+                .into_response()
             }
             Self::Database(error) => {
                 tracing::error!(error = %error, "database error");

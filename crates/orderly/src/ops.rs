@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use orderly_kit::FieldError;
 use orderly_kit::docs::{
-    BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, PaymentRequired, PreconditionFailed,
-    ServiceUnavailable, Unauthorized, UnsupportedMediaType, ValidationFailed,
+    BadRequest, Conflict, Forbidden, InternalError, NotFound, PayloadTooLarge, PaymentRequired, PreconditionFailed,
+    ServiceUnavailable, TooManyRequests, Unauthorized, UnsupportedMediaType, ValidationFailed,
 };
 use orderly_kit::problem::ProblemBody;
 use orderly_kit::redis::SharedRedis;
@@ -66,7 +66,7 @@ impl Operations {
     ),
     components(
         schemas(ProblemBody, FieldError),
-        responses(BadRequest, Unauthorized, PaymentRequired, Forbidden, NotFound, Conflict, PreconditionFailed, PayloadTooLarge, UnsupportedMediaType, ValidationFailed, ServiceUnavailable)
+        responses(BadRequest, Unauthorized, PaymentRequired, Forbidden, NotFound, Conflict, PreconditionFailed, PayloadTooLarge, UnsupportedMediaType, ValidationFailed, TooManyRequests, ServiceUnavailable, InternalError)
     ),
     modifiers(&BearerAuth),
     tags(

@@ -14,7 +14,7 @@ use orderly_kit::context::RequestContext;
 use uuid::Uuid;
 
 use crate::db::Database;
-use crate::error::AppError;
+use crate::error::{AppError, Code};
 
 use super::domain::Role;
 use super::store;
@@ -118,7 +118,7 @@ where
         if principal.is_admin() {
             Ok(Self(principal))
         } else {
-            Err(Problem::new(StatusCode::FORBIDDEN, "forbidden", "This endpoint requires the admin role.").into())
+            Err(Problem::new(StatusCode::FORBIDDEN, Code::Forbidden, "This endpoint requires the admin role.").into())
         }
     }
 }
@@ -133,6 +133,6 @@ fn unauthorized(invalid: Option<&str>) -> Problem {
             (format!("Bearer realm=\"orderly\", error=\"invalid_token\", error_description=\"{detail}\""), detail)
         }
     };
-    Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+    Problem::new(StatusCode::UNAUTHORIZED, Code::Unauthorized, detail)
         .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_str(&challenge).expect("ascii challenge"))
 }

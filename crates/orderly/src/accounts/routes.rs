@@ -26,7 +26,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::db::Database;
-use crate::error::{ApiResult, AppError};
+use crate::error::{ApiResult, AppError, Code};
 use crate::limits::RateLimits;
 use crate::listing::{CreatedAtSort, CreatedAtSortQuery, FieldsQuery, ListParams, PageQuery};
 use crate::responses::{Written, written};
@@ -128,12 +128,12 @@ impl From<AccountError> for AppError {
             AccountError::NotFound => Problem::not_found().into(),
             AccountError::PreconditionFailed => Problem::precondition_failed().into(),
             AccountError::EmailTaken => {
-                Problem::conflict("email_taken", "An account with this email already exists.").into()
+                Problem::conflict(Code::EmailTaken, "An account with this email already exists.").into()
             }
             // The token endpoint answers refused grants in RFC 6749's format (`TokenOutcome`)
             // before they get here; anywhere else a refusal is a plain 400.
             AccountError::InvalidGrant(description) => {
-                Problem::new(StatusCode::BAD_REQUEST, "invalid_grant", description).into()
+                Problem::new(StatusCode::BAD_REQUEST, Code::InvalidGrant, description).into()
             }
             AccountError::Hashing(error) => AppError::internal(error.to_string()),
             AccountError::Database(error) => error.into(),

@@ -23,7 +23,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::accounts::auth::{Admin, Authenticator};
-use crate::error::{ApiResult, AppError};
+use crate::error::{ApiResult, AppError, Code};
 use crate::listing::{FieldsQuery, ListParams, PageQuery, Sort};
 use crate::responses::{Written, written};
 
@@ -89,7 +89,9 @@ impl From<CatalogError> for AppError {
         match error {
             CatalogError::NotFound => Problem::not_found().into(),
             CatalogError::PreconditionFailed => Problem::precondition_failed().into(),
-            CatalogError::SkuTaken => Problem::conflict("sku_taken", "A product with this SKU already exists.").into(),
+            CatalogError::SkuTaken => {
+                Problem::conflict(Code::SkuTaken, "A product with this SKU already exists.").into()
+            }
             CatalogError::Database(error) => error.into(),
         }
     }

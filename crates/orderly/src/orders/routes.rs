@@ -24,7 +24,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::accounts::auth::{Authenticator, Principal};
-use crate::error::{ApiResult, AppError};
+use crate::error::{ApiResult, AppError, Code};
 use crate::listing::{CreatedAtSort, FieldsQuery, ListParams, PageQuery};
 use crate::responses::Written;
 
@@ -156,7 +156,7 @@ impl From<OrderError> for AppError {
         match error {
             OrderError::NotFound => Problem::not_found().into(),
             OrderError::InvalidState(status) => Problem::conflict(
-                "invalid_state",
+                Code::InvalidState,
                 format!("Only pending orders can be cancelled; this one is {}.", status.as_str()),
             )
             .into(),
@@ -182,7 +182,7 @@ impl From<OrderError> for AppError {
             )])
             .into(),
             OrderError::InsufficientStock { product_id, sku, requested, available } => Problem::conflict(
-                "insufficient_stock",
+                Code::InsufficientStock,
                 format!(
                     "Not enough stock for product {product_id} ({sku}): {requested} requested, {available} available."
                 ),

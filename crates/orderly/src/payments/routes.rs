@@ -25,7 +25,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::accounts::auth::{Admin, Authenticator, Principal};
-use crate::error::{ApiResult, AppError};
+use crate::error::{ApiResult, AppError, Code};
 use crate::listing::{CreatedAtSort, CreatedAtSortQuery, FieldsQuery, ListParams, PageQuery};
 use crate::responses::{Written, created};
 use crate::schemas::{PaymentMethod, integer_type};
@@ -148,8 +148,8 @@ impl From<service::PaymentError> for AppError {
         use service::PaymentError as E;
         let problem = match error {
             E::NotFound => Problem::not_found(),
-            E::InvalidState(detail) => Problem::conflict("invalid_state", detail),
-            E::InProgress { detail, retry_after_secs } => Problem::conflict("payment_in_progress", detail.to_owned())
+            E::InvalidState(detail) => Problem::conflict(Code::InvalidState, detail),
+            E::InProgress { detail, retry_after_secs } => Problem::conflict(Code::PaymentInProgress, detail.to_owned())
                 .with_header(http::header::RETRY_AFTER, http::HeaderValue::from(retry_after_secs)),
             E::ExceedsRefundable { refundable } => Problem::validation(vec![FieldError {
                 field: "amount".into(),
@@ -157,10 +157,10 @@ impl From<service::PaymentError> for AppError {
                 message: format!("must be at most {refundable}, what is left to refund"),
             }]),
             E::Declined { .. } => {
-                Problem::new(http::StatusCode::PAYMENT_REQUIRED, "card_declined", "The payment method was declined.")
+                Problem::new(http::StatusCode::PAYMENT_REQUIRED, Code::CardDeclined, "The payment method was declined.")
             }
             E::ProviderUnavailable { retry_after_secs, .. } => Problem::unavailable(
-                "payment_provider_unavailable",
+                Code::PaymentProviderUnavailable,
                 "The payment provider did not answer in time. Retrying with the same `Idempotency-Key` is safe: a \
                  charge the provider made meanwhile is found, not made again.",
                 retry_after_secs,
@@ -178,7 +178,10 @@ fn claimed(claim: Option<Extension<Claim>>) -> Result<String, Problem> {
 }
 
 fn key_required() -> Problem {
-    Problem::bad_request("idempotency_key_required", "This endpoint requires an `Idempotency-Key` header.")
+    Problem::bad_request(
+        orderly_kit::problem::Code::IdempotencyKeyRequired,
+        "This endpoint requires an `Idempotency-Key` header.",
+    )
 }
 
 /// Body of `POST /orders/{id}/payments`.
