@@ -32,13 +32,16 @@ macro_rules! problem_response {
     };
 }
 
-problem_response!(BadRequest, "Malformed request: `invalid_json`, `invalid_cursor`, or a malformed header.");
+problem_response!(
+    BadRequest,
+    "Malformed request: `invalid_json`, `invalid_body`, `invalid_cursor`, `invalid_idempotency_key`, `idempotency_key_required` or `bad_request`."
+);
 problem_response!(Unauthorized, "Missing or invalid credentials (`unauthorized`); carries `WWW-Authenticate: Bearer`.");
 problem_response!(Forbidden, "The caller's role may not use this endpoint (`forbidden`).");
 problem_response!(NotFound, "No such resource, or one the caller may not see (`not_found`).");
 problem_response!(
     Conflict,
-    "The request conflicts with the current state: `email_taken`, `sku_taken`, `insufficient_stock` (naming the product), `invalid_state`, `payment_in_progress` or `idempotency_request_in_progress` (both with `Retry-After`)."
+    "`idempotency_request_in_progress` (with `Retry-After`): the first request with this `Idempotency-Key` still runs."
 );
 problem_response!(PaymentRequired, "The payment method was declined (`card_declined`).");
 problem_response!(PreconditionFailed, "`If-Match` does not match the current ETag (`precondition_failed`).");
@@ -46,7 +49,7 @@ problem_response!(PayloadTooLarge, "The body is over the size limit (`payload_to
 problem_response!(UnsupportedMediaType, "The body is not `application/json` (`unsupported_media_type`).");
 problem_response!(
     ValidationFailed,
-    "The input breaks a rule (`validation_failed`); `errors` lists every offending field, including unknown ones."
+    "The input breaks its schema or a rule (`validation_failed`; `errors` lists every offending field, including unknown ones), or an `Idempotency-Key` was reused with another body (`idempotency_key_reused`)."
 );
 problem_response!(
     ServiceUnavailable,

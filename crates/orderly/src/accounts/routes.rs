@@ -10,13 +10,14 @@ use orderly_kit::Problem;
 use orderly_kit::conditional::{CacheControl, conditional_response};
 use orderly_kit::contract::{Body, Params};
 use orderly_kit::docs::{
-    BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, PreconditionFailed, Unauthorized, UnsupportedMediaType,
+    BadRequest, Forbidden, NotFound, PayloadTooLarge, PreconditionFailed, Unauthorized, UnsupportedMediaType,
     ValidationFailed,
 };
 use orderly_kit::extract::{BodyKind, Id, parse_json_object, query_pairs, read_body};
 use orderly_kit::fields::select;
 use orderly_kit::idempotency::KeyedWrite;
 use orderly_kit::pagination::ListBody;
+use orderly_kit::problem::ProblemBody;
 use orderly_kit::ratelimit::Decision;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -160,7 +161,8 @@ pub struct RegisterRequest {
     responses(
         (status = 201, description = "Account created", body = UserBody, headers(("Location" = String, description = "URL of the new user"))),
         (status = 400, response = BadRequest),
-        (status = 409, response = Conflict),
+        (status = 409, description = "`email_taken`: an account with this email exists; `idempotency_request_in_progress` (with `Retry-After`): the first request with this key still runs.", body = ProblemBody, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait, for the codes that carry it"))),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),

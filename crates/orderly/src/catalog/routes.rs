@@ -8,12 +8,13 @@ use http::{HeaderMap, StatusCode};
 use orderly_kit::conditional::{CacheControl, conditional_response, prepared_conditional_response};
 use orderly_kit::contract::{Body, Params};
 use orderly_kit::docs::{
-    BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, PreconditionFailed, Unauthorized, UnsupportedMediaType,
+    BadRequest, Forbidden, NotFound, PayloadTooLarge, PreconditionFailed, Unauthorized, UnsupportedMediaType,
     ValidationFailed,
 };
 use orderly_kit::extract::Id;
 use orderly_kit::idempotency::KeyedWrite;
 use orderly_kit::pagination::ListBody;
+use orderly_kit::problem::ProblemBody;
 use orderly_kit::{FieldError, Problem};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -277,7 +278,8 @@ pub struct UpdateProductRequest {
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
-        (status = 409, response = Conflict),
+        (status = 409, description = "`sku_taken`: a product with this SKU exists; `idempotency_request_in_progress` (with `Retry-After`): the first request with this key still runs.", body = ProblemBody, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait, for the codes that carry it"))),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),
@@ -312,7 +314,8 @@ async fn create_product(
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
-        (status = 409, response = Conflict),
+        (status = 409, description = "`sku_taken`: another product has this SKU.", body = ProblemBody, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait, for the codes that carry it"))),
         (status = 412, response = PreconditionFailed),
         (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),

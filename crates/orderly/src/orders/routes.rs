@@ -7,13 +7,12 @@ use chrono::{DateTime, Utc};
 use http::HeaderMap;
 use orderly_kit::conditional::{CacheControl, conditional_response};
 use orderly_kit::contract::{Body, Params};
-use orderly_kit::docs::{
-    BadRequest, Conflict, NotFound, PayloadTooLarge, Unauthorized, UnsupportedMediaType, ValidationFailed,
-};
+use orderly_kit::docs::{BadRequest, NotFound, PayloadTooLarge, Unauthorized, UnsupportedMediaType, ValidationFailed};
 use orderly_kit::extract::Id;
 use orderly_kit::fields::select;
 use orderly_kit::idempotency::KeyedWrite;
 use orderly_kit::pagination::ListBody;
+use orderly_kit::problem::ProblemBody;
 use orderly_kit::{FieldError, Problem};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -121,7 +120,8 @@ pub struct PlaceOrderRequest {
         (status = 201, body = OrderBody, description = "Placed", headers(("Location" = String))),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
-        (status = 409, response = Conflict),
+        (status = 409, description = "`insufficient_stock`: a product has fewer units than ordered (the detail names it); `idempotency_request_in_progress` (with `Retry-After`): the first request with this key still runs.", body = ProblemBody, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait, for the codes that carry it"))),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),
@@ -313,7 +313,8 @@ async fn get_order(
         (status = 200, body = OrderBody, description = "Cancelled"),
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
-        (status = 409, response = Conflict),
+        (status = 409, description = "`invalid_state`: the order is neither pending nor cancelled; `payment_in_progress` (with `Retry-After`): a payment of the order is being processed; `idempotency_request_in_progress` (with `Retry-After`): the first request with this key still runs.", body = ProblemBody, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait, for the codes that carry it"))),
     )
 )]
 async fn cancel_order(

@@ -9,13 +9,14 @@ use http::HeaderMap;
 use orderly_kit::conditional::{CacheControl, conditional_response};
 use orderly_kit::contract::{Body, Params};
 use orderly_kit::docs::{
-    BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, PaymentRequired, ServiceUnavailable, Unauthorized,
+    BadRequest, Forbidden, NotFound, PayloadTooLarge, PaymentRequired, ServiceUnavailable, Unauthorized,
     UnsupportedMediaType, ValidationFailed,
 };
 use orderly_kit::extract::Id;
 use orderly_kit::fields::select;
 use orderly_kit::idempotency::{Claim, Claimed, KeyedWrite};
 use orderly_kit::pagination::ListBody;
+use orderly_kit::problem::ProblemBody;
 use orderly_kit::{FieldError, Problem};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -200,7 +201,8 @@ pub struct PaymentRequest {
         (status = 401, response = Unauthorized),
         (status = 402, response = PaymentRequired),
         (status = 404, response = NotFound),
-        (status = 409, response = Conflict),
+        (status = 409, description = "`invalid_state`: the order is not pending; `payment_in_progress` (with `Retry-After`): another payment of the order is being processed; `idempotency_request_in_progress` (with `Retry-After`): the first request with this key still runs.", body = ProblemBody, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait, for the codes that carry it"))),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),
@@ -332,7 +334,8 @@ integer_type!(
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
-        (status = 409, response = Conflict),
+        (status = 409, description = "`invalid_state`: the payment did not succeed or is fully refunded; `idempotency_request_in_progress` (with `Retry-After`): the first request with this key still runs.", body = ProblemBody, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait, for the codes that carry it"))),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),
