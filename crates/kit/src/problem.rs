@@ -104,6 +104,12 @@ pub struct FieldError {
     pub message: String,
 }
 
+impl FieldError {
+    pub fn new(field: impl Into<String>, code: &str, message: impl Into<String>) -> Self {
+        Self { field: field.into(), code: code.to_owned(), message: message.into() }
+    }
+}
+
 /// An error response in the RFC 9457 format. Boxed so `Result<T, Problem>` stays small.
 #[derive(Debug, Clone)]
 pub struct Problem(Box<Details>);

@@ -172,12 +172,8 @@ async fn list_products(
     if let (Some(min), Some(max)) = (min_price, max_price)
         && min.0 > max.0
     {
-        return Err(Problem::validation(vec![FieldError {
-            field: "max_price".into(),
-            code: "out_of_range".into(),
-            message: "must not be less than min_price".into(),
-        }])
-        .into());
+        let error = FieldError::new("max_price", "out_of_range", "must not be less than min_price");
+        return Err(Problem::validation(vec![error]).into());
     }
     let params = ListParams::new(page, sort.unwrap_or_default());
     let filter = ProductFilter {

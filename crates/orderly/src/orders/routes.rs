@@ -135,10 +135,9 @@ async fn place_order(
 ) -> ApiResult {
     let repeated = repeated_products(&items);
     if !repeated.is_empty() {
-        let errors = repeated.into_iter().map(|index| FieldError {
-            field: format!("items[{index}].product_id"),
-            code: "duplicate_product".into(),
-            message: "each product may appear once; combine the quantities".into(),
+        let errors = repeated.into_iter().map(|index| {
+            let field = format!("items[{index}].product_id");
+            FieldError::new(field, "duplicate_product", "each product may appear once; combine the quantities")
         });
         return Err(Problem::validation(errors.collect()).into());
     }
@@ -151,8 +150,7 @@ async fn place_order(
 
 impl From<OrderError> for AppError {
     fn from(error: OrderError) -> Self {
-        let field_error =
-            |field: String, code: &str, message: &str| FieldError { field, code: code.into(), message: message.into() };
+        let field_error = FieldError::new;
         match error {
             OrderError::NotFound => Problem::not_found().into(),
             OrderError::InvalidState(status) => Problem::conflict(
@@ -238,12 +236,8 @@ async fn list_orders(
     if let (Some(after), Some(before)) = (created_after, created_before)
         && after >= before
     {
-        return Err(Problem::validation(vec![FieldError {
-            field: "created_before".into(),
-            code: "out_of_range".into(),
-            message: "must be later than created_after".into(),
-        }])
-        .into());
+        let error = FieldError::new("created_before", "out_of_range", "must be later than created_after");
+        return Err(Problem::validation(vec![error]).into());
     }
     let params = ListParams::new(page, sort.unwrap_or_default());
     // A customer sees only their own orders, whatever `user_id` says.

@@ -152,11 +152,11 @@ impl From<service::PaymentError> for AppError {
             E::InvalidState(detail) => Problem::conflict(Code::InvalidState, detail),
             E::InProgress { detail, retry_after_secs } => Problem::conflict(Code::PaymentInProgress, detail.to_owned())
                 .with_header(http::header::RETRY_AFTER, http::HeaderValue::from(retry_after_secs)),
-            E::ExceedsRefundable { refundable } => Problem::validation(vec![FieldError {
-                field: "amount".into(),
-                code: "exceeds_refundable".into(),
-                message: format!("must be at most {refundable}, what is left to refund"),
-            }]),
+            E::ExceedsRefundable { refundable } => Problem::validation(vec![FieldError::new(
+                "amount",
+                "exceeds_refundable",
+                format!("must be at most {refundable}, what is left to refund"),
+            )]),
             E::Declined { .. } => {
                 Problem::new(http::StatusCode::PAYMENT_REQUIRED, Code::CardDeclined, "The payment method was declined.")
             }
