@@ -150,7 +150,6 @@ async fn place_order(
 
 impl From<OrderError> for AppError {
     fn from(error: OrderError) -> Self {
-        let field_error = FieldError::new;
         match error {
             OrderError::NotFound => Problem::not_found().into(),
             OrderError::InvalidState(status) => Problem::conflict(
@@ -164,16 +163,18 @@ impl From<OrderError> for AppError {
                     .map(|(index, refusal)| {
                         let field = format!("items[{index}].product_id");
                         match refusal {
-                            LineRefusal::Unknown => field_error(field, "unknown_product", "no product has this id"),
-                            LineRefusal::Archived => {
-                                field_error(field, "archived_product", "this product is archived and cannot be ordered")
-                            }
+                            LineRefusal::Unknown => FieldError::new(field, "unknown_product", "no product has this id"),
+                            LineRefusal::Archived => FieldError::new(
+                                field,
+                                "archived_product",
+                                "this product is archived and cannot be ordered",
+                            ),
                         }
                     })
                     .collect(),
             )
             .into(),
-            OrderError::MixedCurrencies => Problem::validation(vec![field_error(
+            OrderError::MixedCurrencies => Problem::validation(vec![FieldError::new(
                 "items".into(),
                 "mixed_currencies",
                 "all products of an order must be priced in one currency",
