@@ -175,7 +175,7 @@ impl From<OrderError> for AppError {
             )
             .into(),
             OrderError::MixedCurrencies => Problem::validation(vec![FieldError::new(
-                "items".into(),
+                "items",
                 "mixed_currencies",
                 "all products of an order must be priced in one currency",
             )])
