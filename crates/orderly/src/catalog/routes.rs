@@ -5,6 +5,7 @@ use axum::extract::{FromRef, OriginalUri, State};
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use http::{HeaderMap, StatusCode};
+use orderly_kit::Problem;
 use orderly_kit::conditional::{CacheControl, conditional_response, prepared_conditional_response};
 use orderly_kit::contract::{Body, Params};
 use orderly_kit::docs::{
@@ -15,7 +16,6 @@ use orderly_kit::extract::Id;
 use orderly_kit::idempotency::KeyedWrite;
 use orderly_kit::pagination::ListBody;
 use orderly_kit::problem::ProblemBody;
-use orderly_kit::{FieldError, Problem};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -147,7 +147,7 @@ pub struct ProductListQuery {
     currency: Option<Currency>,
     /// Minimum unit price, inclusive, in minor units.
     min_price: Option<Price>,
-    /// Maximum unit price, inclusive, in minor units; not below `min_price`.
+    /// Maximum unit price, inclusive, in minor units (below `min_price`, nothing matches).
     max_price: Option<Price>,
     /// Case-insensitive search in name and SKU.
     q: Option<Name>,
@@ -169,12 +169,6 @@ async fn list_products(
     Params(query): Params<ProductListQuery>,
 ) -> ApiResult {
     let ProductListQuery { sort, active, currency, min_price, max_price, q } = query;
-    if let (Some(min), Some(max)) = (min_price, max_price)
-        && min.0 > max.0
-    {
-        let error = FieldError::new("max_price", "out_of_range", "must not be less than min_price");
-        return Err(Problem::validation(vec![error]).into());
-    }
     let params = ListParams::new(page, sort.unwrap_or_default());
     let filter = ProductFilter {
         active,

@@ -212,7 +212,8 @@ pub struct OrderListQuery {
     user_id: Option<Uuid>,
     /// Only orders created strictly after this instant (RFC 3339).
     created_after: Option<DateTime<Utc>>,
-    /// Only orders created strictly before this instant (RFC 3339); later than `created_after`.
+    /// Only orders created strictly before this instant (RFC 3339); when it is not after
+    /// `created_after`, nothing matches.
     created_before: Option<DateTime<Utc>>,
 }
 
@@ -234,12 +235,6 @@ async fn list_orders(
     Params(query): Params<OrderListQuery>,
 ) -> ApiResult {
     let OrderListQuery { sort, status, user_id, created_after, created_before } = query;
-    if let (Some(after), Some(before)) = (created_after, created_before)
-        && after >= before
-    {
-        let error = FieldError::new("created_before", "out_of_range", "must be later than created_after");
-        return Err(Problem::validation(vec![error]).into());
-    }
     let params = ListParams::new(page, sort.unwrap_or_default());
     // A customer sees only their own orders, whatever `user_id` says.
     let user_id = match principal.owner_scope() {

@@ -239,13 +239,7 @@ async fn the_order_list_filters_by_status_and_time_and_pages(app: TestApp) {
     assert_eq!(ids(&second), [id(&placed[2]), id(&placed[1])]);
     assert_eq!(second["data"][1]["items"][0]["quantity"], 1, "listed orders carry their items");
 
-    for bad in [
-        "?status=shipped",
-        "?created_after=yesterday",
-        "?user_id=me",
-        "?sort=total",
-        "?created_after=2030-01-01T00:00:00Z&created_before=2020-01-01T00:00:00Z",
-    ] {
+    for bad in ["?status=shipped", "?created_after=yesterday", "?user_id=me", "?sort=total"] {
         assert_problem(
             app.get(&format!("/api/v1/orders{bad}"), token).await,
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -253,6 +247,9 @@ async fn the_order_list_filters_by_status_and_time_and_pages(app: TestApp) {
         )
         .await;
     }
+    let empty_range = "/api/v1/orders?created_after=2030-01-01T00:00:00Z&created_before=2020-01-01T00:00:00Z";
+    let nothing: Value = app.get(empty_range, token).await.json().await.unwrap();
+    assert_eq!(ids(&nothing), Vec::<String>::new(), "a range that ends before it starts matches nothing");
     let selected: Value =
         app.get(&format!("/api/v1/orders/{}?fields=id,status", id(&placed[0])), token).await.json().await.unwrap();
     assert_eq!(selected, json!({"id": placed[0]["id"], "status": "pending"}));
