@@ -16,8 +16,8 @@ Checks switched off for single operations are listed, each with its reason, in
 contract/exclusions.toml. The tools come from a virtualenv (default
 ~/.cache/orderly-contract-venv) that is rebuilt whenever contract/requirements.txt changes.
 Under CI=true a missing PostgreSQL URL fails the run instead of skipping that backend.
-Exits non-zero when anything failed; Schemathesis' JSON reports and the server logs are kept
-in --report-dir.
+Exits non-zero when anything failed. Schemathesis' reports (JSON, and JUnit with a curl line
+per failure), its caches and the server logs are kept in --report-dir.
 
 This file uses only the standard library: it runs before the virtualenv exists.
 """
@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,6 +36,9 @@ import tomllib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+# Nothing of a run may land in the work tree: no bytecode here, and the tools below run in the
+# report folder, where Schemathesis and Hypothesis keep their caches (.schemathesis, .hypothesis).
+sys.dont_write_bytecode = True
 from server import OrderlyServer, ServerError  # noqa: E402
 
 REQUIREMENTS = os.path.join(HERE, "requirements.txt")
@@ -61,7 +65,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--binary", default=default_binary(), help="the orderly binary (default: %(default)s)")
     parser.add_argument("--postgres", default=os.environ.get("ORDERLY_TEST_DATABASE_URL"),
-                        help="a PostgreSQL server whose user may create databases (default: $ORDERLY_TEST_DATABASE_URL)")
+                        help="a PostgreSQL server whose user may create databases "
+                             "(default: $ORDERLY_TEST_DATABASE_URL)")
     parser.add_argument("--only", choices=["sqlite", "postgres"], help="test one backend only")
     parser.add_argument("--venv", default=os.path.expanduser("~/.cache/orderly-contract-venv"))
     parser.add_argument("--max-time", type=int, default=150, help="Schemathesis' time budget per backend, seconds")
@@ -69,6 +74,9 @@ def main():
     parser.add_argument("--seed", type=int, help="Schemathesis' random seed, to repeat a run")
     parser.add_argument("--report-dir", help="where reports and server logs are kept (default: a new temporary folder)")
     args = parser.parse_args()
+    # SIGTERM (CI's timeout, a cancelled job) unwinds like Ctrl-C, so every server started so
+    # far is stopped and every database dropped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     if not os.access(args.binary, os.X_OK):
         sys.exit(f"contract: no executable at {args.binary} (build it with `cargo build`, or pass --binary)")
@@ -81,7 +89,9 @@ def main():
             results.append(("postgres", False, 0.0, note))
         else:
             print(f"contract: skipping PostgreSQL: {note}", flush=True)
-    report_dir = args.report_dir or tempfile.mkdtemp(prefix="orderly-contract-")
+    # Absolute: the tools run in the report folder, not here.
+    args.binary = os.path.abspath(args.binary)
+    report_dir = os.path.abspath(args.report_dir or tempfile.mkdtemp(prefix="orderly-contract-"))
     os.makedirs(report_dir, exist_ok=True)
 
     started = time.monotonic()
@@ -118,6 +128,8 @@ def ensure_venv(venv, requirements):
                 return bin_dir
     except OSError:
         pass
+    if os.path.exists(venv) and os.listdir(venv) and not os.path.exists(os.path.join(venv, "pyvenv.cfg")):
+        sys.exit(f"contract: {venv} is not a virtualenv; refusing to replace it")
     print(f"contract: installing {os.path.relpath(requirements)} into {venv}", flush=True)
     shutil.rmtree(venv, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=120)
@@ -224,11 +236,16 @@ def run_schemathesis(args, bin_dir, backend, exclusions, report_dir):
                 command += ["--seed", str(args.seed)]
             env = {**os.environ, "ORDERLY_CONTRACT_ADMIN_TOKEN": server.admin_token()}
             # Shrinking and the last stateful scenarios may run past --max-time; bound them too.
-            status = run_bounded(command, env, timeout=args.max_time + 240)
+            status = run_bounded(command, env, timeout=args.max_time + 240, cwd=report_dir)
     except ServerError as error:
         print(f"contract: {name}: {error}", flush=True)
         return (name, False, time.monotonic() - started, "server did not start")
     note = "no failures" if status == 0 else ("timed out" if status is None else f"exit {status}")
+    try:
+        with open(os.path.join(report_dir, f"schemathesis-{backend}.json")) as f:
+            note += f", {json.load(f)['test_cases']['unique_failures']} unique failures"
+    except (OSError, ValueError, KeyError):
+        pass
     return (name, status == 0, time.monotonic() - started, note)
 
 
@@ -244,16 +261,18 @@ def run_client_tests(args, bin_dir, backend, report_dir):
     ]
     if args.postgres:
         command += ["--postgres", args.postgres]
-    status = run_bounded(command, dict(os.environ), timeout=600)
+    status = run_bounded(command, dict(os.environ), timeout=600, cwd=report_dir)
     # Exit 5 is pytest's "no tests ran": a failure here, never a pass.
     note = {0: "passed", None: "timed out", 5: "no tests ran"}.get(status, f"exit {status}")
     return (name, status == 0, time.monotonic() - started, note)
 
 
-def run_bounded(command, env, timeout):
-    """The exit status of `command`, or None when it ran past `timeout` seconds (then killed)."""
+def run_bounded(command, env, timeout, cwd):
+    """The exit status of `command` run in `cwd`, or None when it ran past `timeout` seconds
+    (then killed)."""
+    env = {**env, "PYTHONDONTWRITEBYTECODE": "1"}
     try:
-        return subprocess.run(command, env=env, stdin=subprocess.DEVNULL, timeout=timeout).returncode
+        return subprocess.run(command, env=env, cwd=cwd, stdin=subprocess.DEVNULL, timeout=timeout).returncode
     except subprocess.TimeoutExpired:
         print(f"contract: `{os.path.basename(command[0])}` ran past {timeout} s and was stopped", flush=True)
         return None

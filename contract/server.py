@@ -8,11 +8,12 @@ Each server gets a fresh store: a temporary data folder for SQLite, or a new dat
 PostgreSQL server named by `postgres_url` (created before the start, dropped after the stop).
 An admin is created with `orderly admin create-user`, its password handed over in
 ORDERLY_ADMIN_PASSWORD (never on the command line); `demo=True` also runs `orderly seed
---demo`, whose users and products are the ones the OpenAPI examples name. Rate limits are generous unless the caller
-passes its own, so a fuzzer is not throttled into testing only 429s.
+--demo`, whose users and products are the ones the OpenAPI examples name. Rate limits are
+generous unless the caller passes its own, so a fuzzer is not throttled into testing only 429s.
 
 Everything is bounded in time: every subprocess has a timeout, readiness is awaited for at most
-`ready_timeout` seconds, and `stop()` sends SIGTERM, waits, then SIGKILLs. Only the standard
+`ready_timeout` seconds, and `stop()` sends SIGTERM, waits, then SIGKILLs. The temporary folder
+(data, server log) is removed on stop unless ORDERLY_CONTRACT_KEEP is set. Only the standard
 library is used, so the entry point can import this before its virtualenv exists.
 """
 
@@ -122,7 +123,7 @@ class OrderlyServer:
                 return
             if self.process.poll() is None:
                 break  # running but never ready: another port will not help
-        raise ServerError(f"orderly serve did not become ready within {self.ready_timeout} s\n{self.log_tail()}")
+        raise ServerError(f"orderly serve exited or was not ready within {self.ready_timeout} s\n{self.log_tail()}")
 
     def stop(self, grace=15):
         if self.process is not None and self.process.poll() is None:
