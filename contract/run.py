@@ -53,6 +53,9 @@ CHECKS = [
     "allow_header_conformance", "use_after_free", "ensure_resource_availability", "ignored_auth",
     "object_level_authorization",
 ]
+# What Schemathesis 4 accepts of a schema-valid request unless told otherwise.
+POSITIVE_DATA_ACCEPTANCE_DEFAULTS = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
+HOOKS = os.path.join(HERE, "hooks.py")
 METHODS = {"GET", "PUT", "POST", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE"}
 
 
@@ -157,8 +160,10 @@ def load_exclusions(path):
     entries = document.get("exclude", [])
     for index, entry in enumerate(entries, 1):
         where = f"{path}: exclusion {index}"
-        if set(entry) != {"operation", "check", "reason"}:
-            sys.exit(f"contract: {where} needs exactly `operation`, `check` and `reason`")
+        if not {"operation", "check", "reason"} <= set(entry) <= {"operation", "check", "reason", "also-expected"}:
+            sys.exit(f"contract: {where} needs `operation`, `check` and `reason`, and may have `also-expected`")
+        if "also-expected" in entry and entry["check"] != "positive_data_acceptance":
+            sys.exit(f"contract: {where}: `also-expected` applies to positive_data_acceptance only")
         method, _, route = entry["operation"].partition(" ")
         if method not in METHODS or not route.startswith("/"):
             sys.exit(f"contract: {where}: operation must read `METHOD /path`, not {entry['operation']!r}")
@@ -178,7 +183,6 @@ def schemathesis_config(exclusions):
     environment, so it appears in no file and on no command line."""
     lines = [
         "# Written by contract/run.py for one run.",
-        'headers = { Authorization = "Bearer ${ORDERLY_CONTRACT_ADMIN_TOKEN}" }',
         "# Without it a test case stops at its first failing check and hides the others.",
         "continue-on-failure = true",
         "",
@@ -189,17 +193,26 @@ def schemathesis_config(exclusions):
         "# failure cannot be reproduced without its key. Credentials stay filtered.",
         "[output.sanitization]",
         'sensitive-markers = ["token", "secret", "password", "passwd", "auth", "session", "credential", "private"]',
+        "",
+        "# Through the document's `bearer` scheme, so operations without security get no token and",
+        "# `missing_required_header`/`ignored_auth` can take it away.",
+        "[auth.openapi.bearer]",
+        'bearer = "${ORDERLY_CONTRACT_ADMIN_TOKEN}"',
     ]
+    # One block per operation: Schemathesis applies the first block that matches a request.
+    by_operation = {}
     for entry in exclusions:
-        method, _, route = entry["operation"].partition(" ")
-        lines += [
-            "",
-            f"# {entry['reason']}".replace("\n", " "),
-            "[[operations]]",
-            f"include-method = {json.dumps(method)}",
-            f"include-path = {json.dumps(route)}",
-            f"checks.{entry['check']}.enabled = false",
-        ]
+        by_operation.setdefault(entry["operation"], []).append(entry)
+    for operation, entries in by_operation.items():
+        lines += [""] + [f"# {entry['reason']}".replace("\n", " ") for entry in entries]
+        # `include-name`, not `include-method` + `include-path`: separate filters match either.
+        lines += ["[[operations]]", f"include-name = {json.dumps(operation)}"]
+        for entry in entries:
+            if "also-expected" in entry:
+                statuses = POSITIVE_DATA_ACCEPTANCE_DEFAULTS + entry["also-expected"]
+                lines.append(f"checks.{entry['check']}.expected-statuses = {json.dumps(statuses)}")
+            else:
+                lines.append(f"checks.{entry['check']}.enabled = false")
     return "\n".join(lines) + "\n"
 
 
@@ -234,7 +247,7 @@ def run_schemathesis(args, bin_dir, backend, exclusions, report_dir):
             ]
             if args.seed is not None:
                 command += ["--seed", str(args.seed)]
-            env = {**os.environ, "ORDERLY_CONTRACT_ADMIN_TOKEN": server.admin_token()}
+            env = {**os.environ, "ORDERLY_CONTRACT_ADMIN_TOKEN": server.admin_token(), "SCHEMATHESIS_HOOKS": HOOKS}
             # Shrinking and the last stateful scenarios may run past --max-time; bound them too.
             status = run_bounded(command, env, timeout=args.max_time + 240, cwd=report_dir)
     except ServerError as error:

@@ -177,7 +177,7 @@ pub fn is_name(raw: &str, max: usize) -> bool {
 /// Whether `raw` is an email address as [`email`] describes it.
 pub fn is_email(raw: &str) -> bool {
     static PATTERN: LazyLock<Regex> = LazyLock::new(|| Regex::new(EMAIL).expect("the email pattern compiles"));
-    raw.len() <= EMAIL_MAX && PATTERN.is_match(raw)
+    raw.chars().count() <= EMAIL_MAX && PATTERN.is_match(raw)
 }
 
 #[cfg(test)]
@@ -226,6 +226,8 @@ mod tests {
             assert!(!is_email(bad), "{bad:?} should be rejected");
         }
         assert!(is_email("ädä.lövelace@example.com"));
+        let long_in_bytes = format!("{}@example.com", "é".repeat(200));
+        assert!(is_email(&long_in_bytes), "the limit counts characters, as the schema's maxLength does");
         assert!(!is_email(&format!("{}@example.com", "a".repeat(250))));
     }
 }

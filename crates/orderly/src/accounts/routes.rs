@@ -205,13 +205,11 @@ pub enum TokenRequest {
 ///
 /// Refresh tokens rotate on every use; presenting an already-used refresh token revokes every
 /// token descending from the same login. Unrecognised parameters are ignored, as RFC 6749
-/// requires. Errors use the RFC 6749 §5.2 body.
+/// requires. Errors use the RFC 6749 §5.2 body. The parameters may also be sent as a JSON
+/// object of strings.
 #[utoipa::path(
     post, path = "/auth/token", tag = "accounts",
-    request_body(content(
-        (TokenRequest = "application/x-www-form-urlencoded"),
-        (TokenRequest = "application/json"),
-    )),
+    request_body(content((TokenRequest = "application/x-www-form-urlencoded"))),
     responses(
         (status = 200, description = "Tokens issued", body = TokenGrant),
         (status = 400, description = "RFC 6749 error: `invalid_request`, `invalid_grant`, `unsupported_grant_type`", body = OAuthError),

@@ -35,6 +35,10 @@ pub struct AccessClaims {
     pub iss: String,
     pub iat: i64,
     pub exp: i64,
+    /// Unique per token (RFC 7519 §4.1.7), so two tokens issued in one second still differ.
+    /// Absent from tokens issued before it existed.
+    #[serde(default)]
+    pub jti: Uuid,
 }
 
 /// The active signing key, every key accepted for verification, and the public JWKS.
@@ -132,6 +136,7 @@ impl SigningKeys {
             iss: ISSUER.to_owned(),
             iat: now,
             exp: now + i64::try_from(ttl).unwrap_or(i64::MAX / 2),
+            jti: Uuid::new_v4(),
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.kid.clone());
@@ -246,6 +251,16 @@ mod tests {
         tampered.insert(tampered.len() - 5, 'x');
         assert!(keys.verify_access_token(&tampered).is_none());
         assert!(new_keys().verify_access_token(&token).is_none(), "another key must not verify it");
+    }
+
+    #[test]
+    fn tokens_issued_together_differ() {
+        let keys = new_keys();
+        let user = Uuid::now_v7();
+        let (first, _) = keys.issue_access_token(user, Role::Customer);
+        let (second, _) = keys.issue_access_token(user, Role::Customer);
+        assert_ne!(first, second);
+        assert_ne!(keys.verify_access_token(&first).unwrap().jti, keys.verify_access_token(&second).unwrap().jti);
     }
 
     #[test]
