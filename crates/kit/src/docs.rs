@@ -229,6 +229,16 @@ pub fn document_idempotency(
                 None => operation["parameters"] = Value::Array(vec![header]),
             }
             let responses = &mut operation["responses"];
+            let replayed = serde_json::json!({
+                "description": "`true` when this is the kept response of an earlier request with the same key.",
+                "schema": {"type": "string", "enum": ["true"]},
+            });
+            // Any kept answer may be replayed: successes, and refusals that are final (402, 409).
+            for response in responses.as_object_mut().into_iter().flat_map(|r| r.values_mut()) {
+                if response.get("$ref").is_none() {
+                    response["headers"]["Idempotent-Replayed"] = replayed.clone();
+                }
+            }
             for (status, response) in [("409", "Conflict"), ("422", "ValidationFailed"), ("400", "BadRequest")] {
                 if responses.get(status).is_none() {
                     responses[status] = serde_json::json!({"$ref": format!("#/components/responses/{response}")});
@@ -236,6 +246,7 @@ pub fn document_idempotency(
             }
         }
     }
+    document["components"]["responses"]["PaymentRequired"]["headers"]["Idempotent-Replayed"] = serde_json::json!({"description": "`true` when this is a kept answer replayed.", "schema": {"type": "string", "enum": ["true"]}});
     serde_json::from_value(document).expect("a documented OpenAPI document deserializes")
 }
 
@@ -267,13 +278,18 @@ pub fn document_conventions(openapi: utoipa::openapi::OpenApi, conventions: &Con
     let rate_limit = header("This request's standing under its rate limits: `\"<policy>\";r=<remaining>;t=<seconds>`.");
     let rate_limit_policy = header("The rate limits that apply: `\"<policy>\";q=<quota>;w=<window seconds>`.");
     let retry_after = serde_json::json!({"description": "Seconds to wait before retrying.", "schema": {"type": "integer", "minimum": 0}});
+    let cache_control = header("How caches may keep the response: `no-store` unless the operation says otherwise.");
+    let vary = header("The request headers the response depends on (`Accept-Encoding`, `Authorization`).");
     let responses = &mut document["components"]["responses"];
     for name in ["TooManyRequests", "ServiceUnavailable", "Conflict"] {
         responses[name]["headers"]["Retry-After"] = retry_after.clone();
     }
+    responses["Unauthorized"]["headers"]["WWW-Authenticate"] =
+        header("`Bearer`, with `error=\"invalid_token\"` when a token was sent but is not valid.");
     if let Some(responses) = responses.as_object_mut() {
         for response in responses.values_mut() {
             response["headers"]["X-Request-ID"] = request_id.clone();
+            response["headers"]["Cache-Control"] = cache_control.clone();
             response["headers"]["RateLimit"] = rate_limit.clone();
             response["headers"]["RateLimit-Policy"] = rate_limit_policy.clone();
         }
@@ -321,6 +337,9 @@ pub fn document_conventions(openapi: utoipa::openapi::OpenApi, conventions: &Con
                     continue;
                 }
                 response["headers"]["X-Request-ID"] = request_id.clone();
+                let headers = response["headers"].as_object_mut().expect("headers are an object");
+                headers.entry("Cache-Control").or_insert_with(|| cache_control.clone());
+                headers.entry("Vary").or_insert_with(|| vary.clone());
                 if rate_limited {
                     response["headers"]["RateLimit"] = rate_limit.clone();
                     response["headers"]["RateLimit-Policy"] = rate_limit_policy.clone();

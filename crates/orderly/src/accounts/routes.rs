@@ -159,7 +159,7 @@ pub struct RegisterRequest {
     post, path = "/auth/register", tag = "accounts",
     request_body = RegisterRequest,
     responses(
-        (status = 201, description = "Account created", body = UserBody, headers(("Location" = String, description = "URL of the new user"))),
+        (status = 201, description = "Account created", body = UserBody, headers(("Location" = String, description = "URL of the new user"), ("ETag" = String, description = "Strong validator of this representation"), ("Last-Modified" = String))),
         (status = 400, response = BadRequest),
         (status = 409, description = "`email_taken`: an account with this email exists; `idempotency_request_in_progress` (with `Retry-After`): the first request with this key still runs.", body = ProblemBody, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait, for the codes that carry it"))),
@@ -452,7 +452,7 @@ pub struct UpdateMeRequest {
     patch, path = "/users/me", tag = "users", request_body = UpdateMeRequest, security(("bearer" = [])),
     params(("If-Match" = Option<String>, Header, description = "Apply only if the user's current ETag matches")),
     responses(
-        (status = 200, body = UserBody, description = "Updated"),
+        (status = 200, body = UserBody, description = "Updated", headers(("ETag" = String, description = "Strong validator of this representation"), ("Last-Modified" = String))),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 412, response = PreconditionFailed),
@@ -552,7 +552,7 @@ pub struct UpdateUserRequest {
     patch, path = "/users/{id}", tag = "users", request_body = UpdateUserRequest, security(("bearer" = [])),
     params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header, description = "Apply only if the user's current ETag matches")),
     responses(
-        (status = 200, body = UserBody, description = "Updated"),
+        (status = 200, body = UserBody, description = "Updated", headers(("ETag" = String, description = "Strong validator of this representation"), ("Last-Modified" = String))),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
@@ -594,7 +594,7 @@ pub struct CreateApiKeyRequest {
 #[utoipa::path(
     post, path = "/api-keys", tag = "api-keys", request_body = CreateApiKeyRequest, security(("bearer" = [])),
     responses(
-        (status = 201, body = NewApiKeyBody, description = "Created", headers(("Location" = String))),
+        (status = 201, body = NewApiKeyBody, description = "Created", headers(("Location" = String), ("ETag" = String, description = "Strong validator of this representation"), ("Last-Modified" = String))),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 413, response = PayloadTooLarge),
@@ -624,7 +624,7 @@ fn created_api_key((api_key, secret): &(ApiKey, String)) -> Written {
     get, path = "/api-keys", tag = "api-keys", security(("bearer" = [])),
     params(PageQuery, CreatedAtSortQuery),
     responses(
-        (status = 200, body = ListBody<ApiKeyBody>, description = "A page of keys"),
+        (status = 200, body = ListBody<ApiKeyBody>, description = "A page of keys", headers(("Link" = String, description = "`rel=\"next\"` page"))),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 422, response = ValidationFailed),
@@ -660,7 +660,7 @@ async fn list_api_keys(
     get, path = "/api-keys/{id}", tag = "api-keys", security(("bearer" = [])),
     params(("id" = Uuid, Path), FieldsQuery),
     responses(
-        (status = 200, body = ApiKeyBody, description = "The key", headers(("ETag" = String))),
+        (status = 200, body = ApiKeyBody, description = "The key", headers(("ETag" = String), ("Last-Modified" = String))),
         (status = 304, description = "Not modified"),
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),

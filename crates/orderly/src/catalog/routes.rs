@@ -264,7 +264,7 @@ pub struct UpdateProductRequest {
 #[utoipa::path(
     post, path = "/products", tag = "catalog", request_body = CreateProductRequest, security(("bearer" = [])),
     responses(
-        (status = 201, body = ProductBody, description = "Created", headers(("Location" = String))),
+        (status = 201, body = ProductBody, description = "Created", headers(("Location" = String), ("ETag" = String, description = "Strong validator of this representation"), ("Last-Modified" = String))),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
@@ -299,7 +299,7 @@ async fn create_product(
     patch, path = "/products/{id}", tag = "catalog", request_body = UpdateProductRequest, security(("bearer" = [])),
     params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header, description = "Apply only if the product's current ETag matches")),
     responses(
-        (status = 200, body = ProductBody, description = "Updated"),
+        (status = 200, body = ProductBody, description = "Updated", headers(("ETag" = String, description = "Strong validator of this representation"), ("Last-Modified" = String))),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),

@@ -117,7 +117,7 @@ pub struct PlaceOrderRequest {
 #[utoipa::path(
     post, path = "/orders", tag = "orders", request_body = PlaceOrderRequest, security(("bearer" = [])),
     responses(
-        (status = 201, body = OrderBody, description = "Placed", headers(("Location" = String))),
+        (status = 201, body = OrderBody, description = "Placed", headers(("Location" = String), ("ETag" = String, description = "Strong validator of this representation"), ("Last-Modified" = String))),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 409, description = "`insufficient_stock`: a product has fewer units than ordered (the detail names it); `idempotency_request_in_progress` (with `Retry-After`): the first request with this key still runs.", body = ProblemBody, content_type = "application/problem+json",
@@ -300,7 +300,7 @@ async fn get_order(
 #[utoipa::path(
     post, path = "/orders/{id}/cancel", tag = "orders", params(("id" = Uuid, Path)), security(("bearer" = [])),
     responses(
-        (status = 200, body = OrderBody, description = "Cancelled"),
+        (status = 200, body = OrderBody, description = "Cancelled", headers(("ETag" = String, description = "Strong validator of this representation"), ("Last-Modified" = String))),
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
         (status = 409, description = "`invalid_state`: the order is neither pending nor cancelled; `payment_in_progress` (with `Retry-After`): a payment of the order is being processed; `idempotency_request_in_progress` (with `Retry-After`): the first request with this key still runs.", body = ProblemBody, content_type = "application/problem+json",

@@ -196,7 +196,7 @@ pub struct PaymentRequest {
     post, path = "/orders/{id}/payments", tag = "payments", params(("id" = Uuid, Path)), request_body = PaymentRequest,
     security(("bearer" = [])),
     responses(
-        (status = 201, body = PaymentBody, description = "Charged; the order is paid", headers(("Location" = String))),
+        (status = 201, body = PaymentBody, description = "Charged; the order is paid", headers(("Location" = String), ("ETag" = String, description = "Strong validator of this representation"), ("Last-Modified" = String))),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 402, response = PaymentRequired),
@@ -329,7 +329,7 @@ integer_type!(
     post, path = "/payments/{id}/refunds", tag = "payments", params(("id" = Uuid, Path)), request_body = RefundRequestBody,
     security(("bearer" = [])),
     responses(
-        (status = 201, body = RefundBody, description = "Refunded; a fully refunded order becomes `refunded`", headers(("Location" = String))),
+        (status = 201, body = RefundBody, description = "Refunded; a fully refunded order becomes `refunded`", headers(("Location" = String), ("ETag" = String, description = "Strong validator of this representation"), ("Last-Modified" = String))),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
