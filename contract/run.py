@@ -25,6 +25,7 @@ This file uses only the standard library: it runs before the virtualenv exists.
 import argparse
 import hashlib
 import json
+import secrets
 import os
 import shutil
 import signal
@@ -33,6 +34,7 @@ import sys
 import tempfile
 import time
 import tomllib
+import urllib.parse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -194,10 +196,13 @@ def schemathesis_config(exclusions):
         "[output.sanitization]",
         'sensitive-markers = ["token", "secret", "password", "passwd", "auth", "session", "credential", "private"]',
         "",
-        "# Through the document's `bearer` scheme, so operations without security get no token and",
-        "# `missing_required_header`/`ignored_auth` can take it away.",
-        "[auth.openapi.bearer]",
-        'bearer = "${ORDERLY_CONTRACT_ADMIN_TOKEN}"',
+        "# Identities log in through the token endpoint (contract/run.py writes the file): the",
+        "# admin sends every request; two customers are peers that must not see each other's",
+        "# orders and payments (`object_level_authorization`).",
+        "[auth.wfc]",
+        'path = "${ORDERLY_CONTRACT_IDENTITIES}"',
+        'user = "admin"',
+        'peers = ["alice", "bob"]',
     ]
     # One block per operation: Schemathesis applies the first block that matches a request.
     by_operation = {}
@@ -214,6 +219,38 @@ def schemathesis_config(exclusions):
             else:
                 lines.append(f"checks.{entry['check']}.enabled = false")
     return "\n".join(lines) + "\n"
+
+
+def write_identities(server, path):
+    """A Web Fuzzing Commons auth file: the admin, and two customers registered now, each logging
+    in with the password grant. The passwords are random and the server is thrown away after
+    the run."""
+    users = [("admin", server.admin_email, server.admin_password)]
+    for name in ("alice", "bob"):
+        email, password = f"{name}-{secrets.token_hex(6)}@example.com", secrets.token_urlsafe(18)
+        server.register(email, password, name.title())
+        users.append((name, email, password))
+    auth = [
+        {
+            "name": name,
+            "loginEndpointAuth": {
+                "endpoint": "/api/v1/auth/token",
+                "verb": "POST",
+                "contentType": "application/x-www-form-urlencoded",
+                "payloadRaw": urllib.parse.urlencode({"grant_type": "password", "username": email, "password": password}),
+                "token": {
+                    "extractFrom": "body",
+                    "extractSelector": "/access_token",
+                    "sendIn": "header",
+                    "sendName": "Authorization",
+                    "sendTemplate": "Bearer {token}",
+                },
+            },
+        }
+        for name, email, password in users
+    ]
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        json.dump({"schemaVersion": "1.0.0", "auth": auth}, f, indent=2)
 
 
 # --- the steps --------------------------------------------------------------------------------
@@ -247,7 +284,9 @@ def run_schemathesis(args, bin_dir, backend, exclusions, report_dir):
             ]
             if args.seed is not None:
                 command += ["--seed", str(args.seed)]
-            env = {**os.environ, "ORDERLY_CONTRACT_ADMIN_TOKEN": server.admin_token(), "SCHEMATHESIS_HOOKS": HOOKS}
+            identities = os.path.join(report_dir, f"identities-{backend}.json")
+            write_identities(server, identities)
+            env = {**os.environ, "ORDERLY_CONTRACT_IDENTITIES": identities, "SCHEMATHESIS_HOOKS": HOOKS}
             # Shrinking and the last stateful scenarios may run past --max-time; bound them too.
             status = run_bounded(command, env, timeout=args.max_time + 240, cwd=report_dir)
     except ServerError as error:

@@ -158,6 +158,13 @@ class OrderlyServer:
             raise ServerError(f"password grant for {email}: {status} {body[:300]!r}")
         return json.loads(body)
 
+    def register(self, email, password, name):
+        """Registers a customer through the API."""
+        body = json.dumps({"email": email, "password": password, "name": name}).encode()
+        status, answer = http(self.api_url + "/auth/register", body, {"content-type": "application/json"})
+        if status != 201:
+            raise ServerError(f"registering {email}: {status} {answer[:300]!r}")
+
     def admin_token(self):
         return self.token(self.admin_email, self.admin_password)["access_token"]
 
