@@ -196,12 +196,12 @@ def schemathesis_config(exclusions):
         "[output.sanitization]",
         'sensitive-markers = ["token", "secret", "password", "passwd", "auth", "session", "credential", "private"]',
         "",
-        "# Identities log in through the token endpoint (contract/run.py writes the file): the",
-        "# admin sends every request; two customers are peers that must not see each other's",
-        "# orders and payments (`object_level_authorization`).",
+        "# Identities log in through the token endpoint (contract/run.py writes the file). Requests",
+        "# go out as a customer first, and as the next identity when refused (401/403), so admin",
+        "# operations are reached too; the two customers are peers that must not see each other's",
+        "# objects (`object_level_authorization` replays one's reads as the other).",
         "[auth.wfc]",
         'path = "${ORDERLY_CONTRACT_IDENTITIES}"',
-        'user = "admin"',
         'peers = ["alice", "bob"]',
     ]
     # One block per operation: Schemathesis applies the first block that matches a request.
@@ -222,14 +222,15 @@ def schemathesis_config(exclusions):
 
 
 def write_identities(server, path):
-    """A Web Fuzzing Commons auth file: the admin, and two customers registered now, each logging
+    """A Web Fuzzing Commons auth file: two customers registered now, and the admin, each logging
     in with the password grant. The passwords are random and the server is thrown away after
     the run."""
-    users = [("admin", server.admin_email, server.admin_password)]
+    users = []
     for name in ("alice", "bob"):
         email, password = f"{name}-{secrets.token_hex(6)}@example.com", secrets.token_urlsafe(18)
         server.register(email, password, name.title())
         users.append((name, email, password))
+    users.append(("admin", server.admin_email, server.admin_password))
     auth = [
         {
             "name": name,
