@@ -3,7 +3,8 @@
 //! The document is generated from the very types handlers receive (`ToSchema`/`IntoParams`
 //! beside `Deserialize`), so each request shape is declared once. [`Contract`] compiles the
 //! document's request bodies and query parameters into checkers; the [`Body`] and [`Params`]
-//! extractors run them against the operation the router matched. Every offending field is
+//! extractors, given the contract by the router's state, run them against the operation the
+//! router matched. Every offending field is
 //! reported in one 422 (unknown fields and parameters included) and only input the document
 //! allows reaches `serde`, so the published contract and the server cannot disagree.
 //!
@@ -15,7 +16,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request};
+use axum::extract::{FromRef, FromRequest, FromRequestParts, MatchedPath, Request};
 use http::{Method, request::Parts};
 use regex::Regex;
 use serde::de::DeserializeOwned;
@@ -152,27 +153,25 @@ fn deserialize<T: DeserializeOwned>(value: Value, part: &str) -> Result<T, Probl
     serde_json::from_value(value).map_err(|e| Problem::validation(vec![error(part, "invalid_value", e.to_string())]))
 }
 
-fn contract(extensions: &http::Extensions) -> Result<Arc<Contract>, Problem> {
-    extensions.get::<Arc<Contract>>().cloned().ok_or_else(|| {
-        tracing::error!("no contract is installed on the router");
-        Problem::internal()
-    })
-}
-
 /// A JSON request body of type `T`, checked against the operation's documented schema first.
 ///
 /// Rejects a non-JSON content type (415), unreadable or oversized bodies (400/413), malformed
 /// JSON (400 `invalid_json`) and anything the schema does not allow (422, every field).
 pub struct Body<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+impl<S, T> FromRequest<S> for Body<T>
+where
+    S: Send + Sync,
+    Arc<Contract>: FromRef<S>,
+    T: DeserializeOwned,
+{
     type Rejection = Problem;
 
-    async fn from_request(request: Request, _state: &S) -> Result<Self, Problem> {
+    async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
         if BodyKind::of(request.headers()) != Some(BodyKind::Json) {
             return Err(unsupported_media_type("application/json"));
         }
-        let contract = contract(request.extensions())?;
+        let contract = Arc::<Contract>::from_ref(state);
         let method = request.method().clone();
         let path = request.extensions().get::<MatchedPath>().cloned();
         let mut body = parse_json(&read_body(request).await?)?;
@@ -191,14 +190,19 @@ pub struct Params<T>(pub T);
 #[derive(Clone)]
 struct CheckedQuery(Arc<Value>);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
+impl<S, T> FromRequestParts<S> for Params<T>
+where
+    S: Send + Sync,
+    Arc<Contract>: FromRef<S>,
+    T: DeserializeOwned,
+{
     type Rejection = Problem;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Problem> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
         let checked = match parts.extensions.get::<CheckedQuery>() {
             Some(checked) => checked.clone(),
             None => {
-                let contract = contract(&parts.extensions)?;
+                let contract = Arc::<Contract>::from_ref(state);
                 let path = parts.extensions.get::<MatchedPath>();
                 let checked = CheckedQuery(Arc::new(contract.check_query(&parts.method, path, parts.uri.query())?));
                 parts.extensions.insert(checked.clone());

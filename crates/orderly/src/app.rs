@@ -33,6 +33,7 @@ use crate::reports::Reports;
 use crate::reports::stats::StatsCache;
 use crate::state::{AppState, Components};
 use crate::{accounts, catalog, ops, orders, payments, reports};
+use orderly_kit::contract::Contract;
 
 /// How often expired idempotency records are deleted.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
@@ -89,13 +90,16 @@ impl Application {
                     .map_err(|error| ConfigError::new("ORDERLY_REDIS_URL", error.to_string()))?,
             )),
         };
-        let state = assemble(&config, db, keys, redis, metrics, embedded)?;
+        let (api, document) = api();
+        // Requests are checked against the document itself, so what it publishes is what is enforced.
+        let contract = Arc::new(Contract::new(&document, crate::schemas::MEANINGS));
+        let state = assemble(&config, db, keys, redis, metrics, embedded, contract)?;
         let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|error| {
             ConfigError::new("ORDERLY_LISTEN", format!("cannot listen on {}: {error}", config.listen))
         })?;
         Ok(Self {
             listener,
-            router: router(state.clone(), &config.http),
+            router: router(state.clone(), api, document, &config.http),
             state,
             shutdown_grace: config.http.shutdown_grace,
             shutdown_drain_delay: config.http.shutdown_drain_delay,
@@ -157,6 +161,7 @@ fn assemble(
     redis: Option<Arc<SharedRedis>>,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
     embedded: bool,
+    contract: Arc<Contract>,
 ) -> Result<AppState, StartError> {
     let cursors = CursorCodec::new(&keys.derive_secret("orderly cursor signing v1"));
     let products = Arc::new(product_cache(config.http.catalog_cache_ttl, embedded, redis.as_ref()));
@@ -219,6 +224,7 @@ fn assemble(
         operations: Operations { db: db.clone(), keys, gateway, redis, metrics, shutting_down: Arc::default() },
         authenticator,
         db,
+        contract,
     }))
 }
 
@@ -257,8 +263,8 @@ async fn limiter_upkeep(limiter: Arc<Limiter>) {
     }
 }
 
-/// The whole HTTP surface with its layers, outermost last.
-pub fn router(state: AppState, http: &HttpConfig) -> Router {
+/// Every documented route, and the document that describes them as the API publishes it.
+fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (api, openapi) = OpenApiRouter::<AppState>::with_openapi(ops::api_doc())
         .nest(
             "/api/v1",
@@ -284,8 +290,11 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
             never_shed: ops::NEVER_SHED,
         },
     );
-    // Requests are checked against the document itself, so what it publishes is what is enforced.
-    let contract = Arc::new(orderly_kit::contract::Contract::new(&openapi, crate::schemas::MEANINGS));
+    (api, openapi)
+}
+
+/// The whole HTTP surface with its layers, outermost last.
+fn router(state: AppState, api: Router<AppState>, openapi: utoipa::openapi::OpenApi, http: &HttpConfig) -> Router {
     // Shared, so each request clones one reference count, not every handle inside.
     let (idempotency, rate_limits) = (Arc::new(state.idempotency.clone()), Arc::new(state.rate_limits.clone()));
     let envelope = Arc::new(middleware::Envelope {
@@ -300,7 +309,6 @@ pub fn router(state: AppState, http: &HttpConfig) -> Router {
         .merge(api)
         .merge(ops::docs_router(openapi))
         .with_state(state)
-        .layer(axum::Extension(contract))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(idempotency, crate::idempotency::middleware))
         .layer(axum::middleware::from_fn_with_state(rate_limits, crate::limits::middleware))

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use axum::extract::FromRef;
+use orderly_kit::contract::Contract;
 
 use crate::accounts::Accounts;
 use crate::accounts::auth::Authenticator;
@@ -60,6 +61,8 @@ pub struct Components {
     pub rate_limits: RateLimits,
     /// The state of `idempotency::middleware` and of the sweep of expired keys.
     pub idempotency: Idempotency,
+    /// The published document's request rules, which the `Body` and `Params` extractors check.
+    pub contract: Arc<Contract>,
 }
 
 /// `FromRef<AppState>` for each component a router or an extractor asks for: a clone of it.
@@ -84,4 +87,5 @@ provide!(
     reports: Reports,
     operations: Operations,
     rate_limits: RateLimits,
+    contract: Arc<Contract>,
 );

@@ -45,6 +45,7 @@ where
     S: Clone + Send + Sync + 'static,
     Accounts: FromRef<S>,
     Authenticator: FromRef<S>,
+    std::sync::Arc<orderly_kit::contract::Contract>: FromRef<S>,
     RateLimits: FromRef<S>,
 {
     OpenApiRouter::new()

@@ -39,6 +39,7 @@ where
     S: Clone + Send + Sync + 'static,
     Catalog: FromRef<S>,
     Authenticator: FromRef<S>,
+    std::sync::Arc<orderly_kit::contract::Contract>: FromRef<S>,
 {
     OpenApiRouter::new().routes(routes!(list_products, create_product)).routes(routes!(
         get_product,

@@ -37,6 +37,7 @@ where
     S: Clone + Send + Sync + 'static,
     Orders: FromRef<S>,
     Authenticator: FromRef<S>,
+    std::sync::Arc<orderly_kit::contract::Contract>: FromRef<S>,
 {
     OpenApiRouter::new()
         .routes(routes!(place_order, list_orders))

@@ -43,6 +43,7 @@ where
     S: Clone + Send + Sync + 'static,
     Payments: FromRef<S>,
     Authenticator: FromRef<S>,
+    std::sync::Arc<orderly_kit::contract::Contract>: FromRef<S>,
 {
     OpenApiRouter::new()
         .routes(routes!(pay_order))

@@ -21,6 +21,7 @@ where
     S: Clone + Send + Sync + 'static,
     Reports: FromRef<S>,
     Authenticator: FromRef<S>,
+    std::sync::Arc<orderly_kit::contract::Contract>: FromRef<S>,
 {
     OpenApiRouter::new().routes(routes!(get_stats))
 }
