@@ -4,9 +4,9 @@
 //! beside `Deserialize`), so each request shape is declared once. [`Contract`] compiles the
 //! document's request bodies and query parameters into checkers; the [`Body`] and [`Params`]
 //! extractors, given the contract by the router's state, run them against the operation the
-//! router matched. Every offending field is
-//! reported in one 422 (unknown fields and parameters included) and only input the document
-//! allows reaches `serde`, so the published contract and the server cannot disagree.
+//! router matched. Every offending field is reported in one 422 (unknown fields and parameters
+//! included) and only input the document allows reaches `serde`, so the published contract and
+//! the server cannot disagree.
 //!
 //! The checker understands the JSON Schema the document uses (types, `enum`, lengths, ranges,
 //! patterns, `uuid`/`date-time` formats, arrays, closed objects, `$ref`, `anyOf`/`oneOf`);
@@ -104,7 +104,7 @@ impl Contract {
             .ok_or_else(|| undocumented(method, path, "body"))?;
         let mut errors = Vec::new();
         if !body.is_object() {
-            errors.push(error("body", "invalid_type", "must be a JSON object"));
+            errors.push(FieldError::new("body", "invalid_type", "must be a JSON object"));
         } else {
             schema.check(body, &Location::Root, &mut errors);
         }
@@ -119,11 +119,11 @@ impl Contract {
         let mut errors = Vec::new();
         for (name, raw) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
             let Some(parameter) = operation.query.iter().find(|p| p.name == name) else {
-                errors.push(error(&name, "unknown_parameter", "is not a recognised parameter"));
+                errors.push(FieldError::new(name.as_ref(), "unknown_parameter", "is not a recognised parameter"));
                 continue;
             };
             if values.contains_key(name.as_ref()) {
-                errors.push(error(&name, "duplicate_parameter", "must be given at most once"));
+                errors.push(FieldError::new(name.as_ref(), "duplicate_parameter", "must be given at most once"));
                 continue;
             }
             let mut value = parameter.schema.read_text(&raw);
@@ -131,7 +131,7 @@ impl Contract {
             values.insert(name.into_owned(), value);
         }
         for parameter in operation.query.iter().filter(|p| p.required && !values.contains_key(&p.name)) {
-            errors.push(error(&parameter.name, "required", "is required"));
+            errors.push(FieldError::new(&parameter.name, "required", "is required"));
         }
         if errors.is_empty() { Ok(Value::Object(values)) } else { Err(Problem::validation(errors)) }
     }
@@ -143,14 +143,10 @@ fn undocumented(method: &Method, path: Option<&MatchedPath>, part: &str) -> Prob
     Problem::internal()
 }
 
-fn error(field: &str, code: &str, message: impl Into<String>) -> FieldError {
-    FieldError { field: field.to_owned(), code: code.to_owned(), message: message.into() }
-}
-
-/// Deserializes input the contract accepted. A failure here means a type and its schema
-/// disagree; it is still the client's input, so it is a 422 naming the whole input.
-fn deserialize<T: DeserializeOwned>(value: Value, part: &str) -> Result<T, Problem> {
-    serde_json::from_value(value).map_err(|e| Problem::validation(vec![error(part, "invalid_value", e.to_string())]))
+/// A failure to deserialize input the contract accepted: the type and its schema disagree. It
+/// is still the client's input, so it is a 422 naming the whole input.
+fn undeserializable(part: &str, error: serde_json::Error) -> Problem {
+    Problem::validation(vec![FieldError::new(part, "invalid_value", error.to_string())])
 }
 
 /// A JSON request body of type `T`, checked against the operation's documented schema first.
@@ -176,7 +172,7 @@ where
         let path = request.extensions().get::<MatchedPath>().cloned();
         let mut body = parse_json(&read_body(request).await?)?;
         contract.check_body(&method, path.as_ref(), &mut body)?;
-        deserialize(body, "body").map(Self)
+        serde_json::from_value(body).map(Self).map_err(|e| undeserializable("body", e))
     }
 }
 
@@ -209,7 +205,7 @@ where
                 checked
             }
         };
-        deserialize(Value::clone(&checked.0), "query").map(Self)
+        T::deserialize(checked.0.as_ref()).map(Self).map_err(|e| undeserializable("query", e))
     }
 }
 
@@ -392,7 +388,7 @@ impl Schema {
             } else {
                 ("invalid_type", types.expectation())
             };
-            return errors.push(error(&field(), code, message));
+            return errors.push(FieldError::new(field(), code, message));
         }
         if let Some(allowed) = &self.enumeration
             && !allowed.contains(value)
@@ -404,12 +400,12 @@ impl Schema {
                     allowed.iter().map(|a| a.as_str().map_or_else(|| a.to_string(), str::to_owned)).collect();
                 format!("must be one of: {}", names.join(", "))
             };
-            return errors.push(error(&field(), "invalid_value", message));
+            return errors.push(FieldError::new(field(), "invalid_value", message));
         }
         match value {
             Value::String(text) => {
                 if let Some((code, message)) = self.string_error(text) {
-                    errors.push(error(&field(), code, message));
+                    errors.push(FieldError::new(field(), code, message));
                 }
             }
             Value::Number(n) => {
@@ -417,7 +413,7 @@ impl Schema {
                 let below = self.minimum.is_some_and(|min| n < min);
                 let above = self.maximum.is_some_and(|max| n > max);
                 if below || above {
-                    errors.push(error(&field(), "out_of_range", self.range()));
+                    errors.push(FieldError::new(field(), "out_of_range", self.range()));
                 }
             }
             Value::Array(items) => self.check_array(items, at, errors),
@@ -469,12 +465,12 @@ impl Schema {
         {
             let message =
                 if min == 1 { "must not be empty".to_owned() } else { format!("must hold at least {min} items") };
-            return errors.push(error(&at.render(), "too_few", message));
+            return errors.push(FieldError::new(at.render(), "too_few", message));
         }
         if let Some(max) = self.max_items
             && items.len() > max
         {
-            return errors.push(error(&at.render(), "too_many", format!("must hold at most {max} items")));
+            return errors.push(FieldError::new(at.render(), "too_many", format!("must hold at most {max} items")));
         }
         if let Some(schema) = &self.items {
             for (index, item) in items.iter_mut().enumerate() {
@@ -482,7 +478,7 @@ impl Schema {
             }
         }
         if self.unique_items && (1..items.len()).any(|i| items[..i].contains(&items[i])) {
-            errors.push(error(&at.render(), "duplicate_items", "must not repeat an item"));
+            errors.push(FieldError::new(at.render(), "duplicate_items", "must not repeat an item"));
         }
     }
 
@@ -491,8 +487,8 @@ impl Schema {
             match self.properties.iter().find(|(property, _)| property == name) {
                 Some((_, schema)) => schema.check(value, &Location::Property(at, name), errors),
                 None if self.closed => {
-                    errors.push(error(
-                        &Location::Property(at, name).render(),
+                    errors.push(FieldError::new(
+                        Location::Property(at, name).render(),
                         "unknown_field",
                         "is not a recognised field",
                     ));
@@ -501,7 +497,7 @@ impl Schema {
             }
         }
         for name in self.required.iter().filter(|name| !object.contains_key(*name)) {
-            errors.push(error(&Location::Property(at, name).render(), "required", "is required"));
+            errors.push(FieldError::new(Location::Property(at, name).render(), "required", "is required"));
         }
     }
 
