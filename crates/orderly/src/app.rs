@@ -23,6 +23,9 @@ use crate::catalog::Catalog;
 use crate::catalog::cache::ProductCache;
 use crate::config::{ConfigError, HttpConfig, ServeConfig};
 use crate::db::{Database, DatabaseKind};
+use crate::events::Events;
+use crate::events::amqp::Amqp;
+use crate::events::relay::Broker;
 use crate::idempotency::{DatabaseStore, Idempotency};
 use crate::limits::RateLimits;
 use crate::ops::Operations;
@@ -32,7 +35,8 @@ use crate::payments::provider::PaymentGateway;
 use crate::reports::Reports;
 use crate::reports::stats::StatsCache;
 use crate::state::{AppState, Components};
-use crate::{accounts, catalog, ops, orders, payments, reports};
+use crate::worker::Worker;
+use crate::{accounts, catalog, events, ops, orders, payments, reports};
 use orderly_kit::contract::Contract;
 
 /// How often expired idempotency records are deleted.
@@ -48,8 +52,22 @@ pub struct Application {
     listener: tokio::net::TcpListener,
     router: Router,
     state: AppState,
+    process: Process,
+    /// The background work, when this process runs it.
+    worker: Option<Worker>,
     shutdown_grace: Duration,
     shutdown_drain_delay: Duration,
+}
+
+/// What a process serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Process {
+    /// `orderly serve`: the API on `ORDERLY_LISTEN` (and the background work unless
+    /// `ORDERLY_RUN_WORKER=false`).
+    Api,
+    /// `orderly worker`: the background work, with its probes and metrics on
+    /// `ORDERLY_WORKER_LISTEN`.
+    Worker,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +79,12 @@ pub enum StartError {
 }
 
 impl Application {
+    /// Builds `orderly serve`.
     pub async fn build(config: ServeConfig) -> Result<Self, StartError> {
+        Self::build_as(config, Process::Api).await
+    }
+
+    pub async fn build_as(config: ServeConfig, process: Process) -> Result<Self, StartError> {
         let metrics = orderly_kit::metrics::install();
         ops::describe_metrics();
         let embedded = DatabaseKind::of(&config.database)? == DatabaseKind::Sqlite;
@@ -90,17 +113,36 @@ impl Application {
                     .map_err(|error| ConfigError::new("ORDERLY_REDIS_URL", error.to_string()))?,
             )),
         };
+        let broker = Worker::broker(&config.worker).map_err(|error| ConfigError::new("ORDERLY_AMQP_URL", error))?;
+        let amqp = match &broker {
+            Broker::Amqp(amqp) => Some(Arc::clone(amqp)),
+            Broker::InProcess(_) => None,
+        };
+        let worker = match process {
+            Process::Api if !config.worker.run_worker => None,
+            _ => Some(Worker::new(db.clone(), broker, &config.worker)),
+        };
         let (api, document) = api();
         // Requests are checked against the document itself, so what it publishes is what is enforced.
         let contract = Arc::new(Contract::new(&document, crate::schemas::MEANINGS));
-        let state = assemble(&config, db, keys, redis, metrics, embedded, contract)?;
-        let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|error| {
-            ConfigError::new("ORDERLY_LISTEN", format!("cannot listen on {}: {error}", config.listen))
-        })?;
+        let state = assemble(&config, db, keys, redis, amqp, process, metrics, embedded, contract)?;
+        let (address, setting) = match process {
+            Process::Api => (config.listen, "ORDERLY_LISTEN"),
+            Process::Worker => (config.worker.worker_listen, "ORDERLY_WORKER_LISTEN"),
+        };
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|error| ConfigError::new(setting, format!("cannot listen on {address}: {error}")))?;
+        let router = match process {
+            Process::Api => router(state.clone(), api, document, &config.http),
+            Process::Worker => worker_router(state.clone(), &config.http),
+        };
         Ok(Self {
             listener,
-            router: router(state.clone(), api, document, &config.http),
+            router,
             state,
+            process,
+            worker,
             shutdown_grace: config.http.shutdown_grace,
             shutdown_drain_delay: config.http.shutdown_drain_delay,
         })
@@ -123,16 +165,23 @@ impl Application {
             let _ = stopped.wait_for(|stop| *stop).await;
         });
         let mut server = tokio::spawn(server.into_future());
-        let sweeper =
-            tokio::spawn(crate::idempotency::sweep_forever(self.state.idempotency.store.clone(), SWEEP_INTERVAL));
-        let metrics_upkeep = tokio::spawn(metrics_upkeep(self.state.operations.metrics.clone()));
-        let reconciler = tokio::spawn(payments::reconciler::reconcile_forever(self.state.payments.clone()));
-        let limiter_upkeep = tokio::spawn(limiter_upkeep(Arc::clone(&self.state.rate_limits.limiter)));
-        let replica_watch = tokio::spawn(self.state.db.clone().watch_replica());
-        let background = [sweeper, metrics_upkeep, reconciler, limiter_upkeep, replica_watch];
+        let mut background = vec![tokio::spawn(metrics_upkeep(self.state.operations.metrics.clone()))];
+        if self.process == Process::Api {
+            let idempotency = self.state.idempotency.store.clone();
+            background.push(tokio::spawn(crate::idempotency::sweep_forever(idempotency, SWEEP_INTERVAL)));
+            background.push(tokio::spawn(payments::reconciler::reconcile_forever(self.state.payments.clone())));
+            background.push(tokio::spawn(limiter_upkeep(Arc::clone(&self.state.rate_limits.limiter))));
+            background.push(tokio::spawn(self.state.db.clone().watch_replica()));
+        }
+        let (stop_work, work_stopped) = tokio::sync::watch::channel(false);
+        let work = self.worker.as_ref().map(|worker| worker.start(&work_stopped));
         tokio::select! {
             result = &mut server => {
                 background.iter().for_each(tokio::task::JoinHandle::abort);
+                let _ = stop_work.send(true);
+                if let Some(work) = work {
+                    work.stopped(self.shutdown_grace).await;
+                }
                 return result.map_err(std::io::Error::other)?;
             }
             () = shutdown => {}
@@ -140,25 +189,40 @@ impl Application {
         background.iter().for_each(tokio::task::JoinHandle::abort);
         tracing::info!(grace_secs = self.shutdown_grace.as_secs(), "shutting down: readiness is now failing");
         self.state.operations.begin_shutdown();
-        tokio::time::sleep(self.shutdown_drain_delay).await;
-        let _ = stop.send(true);
-        match tokio::time::timeout(self.shutdown_grace, server).await {
-            Ok(result) => result.map_err(std::io::Error::other)?,
-            Err(_) => {
-                tracing::warn!("grace period over with requests still in flight; stopping anyway");
-                Ok(())
+        // Background work stops with the requests: what it is doing finishes, nothing new starts.
+        let _ = stop_work.send(true);
+        let work = async move {
+            if let Some(work) = work {
+                work.stopped(self.shutdown_grace).await;
             }
-        }
+        };
+        let requests = async move {
+            tokio::time::sleep(self.shutdown_drain_delay).await;
+            let _ = stop.send(true);
+            match tokio::time::timeout(self.shutdown_grace, server).await {
+                Ok(result) => result.map_err(std::io::Error::other)?,
+                Err(_) => {
+                    tracing::warn!("grace period over with requests still in flight; stopping anyway");
+                    Ok(())
+                }
+            }
+        };
+        let ((), served) = tokio::join!(work, requests);
+        served
     }
 }
 
 /// Builds every component from the configuration. Components that share a pool, a cache or a
 /// client share one instance of it.
+// Each argument is a component built by the caller; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 fn assemble(
     config: &ServeConfig,
     db: Database,
     keys: Arc<SigningKeys>,
     redis: Option<Arc<SharedRedis>>,
+    amqp: Option<Arc<Amqp>>,
+    process: Process,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
     embedded: bool,
     contract: Arc<Contract>,
@@ -196,7 +260,7 @@ fn assemble(
         payments: Payments {
             db: db.clone(),
             gateway: Arc::clone(&gateway),
-            cursors,
+            cursors: cursors.clone(),
             settle_after: config.payments.payment_settle_after,
             idempotency_ttl,
         },
@@ -221,7 +285,19 @@ fn assemble(
             },
             authenticator: authenticator.clone(),
         },
-        operations: Operations { db: db.clone(), keys, gateway, redis, metrics, shutting_down: Arc::default() },
+        events: Events { db: db.clone(), cursors: cursors.clone() },
+        operations: Operations {
+            db: db.clone(),
+            keys,
+            gateway,
+            redis,
+            amqp,
+            // A worker cannot relay without its broker; an API instance serves without it (the
+            // outbox keeps the events), so there it is reported, never deciding.
+            amqp_decides_readiness: process == Process::Worker,
+            metrics,
+            shutting_down: Arc::default(),
+        },
         authenticator,
         db,
         contract,
@@ -272,7 +348,8 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
                 .merge(catalog::router())
                 .merge(orders::router())
                 .merge(payments::router())
-                .merge(reports::router()),
+                .merge(reports::router())
+                .merge(events::router()),
         )
         .merge(ops::router())
         .split_for_parts();
@@ -314,6 +391,17 @@ fn router(state: AppState, api: Router<AppState>, openapi: utoipa::openapi::Open
         .layer(axum::middleware::from_fn_with_state(rate_limits, crate::limits::middleware))
         .layer(axum::middleware::from_fn_with_state(envelope, middleware::envelope))
         .layer(CompressionLayer::new().compress_when(compress))
+}
+
+/// A worker's HTTP surface: its probes and metrics.
+fn worker_router(state: AppState, http: &HttpConfig) -> Router {
+    let envelope = Arc::new(middleware::Envelope {
+        in_flight: tokio::sync::Semaphore::new(usize::try_from(http.max_in_flight).unwrap_or(usize::MAX)),
+        never_shed: ops::NEVER_SHED,
+        deadline: http.request_timeout,
+    });
+    let (probes, _) = OpenApiRouter::<AppState>::new().merge(ops::probes_router()).split_for_parts();
+    probes.with_state(state).layer(axum::middleware::from_fn_with_state(envelope, middleware::envelope))
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

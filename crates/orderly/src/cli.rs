@@ -7,7 +7,7 @@ use clap::error::{ContextKind, ErrorKind};
 
 use crate::accounts::domain::{Email, Password, Role, UserName};
 use crate::accounts::{passwords, store as accounts_store};
-use crate::app::{Application, StartError, shutdown_signal};
+use crate::app::{Application, Process, StartError, shutdown_signal};
 use crate::catalog::store as catalog_store;
 use crate::config::{AdminCommand, Cli, Command, ConfigError, CreateUserArgs, DatabaseConfig, RoleArg, SeedArgs};
 use crate::db::Database;
@@ -96,6 +96,15 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 .await
                 .map_err(|e| CliError::Failed(format!("server error: {e}")))
         }
+        Command::Worker(config) => {
+            let _flush_logs_on_exit = crate::telemetry::init(config.log_format);
+            let worker = Application::build_as(*config, Process::Worker).await?;
+            tracing::info!(address = %worker.local_addr(), "orderly worker is running");
+            worker
+                .run_until_stopped(shutdown_signal())
+                .await
+                .map_err(|e| CliError::Failed(format!("worker error: {e}")))
+        }
         Command::Migrate(database) => {
             let db = Database::connect(&database).await?;
             db.migrate().await?;
@@ -156,7 +165,7 @@ async fn register(
         role,
         password_hash: passwords::hash(password).await?,
     };
-    Ok(db.write().run(async move |conn| accounts_store::insert_user(conn, new).await).await?)
+    Ok(db.write().transaction(async move |conn| accounts_store::insert_user(conn, new).await).await?)
 }
 
 /// Demo products: (sku, name, description, unit price in cents, stock).

@@ -28,6 +28,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the HTTP API (applies migrations first unless told not to).
     Serve(Box<ServeConfig>),
+    /// Run the background work only (outbox relay, jobs), with `/healthz`, `/readyz` and
+    /// `/metrics` on ORDERLY_WORKER_LISTEN. Takes the same settings as `serve`.
+    Worker(Box<ServeConfig>),
     /// Apply database migrations and exit.
     Migrate(DatabaseConfig),
     /// Administrative tasks.
@@ -125,6 +128,9 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub redis: RedisConfig,
+
+    #[command(flatten)]
+    pub worker: WorkerConfig,
 
     /// Log format: `json` (one object per line), `text`, or `auto` (text on a terminal).
     #[arg(long, env = "ORDERLY_LOG_FORMAT", value_enum, default_value = "auto")]
@@ -306,6 +312,44 @@ pub struct RedisConfig {
     /// Deadline of one Redis call; past it, the instance uses its own state for that request.
     #[arg(long, env = "ORDERLY_REDIS_TIMEOUT", default_value = "250ms", value_parser = parse_positive_duration)]
     pub redis_timeout: Duration,
+}
+
+/// The background work: the outbox relay, jobs, sweeps.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerConfig {
+    /// RabbitMQ (`amqp://user:password@host:5672/vhost`): events are published to the topic
+    /// exchange `orderly.events` and jobs announced through it. Unset: the same pipeline runs
+    /// in-process.
+    #[arg(long, env = "ORDERLY_AMQP_URL", hide_env_values = true)]
+    pub amqp_url: Option<String>,
+
+    /// `serve` also runs the background work in-process. `false` leaves it to `orderly worker`
+    /// processes, so API instances and workers scale separately.
+    #[arg(long, env = "ORDERLY_RUN_WORKER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub run_worker: bool,
+
+    /// Address of `orderly worker`'s own `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long, env = "ORDERLY_WORKER_LISTEN", default_value = "127.0.0.1:8081")]
+    pub worker_listen: SocketAddr,
+
+    /// How long published events are kept (then swept). An event not yet published is kept
+    /// until it is.
+    #[arg(long, env = "ORDERLY_EVENT_RETENTION", default_value = "30d", value_parser = parse_positive_duration)]
+    pub event_retention: Duration,
+
+    /// Events the relay claims and publishes at once.
+    #[arg(long, env = "ORDERLY_RELAY_BATCH", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub relay_batch: u32,
+
+    /// How often an idle relay looks for new events (a write in the same process wakes it at
+    /// once).
+    #[arg(long, env = "ORDERLY_RELAY_INTERVAL", default_value = "200ms", value_parser = parse_positive_duration)]
+    pub relay_interval: Duration,
+
+    /// How long a relay's claim on a batch holds: events a dead relay claimed are published by
+    /// another this long after its claim. Longer than a batch takes to publish.
+    #[arg(long, env = "ORDERLY_RELAY_LEASE", default_value = "30s", value_parser = parse_positive_duration)]
+    pub relay_lease: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -25,6 +25,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::accounts::tokens::SigningKeys;
 use crate::db::Database;
+use crate::events::amqp::Amqp;
 use crate::payments::provider::PaymentGateway;
 
 /// What the operations endpoints look at. Cheap to clone: every field is shared.
@@ -37,6 +38,9 @@ pub struct Operations {
     pub gateway: Arc<PaymentGateway>,
     /// Reported by `/readyz`, never deciding it; `None` when each instance keeps its own state.
     pub redis: Option<Arc<SharedRedis>>,
+    /// RabbitMQ, when configured: reported by `/readyz`, and deciding it in a worker.
+    pub amqp: Option<Arc<Amqp>>,
+    pub amqp_decides_readiness: bool,
     /// Renders `/metrics`.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Set when shutdown begins so `/readyz` fails at once while in-flight requests finish.
@@ -77,6 +81,7 @@ impl Operations {
         (name = "orders", description = "Orders and stock reservation"),
         (name = "payments", description = "Payments, refunds and the ledger"),
         (name = "reports", description = "Figures over the whole data set"),
+        (name = "events", description = "What happened, as published to RabbitMQ and webhooks"),
         (name = "operations", description = "Health, readiness and keys"),
     )
 )]
@@ -113,7 +118,16 @@ where
     S: Clone + Send + Sync + 'static,
     Operations: FromRef<S>,
 {
-    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(metrics)).routes(routes!(jwks))
+    probes_router().routes(routes!(jwks))
+}
+
+/// Liveness, readiness and metrics: all a worker serves.
+pub fn probes_router<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Operations: FromRef<S>,
+{
+    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(metrics))
 }
 
 /// The OpenAPI document and the interactive docs page.
@@ -150,7 +164,7 @@ async fn readyz(State(ops): State<Operations>) -> Response {
         return not_ready(Health { status: "shutting_down", checks: BTreeMap::new() });
     }
     let database = ops.db.check().await;
-    let ready = database.is_ok();
+    let mut ready = database.is_ok();
     let mut checks = BTreeMap::from([("database", database.map(|()| "ok".to_owned()).unwrap_or_else(|e| e))]);
     // The replica and Redis are shared by every instance, and each instance can serve
     // without them (lists from the primary; per-instance limits and cached copies): they are
@@ -164,6 +178,17 @@ async fn readyz(State(ops): State<Operations>) -> Response {
             Err(error) => format!("degraded: {error}; serving with per-instance limits and caches"),
         };
         checks.insert("redis", state);
+    }
+    if let Some(amqp) = &ops.amqp {
+        let state = match amqp.check().await {
+            Ok(()) => "ok".to_owned(),
+            Err(error) if ops.amqp_decides_readiness => {
+                ready = false;
+                error
+            }
+            Err(error) => format!("degraded: {error}; events wait in the outbox"),
+        };
+        checks.insert("rabbitmq", state);
     }
     if ready {
         Json(Health { status: "ready", checks }).into_response()
@@ -189,10 +214,14 @@ fn not_ready(health: Health) -> Response {
 async fn metrics(State(ops): State<Operations>) -> Response {
     // Several servers in one process (as in tests) share one registry: publishing and rendering
     // under one lock keeps each scrape's state gauges its own server's.
+    let backlog = crate::events::relay::Backlog::read(&ops.db).await;
     static SCRAPE: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _scrape = SCRAPE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     ops.gateway.publish_metrics();
     ops.db.publish_metrics();
+    if let Some(backlog) = backlog {
+        backlog.publish();
+    }
     if let Some(redis) = &ops.redis {
         redis.publish_metrics();
     }
@@ -201,6 +230,19 @@ async fn metrics(State(ops): State<Operations>) -> Response {
 
 /// Describes the application's own metrics; the HTTP ones are described by the kit.
 pub fn describe_metrics() {
+    metrics::describe_gauge!(
+        "orderly_outbox_backlog",
+        "Events written and not yet published (confirmed by the broker)."
+    );
+    metrics::describe_gauge!(
+        "orderly_outbox_oldest_age_seconds",
+        "Age of the oldest event not yet published; 0 when there is none."
+    );
+    metrics::describe_counter!("orderly_events_published_total", "Events published by the relay (and confirmed).");
+    metrics::describe_histogram!(
+        "orderly_relay_batch_seconds",
+        "Time to publish one batch of events and have it confirmed."
+    );
     metrics::describe_gauge!(
         "orderly_db_pool_connections",
         "Database connections open, by pool (primary, read) and state (in_use, idle)."

@@ -17,6 +17,7 @@ use crate::accounts::Accounts;
 use crate::accounts::auth::Authenticator;
 use crate::catalog::Catalog;
 use crate::db::Database;
+use crate::events::Events;
 use crate::idempotency::Idempotency;
 use crate::limits::RateLimits;
 use crate::ops::Operations;
@@ -56,6 +57,7 @@ pub struct Components {
     /// Also what the payment reconciler works with.
     pub payments: Payments,
     pub reports: Reports,
+    pub events: Events,
     pub operations: Operations,
     /// The state of `limits::middleware`; the token endpoint counts password attempts with it.
     pub rate_limits: RateLimits,
@@ -85,6 +87,7 @@ provide!(
     orders: Orders,
     payments: Payments,
     reports: Reports,
+    events: Events,
     operations: Operations,
     rate_limits: RateLimits,
     contract: Arc<Contract>,

@@ -37,7 +37,7 @@ use super::Accounts;
 use super::auth::{Admin, Authenticator, Principal};
 use super::domain::{Email, Password, Role, UserName};
 use super::service::{self, AccountError, Registration, TokenGrant};
-use super::store::{self, ApiKey, User, UserChanges, UserFilter};
+use super::store::{self, ApiKey, User, UserBody, UserChanges, UserFilter, user_body};
 
 /// The account routes; the token endpoint also counts password attempts per account.
 pub fn router<S>() -> OpenApiRouter<S>
@@ -61,33 +61,6 @@ where
 
 // ---------------------------------------------------------------------------------------------
 // Representations
-
-/// A user account.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct UserBody {
-    pub id: Uuid,
-    pub email: String,
-    pub name: String,
-    pub role: Role,
-    /// Incremented on every change; the ETag changes with it.
-    pub version: i64,
-    #[serde(serialize_with = "orderly_kit::timestamp::serialize")]
-    pub created_at: DateTime<Utc>,
-    #[serde(serialize_with = "orderly_kit::timestamp::serialize")]
-    pub updated_at: DateTime<Utc>,
-}
-
-fn user_body(user: &User) -> UserBody {
-    UserBody {
-        id: user.id,
-        email: user.email.clone(),
-        name: user.name.clone(),
-        role: user.role,
-        version: user.version,
-        created_at: user.created_at,
-        updated_at: user.updated_at,
-    }
-}
 
 fn user_value(user: &User) -> Value {
     serde_json::to_value(user_body(user)).expect("representations serialize")

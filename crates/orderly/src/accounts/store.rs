@@ -2,9 +2,13 @@
 //! that touches the database.
 
 use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::db::{Backend, Conn, DbError, Param, Row, now};
+use crate::events::EventType;
+use crate::events::store as events;
 use crate::listing::{ListParams, and_where, seek};
 use orderly_kit::pagination::Page;
 
@@ -121,6 +125,40 @@ pub struct ApiKey {
     pub created_at: DateTime<Utc>,
 }
 
+/// A user account.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserBody {
+    pub id: Uuid,
+    pub email: String,
+    pub name: String,
+    pub role: Role,
+    /// Incremented on every change; the ETag changes with it.
+    pub version: i64,
+    #[serde(serialize_with = "orderly_kit::timestamp::serialize")]
+    pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "orderly_kit::timestamp::serialize")]
+    pub updated_at: DateTime<Utc>,
+}
+
+pub fn user_body(user: &User) -> UserBody {
+    UserBody {
+        id: user.id,
+        email: user.email.clone(),
+        name: user.name.clone(),
+        role: user.role,
+        version: user.version,
+        created_at: user.created_at,
+        updated_at: user.updated_at,
+    }
+}
+
+impl User {
+    /// The user as the API serves it.
+    pub fn json(&self) -> Vec<u8> {
+        serde_json::to_vec(&user_body(self)).expect("representations serialize")
+    }
+}
+
 /// The columns [`ApiKey::from_row`] reads, in its order.
 macro_rules! api_key_columns {
     () => {
@@ -175,6 +213,7 @@ pub async fn insert_user(conn: &mut Conn<'_>, new: NewUser) -> Result<User, DbEr
         ],
     )
     .await?;
+    events::record(conn, EventType::UserCreated, user.id, &user.json()).await?;
     Ok(user)
 }
 

@@ -45,6 +45,7 @@ pub const MIGRATIONS: &[Migration] = migrations![
     8 "0008_order_idempotency_claims",
     9 "0009_payment_attempts",
     10 "0010_partial_attempt_indexes",
+    11 "0011_events",
 ];
 
 /// Any key, held only while migrating; taken by every instance of every Orderly deployment

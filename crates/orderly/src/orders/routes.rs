@@ -79,29 +79,6 @@ fn order_body(order: &Order) -> OrderBody<'_> {
     }
 }
 
-/// What [`order_body`] serializes to, written directly (a page of orders is most of what
-/// listing them costs).
-fn written_order(order: &Order) -> Box<[u8]> {
-    let mut out = Vec::with_capacity(order.items.get().len() + 320);
-    write_order(&mut out, order);
-    out.into_boxed_slice()
-}
-
-fn write_order(out: &mut Vec<u8>, order: &Order) {
-    let mut object = orderly_kit::json::Object::begin(out);
-    object
-        .uuid("id", order.id)
-        .uuid("user_id", order.user_id)
-        .str("status", order.status.as_str())
-        .raw("items", order.items.get())
-        .str("currency", &order.currency)
-        .i64("total", order.total)
-        .i64("version", order.version)
-        .timestamp("created_at", &order.created_at)
-        .timestamp("updated_at", &order.updated_at);
-    object.end();
-}
-
 fn order_value(order: &Order) -> Value {
     serde_json::to_value(order_body(order)).expect("representations serialize")
 }
@@ -255,7 +232,7 @@ async fn list_orders(
         &page,
         &params,
         |known| order_body(&known.order),
-        |out, known| out.extend_from_slice(known.written.get_or_init(|| written_order(&known.order))),
+        |out, known| out.extend_from_slice(known.written.get_or_init(|| known.order.json().into_boxed_slice())),
         |last| orders.cursors.encode(&scope, &(last.order.created_at, last.order.id)),
         CacheControl::Private,
     ))
@@ -350,7 +327,7 @@ mod tests {
                 items: RawValue::from_string(items.into()).unwrap().into(),
             };
             let mut written = Vec::new();
-            write_order(&mut written, &order);
+            order.write_json(&mut written);
             assert_eq!(String::from_utf8(written).unwrap(), serde_json::to_string(&order_body(&order)).unwrap());
         }
     }

@@ -13,6 +13,8 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::db::{Ahead, Backend, Conn, DbError, Param, Row, now};
+use crate::events::EventType;
+use crate::events::store as events;
 use crate::listing::{ListParams, and_where, seek};
 use orderly_kit::pagination::Page;
 
@@ -105,6 +107,29 @@ impl Order {
         })
     }
 
+    /// Writes the order as the API serves it (`orders::routes::OrderBody`, byte for byte).
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let mut object = orderly_kit::json::Object::begin(out);
+        object
+            .uuid("id", self.id)
+            .uuid("user_id", self.user_id)
+            .str("status", self.status.as_str())
+            .raw("items", self.items.get())
+            .str("currency", &self.currency)
+            .i64("total", self.total)
+            .i64("version", self.version)
+            .timestamp("created_at", &self.created_at)
+            .timestamp("updated_at", &self.updated_at);
+        object.end();
+    }
+
+    /// The representation [`Order::write_json`] writes.
+    pub fn json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.items.get().len() + 320);
+        self.write_json(&mut out);
+        out
+    }
+
     /// The items as values (for the stock they hold).
     pub fn item_list(&self) -> Result<Vec<OrderItem>, DbError> {
         serde_json::from_str(self.items.get()).map_err(|_| corrupt(self.id))
@@ -139,7 +164,7 @@ pub async fn insert_order(
         &[&id, &user_id, &status.as_str(), &currency, &total, &version, &now, &now, &items, &claim],
     )
     .await?;
-    Ok(Order {
+    let order = Order {
         id,
         user_id,
         status,
@@ -149,7 +174,9 @@ pub async fn insert_order(
         created_at: now,
         updated_at: now,
         items: RawValue::from_string(items).map_err(|_| corrupt(id))?.into(),
-    })
+    };
+    events::record(conn, EventType::OrderCreated, order.id, &order.json()).await?;
+    Ok(order)
 }
 
 /// An order visible to the caller: their own, or any for an admin (`owner = None`). Another
@@ -242,7 +269,17 @@ pub async fn set_status(conn: &mut Conn<'_>, current: &Locked, status: OrderStat
         &[&status.as_str(), &version, &updated_at, &current.id, &current.version],
     )
     .await?;
-    Ok(Order { status, version, updated_at, ..current.0.clone() })
+    let order = Order { status, version, updated_at, ..current.0.clone() };
+    let event = match status {
+        OrderStatus::Paid => Some(EventType::OrderPaid),
+        OrderStatus::Cancelled => Some(EventType::OrderCancelled),
+        // A refund is told by `payment.refunded`; an order never returns to pending.
+        OrderStatus::Refunded | OrderStatus::Pending => None,
+    };
+    if let Some(event) = event {
+        events::record(conn, event, order.id, &order.json()).await?;
+    }
+    Ok(order)
 }
 
 /// How many orders are in each status (statuses without orders are absent).

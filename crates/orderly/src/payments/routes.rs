@@ -33,7 +33,7 @@ use crate::schemas::{PaymentMethod, integer_type};
 
 use super::Payments;
 use super::service;
-use super::store::{self, LedgerEntry, Payment, PaymentFilter, Refund};
+use super::store::{self, LedgerEntry, Payment, PaymentBody, PaymentFilter, Refund, payment_body};
 
 /// Paths whose POST requires an `Idempotency-Key`: they move money.
 pub const KEY_REQUIRED: &[&str] = &["/api/v1/orders/{id}/payments", "/api/v1/payments/{id}/refunds"];
@@ -52,26 +52,6 @@ where
         .routes(routes!(refund_payment))
         .routes(routes!(get_refund))
         .routes(routes!(list_transactions))
-}
-
-/// A charge of an order. `failed` payments record a declined charge; only `succeeded` ones
-/// moved money.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PaymentBody<'a> {
-    pub id: Uuid,
-    pub order_id: Uuid,
-    pub user_id: Uuid,
-    /// The order's total, in minor units.
-    pub amount: i64,
-    pub currency: &'a str,
-    /// `succeeded` or `failed`.
-    pub status: &'a str,
-    /// Why the charge failed (`card_declined`, …); `null` when it succeeded.
-    pub failure_code: Option<&'a str>,
-    /// Sum of the refunds so far, in minor units.
-    pub refunded_amount: i64,
-    #[serde(serialize_with = "orderly_kit::timestamp::serialize")]
-    pub created_at: DateTime<Utc>,
 }
 
 /// A refund of (part of) a payment.
@@ -100,20 +80,6 @@ pub struct TransactionBody<'a> {
     pub currency: &'a str,
     #[serde(serialize_with = "orderly_kit::timestamp::serialize")]
     pub created_at: DateTime<Utc>,
-}
-
-fn payment_body(payment: &Payment) -> PaymentBody<'_> {
-    PaymentBody {
-        id: payment.id,
-        order_id: payment.order_id,
-        user_id: payment.user_id,
-        amount: payment.amount,
-        currency: &payment.currency,
-        status: payment.status.as_str(),
-        failure_code: payment.failure_code.as_deref(),
-        refunded_amount: payment.refunded_amount,
-        created_at: payment.created_at,
-    }
 }
 
 fn payment_value(payment: &Payment) -> Value {

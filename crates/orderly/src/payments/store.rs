@@ -3,9 +3,12 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::db::{Backend, Conn, DbError, Param, Row, now};
+use crate::events::EventType;
+use crate::events::store as events;
 use crate::listing::{ListParams, and_where, seek};
 use orderly_kit::pagination::Page;
 
@@ -66,6 +69,47 @@ pub struct Payment {
     pub provider_reference: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// A charge of an order. `failed` payments record a declined charge; only `succeeded` ones
+/// moved money.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PaymentBody<'a> {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    pub user_id: Uuid,
+    /// The order's total, in minor units.
+    pub amount: i64,
+    pub currency: &'a str,
+    /// `succeeded` or `failed`.
+    pub status: &'a str,
+    /// Why the charge failed (`card_declined`, …); `null` when it succeeded.
+    pub failure_code: Option<&'a str>,
+    /// Sum of the refunds so far, in minor units.
+    pub refunded_amount: i64,
+    #[serde(serialize_with = "orderly_kit::timestamp::serialize")]
+    pub created_at: DateTime<Utc>,
+}
+
+pub fn payment_body(payment: &Payment) -> PaymentBody<'_> {
+    PaymentBody {
+        id: payment.id,
+        order_id: payment.order_id,
+        user_id: payment.user_id,
+        amount: payment.amount,
+        currency: &payment.currency,
+        status: payment.status.as_str(),
+        failure_code: payment.failure_code.as_deref(),
+        refunded_amount: payment.refunded_amount,
+        created_at: payment.created_at,
+    }
+}
+
+impl Payment {
+    /// The payment as the API serves it.
+    pub fn json(&self) -> Vec<u8> {
+        serde_json::to_vec(&payment_body(self)).expect("representations serialize")
+    }
 }
 
 /// The columns [`Payment::from_row`] reads, in its order.
@@ -219,9 +263,15 @@ pub async fn insert_payment(conn: &mut Conn<'_>, new: NewPayment) -> Result<Paym
         ],
     )
     .await?;
-    if row.status == PaymentStatus::Succeeded {
-        append_ledger(conn, EntryKind::Charge, &row, None, row.amount, now).await?;
-    }
+    let event = match row.status {
+        PaymentStatus::Succeeded => {
+            append_ledger(conn, EntryKind::Charge, &row, None, row.amount, now).await?;
+            EventType::PaymentSucceeded
+        }
+        PaymentStatus::Failed => EventType::PaymentFailed,
+    };
+    // The order is the aggregate: its payment's events keep their place among its own.
+    events::record(conn, event, row.order_id, &row.json()).await?;
     Ok(row)
 }
 
@@ -335,7 +385,9 @@ pub async fn insert_refund(
         &[&refunded_amount, &now, &payment.id],
     )
     .await?;
-    Ok((Payment { refunded_amount, updated_at: now, ..payment.clone() }, refund))
+    let payment = Payment { refunded_amount, updated_at: now, ..payment.clone() };
+    events::record(conn, EventType::PaymentRefunded, payment.order_id, &payment.json()).await?;
+    Ok((payment, refund))
 }
 
 /// Money kept per currency: what succeeded payments charged, less what was refunded. Computed

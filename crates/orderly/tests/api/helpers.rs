@@ -205,6 +205,27 @@ impl TestApp {
         process.wait().expect("reap the app");
     }
 
+    /// Runs SQL statements on the app's database, from a connection of the test's own.
+    pub async fn execute_sql(&self, sql: &str) {
+        match self._database.backend {
+            Backend::Postgres => connect_admin(&self._database.url).await.batch_execute(sql).await.unwrap(),
+            Backend::Sqlite => {
+                let (url, sql) = (self._database.url.clone(), sql.to_owned());
+                tokio::task::spawn_blocking(move || open_sqlite(&url).execute_batch(&sql).unwrap()).await.unwrap();
+            }
+        }
+    }
+
+    /// Starts `orderly worker` as a process of its own, with this app's settings (its
+    /// database, its key) then `extra_args`; its probes and metrics are at its `address`.
+    pub async fn spawn_worker_process(&self, extra_args: &[&str]) -> Self {
+        let mut args = self.args.clone();
+        args[1] = "worker".to_owned();
+        args.push("--worker-listen=127.0.0.1:0".to_owned());
+        args.extend(extra_args.iter().map(|s| s.to_string()));
+        Self::start_process(std::sync::Arc::clone(&self._database), args).await
+    }
+
     /// Starts the process again, after [`Self::kill`], on the same database with the same
     /// settings (on another port).
     pub async fn restart(&mut self) {
@@ -1137,11 +1158,11 @@ async fn set_primary_conninfo(replica: &tokio_postgres::Client, conninfo: &str) 
 
 /// Under `CI=true` a service a suite needs must be there: its absence fails the test
 /// instead of skipping it.
-fn in_ci() -> bool {
+pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|ci| ci == "true")
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 

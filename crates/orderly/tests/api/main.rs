@@ -3,10 +3,12 @@
 
 mod accounts;
 mod binary;
+mod broker;
 mod caching;
 mod catalog;
 mod concurrency;
 mod conventions;
+mod events;
 mod fake_provider;
 mod helpers;
 mod idempotency;
@@ -16,5 +18,6 @@ mod orders;
 mod pagination;
 mod payment_faults;
 mod payments;
+mod rabbitmq;
 mod ratelimits;
 mod replica;

@@ -49,6 +49,8 @@ async fn the_openapi_document_describes_every_endpoint(app: TestApp) {
         ("/api/v1/refunds/{id}", "get"),
         ("/api/v1/transactions", "get"),
         ("/api/v1/stats", "get"),
+        ("/api/v1/events", "get"),
+        ("/api/v1/events/{id}", "get"),
         ("/healthz", "get"),
         ("/readyz", "get"),
         ("/metrics", "get"),

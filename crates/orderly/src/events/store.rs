@@ -1,0 +1,220 @@
+//! Event storage: the outbox. The only place in this module that touches the database.
+//!
+//! Writers call [`record`] inside the transaction of their change. The relay claims the
+//! oldest unpublished events ([`claim`]) under a lease, publishes them, and marks them
+//! published ([`mark_published`]) only once the broker has confirmed them; a relay that dies
+//! leaves its claims to lapse, and another relay publishes them again (at-least-once).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use crate::db::{Conn, DbError, Param, Row, now};
+use crate::listing::{ListParams, and_where, seek};
+use orderly_kit::pagination::Page;
+
+use super::EventType;
+
+/// An event as stored: `body` is its JSON, served and published as it is.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub id: Uuid,
+    pub kind: EventType,
+    pub created_at: DateTime<Utc>,
+    pub body: Box<RawValue>,
+}
+
+/// The columns [`Event::from_row`] reads, in its order.
+macro_rules! event_columns {
+    () => {
+        "id, type, created_at, body"
+    };
+}
+
+impl Event {
+    fn from_row(row: &Row<'_>) -> Result<Self, DbError> {
+        let id: Uuid = row.get(0)?;
+        let kind: String = row.get(1)?;
+        let kind = EventType::parse(&kind)
+            .ok_or_else(|| DbError::corrupt(format!("event {id} has an unknown type {kind:?}")))?;
+        let body = RawValue::from_string(row.get(3)?)
+            .map_err(|_| DbError::corrupt(format!("event {id} has a body that is not JSON")))?;
+        Ok(Self { id, kind, created_at: row.get(2)?, body })
+    }
+}
+
+/// Records that `kind` happened to the aggregate `aggregate_id` (the order or user whose
+/// events must arrive in order), `object` being the resource as the API serves it now. Call it
+/// in the transaction of the change. Nothing reads it back, so on PostgreSQL it travels with
+/// the next statement.
+pub async fn record(conn: &mut Conn<'_>, kind: EventType, aggregate_id: Uuid, object: &[u8]) -> Result<(), DbError> {
+    let (id, created_at) = (Uuid::now_v7(), now());
+    let body = body(id, kind, &created_at, object);
+    conn.defer(
+        "INSERT INTO events (id, type, aggregate_id, created_at, body) VALUES ($1, $2, $3, $4, $5)",
+        &[&id, &kind.as_str(), &aggregate_id, &created_at, &body],
+    )
+    .await
+}
+
+/// `{id, type, created_at, data: {object}}`.
+fn body(id: Uuid, kind: EventType, created_at: &DateTime<Utc>, object: &[u8]) -> String {
+    let mut out = Vec::with_capacity(object.len() + 128);
+    let mut event = orderly_kit::json::Object::begin(&mut out);
+    event.uuid("id", id).str("type", kind.as_str()).timestamp("created_at", created_at);
+    let mut data = Vec::with_capacity(object.len() + 12);
+    data.extend_from_slice(b"{\"object\":");
+    data.extend_from_slice(object);
+    data.push(b'}');
+    event.raw("data", std::str::from_utf8(&data).expect("representations are UTF-8 JSON"));
+    event.end();
+    String::from_utf8(out).expect("JSON is UTF-8")
+}
+
+/// Which events a list shows.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EventFilter {
+    pub kind: Option<EventType>,
+    pub created_after: Option<DateTime<Utc>>,
+    pub created_before: Option<DateTime<Utc>>,
+}
+
+/// One page of events, in the list's order.
+pub async fn list_events(
+    conn: &mut Conn<'_>,
+    filter: &EventFilter,
+    params: &ListParams,
+    after: Option<(DateTime<Utc>, Uuid)>,
+) -> Result<Page<Event>, DbError> {
+    let mut sql = String::from(concat!("SELECT ", event_columns!(), " FROM events WHERE true"));
+    let mut values: Vec<&dyn Param> = Vec::new();
+    let kind = filter.kind.map(EventType::as_str);
+    if let Some(kind) = &kind {
+        and_where(&mut sql, &mut values, "type = $", kind);
+    }
+    if let Some(after) = &filter.created_after {
+        and_where(&mut sql, &mut values, "created_at > $", after);
+    }
+    if let Some(before) = &filter.created_before {
+        and_where(&mut sql, &mut values, "created_at < $", before);
+    }
+    let limit = params.limit + 1;
+    let after = after.as_ref().map(|(created_at, id)| (created_at as &dyn Param, id));
+    seek(&mut sql, &mut values, "created_at", params.sort.descending, after, &limit);
+    let rows = conn.query(&sql, &values, Event::from_row).await?;
+    Ok(Page::from_overfetch(rows, params.limit))
+}
+
+pub async fn find_event(conn: &mut Conn<'_>, id: Uuid) -> Result<Option<Event>, DbError> {
+    const SQL: &str = concat!("SELECT ", event_columns!(), " FROM events WHERE id = $1");
+    conn.query_opt(SQL, &[&id], Event::from_row).await
+}
+
+/// An event a relay holds a lease on, to publish.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub seq: i64,
+    pub id: Uuid,
+    pub kind: EventType,
+    pub created_at: DateTime<Utc>,
+    pub body: String,
+}
+
+impl Claimed {
+    fn from_row(row: &Row<'_>) -> Result<Self, DbError> {
+        let id: Uuid = row.get(1)?;
+        let kind: String = row.get(2)?;
+        let kind = EventType::parse(&kind)
+            .ok_or_else(|| DbError::corrupt(format!("event {id} has an unknown type {kind:?}")))?;
+        Ok(Self { seq: row.get(0)?, id, kind, created_at: row.get(3)?, body: row.get(4)? })
+    }
+}
+
+/// Takes a lease until `lease_until` on up to `limit` of the oldest unpublished events that
+/// no live lease holds, each the first unpublished event of its aggregate (so an aggregate's
+/// events are published one after another, in order, however many relays run). Returned in
+/// the order they were written.
+///
+/// On PostgreSQL, `SKIP LOCKED` lets relays claim side by side: one skips the rows another is
+/// claiming, and an aggregate's later event waits for its earlier one, locked or not.
+pub async fn claim(conn: &mut Conn<'_>, limit: i64, lease_until: DateTime<Utc>) -> Result<Vec<Claimed>, DbError> {
+    const POSTGRES: &str = "UPDATE events SET claimed_until = $1 WHERE seq IN (
+             SELECT e.seq FROM events e
+             WHERE e.published_at IS NULL AND (e.claimed_until IS NULL OR e.claimed_until < $2)
+               AND NOT EXISTS (SELECT 1 FROM events p
+                               WHERE p.aggregate_id = e.aggregate_id AND p.published_at IS NULL AND p.seq < e.seq)
+             ORDER BY e.seq LIMIT $3 FOR UPDATE SKIP LOCKED)
+         RETURNING seq, id, type, created_at, body";
+    const SQLITE: &str = "UPDATE events SET claimed_until = $1 WHERE seq IN (
+             SELECT e.seq FROM events e
+             WHERE e.published_at IS NULL AND (e.claimed_until IS NULL OR e.claimed_until < $2)
+               AND NOT EXISTS (SELECT 1 FROM events p
+                               WHERE p.aggregate_id = e.aggregate_id AND p.published_at IS NULL AND p.seq < e.seq)
+             ORDER BY e.seq LIMIT $3)
+         RETURNING seq, id, type, created_at, body";
+    let sql = match conn.backend() {
+        crate::db::Backend::Postgres => POSTGRES,
+        crate::db::Backend::Sqlite => SQLITE,
+    };
+    let mut claimed = conn.query(sql, &[&lease_until, &now(), &limit], Claimed::from_row).await?;
+    claimed.sort_unstable_by_key(|event| event.seq);
+    Ok(claimed)
+}
+
+/// Marks events published (the broker confirmed them): they leave the relay's scan.
+pub async fn mark_published(conn: &mut Conn<'_>, seqs: &[i64]) -> Result<(), DbError> {
+    let at = now();
+    for seq in seqs {
+        conn.defer("UPDATE events SET published_at = $1, claimed_until = NULL WHERE seq = $2", &[&at, seq]).await?;
+    }
+    Ok(())
+}
+
+/// Gives up the leases on events a relay could not publish, so they are published again at
+/// once rather than when the lease lapses.
+pub async fn release(conn: &mut Conn<'_>, seqs: &[i64]) -> Result<(), DbError> {
+    for seq in seqs {
+        conn.defer("UPDATE events SET claimed_until = NULL WHERE seq = $1 AND published_at IS NULL", &[seq]).await?;
+    }
+    Ok(())
+}
+
+/// Deletes published events created before `before`; returns how many. An event never
+/// published is kept, however old: it is still owed to the broker.
+pub async fn sweep(conn: &mut Conn<'_>, before: DateTime<Utc>) -> Result<u64, DbError> {
+    conn.execute("DELETE FROM events WHERE created_at < $1 AND published_at IS NOT NULL", &[&before]).await
+}
+
+/// How many events wait to be published, and when the oldest of them was written.
+pub async fn backlog(conn: &mut Conn<'_>) -> Result<(i64, Option<DateTime<Utc>>), DbError> {
+    let count = conn.query_one("SELECT COUNT(*) FROM events WHERE published_at IS NULL", &[], |row| row.get(0)).await?;
+    let oldest = conn
+        .query_opt("SELECT created_at FROM events WHERE published_at IS NULL ORDER BY seq LIMIT 1", &[], |row| {
+            row.get::<DateTime<Utc>>(0)
+        })
+        .await?;
+    Ok((count, oldest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_body_holds_the_object_as_written() {
+        let id = Uuid::nil();
+        let at = DateTime::parse_from_rfc3339("2026-01-02T03:04:05.123456Z").unwrap().with_timezone(&Utc);
+        let body = body(id, EventType::OrderPaid, &at, br#"{"id":"x","total":5}"#);
+        let value: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "id": "00000000-0000-0000-0000-000000000000",
+                "type": "order.paid",
+                "created_at": "2026-01-02T03:04:05.123456Z",
+                "data": {"object": {"id": "x", "total": 5}},
+            })
+        );
+    }
+}
