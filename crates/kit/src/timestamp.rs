@@ -16,6 +16,17 @@ pub fn serialize<S: Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::
     }
 }
 
+/// For `#[serde(serialize_with = "orderly_kit::timestamp::serialize_option")]`: `null`, or as
+/// [`serialize`].
+// `&Option<T>` is the signature serde's `serialize_with` calls.
+#[allow(clippy::ref_option)]
+pub fn serialize_option<S: Serializer>(at: &Option<DateTime<Utc>>, serializer: S) -> Result<S::Ok, S::Error> {
+    match at {
+        Some(at) => serialize(at, serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
 /// Appends `at` as [`serialize`] writes it (without the quotes).
 pub fn push(out: &mut Vec<u8>, at: &DateTime<Utc>) {
     let mut buffer = [0u8; 30];

@@ -19,14 +19,15 @@ use utoipa_axum::router::OpenApiRouter;
 use crate::accounts::Accounts;
 use crate::accounts::auth::Authenticator;
 use crate::accounts::tokens::SigningKeys;
+use crate::amqp::Amqp;
 use crate::catalog::Catalog;
 use crate::catalog::cache::ProductCache;
 use crate::config::{ConfigError, HttpConfig, ServeConfig};
 use crate::db::{Database, DatabaseKind};
 use crate::events::Events;
-use crate::events::amqp::Amqp;
 use crate::events::relay::Broker;
 use crate::idempotency::{DatabaseStore, Idempotency};
+use crate::jobs::Jobs;
 use crate::limits::RateLimits;
 use crate::ops::Operations;
 use crate::orders::Orders;
@@ -118,14 +119,16 @@ impl Application {
             Broker::Amqp(amqp) => Some(Arc::clone(amqp)),
             Broker::InProcess(_) => None,
         };
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let jobs = Worker::jobs(&broker, &wake, &config.worker);
         let worker = match process {
             Process::Api if !config.worker.run_worker => None,
-            _ => Some(Worker::new(db.clone(), broker, &config.worker)),
+            _ => Some(Worker::new(db.clone(), broker, wake, &config.worker)),
         };
         let (api, document) = api();
         // Requests are checked against the document itself, so what it publishes is what is enforced.
         let contract = Arc::new(Contract::new(&document, crate::schemas::MEANINGS));
-        let state = assemble(&config, db, keys, redis, amqp, process, metrics, embedded, contract)?;
+        let state = assemble(&config, db, keys, redis, amqp, jobs, process, metrics, embedded, contract)?;
         let (address, setting) = match process {
             Process::Api => (config.listen, "ORDERLY_LISTEN"),
             Process::Worker => (config.worker.worker_listen, "ORDERLY_WORKER_LISTEN"),
@@ -174,7 +177,7 @@ impl Application {
             background.push(tokio::spawn(self.state.db.clone().watch_replica()));
         }
         let (stop_work, work_stopped) = tokio::sync::watch::channel(false);
-        let work = self.worker.as_ref().map(|worker| worker.start(&work_stopped));
+        let work = self.worker.as_ref().map(|worker| worker.start(&work_stopped, self.shutdown_grace));
         tokio::select! {
             result = &mut server => {
                 background.iter().for_each(tokio::task::JoinHandle::abort);
@@ -222,6 +225,7 @@ fn assemble(
     keys: Arc<SigningKeys>,
     redis: Option<Arc<SharedRedis>>,
     amqp: Option<Arc<Amqp>>,
+    jobs: Jobs,
     process: Process,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
     embedded: bool,
@@ -267,6 +271,8 @@ fn assemble(
         reports: Reports {
             db: db.clone(),
             stats: Arc::new(StatsCache::new(config.http.stats_cache_ttl, redis.clone())),
+            jobs,
+            report_ttl: config.worker.report_ttl,
         },
         rate_limits: RateLimits {
             limiter: Arc::new(Limiter::new(crate::limits::policies(&config.limits), redis.clone())),

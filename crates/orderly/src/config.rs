@@ -323,6 +323,11 @@ pub struct WorkerConfig {
     #[arg(long, env = "ORDERLY_AMQP_URL", hide_env_values = true)]
     pub amqp_url: Option<String>,
 
+    /// The RabbitMQ queue of job announcements; its dead letters go to the exchange and queue
+    /// `<name>.dead`. Deployments sharing a broker each need their own.
+    #[arg(long, env = "ORDERLY_AMQP_JOBS_QUEUE", default_value = "orderly.jobs")]
+    pub amqp_jobs_queue: String,
+
     /// `serve` also runs the background work in-process. `false` leaves it to `orderly worker`
     /// processes, so API instances and workers scale separately.
     #[arg(long, env = "ORDERLY_RUN_WORKER", default_value_t = true, action = clap::ArgAction::Set)]
@@ -350,6 +355,32 @@ pub struct WorkerConfig {
     /// another this long after its claim. Longer than a batch takes to publish.
     #[arg(long, env = "ORDERLY_RELAY_LEASE", default_value = "30s", value_parser = parse_positive_duration)]
     pub relay_lease: Duration,
+
+    /// Jobs (report exports) one worker runs at once.
+    #[arg(long, env = "ORDERLY_JOB_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub job_concurrency: u16,
+
+    /// Attempts of a job before it is `failed` for good (a worker that dies holding it counts).
+    #[arg(long, env = "ORDERLY_JOB_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub job_max_attempts: u32,
+
+    /// How long a worker's claim on a job holds without renewal (it renews every third of
+    /// it): a dead worker's job is taken over this long after its last renewal.
+    #[arg(long, env = "ORDERLY_JOB_LEASE", default_value = "30s", value_parser = parse_positive_duration)]
+    pub job_lease: Duration,
+
+    /// How often an idle worker looks for due jobs (an announcement wakes it at once).
+    #[arg(long, env = "ORDERLY_JOB_POLL_INTERVAL", default_value = "1s", value_parser = parse_positive_duration)]
+    pub job_poll_interval: Duration,
+
+    /// Delay before the first retry of a failed job; each further retry waits twice as long
+    /// (up to an hour), half of it random.
+    #[arg(long, env = "ORDERLY_JOB_RETRY_BACKOFF", default_value = "5s", value_parser = parse_positive_duration)]
+    pub job_retry_backoff: Duration,
+
+    /// How long a report is kept once finished (then deleted, CSV and all).
+    #[arg(long, env = "ORDERLY_REPORT_TTL", default_value = "7d", value_parser = parse_positive_duration)]
+    pub report_ttl: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

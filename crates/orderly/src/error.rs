@@ -37,6 +37,10 @@ problem_codes! {
         DatabaseUnavailable = "database_unavailable",
         /// A grant outside the token endpoint was refused.
         InvalidGrant = "invalid_grant",
+        /// The report is still being generated; retry after `Retry-After` seconds.
+        ReportNotReady = "report_not_ready",
+        /// The report failed; ask for a new one.
+        ReportFailed = "report_failed",
     }
 }
 

@@ -7,6 +7,7 @@
 //! [`state`]. Cross-cutting HTTP mechanics live in `orderly-kit`.
 
 pub mod accounts;
+pub mod amqp;
 pub mod app;
 pub mod catalog;
 pub mod cli;
@@ -15,6 +16,7 @@ pub mod db;
 pub mod error;
 pub mod events;
 pub mod idempotency;
+pub mod jobs;
 pub mod limits;
 pub mod listing;
 pub mod ops;

@@ -24,8 +24,8 @@ use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::accounts::tokens::SigningKeys;
+use crate::amqp::Amqp;
 use crate::db::Database;
-use crate::events::amqp::Amqp;
 use crate::payments::provider::PaymentGateway;
 
 /// What the operations endpoints look at. Cheap to clone: every field is shared.
@@ -215,6 +215,7 @@ async fn metrics(State(ops): State<Operations>) -> Response {
     // Several servers in one process (as in tests) share one registry: publishing and rendering
     // under one lock keeps each scrape's state gauges its own server's.
     let backlog = crate::events::relay::Backlog::read(&ops.db).await;
+    crate::jobs::publish_depth(&ops.db).await;
     static SCRAPE: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _scrape = SCRAPE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     ops.gateway.publish_metrics();
@@ -239,6 +240,13 @@ pub fn describe_metrics() {
         "Age of the oldest event not yet published; 0 when there is none."
     );
     metrics::describe_counter!("orderly_events_published_total", "Events published by the relay (and confirmed).");
+    metrics::describe_gauge!("orderly_jobs", "Jobs by state (queued, running, succeeded, failed).");
+    metrics::describe_histogram!(
+        "orderly_job_duration_seconds",
+        "Time of one run of a job, by kind and outcome (succeeded, retried, failed, lost, unrecorded)."
+    );
+    metrics::describe_counter!("orderly_job_runs_total", "Runs of jobs, by kind and outcome.");
+    metrics::describe_counter!("orderly_report_rows_total", "Rows written by report exports.");
     metrics::describe_histogram!(
         "orderly_relay_batch_seconds",
         "Time to publish one batch of events and have it confirmed."

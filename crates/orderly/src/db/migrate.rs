@@ -46,6 +46,7 @@ pub const MIGRATIONS: &[Migration] = migrations![
     9 "0009_payment_attempts",
     10 "0010_partial_attempt_indexes",
     11 "0011_events",
+    12 "0012_jobs_reports",
 ];
 
 /// Any key, held only while migrating; taken by every instance of every Orderly deployment

@@ -15,7 +15,6 @@ use utoipa::ToSchema;
 
 use crate::db::Database;
 
-pub mod amqp;
 pub mod relay;
 mod routes;
 pub mod store;

@@ -15,8 +15,8 @@ use tokio::sync::{broadcast, watch};
 
 use crate::db::{Database, DbError};
 
-use super::amqp::{Amqp, AmqpError};
 use super::store::{self, Claimed};
+use crate::amqp::{Amqp, AmqpError};
 
 /// Where the relay publishes.
 #[derive(Clone)]
@@ -139,7 +139,7 @@ impl Relay {
         match &self.broker {
             Broker::Amqp(amqp) => {
                 let timeout = self.settings.publish_timeout;
-                tokio::time::timeout(timeout, amqp.publish(&claimed))
+                tokio::time::timeout(timeout, amqp.publish_events(&claimed))
                     .await
                     .map_err(|_| RelayError::Timeout(timeout))??;
             }

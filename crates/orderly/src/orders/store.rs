@@ -293,6 +293,50 @@ pub async fn count_by_status(conn: &mut Conn<'_>) -> Result<Vec<(OrderStatus, i6
     .await
 }
 
+/// One page of the orders an export covers, oldest first: `owner`'s (everyone's when `None`),
+/// created after `created_after` (if any) and before `created_before`, after the order
+/// `after` (the last one the export wrote).
+pub async fn export_page(
+    conn: &mut Conn<'_>,
+    owner: Option<Uuid>,
+    created_after: Option<DateTime<Utc>>,
+    created_before: DateTime<Utc>,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<Order>, DbError> {
+    let mut sql = String::from(concat!("SELECT ", order_columns!(), " FROM orders WHERE true"));
+    let mut values: Vec<&dyn Param> = Vec::new();
+    if let Some(owner) = &owner {
+        and_where(&mut sql, &mut values, "user_id = $", owner);
+    }
+    if let Some(created_after) = &created_after {
+        and_where(&mut sql, &mut values, "created_at > $", created_after);
+    }
+    and_where(&mut sql, &mut values, "created_at < $", &created_before);
+    let after = after.as_ref().map(|(created_at, id)| (created_at as &dyn Param, id));
+    seek(&mut sql, &mut values, "created_at", false, after, &limit);
+    conn.query(&sql, &values, Order::from_row).await
+}
+
+/// How many orders an export covers (see [`export_page`]).
+pub async fn export_count(
+    conn: &mut Conn<'_>,
+    owner: Option<Uuid>,
+    created_after: Option<DateTime<Utc>>,
+    created_before: DateTime<Utc>,
+) -> Result<i64, DbError> {
+    let mut sql = String::from("SELECT COUNT(*) FROM orders WHERE true");
+    let mut values: Vec<&dyn Param> = Vec::new();
+    if let Some(owner) = &owner {
+        and_where(&mut sql, &mut values, "user_id = $", owner);
+    }
+    if let Some(created_after) = &created_after {
+        and_where(&mut sql, &mut values, "created_at > $", created_after);
+    }
+    and_where(&mut sql, &mut values, "created_at < $", &created_before);
+    conn.query_one(&sql, &values, |row| row.get(0)).await
+}
+
 /// Filters of the order list. `user_id` is forced to the caller for customers.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct OrderFilter {

@@ -205,6 +205,25 @@ impl TestApp {
         process.wait().expect("reap the app");
     }
 
+    /// Sends the process SIGTERM and waits up to `timeout` for it to exit; whether it did,
+    /// successfully.
+    pub async fn terminate(&mut self, timeout: std::time::Duration) -> bool {
+        let mut process = self.process.take().expect("only an app run as a process can be terminated");
+        let _ = std::process::Command::new("kill").args(["-TERM", &process.id().to_string()]).status();
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = process.try_wait().unwrap() {
+                return status.success();
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = process.kill();
+                let _ = process.wait();
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// Runs SQL statements on the app's database, from a connection of the test's own.
     pub async fn execute_sql(&self, sql: &str) {
         match self._database.backend {
@@ -332,6 +351,10 @@ impl TestApp {
         let row =
             client.query_one("SELECT xact_commit FROM pg_stat_database WHERE datname = $1", &[&name]).await.unwrap();
         row.get(0)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self._database.backend
     }
 
     pub fn database_url(&self) -> &str {

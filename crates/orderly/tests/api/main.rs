@@ -21,3 +21,4 @@ mod payments;
 mod rabbitmq;
 mod ratelimits;
 mod replica;
+mod reports;

@@ -214,7 +214,111 @@ async fn rabbitmq_killed_and_restarted_mid_stream_loses_nothing(backend: Backend
     assert!(ready, "the worker is ready again once the broker is back");
 }
 
+/// A job announced over RabbitMQ wakes a worker at once (it would otherwise wait for its next
+/// look at the database, a minute away here).
+async fn an_announced_job_runs_at_once(backend: Backend) {
+    let Some(url) = amqp_url() else { return };
+    let amqp = format!("--amqp-url={url}");
+    // A queue of its own: a worker of another deployment would dead-letter this one's jobs.
+    let queue = JobsQueue::new(&url);
+    let queue_flag = format!("--amqp-jobs-queue={}", queue.name);
+    let flags = [amqp.as_str(), &queue_flag, "--job-poll-interval=60s"];
+    let Some(app) = TestApp::spawn_with(backend, &flags).await else { return };
+    let customer = app.customer().await;
+    // The worker's first look at the database is behind it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = app.post_json("/api/v1/reports", Some(&customer.access_token), &json!({"kind": "orders_csv"})).await;
+    assert_eq!(report.status(), StatusCode::ACCEPTED);
+    let report: Value = report.json().await.unwrap();
+    let path = format!("/api/v1/reports/{}", id(&report));
+    let done = eventually_within(Duration::from_secs(10), async || {
+        let seen: Value = app.get(&path, Some(&customer.access_token)).await.json().await.unwrap();
+        seen["status"] == "succeeded"
+    })
+    .await;
+    assert!(done, "the announcement woke the worker");
+    queue.delete().await;
+}
+
+/// Announcements that name no job (unreadable, or unknown) are rejected into the dead-letter
+/// queue, where an operator can look at them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_announcements_reach_the_dead_letter_queue() {
+    use futures_util::StreamExt;
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions};
+    use lapin::types::FieldTable;
+
+    let Some(url) = amqp_url() else { return };
+    let amqp = format!("--amqp-url={url}");
+    let queue = JobsQueue::new(&url);
+    let queue_flag = format!("--amqp-jobs-queue={}", queue.name);
+    let Some(app) = TestApp::spawn_with(Backend::Sqlite, &[&amqp, &queue_flag]).await else { return };
+    // Ready means connected, with the queues declared.
+    assert_eq!(app.get("/readyz", None).await.status(), StatusCode::OK);
+    let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let marker = uuid::Uuid::now_v7().to_string();
+    let poison: [(&str, Vec<u8>); 3] = [
+        ("unreadable", b"not a job id".to_vec()),
+        ("binary", vec![0xff, 0xfe, 0x00]),
+        ("unknown", uuid::Uuid::now_v7().to_string().into_bytes()),
+    ];
+    for (label, body) in &poison {
+        let properties = lapin::BasicProperties::default().with_message_id(format!("{marker}-{label}").into());
+        channel
+            .basic_publish("".into(), queue.name.as_str().into(), BasicPublishOptions::default(), body, properties)
+            .await
+            .unwrap();
+    }
+    let mut dead = channel
+        .basic_consume(
+            format!("{}.dead", queue.name).as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut found = HashSet::new();
+    let collected = tokio::time::timeout(Duration::from_secs(20), async {
+        while found.len() < poison.len() {
+            let delivery = dead.next().await.unwrap().unwrap();
+            let id = delivery.properties.message_id().as_ref().map(|id| id.as_str().to_owned()).unwrap_or_default();
+            if let Some(label) = id.strip_prefix(&format!("{marker}-")) {
+                found.insert(label.to_owned());
+            }
+            delivery.ack(BasicAckOptions::default()).await.unwrap();
+        }
+    })
+    .await;
+    assert!(collected.is_ok(), "dead-lettered: {found:?}");
+    queue.delete().await;
+}
+
+/// A jobs queue of a test's own, deleted (with its dead letters) by [`JobsQueue::delete`].
+struct JobsQueue {
+    url: String,
+    name: String,
+}
+
+impl JobsQueue {
+    fn new(url: &str) -> Self {
+        Self { url: url.to_owned(), name: format!("orderly-test-jobs-{}", uuid::Uuid::now_v7().simple()) }
+    }
+
+    async fn delete(self) {
+        let connection = lapin::Connection::connect(&self.url, lapin::ConnectionProperties::default()).await.unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        let dead = format!("{}.dead", self.name);
+        for queue in [self.name.as_str(), dead.as_str()] {
+            channel.queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default()).await.unwrap();
+        }
+        channel.exchange_delete(dead.as_str().into(), lapin::options::ExchangeDeleteOptions::default()).await.unwrap();
+    }
+}
+
 crate::on_every_backend_with_backend!(
+    an_announced_job_runs_at_once,
     events_are_published_to_the_exchange_as_served,
     three_relays_publish_each_event_once_and_each_order_in_order,
     a_relay_killed_mid_batch_loses_nothing,
