@@ -215,13 +215,16 @@ async fn metrics(State(ops): State<Operations>) -> Response {
     // Several servers in one process (as in tests) share one registry: publishing and rendering
     // under one lock keeps each scrape's state gauges its own server's.
     let backlog = crate::events::relay::Backlog::read(&ops.db).await;
-    crate::jobs::publish_depth(&ops.db).await;
+    let jobs = crate::jobs::Depth::read(&ops.db).await;
     static SCRAPE: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _scrape = SCRAPE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     ops.gateway.publish_metrics();
     ops.db.publish_metrics();
     if let Some(backlog) = backlog {
         backlog.publish();
+    }
+    if let Some(jobs) = jobs {
+        jobs.publish();
     }
     if let Some(redis) = &ops.redis {
         redis.publish_metrics();

@@ -137,17 +137,27 @@ pub fn retry_delay(attempt: i64, base: Duration) -> Duration {
     half + orderly_kit::resilience::Backoff { base: half, max: half }.delay(0)
 }
 
-/// Sets `orderly_jobs{state}`: jobs in each state.
-pub async fn publish_depth(db: &Database) {
-    match db.current().run(async |conn| store::count_by_status(conn).await).await {
-        Ok(counts) => {
-            for status in JobStatus::ALL {
-                let count = counts.iter().find(|(s, _)| *s == status).map_or(0, |(_, count)| *count);
-                #[allow(clippy::cast_precision_loss)] // far below 2^52
-                metrics::gauge!("orderly_jobs", "state" => status.as_str()).set(count as f64);
+/// Jobs in each state, as `orderly_jobs{state}` shows them.
+pub struct Depth(Vec<(JobStatus, i64)>);
+
+impl Depth {
+    /// Counts them; `None` (logged) when the database does not answer.
+    pub async fn read(db: &Database) -> Option<Self> {
+        match db.current().run(async |conn| store::count_by_status(conn).await).await {
+            Ok(counts) => Some(Self(counts)),
+            Err(error) => {
+                tracing::warn!(%error, "could not count jobs");
+                None
             }
         }
-        Err(error) => tracing::warn!(%error, "could not count jobs"),
+    }
+
+    pub fn publish(&self) {
+        for status in JobStatus::ALL {
+            let count = self.0.iter().find(|(s, _)| *s == status).map_or(0, |(_, count)| *count);
+            #[allow(clippy::cast_precision_loss)] // far below 2^52
+            metrics::gauge!("orderly_jobs", "state" => status.as_str()).set(count as f64);
+        }
     }
 }
 

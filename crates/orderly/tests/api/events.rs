@@ -246,7 +246,35 @@ async fn the_in_process_relay_publishes_every_event(app: TestApp) {
     assert!(drained, "the backlog gauge comes back to 0");
 }
 
+async fn published_events_are_swept_after_the_retention_period(app: TestApp) {
+    let admin = app.admin().await;
+    let customer = app.customer().await;
+    let product = app.create_product(&admin, json!({"stock": 10})).await;
+    let old: Value = app.place_order(&customer, &[(&id(&product), 1)]).await.json().await.unwrap();
+    let recent: Value = app.place_order(&customer, &[(&id(&product), 1)]).await.json().await.unwrap();
+    let long_ago =
+        (chrono::Utc::now() - chrono::TimeDelta::days(31)).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false);
+    let old_event = about(&all_events(&app, &admin, "").await, &id(&old))[0]["id"].as_str().unwrap().to_owned();
+    let sql = format!("UPDATE events SET created_at = '{long_ago}', published_at = '{long_ago}' WHERE id = ");
+    let sql = match app.backend() {
+        crate::helpers::Backend::Postgres => format!("{sql}'{old_event}'"),
+        crate::helpers::Backend::Sqlite => format!("{sql}X'{}'", old_event.replace('-', "")),
+    };
+    app.execute_sql(&sql).await;
+    // Another instance sweeps as it starts.
+    let _sibling = app.spawn_sibling(&[]).await;
+    let swept = eventually(async || {
+        let path = format!("/api/v1/events/{old_event}");
+        app.get(&path, Some(&admin.access_token)).await.status() == StatusCode::NOT_FOUND
+    })
+    .await;
+    assert!(swept, "an event older than 30 days is swept");
+    let events = all_events(&app, &admin, "").await;
+    assert_eq!(types(&about(&events, &id(&recent))), ["order.created"], "younger events stay");
+}
+
 crate::on_every_backend!(
+    published_events_are_swept_after_the_retention_period,
     every_change_records_one_event_with_the_resource_as_served,
     a_change_that_rolls_back_leaves_no_event,
     every_committed_change_of_a_concurrent_mix_has_exactly_one_event,
