@@ -19,6 +19,7 @@ virtualenv at ~/.cache/orderly-bench-venv).
 """
 
 import argparse
+import datetime
 import json
 import os
 import sqlite3
@@ -137,12 +138,22 @@ class Database:
                      "timestamptz '2026-01-01 00:00:00Z' + g * interval '1 millisecond', "
                      f"'{ORDER_ITEMS}' FROM generate_series(1, {count}) AS g")
         else:
-            self.sql(f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {count}) "
-                     "INSERT INTO orders (id, user_id, status, currency, total, version, created_at, updated_at, items) "
-                     f"SELECT randomblob(16), X'{user_id.replace('-', '')}', 'paid', 'USD', 2500, 2, "
-                     "strftime('%Y-%m-%dT%H:%M:%f+00:00', '2026-01-01 00:00:00', '+' || (i / 1000.0) || ' seconds'), "
-                     "strftime('%Y-%m-%dT%H:%M:%f+00:00', '2026-01-01 00:00:00', '+' || (i / 1000.0) || ' seconds'), "
-                     f"'{ORDER_ITEMS}' FROM n")
+            # Timestamps as the app writes them (six fraction digits when the microseconds are not
+            # a whole millisecond), so text comparison orders them as it does the app's.
+            start = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+            user = uuid.UUID(user_id).bytes
+
+            def rows():
+                for n in range(count):
+                    at = (start + datetime.timedelta(microseconds=1000 * n + 1)).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+                    yield uuid.uuid4().bytes, user, at, at
+
+            with sqlite3.connect(self.path) as connection:
+                connection.executemany(
+                    "INSERT INTO orders (id, user_id, status, currency, total, version, created_at, updated_at, items) "
+                    f"VALUES (?, ?, 'paid', 'USD', 2500, 2, ?, ?, '{ORDER_ITEMS}')",
+                    rows(),
+                )
 
 
 def start(binary, command, env, pin):

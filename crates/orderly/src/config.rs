@@ -346,6 +346,11 @@ pub struct WorkerConfig {
     #[arg(long, env = "ORDERLY_RELAY_BATCH", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub relay_batch: u32,
 
+    /// Relays each worker runs side by side: while one waits for the broker's confirms, another
+    /// claims or marks its batch.
+    #[arg(long, env = "ORDERLY_RELAY_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub relay_concurrency: u16,
+
     /// How often an idle relay looks for new events (a write in the same process wakes it at
     /// once).
     #[arg(long, env = "ORDERLY_RELAY_INTERVAL", default_value = "200ms", value_parser = parse_positive_duration)]

@@ -63,6 +63,7 @@ pub struct Worker {
     pub db: Database,
     pub broker: Broker,
     pub relay: relay::Settings,
+    pub relays: u16,
     pub event_retention: Duration,
     pub jobs: JobSettings,
     /// Rung by announcements: in-process ones, or those consumed from RabbitMQ.
@@ -96,14 +97,24 @@ impl Worker {
             // Counted as failed, and released, well before another relay may take the batch.
             publish_timeout: (config.relay_lease / 3).min(Duration::from_secs(10)),
         };
-        Self { db, broker, relay, event_retention: config.event_retention, jobs: JobSettings::new(config), wake }
+        Self {
+            db,
+            broker,
+            relay,
+            relays: config.relay_concurrency,
+            event_retention: config.event_retention,
+            jobs: JobSettings::new(config),
+            wake,
+        }
     }
 
     /// Starts every task; they stop once `stop` turns true, within `grace`.
     pub fn start(&self, stop: &watch::Receiver<bool>, grace: Duration) -> Running {
         let mut tasks = JoinSet::new();
-        let relay = Relay { db: self.db.clone(), broker: self.broker.clone(), settings: self.relay };
-        tasks.spawn(relay.run(stop.clone()));
+        for _ in 0..self.relays {
+            let relay = Relay { db: self.db.clone(), broker: self.broker.clone(), settings: self.relay };
+            tasks.spawn(relay.run(stop.clone()));
+        }
         let runner = Runner { db: self.db.clone(), settings: self.jobs, wake: Arc::clone(&self.wake) };
         tasks.spawn(runner.run(stop.clone(), grace * 2 / 3));
         if let Broker::Amqp(amqp) = &self.broker {

@@ -202,6 +202,39 @@ impl Column for DateTime<Utc> {
     }
 }
 
+/// A list of integers bound as one parameter: an `int8[]` on PostgreSQL (`= ANY($n)`), a JSON
+/// array on SQLite (`IN (SELECT value FROM json_each($n))`), so a statement names any number of
+/// rows at once.
+#[derive(Debug, Clone)]
+pub struct IntList(pub Vec<i64>);
+
+impl ToSql for IntList {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        self.0.to_sql(ty, out)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        <Vec<i64> as ToSql>::accepts(ty)
+    }
+
+    to_sql_checked!();
+}
+
+impl Param for IntList {
+    fn to_sqlite(&self) -> ToSqlOutput<'_> {
+        let mut json = String::with_capacity(self.0.len() * 8 + 2);
+        json.push('[');
+        for (index, value) in self.0.iter().enumerate() {
+            if index > 0 {
+                json.push(',');
+            }
+            json.push_str(itoa::Buffer::new().format(*value));
+        }
+        json.push(']');
+        ToSqlOutput::from(json)
+    }
+}
+
 impl<T: Param> Param for Option<T> {
     fn to_sqlite(&self) -> ToSqlOutput<'_> {
         match self {

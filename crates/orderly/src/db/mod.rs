@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, RecyclingMethod, Runtime};
 
-pub use conn::{Ahead, Backend, Column, Conn, DbError, Param, Row};
+pub use conn::{Ahead, Backend, Column, Conn, DbError, IntList, Param, Row};
 pub use migrate::MigrateError;
 
 use crate::config::{ConfigError, DatabaseConfig};

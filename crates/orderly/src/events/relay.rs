@@ -125,11 +125,11 @@ impl Relay {
         let seqs: Vec<i64> = claimed.iter().map(|event| event.seq).collect();
         if let Err(error) = self.publish(claimed).await {
             // Released now, so they go out with the next pass rather than when the lease lapses.
-            let _ = self.db.write().transaction(async move |conn| store::release(conn, &seqs).await).await;
+            let _ = self.db.write().run(async move |conn| store::release(conn, seqs).await).await;
             return Err(error);
         }
         let count = seqs.len();
-        self.db.write().transaction(async move |conn| store::mark_published(conn, &seqs).await).await?;
+        self.db.write().run(async move |conn| store::mark_published(conn, seqs).await).await?;
         metrics::counter!("orderly_events_published_total").increment(count as u64);
         metrics::histogram!("orderly_relay_batch_seconds").record(started.elapsed().as_secs_f64());
         Ok(count)

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use crate::db::{Conn, DbError, Param, Row, now};
+use crate::db::{Backend, Conn, DbError, IntList, Param, Row, now};
 use crate::listing::{ListParams, and_where, seek};
 use orderly_kit::pagination::Page;
 
@@ -154,8 +154,8 @@ pub async fn claim(conn: &mut Conn<'_>, limit: i64, lease_until: DateTime<Utc>) 
              ORDER BY e.seq LIMIT $3)
          RETURNING seq, id, type, created_at, body";
     let sql = match conn.backend() {
-        crate::db::Backend::Postgres => POSTGRES,
-        crate::db::Backend::Sqlite => SQLITE,
+        Backend::Postgres => POSTGRES,
+        Backend::Sqlite => SQLITE,
     };
     let mut claimed = conn.query(sql, &[&lease_until, &now(), &limit], Claimed::from_row).await?;
     claimed.sort_unstable_by_key(|event| event.seq);
@@ -163,21 +163,27 @@ pub async fn claim(conn: &mut Conn<'_>, limit: i64, lease_until: DateTime<Utc>) 
 }
 
 /// Marks events published (the broker confirmed them): they leave the relay's scan.
-pub async fn mark_published(conn: &mut Conn<'_>, seqs: &[i64]) -> Result<(), DbError> {
-    let at = now();
-    for seq in seqs {
-        conn.defer("UPDATE events SET published_at = $1, claimed_until = NULL WHERE seq = $2", &[&at, seq]).await?;
-    }
-    Ok(())
+pub async fn mark_published(conn: &mut Conn<'_>, seqs: Vec<i64>) -> Result<(), DbError> {
+    let sql = match conn.backend() {
+        Backend::Postgres => "UPDATE events SET published_at = $1, claimed_until = NULL WHERE seq = ANY($2)",
+        Backend::Sqlite => {
+            "UPDATE events SET published_at = $1, claimed_until = NULL WHERE seq IN (SELECT value FROM json_each($2))"
+        }
+    };
+    conn.execute(sql, &[&now(), &IntList(seqs)]).await.map(drop)
 }
 
 /// Gives up the leases on events a relay could not publish, so they are published again at
 /// once rather than when the lease lapses.
-pub async fn release(conn: &mut Conn<'_>, seqs: &[i64]) -> Result<(), DbError> {
-    for seq in seqs {
-        conn.defer("UPDATE events SET claimed_until = NULL WHERE seq = $1 AND published_at IS NULL", &[seq]).await?;
-    }
-    Ok(())
+pub async fn release(conn: &mut Conn<'_>, seqs: Vec<i64>) -> Result<(), DbError> {
+    let sql = match conn.backend() {
+        Backend::Postgres => "UPDATE events SET claimed_until = NULL WHERE seq = ANY($1) AND published_at IS NULL",
+        Backend::Sqlite => {
+            "UPDATE events SET claimed_until = NULL
+             WHERE seq IN (SELECT value FROM json_each($1)) AND published_at IS NULL"
+        }
+    };
+    conn.execute(sql, &[&IntList(seqs)]).await.map(drop)
 }
 
 /// Deletes published events created before `before`; returns how many. An event never

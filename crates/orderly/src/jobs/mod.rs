@@ -119,9 +119,14 @@ pub struct Jobs {
 
 impl Jobs {
     /// Tells the workers that job `id` is waiting; call it once the job's transaction committed.
-    pub async fn announce(&self, id: Uuid, kind: JobKind) {
+    /// Over RabbitMQ the announcement goes out in the background: the request that asked for
+    /// the job never waits for the broker (which may be down; the job is found by polling then).
+    pub fn announce(&self, id: Uuid, kind: JobKind) {
         match &self.announcer {
-            Announcer::Amqp(amqp) => amqp.announce_job(id, kind.as_str()).await,
+            Announcer::Amqp(amqp) => {
+                let amqp = Arc::clone(amqp);
+                tokio::spawn(async move { amqp.announce_job(id, kind.as_str()).await });
+            }
             Announcer::InProcess(wake) => wake.notify_one(),
         }
     }

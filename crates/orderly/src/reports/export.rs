@@ -66,7 +66,7 @@ pub async fn request(db: &Database, jobs: &Jobs, ttl: Duration, request: Request
             Ok::<_, DbError>((report, job_id))
         })
         .await?;
-    jobs.announce(job_id, JobKind::Report).await;
+    jobs.announce(job_id, JobKind::Report);
     Ok(report)
 }
 
