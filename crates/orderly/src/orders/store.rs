@@ -306,13 +306,7 @@ pub async fn export_page(
 ) -> Result<Vec<Order>, DbError> {
     let mut sql = String::from(concat!("SELECT ", order_columns!(), " FROM orders WHERE true"));
     let mut values: Vec<&dyn Param> = Vec::new();
-    if let Some(owner) = &owner {
-        and_where(&mut sql, &mut values, "user_id = $", owner);
-    }
-    if let Some(created_after) = &created_after {
-        and_where(&mut sql, &mut values, "created_at > $", created_after);
-    }
-    and_where(&mut sql, &mut values, "created_at < $", &created_before);
+    export_scope(&mut sql, &mut values, &owner, &created_after, &created_before);
     let after = after.as_ref().map(|(created_at, id)| (created_at as &dyn Param, id));
     seek(&mut sql, &mut values, "created_at", false, after, &limit);
     conn.query(&sql, &values, Order::from_row).await
@@ -327,14 +321,25 @@ pub async fn export_count(
 ) -> Result<i64, DbError> {
     let mut sql = String::from("SELECT COUNT(*) FROM orders WHERE true");
     let mut values: Vec<&dyn Param> = Vec::new();
-    if let Some(owner) = &owner {
-        and_where(&mut sql, &mut values, "user_id = $", owner);
-    }
-    if let Some(created_after) = &created_after {
-        and_where(&mut sql, &mut values, "created_at > $", created_after);
-    }
-    and_where(&mut sql, &mut values, "created_at < $", &created_before);
+    export_scope(&mut sql, &mut values, &owner, &created_after, &created_before);
     conn.query_one(&sql, &values, |row| row.get(0)).await
+}
+
+/// The conditions of an export's scope, added to `sql`.
+fn export_scope<'a>(
+    sql: &mut String,
+    values: &mut Vec<&'a dyn Param>,
+    owner: &'a Option<Uuid>,
+    created_after: &'a Option<DateTime<Utc>>,
+    created_before: &'a DateTime<Utc>,
+) {
+    if let Some(owner) = owner {
+        and_where(sql, values, "user_id = $", owner);
+    }
+    if let Some(created_after) = created_after {
+        and_where(sql, values, "created_at > $", created_after);
+    }
+    and_where(sql, values, "created_at < $", created_before);
 }
 
 /// Filters of the order list. `user_id` is forced to the caller for customers.
