@@ -62,6 +62,8 @@ def main():
     parser.add_argument("--skip-build", action="store_true", help="use the release binary as it is")
     parser.add_argument("--only", choices=["relay", "report"], help="run one of the two")
     parser.add_argument("--json", metavar="FILE", help="also append the JSON lines to FILE")
+    parser.add_argument("--server-env", metavar="KEY=VALUE", action="append", default=[],
+                        help="extra environment for the Orderly process, e.g. ORDERLY_RELAY_BATCH=1000 (repeatable)")
     args = parser.parse_args()
     binary = build(args.skip_build)
     backends = ["sqlite"] + (["postgres"] if args.postgres else [])
@@ -156,6 +158,10 @@ class Database:
                 )
 
 
+def extra_env(args):
+    return dict(pair.split("=", 1) for pair in args.server_env)
+
+
 def start(binary, command, env, pin):
     prefix = ["taskset", "-c", "0"] if pin else []
     log = open(os.path.join(env["ORDERLY_DATA_DIR"], f"{command}.log"), "w")
@@ -209,7 +215,7 @@ def bench_relay(binary, backend, args):
         channel.queue_bind(queue, "orderly.events", routing_key="#")
         port = free_port()
         env = {**db.env, "ORDERLY_AMQP_URL": args.amqp, "ORDERLY_WORKER_LISTEN": f"127.0.0.1:{port}",
-               "ORDERLY_AMQP_JOBS_QUEUE": f"{queue}.jobs"}
+               "ORDERLY_AMQP_JOBS_QUEUE": f"{queue}.jobs", **extra_env(args)}
         started = time.monotonic()
         worker = start(binary, "worker", env, args.pin)
         try:
@@ -239,7 +245,7 @@ def bench_report(binary, backend, args):
         subprocess.run([binary, "admin", "create-user", "--email", ADMIN_EMAIL, "--role", "admin"],
                        env={**db.env, "ORDERLY_ADMIN_PASSWORD": ADMIN_PASSWORD}, check=True, capture_output=True, timeout=60)
         port = free_port()
-        env = {**db.env, "ORDERLY_LISTEN": f"127.0.0.1:{port}", "ORDERLY_JOB_POLL_INTERVAL": "100ms"}
+        env = {**db.env, "ORDERLY_LISTEN": f"127.0.0.1:{port}", "ORDERLY_JOB_POLL_INTERVAL": "100ms", **extra_env(args)}
         server = start(binary, "serve", env, args.pin)
         try:
             wait_ready(port, server)
