@@ -33,6 +33,8 @@ pub const EVENTS_EXCHANGE: &str = "orderly.events";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a connection given up on may take to close politely.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a readiness check may wait for the broker.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long an announcement may wait for its confirm; it is only a doorbell.
 const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -179,9 +181,14 @@ impl Amqp {
         Ok((connection, consumer))
     }
 
-    /// For readiness: whether the broker answers (connecting if need be).
+    /// For readiness: whether the broker answers (connecting if need be), within
+    /// [`CHECK_TIMEOUT`] so a probe never waits on an unreachable host.
     pub async fn check(&self) -> Result<(), String> {
-        self.with_publisher(async |_| Ok(())).await.map_err(|error| format!("RabbitMQ is unreachable: {error}"))
+        match tokio::time::timeout(CHECK_TIMEOUT, self.with_publisher(async |_| Ok(()))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(format!("RabbitMQ is unreachable: {error}")),
+            Err(_) => Err(format!("RabbitMQ did not answer within {CHECK_TIMEOUT:?}")),
+        }
     }
 }
 
