@@ -380,11 +380,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 fn router(state: AppState, api: Router<AppState>, openapi: utoipa::openapi::OpenApi, http: &HttpConfig) -> Router {
     // Shared, so each request clones one reference count, not every handle inside.
     let (idempotency, rate_limits) = (Arc::new(state.idempotency.clone()), Arc::new(state.rate_limits.clone()));
-    let envelope = Arc::new(middleware::Envelope {
-        in_flight: tokio::sync::Semaphore::new(usize::try_from(http.max_in_flight).unwrap_or(usize::MAX)),
-        never_shed: ops::NEVER_SHED,
-        deadline: http.request_timeout,
-    });
+    let envelope = envelope(http);
     let body_limit = usize::try_from(http.max_body_bytes).unwrap_or(usize::MAX);
     let compress =
         SizeAbove::new(1024).and(NotForContentType::GRPC).and(NotForContentType::IMAGES).and(NotForContentType::SSE);
@@ -399,13 +395,18 @@ fn router(state: AppState, api: Router<AppState>, openapi: utoipa::openapi::Open
         .layer(CompressionLayer::new().compress_when(compress))
 }
 
-/// A worker's HTTP surface: its probes and metrics.
-fn worker_router(state: AppState, http: &HttpConfig) -> Router {
-    let envelope = Arc::new(middleware::Envelope {
+/// The state of `middleware::envelope`: the in-flight cap and the deadline.
+fn envelope(http: &HttpConfig) -> Arc<middleware::Envelope> {
+    Arc::new(middleware::Envelope {
         in_flight: tokio::sync::Semaphore::new(usize::try_from(http.max_in_flight).unwrap_or(usize::MAX)),
         never_shed: ops::NEVER_SHED,
         deadline: http.request_timeout,
-    });
+    })
+}
+
+/// A worker's HTTP surface: its probes and metrics.
+fn worker_router(state: AppState, http: &HttpConfig) -> Router {
+    let envelope = envelope(http);
     let (probes, _) = OpenApiRouter::<AppState>::new().merge(ops::probes_router()).split_for_parts();
     probes.with_state(state).layer(axum::middleware::from_fn_with_state(envelope, middleware::envelope))
 }

@@ -94,8 +94,6 @@ impl Worker {
             batch: i64::from(config.relay_batch),
             idle: config.relay_interval,
             lease: config.relay_lease,
-            // Counted as failed, and released, well before another relay may take the batch.
-            publish_timeout: (config.relay_lease / 3).min(Duration::from_secs(10)),
         };
         Self {
             db,
@@ -174,7 +172,7 @@ impl Runner {
                 permit = Arc::clone(&slots).acquire_owned() => permit.expect("the semaphore is never closed"),
                 _ = stop.wait_for(|stop| *stop) => break,
             };
-            let lease_until = crate::db::now() + delta(this.settings.lease);
+            let lease_until = crate::db::now() + crate::db::span(this.settings.lease);
             let pause = match this.db.write().run(async move |conn| jobs::store::claim(conn, lease_until).await).await {
                 Ok(Some(job)) => {
                     failures = 0;
@@ -266,7 +264,8 @@ impl Runner {
                 "failed"
             }
             Some(Err(JobError::Failed(error))) => {
-                let due_at = crate::db::now() + delta(jobs::retry_delay(job.attempt, self.settings.retry_backoff));
+                let due_at =
+                    crate::db::now() + crate::db::span(jobs::retry_delay(job.attempt, self.settings.retry_backoff));
                 let (id, attempt) = (job.id, job.attempt);
                 tracing::warn!(job.id = %id, job.kind = kind, attempt, %error, "a job failed; it will be retried");
                 let _ = self
@@ -385,8 +384,4 @@ async fn sweep_reports_forever(db: Database) {
             Err(error) => tracing::warn!(%error, "could not delete expired reports"),
         }
     }
-}
-
-fn delta(duration: Duration) -> chrono::TimeDelta {
-    chrono::TimeDelta::from_std(duration).unwrap_or(chrono::TimeDelta::seconds(30))
 }

@@ -369,6 +369,12 @@ fn publish_pool_metrics(pool: &'static str, usage: Usage) {
     metrics::gauge!("orderly_db_pool_max_connections", "pool" => pool).set(usage.max as f64);
 }
 
+/// A configured duration as a span of stored time (saturating; no configured duration comes
+/// near the 292 million years a `TimeDelta` holds).
+pub fn span(duration: std::time::Duration) -> chrono::TimeDelta {
+    chrono::TimeDelta::from_std(duration).unwrap_or(chrono::TimeDelta::MAX)
+}
+
 /// Current time at the precision both backends store (microseconds), so a value read back
 /// equals the value written and representations are identical on SQLite and PostgreSQL.
 pub fn now() -> chrono::DateTime<chrono::Utc> {

@@ -58,8 +58,14 @@ pub struct Settings {
     pub lease: Duration,
     /// How long to wait before looking again when nothing was waiting.
     pub idle: Duration,
-    /// How long publishing one batch may take before it counts as failed.
-    pub publish_timeout: Duration,
+}
+
+impl Settings {
+    /// How long publishing one batch may take before it counts as failed (and is released):
+    /// well before another relay may take the batch.
+    fn publish_timeout(&self) -> Duration {
+        (self.lease / 3).min(Duration::from_secs(10))
+    }
 }
 
 /// Why a pass published nothing.
@@ -69,8 +75,6 @@ enum RelayError {
     Database(#[from] DbError),
     #[error(transparent)]
     Broker(#[from] AmqpError),
-    #[error("RabbitMQ did not confirm a batch within {0:?}")]
-    Timeout(Duration),
 }
 
 /// One relay: run as many as you like, in as many processes.
@@ -114,10 +118,9 @@ impl Relay {
     /// Claims, publishes and marks one batch; returns how many events it published.
     async fn pass(&self) -> Result<usize, RelayError> {
         let (batch, lease) = (self.settings.batch, self.settings.lease);
-        let lease_until =
-            crate::db::now() + chrono::TimeDelta::from_std(lease).unwrap_or(chrono::TimeDelta::seconds(30));
-        let claimed =
-            self.db.write().transaction(async move |conn| store::claim(conn, batch, lease_until).await).await?;
+        let lease_until = crate::db::now() + crate::db::span(lease);
+        // One statement: atomic without a transaction around it (and no `COMMIT` round trip).
+        let claimed = self.db.write().run(async move |conn| store::claim(conn, batch, lease_until).await).await?;
         if claimed.is_empty() {
             return Ok(0);
         }
@@ -138,10 +141,10 @@ impl Relay {
     async fn publish(&self, claimed: Vec<Claimed>) -> Result<(), RelayError> {
         match &self.broker {
             Broker::Amqp(amqp) => {
-                let timeout = self.settings.publish_timeout;
+                let timeout = self.settings.publish_timeout();
                 tokio::time::timeout(timeout, amqp.publish_events(&claimed))
                     .await
-                    .map_err(|_| RelayError::Timeout(timeout))??;
+                    .map_err(|_| AmqpError::Timeout(timeout))??;
             }
             Broker::InProcess(bus) => {
                 for event in claimed {
@@ -159,7 +162,7 @@ pub async fn sweep_forever(db: Database, retention: Duration, interval: Duration
     let mut ticks = tokio::time::interval(interval);
     loop {
         ticks.tick().await;
-        let before = crate::db::now() - chrono::TimeDelta::from_std(retention).unwrap_or(chrono::TimeDelta::days(30));
+        let before = crate::db::now() - crate::db::span(retention);
         match db.write().run(async move |conn| store::sweep(conn, before).await).await {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "swept events past their retention"),

@@ -89,7 +89,7 @@ pub struct Lease {
 impl Lease {
     /// When a lease taken now ends.
     pub fn until(&self) -> DateTime<Utc> {
-        crate::db::now() + chrono::TimeDelta::from_std(self.duration).unwrap_or(chrono::TimeDelta::seconds(30))
+        crate::db::now() + crate::db::span(self.duration)
     }
 
     /// Extends the lease; `Ok(false)` when the job is no longer this worker's (its lease lapsed

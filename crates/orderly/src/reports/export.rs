@@ -56,7 +56,7 @@ pub async fn request(db: &Database, jobs: &Jobs, ttl: Duration, request: Request
         scope_user_id: request.scope_user_id,
         created_after: request.created_after,
         created_before: request.created_before,
-        ttl: delta(ttl),
+        ttl: crate::db::span(ttl),
     };
     let (report, job_id) = db
         .write()
@@ -111,7 +111,7 @@ pub async fn run(db: &Database, lease: &Lease, id: Uuid, ttl: Duration) -> Resul
         if csv.len() >= CHUNK_BYTES || last_page {
             let finished = last_page.then(|| {
                 let at = crate::db::now();
-                (at, at + delta(ttl))
+                (at, at + crate::db::span(ttl))
             });
             let progress = Progress {
                 row_count: report.row_count,
@@ -158,7 +158,7 @@ async fn hold(
 
 /// Marks report `id` failed for good (its job is out of attempts), kept `ttl` from now.
 pub async fn give_up(db: &Database, id: Uuid, ttl: Duration) -> Result<(), DbError> {
-    let expires_at = crate::db::now() + delta(ttl);
+    let expires_at = crate::db::now() + crate::db::span(ttl);
     db.write().run(async move |conn| store::fail(conn, id, FAILED, expires_at).await).await
 }
 
@@ -181,10 +181,6 @@ pub async fn sweep(db: &Database) -> Result<usize, DbError> {
             })
             .await?;
     }
-}
-
-fn delta(duration: Duration) -> chrono::TimeDelta {
-    chrono::TimeDelta::from_std(duration).unwrap_or(chrono::TimeDelta::days(7))
 }
 
 /// One CSV row (RFC 4180; no field of an order needs quoting: ids, a status, a currency code,

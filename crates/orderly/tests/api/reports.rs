@@ -192,6 +192,39 @@ async fn a_worker_killed_mid_report_loses_nothing(backend: Backend) {
     assert_eq!((lines.len() - 1, ids.len()), (60_000, 60_000), "each order exactly once after the takeover");
 }
 
+/// A worker whose job was taken over (its attempt superseded) writes nothing more of it.
+async fn a_worker_that_lost_its_job_writes_nothing_more(backend: Backend) {
+    let Some(api) = TestApp::spawn_with(backend, &["--run-worker=false"]).await else { return };
+    let admin = api.admin().await;
+    insert_orders(&api, &admin.user_id, 200_000).await;
+    let _worker = api.spawn_worker_process(&["--job-poll-interval=100ms"]).await;
+    let report = request(&api, &admin, json!({"kind": "orders_csv"})).await;
+    let started = eventually_within(Duration::from_secs(30), async || {
+        get_report(&api, &admin, &report).await["row_count"].as_i64().unwrap() > 0
+    })
+    .await;
+    assert!(started);
+    // As another worker's claim would: a later attempt holds the job, its lease far off.
+    api.execute_sql("UPDATE jobs SET attempts = attempts + 1, due_at = '2999-01-01T00:00:00+00:00'").await;
+    let at_takeover = get_report(&api, &admin, &report).await;
+    assert_eq!(at_takeover["status"], "running", "taken over mid-export: {at_takeover}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let settled = get_report(&api, &admin, &report).await["row_count"].clone();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let later = get_report(&api, &admin, &report).await;
+    assert_eq!(
+        (later["status"].as_str(), &later["row_count"]),
+        (Some("running"), &settled),
+        "no chunk after the takeover"
+    );
+    // The other claim lapses: the job is claimed again and the report completes, each row once.
+    api.execute_sql("UPDATE jobs SET due_at = '2000-01-01T00:00:00+00:00'").await;
+    let report = finished(&api, &admin, &report, Duration::from_secs(90)).await;
+    let lines = download(&api, &admin, &report).await;
+    let ids: HashSet<&str> = lines[1..].iter().map(|line| line.split(',').next().unwrap()).collect();
+    assert_eq!((lines.len() - 1, ids.len()), (200_000, 200_000));
+}
+
 async fn a_stopping_worker_gives_its_job_back(backend: Backend) {
     let Some(api) = TestApp::spawn_with(backend, &["--run-worker=false"]).await else { return };
     let admin = api.admin().await;
@@ -256,6 +289,7 @@ crate::on_every_backend_with_backend!(
     a_large_report_is_written_and_streamed_in_chunks,
     a_report_is_refused_for_download_until_it_is_ready,
     a_worker_killed_mid_report_loses_nothing,
+    a_worker_that_lost_its_job_writes_nothing_more,
     a_stopping_worker_gives_its_job_back,
     a_job_that_keeps_failing_ends_failed_after_its_attempts,
 );
