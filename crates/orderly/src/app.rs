@@ -36,6 +36,7 @@ use crate::payments::provider::PaymentGateway;
 use crate::reports::Reports;
 use crate::reports::stats::StatsCache;
 use crate::state::{AppState, Components};
+use crate::webhooks::{self, Webhooks};
 use crate::worker::Worker;
 use crate::{accounts, catalog, events, ops, orders, payments, reports};
 use orderly_kit::contract::Contract;
@@ -123,7 +124,10 @@ impl Application {
         let jobs = Worker::jobs(&broker, &wake, &config.worker);
         let worker = match process {
             Process::Api if !config.worker.run_worker => None,
-            _ => Some(Worker::new(db.clone(), broker, wake, &config.worker)),
+            _ => Some(
+                Worker::new(db.clone(), broker, wake, &config.worker, &config.webhooks)
+                    .map_err(|error| ConfigError::new("ORDERLY_WEBHOOK_TIMEOUT", error))?,
+            ),
         };
         let (api, document) = api();
         // Requests are checked against the document itself, so what it publishes is what is enforced.
@@ -292,6 +296,12 @@ fn assemble(
             authenticator: authenticator.clone(),
         },
         events: Events { db: db.clone(), cursors: cursors.clone() },
+        webhooks: Webhooks {
+            db: db.clone(),
+            cursors: cursors.clone(),
+            allow: Arc::new(config.webhooks.webhook_allowed_targets.clone()),
+            secret_overlap: config.webhooks.webhook_secret_overlap,
+        },
         operations: Operations {
             db: db.clone(),
             keys,
@@ -355,7 +365,8 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
                 .merge(orders::router())
                 .merge(payments::router())
                 .merge(reports::router())
-                .merge(events::router()),
+                .merge(events::router())
+                .merge(webhooks::router()),
         )
         .merge(ops::router())
         .split_for_parts();

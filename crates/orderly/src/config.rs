@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::webhooks::target::AllowList;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use orderly_kit::client_ip::TrustedProxies;
 use orderly_kit::ratelimit::Rate;
@@ -131,6 +132,9 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub worker: WorkerConfig,
+
+    #[command(flatten)]
+    pub webhooks: WebhookConfig,
 
     /// Log format: `json` (one object per line), `text`, or `auto` (text on a terminal).
     #[arg(long, env = "ORDERLY_LOG_FORMAT", value_enum, default_value = "auto")]
@@ -386,6 +390,60 @@ pub struct WorkerConfig {
     /// How long a report is kept once finished (then deleted, CSV and all).
     #[arg(long, env = "ORDERLY_REPORT_TTL", default_value = "7d", value_parser = parse_positive_duration)]
     pub report_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WebhookConfig {
+    /// Hosts and CIDR ranges (comma-separated) webhooks may reach although private or
+    /// loopback, over `http` too: a receiver inside the network, or a test's.
+    #[arg(long, env = "ORDERLY_WEBHOOK_ALLOWED_TARGETS", default_value = "")]
+    pub webhook_allowed_targets: AllowList,
+
+    /// The waits before each retry of a failed delivery (±20 %), comma-separated; a delivery
+    /// whose retries are spent has failed.
+    #[arg(long, env = "ORDERLY_WEBHOOK_RETRY_SCHEDULE", default_value = "5s,5m,30m,2h,5h,10h,10h", value_parser = parse_schedule)]
+    pub webhook_retry_schedule: Schedule,
+
+    /// How long one delivery attempt may take, connecting and answering.
+    #[arg(long, env = "ORDERLY_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    pub webhook_timeout: Duration,
+
+    /// An endpoint with no successful delivery for this long is disabled once a delivery of
+    /// it has spent its retries.
+    #[arg(long, env = "ORDERLY_WEBHOOK_DISABLE_AFTER", default_value = "5d", value_parser = parse_duration)]
+    pub webhook_disable_after: Duration,
+
+    /// How long a rotated-out secret keeps signing deliveries beside the new one.
+    #[arg(long, env = "ORDERLY_WEBHOOK_SECRET_OVERLAP", default_value = "24h", value_parser = parse_duration)]
+    pub webhook_secret_overlap: Duration,
+
+    /// Delivery attempts one worker makes at once.
+    #[arg(long, env = "ORDERLY_WEBHOOK_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub webhook_concurrency: u16,
+
+    /// Delivery attempts one worker makes at once to one endpoint, so a slow endpoint holds
+    /// only its own.
+    #[arg(long, env = "ORDERLY_WEBHOOK_ENDPOINT_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub webhook_endpoint_concurrency: u16,
+
+    /// How often an idle worker looks for due deliveries (new events in the same process
+    /// wake it at once).
+    #[arg(long, env = "ORDERLY_WEBHOOK_POLL_INTERVAL", default_value = "1s", value_parser = parse_positive_duration)]
+    pub webhook_poll_interval: Duration,
+}
+
+/// The waits of a retry schedule, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule(pub Vec<Duration>);
+
+/// Parses `5s,5m,30m`: at most 20 waits (none is fine: no retries).
+pub fn parse_schedule(raw: &str) -> Result<Schedule, String> {
+    let waits: Vec<Duration> =
+        raw.split(',').map(str::trim).filter(|w| !w.is_empty()).map(parse_duration).collect::<Result<_, _>>()?;
+    if waits.len() > 20 {
+        return Err(format!("`{raw}` has {} waits; at most 20", waits.len()));
+    }
+    Ok(Schedule(waits))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -41,6 +41,8 @@ problem_codes! {
         ReportNotReady = "report_not_ready",
         /// The report failed; ask for a new one.
         ReportFailed = "report_failed",
+        /// The webhook URL is not https, carries credentials, or resolves to an address webhooks may not reach.
+        UnsafeUrl = "unsafe_url",
     }
 }
 

@@ -27,4 +27,5 @@ pub mod responses;
 pub mod schemas;
 pub mod state;
 pub mod telemetry;
+pub mod webhooks;
 pub mod worker;

@@ -216,6 +216,7 @@ async fn metrics(State(ops): State<Operations>) -> Response {
     // under one lock keeps each scrape's state gauges its own server's.
     let backlog = crate::events::relay::Backlog::read(&ops.db).await;
     let jobs = crate::jobs::Depth::read(&ops.db).await;
+    let webhooks = crate::webhooks::Gauges::read(&ops.db).await;
     static SCRAPE: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _scrape = SCRAPE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     ops.gateway.publish_metrics();
@@ -225,6 +226,9 @@ async fn metrics(State(ops): State<Operations>) -> Response {
     }
     if let Some(jobs) = jobs {
         jobs.publish();
+    }
+    if let Some(webhooks) = webhooks {
+        webhooks.publish();
     }
     if let Some(redis) = &ops.redis {
         redis.publish_metrics();
@@ -250,6 +254,16 @@ pub fn describe_metrics() {
     );
     metrics::describe_counter!("orderly_job_runs_total", "Runs of jobs, by kind and outcome.");
     metrics::describe_counter!("orderly_report_rows_total", "Rows written by report exports.");
+    metrics::describe_counter!(
+        "orderly_webhook_deliveries_total",
+        "Webhook delivery attempts, by outcome (succeeded, retrying, failed, gone)."
+    );
+    metrics::describe_histogram!("orderly_webhook_attempt_seconds", "Duration of webhook delivery attempts.");
+    metrics::describe_gauge!("orderly_webhook_backlog", "Webhook deliveries pending (due or waiting for a retry).");
+    metrics::describe_gauge!(
+        "orderly_webhook_endpoints_disabled",
+        "Webhook endpoints disabled (gone, or failing too long)."
+    );
     metrics::describe_histogram!(
         "orderly_relay_batch_seconds",
         "Time to publish one batch of events and have it confirmed."

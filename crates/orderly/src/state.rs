@@ -24,6 +24,7 @@ use crate::ops::Operations;
 use crate::orders::Orders;
 use crate::payments::Payments;
 use crate::reports::Reports;
+use crate::webhooks::Webhooks;
 
 /// Every component of a running instance, shared: the router clones its state for every
 /// request, and this clone is one reference count.
@@ -58,6 +59,7 @@ pub struct Components {
     pub payments: Payments,
     pub reports: Reports,
     pub events: Events,
+    pub webhooks: Webhooks,
     pub operations: Operations,
     /// The state of `limits::middleware`; the token endpoint counts password attempts with it.
     pub rate_limits: RateLimits,
@@ -88,6 +90,7 @@ provide!(
     payments: Payments,
     reports: Reports,
     events: Events,
+    webhooks: Webhooks,
     operations: Operations,
     rate_limits: RateLimits,
     contract: Arc<Contract>,

@@ -1,5 +1,5 @@
-//! The background work: the outbox relay, the job runner (report exports), and the sweeps of
-//! old events and expired reports.
+//! The background work: the outbox relay, the job runner (report exports), webhook
+//! deliveries, and the sweeps of old events and expired reports.
 //!
 //! `orderly worker` runs it alone, with `/healthz`, `/readyz` and `/metrics` on a port of its
 //! own; `orderly serve` runs it in-process too unless `ORDERLY_RUN_WORKER=false`. Any number of
@@ -22,11 +22,12 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::amqp::Amqp;
-use crate::config::WorkerConfig;
+use crate::config::{WebhookConfig, WorkerConfig};
 use crate::db::Database;
 use crate::events::relay::{self, Broker, Bus, Relay};
 use crate::jobs::{self, Announcer, Job, JobKind, Jobs, Lease};
 use crate::reports::export::{self, ExportError};
+use crate::webhooks::deliver;
 
 /// How often events past their retention are swept.
 const EVENT_SWEEP_INTERVAL: Duration = Duration::from_secs(600);
@@ -68,6 +69,8 @@ pub struct Worker {
     pub jobs: JobSettings,
     /// Rung by announcements: in-process ones, or those consumed from RabbitMQ.
     pub wake: Arc<Notify>,
+    /// Sends webhook deliveries; rung by this worker's relays when they create some.
+    pub deliveries: deliver::Runner,
 }
 
 impl Worker {
@@ -89,13 +92,29 @@ impl Worker {
         Jobs { announcer, max_attempts: i64::from(config.job_max_attempts) }
     }
 
-    pub fn new(db: Database, broker: Broker, wake: Arc<Notify>, config: &WorkerConfig) -> Self {
+    pub fn new(
+        db: Database,
+        broker: Broker,
+        wake: Arc<Notify>,
+        config: &WorkerConfig,
+        webhooks: &WebhookConfig,
+    ) -> Result<Self, String> {
+        let settings = deliver::Settings {
+            schedule: webhooks.webhook_retry_schedule.0.clone(),
+            timeout: webhooks.webhook_timeout,
+            disable_after: webhooks.webhook_disable_after,
+            concurrency: usize::from(webhooks.webhook_concurrency),
+            per_endpoint: usize::from(webhooks.webhook_endpoint_concurrency),
+            poll_interval: webhooks.webhook_poll_interval,
+        };
+        let allow = Arc::new(webhooks.webhook_allowed_targets.clone());
+        let deliveries = deliver::Runner::new(db.clone(), settings, allow, Arc::new(Notify::new()))?;
         let relay = relay::Settings {
             batch: i64::from(config.relay_batch),
             idle: config.relay_interval,
             lease: config.relay_lease,
         };
-        Self {
+        Ok(Self {
             db,
             broker,
             relay,
@@ -103,16 +122,23 @@ impl Worker {
             event_retention: config.event_retention,
             jobs: JobSettings::new(config),
             wake,
-        }
+            deliveries,
+        })
     }
 
     /// Starts every task; they stop once `stop` turns true, within `grace`.
     pub fn start(&self, stop: &watch::Receiver<bool>, grace: Duration) -> Running {
         let mut tasks = JoinSet::new();
         for _ in 0..self.relays {
-            let relay = Relay { db: self.db.clone(), broker: self.broker.clone(), settings: self.relay };
+            let relay = Relay {
+                db: self.db.clone(),
+                broker: self.broker.clone(),
+                settings: self.relay,
+                deliveries: Arc::clone(&self.deliveries.wake),
+            };
             tasks.spawn(relay.run(stop.clone()));
         }
+        tasks.spawn(self.deliveries.clone().run(stop.clone()));
         let runner = Runner { db: self.db.clone(), settings: self.jobs, wake: Arc::clone(&self.wake) };
         tasks.spawn(runner.run(stop.clone(), grace * 2 / 3));
         if let Broker::Amqp(amqp) = &self.broker {

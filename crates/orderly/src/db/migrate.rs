@@ -47,6 +47,8 @@ pub const MIGRATIONS: &[Migration] = migrations![
     10 "0010_partial_attempt_indexes",
     11 "0011_events",
     12 "0012_jobs_reports",
+    13 "0013_lean_outbox",
+    14 "0014_webhooks",
 ];
 
 /// Any key, held only while migrating; taken by every instance of every Orderly deployment

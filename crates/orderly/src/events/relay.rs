@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use orderly_kit::resilience::Backoff;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{Notify, broadcast, watch};
 
 use crate::db::{Database, DbError};
 
@@ -82,6 +82,8 @@ pub struct Relay {
     pub db: Database,
     pub broker: Broker,
     pub settings: Settings,
+    /// Rung when a batch made webhook deliveries.
+    pub deliveries: Arc<Notify>,
 }
 
 impl Relay {
@@ -126,13 +128,27 @@ impl Relay {
         }
         let started = Instant::now();
         let seqs: Vec<i64> = claimed.iter().map(|event| event.seq).collect();
+        let kinds: Vec<_> = claimed.iter().map(|event| (event.id, event.kind)).collect();
         if let Err(error) = self.publish(claimed).await {
             // Released now, so they go out with the next pass rather than when the lease lapses.
             let _ = self.db.write().run(async move |conn| store::release(conn, seqs).await).await;
             return Err(error);
         }
         let count = seqs.len();
-        self.db.write().run(async move |conn| store::mark_published(conn, seqs).await).await?;
+        // With the mark, in one transaction: an event published is an event offered to every
+        // webhook endpoint that wants it (offered again after a crash, it makes no second
+        // delivery).
+        let offered = self
+            .db
+            .write()
+            .transaction(async move |conn| {
+                store::mark_published(conn, seqs).await?;
+                crate::webhooks::store::offer(conn, &kinds).await
+            })
+            .await?;
+        if offered > 0 {
+            self.deliveries.notify_one();
+        }
         metrics::counter!("orderly_events_published_total").increment(count as u64);
         metrics::histogram!("orderly_relay_batch_seconds").record(started.elapsed().as_secs_f64());
         Ok(count)

@@ -49,13 +49,31 @@ impl Event {
 /// in the transaction of the change. Nothing reads it back, so on PostgreSQL it travels with
 /// the next statement.
 pub async fn record(conn: &mut Conn<'_>, kind: EventType, aggregate_id: Uuid, object: &[u8]) -> Result<(), DbError> {
-    let (id, created_at) = (Uuid::now_v7(), now());
+    let created_at = now();
+    let id = id_at(&created_at);
     let body = body(id, kind, &created_at, object);
     conn.defer(
         "INSERT INTO events (id, type, aggregate_id, created_at, body) VALUES ($1, $2, $3, $4, $5)",
         &[&id, &kind.as_str(), &aggregate_id, &created_at, &body],
     )
     .await
+}
+
+/// An event's id: a UUIDv7 whose timestamp is the event's `created_at` (to the millisecond),
+/// so [`find_event`] finds it through the `(created_at, id)` index and the table needs no
+/// index of its own on `id` (one B-tree fewer written with every change).
+fn id_at(created_at: &DateTime<Utc>) -> Uuid {
+    let seconds = u64::try_from(created_at.timestamp()).expect("events happen after 1970");
+    Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, seconds, created_at.timestamp_subsec_nanos()))
+}
+
+/// The span of `created_at` in which the event `id` was written: the millisecond of its UUIDv7
+/// timestamp, and a few after it for events written before ids were minted from `created_at`
+/// (their `created_at` was read just after the id). `None` for an id no event can have.
+fn created_span(id: Uuid) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    let (seconds, nanos) = id.get_timestamp()?.to_unix();
+    let from = DateTime::from_timestamp(i64::try_from(seconds).ok()?, nanos)?;
+    Some((from, from + chrono::TimeDelta::milliseconds(10)))
 }
 
 /// `{id, type, created_at, data: {object}}`.
@@ -106,9 +124,13 @@ pub async fn list_events(
     Ok(Page::from_overfetch(rows, params.limit))
 }
 
+/// The event `id`, looked up in the `(created_at, id)` index within the span its id was
+/// minted in.
 pub async fn find_event(conn: &mut Conn<'_>, id: Uuid) -> Result<Option<Event>, DbError> {
-    const SQL: &str = concat!("SELECT ", event_columns!(), " FROM events WHERE id = $1");
-    conn.query_opt(SQL, &[&id], Event::from_row).await
+    const SQL: &str =
+        concat!("SELECT ", event_columns!(), " FROM events WHERE created_at >= $1 AND created_at < $2 AND id = $3");
+    let Some((from, until)) = created_span(id) else { return Ok(None) };
+    conn.query_opt(SQL, &[&from, &until, &id], Event::from_row).await
 }
 
 /// An event a relay holds a lease on, to publish.
@@ -138,6 +160,14 @@ impl Claimed {
 ///
 /// On PostgreSQL, `SKIP LOCKED` lets relays claim side by side: one skips the rows another is
 /// claiming, and an aggregate's later event waits for its earlier one, locked or not.
+///
+/// SQLite has one writer, so a claim sees every event written before it, and events are
+/// written in `seq` order. Its outbox keeps no index of unpublished events (each index is one
+/// more page in the commit of every change that records an event): `outbox_position` says
+/// below which `seq` every event is published, and a claim reads on from there, a window of
+/// the oldest unpublished events (claimed or not), ranked within their aggregate. An event
+/// ranked first has no earlier unpublished event, since any such event is older, so in the
+/// window too.
 pub async fn claim(conn: &mut Conn<'_>, limit: i64, lease_until: DateTime<Utc>) -> Result<Vec<Claimed>, DbError> {
     const POSTGRES: &str = "UPDATE events SET claimed_until = $1 WHERE seq IN (
              SELECT e.seq FROM events e
@@ -147,30 +177,48 @@ pub async fn claim(conn: &mut Conn<'_>, limit: i64, lease_until: DateTime<Utc>) 
              ORDER BY e.seq LIMIT $3 FOR UPDATE SKIP LOCKED)
          RETURNING seq, id, type, created_at, body";
     const SQLITE: &str = "UPDATE events SET claimed_until = $1 WHERE seq IN (
-             SELECT e.seq FROM events e
-             WHERE e.published_at IS NULL AND (e.claimed_until IS NULL OR e.claimed_until < $2)
-               AND NOT EXISTS (SELECT 1 FROM events p
-                               WHERE p.aggregate_id = e.aggregate_id AND p.published_at IS NULL AND p.seq < e.seq)
-             ORDER BY e.seq LIMIT $3)
+             SELECT seq FROM (
+                 SELECT seq, claimed_until, row_number() OVER (PARTITION BY aggregate_id ORDER BY seq) AS place
+                 FROM (SELECT seq, aggregate_id, claimed_until FROM events
+                       WHERE seq >= (SELECT published_below FROM outbox_position) AND published_at IS NULL
+                       ORDER BY seq LIMIT $3 * $4))
+             WHERE place = 1 AND (claimed_until IS NULL OR claimed_until < $2)
+             ORDER BY seq LIMIT $3)
          RETURNING seq, id, type, created_at, body";
-    let sql = match conn.backend() {
-        Backend::Postgres => POSTGRES,
-        Backend::Sqlite => SQLITE,
+    /// How many batches of the oldest unpublished events a claim on SQLite looks through.
+    const WINDOW: i64 = 4;
+    let now = now();
+    let mut claimed = match conn.backend() {
+        Backend::Postgres => conn.query(POSTGRES, &[&lease_until, &now, &limit], Claimed::from_row).await?,
+        Backend::Sqlite => conn.query(SQLITE, &[&lease_until, &now, &limit, &WINDOW], Claimed::from_row).await?,
     };
-    let mut claimed = conn.query(sql, &[&lease_until, &now(), &limit], Claimed::from_row).await?;
     claimed.sort_unstable_by_key(|event| event.seq);
     Ok(claimed)
 }
 
-/// Marks events published (the broker confirmed them): they leave the relay's scan.
+/// Marks events published (the broker confirmed them): they leave the relay's scan. On
+/// SQLite, `outbox_position` then moves up to the oldest event still unpublished.
 pub async fn mark_published(conn: &mut Conn<'_>, seqs: Vec<i64>) -> Result<(), DbError> {
-    let sql = match conn.backend() {
-        Backend::Postgres => "UPDATE events SET published_at = $1, claimed_until = NULL WHERE seq = ANY($2)",
-        Backend::Sqlite => {
-            "UPDATE events SET published_at = $1, claimed_until = NULL WHERE seq IN (SELECT value FROM json_each($2))"
+    match conn.backend() {
+        Backend::Postgres => {
+            let sql = "UPDATE events SET published_at = $1, claimed_until = NULL WHERE seq = ANY($2)";
+            conn.execute(sql, &[&now(), &IntList(seqs)]).await?;
         }
-    };
-    conn.execute(sql, &[&now(), &IntList(seqs)]).await.map(drop)
+        Backend::Sqlite => {
+            let sql = "UPDATE events SET published_at = $1, claimed_until = NULL
+                       WHERE seq IN (SELECT value FROM json_each($2))";
+            conn.execute(sql, &[&now(), &IntList(seqs)]).await?;
+            // Past the last event when none is unpublished: the next one written is `max + 1`
+            // (the sweep never deletes the newest event, so no `seq` is written twice).
+            let advance = "UPDATE outbox_position SET published_below = COALESCE(
+                    (SELECT seq FROM events WHERE seq >= published_below AND published_at IS NULL
+                     ORDER BY seq LIMIT 1),
+                    (SELECT max(seq) + 1 FROM events),
+                    published_below)";
+            conn.execute(advance, &[]).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Gives up the leases on events a relay could not publish, so they are published again at
@@ -187,19 +235,25 @@ pub async fn release(conn: &mut Conn<'_>, seqs: Vec<i64>) -> Result<(), DbError>
 }
 
 /// Deletes published events created before `before`; returns how many. An event never
-/// published is kept, however old: it is still owed to the broker.
+/// published is kept, however old: it is still owed to the broker. So is the newest event,
+/// whatever its age: SQLite gives a new row the `seq` after the greatest left, and a `seq`
+/// written twice could fall below `outbox_position`.
 pub async fn sweep(conn: &mut Conn<'_>, before: DateTime<Utc>) -> Result<u64, DbError> {
-    conn.execute("DELETE FROM events WHERE created_at < $1 AND published_at IS NOT NULL", &[&before]).await
+    let sql = "DELETE FROM events WHERE created_at < $1 AND published_at IS NOT NULL
+               AND seq < (SELECT max(seq) FROM events)";
+    conn.execute(sql, &[&before]).await
 }
 
 /// How many events wait to be published, and when the oldest of them was written.
 pub async fn backlog(conn: &mut Conn<'_>) -> Result<(i64, Option<DateTime<Utc>>), DbError> {
-    let count = conn.query_one("SELECT COUNT(*) FROM events WHERE published_at IS NULL", &[], |row| row.get(0)).await?;
-    let oldest = conn
-        .query_opt("SELECT created_at FROM events WHERE published_at IS NULL ORDER BY seq LIMIT 1", &[], |row| {
-            row.get::<DateTime<Utc>>(0)
-        })
-        .await?;
+    let unpublished = match conn.backend() {
+        Backend::Postgres => "published_at IS NULL",
+        Backend::Sqlite => "seq >= (SELECT published_below FROM outbox_position) AND published_at IS NULL",
+    };
+    let count = format!("SELECT COUNT(*) FROM events WHERE {unpublished}");
+    let count = conn.query_one(&count, &[], |row| row.get(0)).await?;
+    let oldest = format!("SELECT created_at FROM events WHERE {unpublished} ORDER BY seq LIMIT 1");
+    let oldest = conn.query_opt(&oldest, &[], |row| row.get::<DateTime<Utc>>(0)).await?;
     Ok((count, oldest))
 }
 

@@ -22,3 +22,4 @@ mod rabbitmq;
 mod ratelimits;
 mod replica;
 mod reports;
+mod webhooks;
