@@ -265,7 +265,8 @@ def run_schemathesis(args, bin_dir, backend, exclusions, report_dir):
     with open(config, "w") as f:
         f.write(schemathesis_config(exclusions))
     # Long-lived tokens: the run must not end up testing expired credentials.
-    settings = {"ORDERLY_ACCESS_TOKEN_TTL": "2h"}
+    # Webhook URLs are rewritten to 127.0.0.1 (hooks.py), which only the allow-list admits.
+    settings = {"ORDERLY_ACCESS_TOKEN_TTL": "2h", "ORDERLY_WEBHOOK_ALLOWED_TARGETS": "127.0.0.1/32"}
     try:
         # The demo data set holds the users and products the document's examples name.
         with OrderlyServer(args.binary, backend, args.postgres, settings=settings, demo=True,

@@ -428,7 +428,7 @@ pub async fn endpoint_succeeded(conn: &mut Conn<'_>, id: Uuid) -> Result<(), DbE
 pub async fn endpoint_failed(conn: &mut Conn<'_>, id: Uuid) -> Result<Option<DateTime<Utc>>, DbError> {
     let sql = "UPDATE webhook_endpoints SET failing_since = COALESCE(failing_since, $2) WHERE id = $1
                RETURNING failing_since";
-    Ok(conn.query_opt(sql, &[&id, &now()], |row| row.get::<DateTime<Utc>>(0)).await?)
+    conn.query_opt(sql, &[&id, &now()], |row| row.get::<DateTime<Utc>>(0)).await
 }
 
 /// Disables an endpoint, saying why; its pending deliveries fail with it (`recover` resends

@@ -419,6 +419,93 @@ async fn endpoints_are_listed_changed_and_deleted(backend: Backend) {
     assert_eq!(again.status(), StatusCode::NOT_FOUND);
 }
 
+/// An `/etc/hosts` line naming a test's host, removed when dropped.
+struct HostsEntry {
+    name: String,
+}
+
+impl HostsEntry {
+    const PATH: &str = "/etc/hosts";
+
+    /// `None` (with the reason printed) where `/etc/hosts` cannot be written.
+    fn add(name: &str, address: &str) -> Option<Self> {
+        let entry = Self { name: name.to_owned() };
+        entry.point_at(address).then_some(entry)
+    }
+
+    fn point_at(&self, address: &str) -> bool {
+        let Ok(hosts) = std::fs::read_to_string(Self::PATH) else { return false };
+        let mut lines: Vec<String> =
+            hosts.lines().filter(|line| !line.ends_with(&format!(" {}", self.name))).map(str::to_owned).collect();
+        lines.push(format!("{address} {}", self.name));
+        match std::fs::write(Self::PATH, lines.join("\n") + "\n") {
+            Ok(()) => true,
+            Err(error) => {
+                println!("cannot write {}: {error}", Self::PATH);
+                false
+            }
+        }
+    }
+}
+
+impl Drop for HostsEntry {
+    fn drop(&mut self) {
+        if let Ok(hosts) = std::fs::read_to_string(Self::PATH) {
+            let kept: Vec<&str> = hosts.lines().filter(|line| !line.ends_with(&format!(" {}", self.name))).collect();
+            let _ = std::fs::write(Self::PATH, kept.join("\n") + "\n");
+        }
+    }
+}
+
+/// With only 127.0.0.1 allowed, a name that resolves there when registered and to 127.0.0.2
+/// when delivered gets no connection: the address is checked as the connection is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_rebound_to_a_refused_address_gets_no_connection() {
+    let name = format!("rebind-{}.orderly.test", uuid::Uuid::new_v4().simple());
+    let Some(hosts) = HostsEntry::add(&name, "127.0.0.1") else {
+        assert!(!crate::helpers::in_ci(), "CI must be able to write /etc/hosts");
+        return;
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&connections);
+    tokio::spawn(async move {
+        while listener.accept().await.is_ok() {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let args = ["--webhook-allowed-targets=127.0.0.1/32", "--webhook-poll-interval=100ms"];
+    let Some(app) = TestApp::spawn_with(Backend::Sqlite, &args).await else { return };
+    let admin = app.admin().await;
+    let customer = app.customer().await;
+    let endpoint = register(&app, &admin, &format!("http://{name}:{port}/hook"), json!(["order.created"])).await;
+    assert!(hosts.point_at("127.0.0.2"), "the name now resolves to 127.0.0.2");
+    let product = app.create_product(&admin, json!({"stock": 10})).await;
+    app.place_order(&customer, &[(&id(&product), 1)]).await;
+    let deliveries = format!("/api/v1/webhooks/{}/deliveries", id(&endpoint));
+    let attempted = eventually_within(Duration::from_secs(10), async || {
+        let page: Value = app.get(&deliveries, Some(&admin.access_token)).await.json().await.unwrap();
+        page["data"][0]["attempts"].as_array().is_some_and(|attempts| !attempts.is_empty())
+    })
+    .await;
+    assert!(attempted, "the delivery was attempted");
+    let page: Value = app.get(&deliveries, Some(&admin.access_token)).await.json().await.unwrap();
+    let attempt = &page["data"][0]["attempts"][0];
+    assert!(attempt["status_code"].is_null(), "{attempt}");
+    assert!(!attempt["error"].as_str().unwrap().is_empty());
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 0, "nothing connected to 127.0.0.2");
+    // Registration refuses the name now, too.
+    let again = app
+        .post_json(
+            "/api/v1/webhooks",
+            Some(&admin.access_token),
+            &json!({"url": format!("http://{name}:{port}/hook"), "events": ["*"]}),
+        )
+        .await;
+    assert_problem(again, StatusCode::UNPROCESSABLE_ENTITY, "unsafe_url").await;
+}
+
 crate::on_every_backend_with_backend!(
     deliveries_are_signed_and_verify_with_both_secrets_during_a_rotation,
     a_failing_receiver_gets_every_event_once_it_is_back,
