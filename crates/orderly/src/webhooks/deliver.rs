@@ -298,6 +298,8 @@ impl Runner {
         let mut response = match request.send().await {
             Ok(response) => response,
             Err(error) => {
+                // An endpoint's URL may carry a token of the receiver's: never in an error.
+                let error = error.without_url();
                 let error = if error.is_timeout() {
                     format!("no response within {:?}", self.settings.timeout)
                 } else {
@@ -321,7 +323,7 @@ impl Runner {
                 Ok(Some(chunk)) => kept.extend_from_slice(&chunk[..chunk.len().min(RESPONSE_BODY_KEPT - kept.len())]),
                 Ok(None) => break,
                 Err(read) => {
-                    error = Some(error_chain(&read));
+                    error = Some(error_chain(&read.without_url()));
                     break;
                 }
             }

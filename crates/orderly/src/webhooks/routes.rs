@@ -149,10 +149,28 @@ fn delivery_body(delivery: &Delivery) -> DeliveryBody {
 }
 
 /// Event types an endpoint receives: each a type's name, or `*` for every type.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize)]
 #[serde(try_from = "Vec<String>")]
-#[schema(value_type = Vec<String>, example = json!(["order.paid", "payment.refunded"]))]
 pub struct EventFilter(Vec<String>);
+
+impl utoipa::PartialSchema for EventFilter {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+        let names: Vec<&str> = std::iter::once("*").chain(EventType::ALL.iter().map(|kind| kind.as_str())).collect();
+        ArrayBuilder::new()
+            .items(ObjectBuilder::new().schema_type(Type::String).enum_values(Some(names)))
+            .min_items(Some(1))
+            .max_items(Some(MAX_EVENT_TYPES))
+            .description(Some("Event types the endpoint receives: each a type's name, or `*` for every type."))
+            .build()
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for EventFilter {}
+
+/// More would only repeat: there are fewer types than this.
+const MAX_EVENT_TYPES: usize = 32;
 
 impl TryFrom<Vec<String>> for EventFilter {
     type Error = String;
@@ -161,8 +179,8 @@ impl TryFrom<Vec<String>> for EventFilter {
         if names.is_empty() {
             return Err("name at least one event type, or `*`".into());
         }
-        if names.len() > 32 {
-            return Err("at most 32 event types".into());
+        if names.len() > MAX_EVENT_TYPES {
+            return Err(format!("at most {MAX_EVENT_TYPES} event types"));
         }
         for name in &names {
             if name != "*" && EventType::parse(name).is_none() {
@@ -182,7 +200,7 @@ pub struct CreateWebhookRequest {
     /// `https://…` (plain `http` only for targets on the operator's allow-list); no
     /// credentials; must not resolve to a private, loopback, link-local or otherwise internal
     /// address unless the allow-list names it.
-    #[schema(max_length = 2048, example = "https://hooks.example.com/orderly")]
+    #[schema(max_length = 2048, format = "uri", example = "https://hooks.example.com/orderly")]
     url: String,
     events: EventFilter,
     description: Option<Description>,
@@ -191,7 +209,7 @@ pub struct CreateWebhookRequest {
 /// Body of `PATCH /webhooks/{id}`: any subset of the fields.
 #[derive(Deserialize, ToSchema)]
 pub struct UpdateWebhookRequest {
-    #[schema(max_length = 2048)]
+    #[schema(max_length = 2048, format = "uri")]
     url: Option<String>,
     events: Option<EventFilter>,
     description: Option<Description>,

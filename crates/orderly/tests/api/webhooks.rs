@@ -35,35 +35,54 @@ struct Received {
 struct Receiver {
     address: SocketAddr,
     received: Arc<Mutex<Vec<Received>>>,
+    /// The requests it answered with a 2xx (a request whose sender hung up first is not).
+    acknowledged: Arc<Mutex<Vec<Received>>>,
     answer: Arc<Mutex<Answer>>,
 }
 
 impl Receiver {
     async fn start(answer: Answer) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener, answer)
+    }
+
+    /// A receiver at `address`: one that was down and is back.
+    async fn start_at(address: SocketAddr, answer: Answer) -> Self {
+        let listener = tokio::net::TcpListener::bind(address).await.unwrap();
+        Self::serve(listener, answer)
+    }
+
+    fn serve(listener: tokio::net::TcpListener, answer: Answer) -> Self {
         let received = Arc::new(Mutex::new(Vec::new()));
+        let acknowledged = Arc::new(Mutex::new(Vec::new()));
         let answer = Arc::new(Mutex::new(answer));
-        let (log, told) = (Arc::clone(&received), Arc::clone(&answer));
+        let (log, acks, told) = (Arc::clone(&received), Arc::clone(&acknowledged), Arc::clone(&answer));
         let app = axum::Router::new().route(
             "/hook",
             axum::routing::post(move |headers: HeaderMap, body: Bytes| {
-                let (log, told) = (Arc::clone(&log), Arc::clone(&told));
+                let (log, acks, told) = (Arc::clone(&log), Arc::clone(&acks), Arc::clone(&told));
                 async move {
-                    log.lock().unwrap().push(Received { headers, body });
+                    let request = Received { headers, body };
+                    log.lock().unwrap().push(request.clone());
                     let answer = *told.lock().unwrap();
-                    match answer {
+                    let (status, text) = match answer {
                         Answer::Status(code) => (StatusCode::from_u16(code).unwrap(), "receiver says hello"),
                         Answer::Hang(wait) => {
+                            // Dropped, unanswered, if the sender hangs up first.
                             tokio::time::sleep(wait).await;
                             (StatusCode::OK, "late")
                         }
+                    };
+                    if status.is_success() {
+                        acks.lock().unwrap().push(request);
                     }
+                    (status, text)
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self { address, received, answer }
+        Self { address, received, acknowledged, answer }
     }
 
     fn url(&self) -> String {
@@ -78,7 +97,7 @@ impl Receiver {
         self.received.lock().unwrap().clone()
     }
 
-    /// The distinct event ids received with a 2xx answer pending or given, by body.
+    /// The distinct event ids it received, answered or not.
     fn event_ids(&self) -> HashSet<String> {
         self.received()
             .iter()
@@ -193,12 +212,7 @@ async fn a_failing_receiver_gets_every_event_once_it_is_back(backend: Backend) {
     })
     .await;
     assert!(all, "every delivery succeeds once the receiver is back");
-    let delivered: HashSet<String> = receiver
-        .received()
-        .iter()
-        .map(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["data"]["object"]["id"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(delivered, orders, "every order's event arrived");
+    assert_eq!(orders_delivered(&receiver), orders, "every order's event was acknowledged");
 
     let page: Value = app
         .get(&format!("/api/v1/webhooks/{}/deliveries", id(&endpoint)), Some(&admin.access_token))
@@ -300,7 +314,10 @@ async fn a_410_disables_the_endpoint_at_once(backend: Backend) {
 }
 
 async fn a_slow_receiver_does_not_delay_another(backend: Backend) {
-    let Some(app) = spawn(backend, &["--webhook-timeout=8s", "--webhook-endpoint-concurrency=2"]).await else {
+    // Three attempts at once in all, two per endpoint: without the per-endpoint bound the slow
+    // receiver would hold all three.
+    let args = ["--webhook-timeout=8s", "--webhook-concurrency=3", "--webhook-endpoint-concurrency=2"];
+    let Some(app) = spawn(backend, &args).await else {
         return;
     };
     let admin = app.admin().await;
@@ -504,9 +521,147 @@ async fn a_name_rebound_to_a_refused_address_gets_no_connection() {
         )
         .await;
     assert_problem(again, StatusCode::UNPROCESSABLE_ENTITY, "unsafe_url").await;
+
+    // Names that resolve to internal addresses of every kind are refused as the addresses are.
+    let mut entries = Vec::new();
+    for (label, address) in [
+        ("private", "10.1.2.3"),
+        ("metadata", "169.254.169.254"),
+        ("cgnat", "100.64.1.1"),
+        ("unique-local", "fd00::1"),
+        ("link-local6", "fe80::1"),
+        ("mapped", "::ffff:192.168.0.1"),
+        ("nat64", "64:ff9b::a9fe:a9fe"),
+    ] {
+        let name = format!("{label}-{}.orderly.test", uuid::Uuid::new_v4().simple());
+        entries.push(HostsEntry::add(&name, address).expect("/etc/hosts was writable a moment ago"));
+        let response = app
+            .post_json(
+                "/api/v1/webhooks",
+                Some(&admin.access_token),
+                &json!({"url": format!("https://{name}/hook"), "events": ["*"]}),
+            )
+            .await;
+        assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, "unsafe_url").await;
+    }
+}
+
+/// The ids of the orders whose `order.created` a receiver acknowledged.
+fn orders_delivered(receiver: &Receiver) -> HashSet<String> {
+    receiver
+        .acknowledged
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["data"]["object"]["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn place_orders(app: &TestApp, customer: &Credentials, product: &Value, count: usize) -> HashSet<String> {
+    let mut orders = HashSet::new();
+    for _ in 0..count {
+        let order: Value = app.place_order(customer, &[(&id(product), 1)]).await.json().await.unwrap();
+        orders.insert(id(&order));
+    }
+    orders
+}
+
+async fn a_receiver_that_was_down_or_hung_gets_every_event_once_it_is_back(backend: Backend) {
+    let args = ["--webhook-retry-schedule=1s,1s,1s,1s,1s,1s,1s,1s,1s,1s", "--webhook-timeout=1s"];
+    let Some(app) = spawn(backend, &args).await else { return };
+    let admin = app.admin().await;
+    let customer = app.customer().await;
+    // Down: nothing listens on its port.
+    let address = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let down = register(&app, &admin, &format!("http://{address}/hook"), json!(["order.created"])).await;
+    // Hung: answers after the timeout.
+    let hung = Receiver::start(Answer::Hang(Duration::from_secs(3))).await;
+    let hung_endpoint = register(&app, &admin, &hung.url(), json!(["order.created"])).await;
+    let product = app.create_product(&admin, json!({"stock": 50})).await;
+    let orders = place_orders(&app, &customer, &product, 4).await;
+
+    let first_attempt = async |endpoint: &Value| -> Value {
+        let path = format!("/api/v1/webhooks/{}/deliveries", id(endpoint));
+        let mut found = Value::Null;
+        let seen = eventually_within(Duration::from_secs(10), async || {
+            let page: Value = app.get(&path, Some(&admin.access_token)).await.json().await.unwrap();
+            found = page["data"][0]["attempts"][0].clone();
+            !found.is_null()
+        })
+        .await;
+        assert!(seen, "an attempt is recorded");
+        found
+    };
+    let refused = first_attempt(&down).await;
+    assert!(refused["status_code"].is_null() && !refused["error"].as_str().unwrap().is_empty(), "{refused}");
+    let timed_out = first_attempt(&hung_endpoint).await;
+    assert!(timed_out["status_code"].is_null(), "{timed_out}");
+    assert!(timed_out["error"].as_str().unwrap().contains("no response within"), "{timed_out}");
+
+    let back = Receiver::start_at(address, Answer::Status(200)).await;
+    hung.answer(Answer::Status(200));
+    let all = eventually_within(Duration::from_secs(30), async || {
+        orders_delivered(&back) == orders && orders.is_subset(&orders_delivered(&hung))
+    })
+    .await;
+    assert!(all, "both receivers got every event once back");
+}
+
+async fn an_endpoint_failing_too_long_is_disabled(backend: Backend) {
+    let Some(app) = spawn(backend, &["--webhook-retry-schedule=200ms", "--webhook-disable-after=1s"]).await else {
+        return;
+    };
+    let admin = app.admin().await;
+    let customer = app.customer().await;
+    let receiver = Receiver::start(Answer::Status(500)).await;
+    let endpoint = register(&app, &admin, &receiver.url(), json!(["order.created"])).await;
+    let path = format!("/api/v1/webhooks/{}", id(&endpoint));
+    let product = app.create_product(&admin, json!({"stock": 50})).await;
+    app.place_order(&customer, &[(&id(&product), 1)]).await;
+    let failing = eventually_within(Duration::from_secs(10), async || receiver.received().len() >= 2).await;
+    assert!(failing, "the first delivery spends its retries");
+    let now: Value = app.get(&path, Some(&admin.access_token)).await.json().await.unwrap();
+    assert_eq!(now["enabled"], true, "failing for less than the limit: still enabled");
+    assert!(now["failing_since"].is_string());
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    app.place_order(&customer, &[(&id(&product), 1)]).await;
+    let disabled = eventually_within(Duration::from_secs(10), async || {
+        let now: Value = app.get(&path, Some(&admin.access_token)).await.json().await.unwrap();
+        now["enabled"] == false
+    })
+    .await;
+    assert!(disabled, "failing longer than the limit, out of retries: disabled");
+    let now: Value = app.get(&path, Some(&admin.access_token)).await.json().await.unwrap();
+    assert!(now["disabled_reason"].as_str().unwrap().contains("too long"), "{now}");
+    assert_eq!(scrape_metrics(&app).await.get("orderly_webhook_endpoints_disabled").copied(), Some(1.0));
+}
+
+async fn a_worker_killed_mid_delivery_loses_nothing(backend: Backend) {
+    let Some(api) = spawn(backend, &["--run-worker=false"]).await else { return };
+    let admin = api.admin().await;
+    let customer = api.customer().await;
+    let receiver = Receiver::start(Answer::Hang(Duration::from_secs(30))).await;
+    register(&api, &admin, &receiver.url(), json!(["order.created"])).await;
+    let flags = ["--webhook-timeout=2s", "--webhook-poll-interval=100ms", "--relay-interval=100ms"];
+    let mut first = api.spawn_worker_process(&flags).await;
+    let product = api.create_product(&admin, json!({"stock": 50})).await;
+    let orders = place_orders(&api, &customer, &product, 6).await;
+    let in_flight = eventually_within(Duration::from_secs(10), async || !receiver.received().is_empty()).await;
+    assert!(in_flight, "deliveries are under way");
+    first.kill();
+    receiver.answer(Answer::Status(200));
+    let _second = api.spawn_worker_process(&flags).await;
+    let all = eventually_within(Duration::from_secs(40), async || orders_delivered(&receiver) == orders).await;
+    assert!(all, "every event arrives after the worker died mid-delivery");
 }
 
 crate::on_every_backend_with_backend!(
+    a_receiver_that_was_down_or_hung_gets_every_event_once_it_is_back,
+    an_endpoint_failing_too_long_is_disabled,
+    a_worker_killed_mid_delivery_loses_nothing,
     deliveries_are_signed_and_verify_with_both_secrets_during_a_rotation,
     a_failing_receiver_gets_every_event_once_it_is_back,
     deliveries_out_of_retries_fail_and_recover_resends_them,
