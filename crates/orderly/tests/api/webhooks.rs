@@ -224,6 +224,14 @@ async fn a_failing_receiver_gets_every_event_once_it_is_back(backend: Backend) {
     let attempts = delivery["attempts"].as_array().unwrap();
     assert!(attempts.len() >= 2, "{delivery}");
     assert_eq!(attempts[0]["status_code"], 503);
+    // Retries follow the schedule: a second apart, less 20 % at most.
+    let times: Vec<chrono::DateTime<chrono::Utc>> =
+        attempts.iter().map(|attempt| attempt["attempted_at"].as_str().unwrap().parse().unwrap()).collect();
+    for pair in times.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(gap >= chrono::TimeDelta::milliseconds(800), "retried after {gap} on a 1 s schedule");
+        assert!(gap <= chrono::TimeDelta::milliseconds(3000), "retried after {gap} on a 1 s schedule");
+    }
     assert_eq!(attempts[0]["response_body"], "receiver says hello");
     assert!(attempts[0]["error"].as_str().unwrap().contains("503"));
     assert_eq!(attempts.last().unwrap()["status_code"], 204);
