@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Three `orderly serve` instances on PostgreSQL + Redis behind nginx (deploy/nginx.conf),
-checked through the load balancer:
+"""Three `orderly serve` instances on PostgreSQL + Redis behind nginx (deploy/nginx.conf), and
+an `orderly worker` on RabbitMQ doing the background work (the topology of docker-compose.yml,
+with processes), checked through the load balancer:
 
 - a rate limit of N per minute admits N in total, not 3N, and again after Redis restarts;
 - an Idempotency-Key replays whichever instance the retry reaches;
@@ -8,13 +9,15 @@ checked through the load balancer:
 - a product update is never served stale by any instance once it has returned;
 - with Redis killed, requests still succeed (no 5xx) and readiness holds;
 - killing an instance with SIGKILL under write traffic loses no acknowledged write and
-  duplicates none, and the instance serves again once restarted.
+  duplicates none, and the instance serves again once restarted;
+- the worker publishes every event the instances wrote to RabbitMQ (the outbox drains).
 
 Everything runs on 127.0.0.1 in a temporary folder (a private Redis, a fresh database) and is
 torn down at the end. Exits non-zero on the first broken guarantee.
 
     python3 deploy/cluster_check.py --binary target/debug/orderly \\
-        --postgres postgres://postgres@127.0.0.1:5432/postgres
+        --postgres postgres://postgres@127.0.0.1:5432/postgres \\
+        --amqp amqp://guest:guest@127.0.0.1:5672/%2f
 """
 
 import argparse
@@ -46,11 +49,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--binary", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "debug", "orderly"))
     parser.add_argument("--postgres", default=os.environ.get("ORDERLY_TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres"))
+    parser.add_argument("--amqp", default=os.environ.get("ORDERLY_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"))
     args = parser.parse_args()
     for tool in ["nginx", "redis-server", "openssl", "psql"]:
         if shutil.which(tool) is None and not os.path.exists(f"/usr/sbin/{tool}"):
             sys.exit(f"cluster: `{tool}` is required")
-    with Cluster(args.binary, args.postgres) as cluster:
+    with Cluster(args.binary, args.postgres, args.amqp) as cluster:
         checks = [
             tokens_work_on_every_instance,
             idempotency_keys_replay_on_any_instance,
@@ -58,6 +62,7 @@ def main():
             rate_limits_are_global,
             redis_outage_degrades_without_errors,
             sigkill_loses_no_acknowledged_write,
+            the_worker_publishes_every_event,
         ]
         for check in checks:
             started = time.monotonic()
@@ -137,8 +142,9 @@ def wait_until(what, predicate, timeout=30):
 
 
 class Cluster:
-    def __init__(self, binary, postgres):
-        self.binary, self.postgres = binary, postgres
+    def __init__(self, binary, postgres, amqp):
+        self.binary, self.postgres, self.amqp = binary, postgres, amqp
+        self.worker = None
         self.workdir = tempfile.mkdtemp(prefix="orderly-cluster-")
         os.chmod(self.workdir, 0o755)
         self.database = f"orderly_cluster_{uuid.uuid4().hex[:12]}"
@@ -182,6 +188,10 @@ class Cluster:
             ORDERLY_RATE_LIMIT_ACCOUNT_LOGIN="100000/60s",
             ORDERLY_LOG_FORMAT="json",
             ORDERLY_SHUTDOWN_GRACE="2s",
+            # The instances serve; one worker does the background work, through RabbitMQ.
+            ORDERLY_AMQP_URL=self.amqp,
+            ORDERLY_AMQP_JOBS_QUEUE=f"orderly.jobs.{self.database}",
+            ORDERLY_RUN_WORKER="false",
         )
         subprocess.run([self.binary, "migrate"], env=self.env, check=True, capture_output=True, timeout=60)
         subprocess.run(
@@ -191,6 +201,13 @@ class Cluster:
         for index in range(3):
             self.instances.append([free_port(), None])
             self.start_instance(index)
+        self.worker_port = free_port()
+        log = open(os.path.join(self.workdir, "worker.log"), "a")
+        self.worker = subprocess.Popen(
+            [self.binary, "worker"], env={**self.env, "ORDERLY_WORKER_LISTEN": f"127.0.0.1:{self.worker_port}"},
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        wait_until("the worker is ready", lambda: request(self.worker_url(), "GET", "/readyz").status == 200)
         self.lb_port = free_port()
         self.start_nginx()
         self.lb = f"http://127.0.0.1:{self.lb_port}"
@@ -227,7 +244,7 @@ class Cluster:
             conf = source.read()
         servers = "\n".join(f"        server 127.0.0.1:{port} max_fails=1 fail_timeout=5s;" for port, _ in self.instances)
         conf, replaced = re.subn(r"(?m)^\s*server api\d:8080[^\n]*\n", "", conf)
-        expect(replaced == 3, "deploy/nginx.conf lists three upstream servers")
+        expect(replaced == 2, "deploy/nginx.conf lists the compose file's two API instances")
         conf = conf.replace("least_conn;", "least_conn;\n" + servers, 1)
         conf = conf.replace("listen 8080;", f"listen 127.0.0.1:{self.lb_port};", 1)
         temp = os.path.join(self.workdir, "nginx")
@@ -251,7 +268,16 @@ class Cluster:
         wait_until("nginx listens", lambda: port_open(self.lb_port) or self.nginx.poll() is not None)
         expect(self.nginx.poll() is None, f"nginx started: {self.nginx.stderr.read().decode(errors='replace')}")
 
+    def worker_url(self):
+        return f"http://127.0.0.1:{self.worker_port}"
+
     def stop(self):
+        if self.worker and self.worker.poll() is None:
+            self.worker.send_signal(signal.SIGTERM)
+            try:
+                self.worker.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.worker.kill()
         for _, process in self.instances:
             if process and process.poll() is None:
                 process.send_signal(signal.SIGTERM)
@@ -275,8 +301,9 @@ class Cluster:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def scrape(self, index):
-        """`{series: value}` of one instance's /metrics."""
-        body = request(self.direct(index), "GET", "/metrics").body.decode()
+        """`{series: value}` of one instance's /metrics (`None`: the worker's)."""
+        base = self.worker_url() if index is None else self.direct(index)
+        body = request(base, "GET", "/metrics").body.decode()
         series = {}
         for line in body.splitlines():
             if line and not line.startswith("#"):
@@ -482,6 +509,16 @@ def sigkill_loses_no_acknowledged_write(cluster):
         f"{len(retried)} tries retried under the same key ({sorted(set(retried))})",
         flush=True,
     )
+
+
+def the_worker_publishes_every_event(cluster):
+    """Every order the checks placed wrote its event; the worker publishes them all to RabbitMQ."""
+    def drained():
+        metrics = cluster.scrape(None)
+        return metrics.get("orderly_outbox_backlog") == 0 and metrics.get("orderly_events_published_total", 0) > 0
+    wait_until("the worker has published every event", drained, timeout=30)
+    published = cluster.scrape(None)["orderly_events_published_total"]
+    print(f"cluster:     {published:.0f} events published to RabbitMQ by the worker, none waiting")
 
 
 if __name__ == "__main__":

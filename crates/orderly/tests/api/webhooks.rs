@@ -17,9 +17,11 @@ use crate::helpers::{Backend, Credentials, TestApp, assert_problem, eventually_w
 use crate::payments::id;
 
 /// What a receiver answers.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Answer {
     Status(u16),
+    /// 307 to this URL.
+    Redirect(String),
     /// Waits this long, then 200.
     Hang(Duration),
 }
@@ -64,9 +66,14 @@ impl Receiver {
                 async move {
                     let request = Received { headers, body };
                     log.lock().unwrap().push(request.clone());
-                    let answer = *told.lock().unwrap();
+                    let answer = told.lock().unwrap().clone();
+                    let mut location = HeaderMap::new();
                     let (status, text) = match answer {
                         Answer::Status(code) => (StatusCode::from_u16(code).unwrap(), "receiver says hello"),
+                        Answer::Redirect(to) => {
+                            location.insert(http::header::LOCATION, to.parse().unwrap());
+                            (StatusCode::TEMPORARY_REDIRECT, "elsewhere")
+                        }
                         Answer::Hang(wait) => {
                             // Dropped, unanswered, if the sender hangs up first.
                             tokio::time::sleep(wait).await;
@@ -76,7 +83,7 @@ impl Receiver {
                     if status.is_success() {
                         acks.lock().unwrap().push(request);
                     }
-                    (status, text)
+                    (status, location, text)
                 }
             }),
         );
@@ -342,6 +349,31 @@ async fn a_slow_receiver_does_not_delay_another(backend: Backend) {
     let fast_done = eventually_within(Duration::from_secs(5), async || fast.event_ids().len() == 8).await;
     assert!(fast_done, "the fast receiver got all 8 while the slow one hangs ({:?})", started.elapsed());
     assert!(slow.received().len() <= 2, "the slow one holds at most its own two slots: {}", slow.received().len());
+}
+
+async fn a_redirect_is_a_failure_and_is_not_followed(backend: Backend) {
+    let Some(app) = spawn(backend, &["--webhook-retry-schedule=1h"]).await else { return };
+    let admin = app.admin().await;
+    let customer = app.customer().await;
+    let elsewhere = Receiver::start(Answer::Status(200)).await;
+    let redirecting = Receiver::start(Answer::Redirect(elsewhere.url())).await;
+    let endpoint = register(&app, &admin, &redirecting.url(), json!(["order.created"])).await;
+    let product = app.create_product(&admin, json!({"stock": 10})).await;
+    app.place_order(&customer, &[(&id(&product), 1)]).await;
+    let path = format!("/api/v1/webhooks/{}/deliveries", id(&endpoint));
+    let mut delivery = Value::Null;
+    let attempted = eventually_within(Duration::from_secs(10), async || {
+        let page: Value = app.get(&path, Some(&admin.access_token)).await.json().await.unwrap();
+        delivery = page["data"][0].clone();
+        delivery["attempts"].as_array().is_some_and(|attempts| !attempts.is_empty())
+    })
+    .await;
+    assert!(attempted);
+    assert_eq!(delivery["status"], "pending", "a redirect is retried later: {delivery}");
+    assert_eq!(delivery["attempts"][0]["status_code"], 307);
+    assert!(delivery["attempts"][0]["error"].as_str().unwrap().contains("redirect"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(elsewhere.received().is_empty(), "the redirect was not followed");
 }
 
 async fn registration_refuses_every_unsafe_address_form(backend: Backend) {
@@ -675,6 +707,7 @@ crate::on_every_backend_with_backend!(
     deliveries_out_of_retries_fail_and_recover_resends_them,
     a_410_disables_the_endpoint_at_once,
     a_slow_receiver_does_not_delay_another,
+    a_redirect_is_a_failure_and_is_not_followed,
     registration_refuses_every_unsafe_address_form,
     endpoints_are_listed_changed_and_deleted,
 );
