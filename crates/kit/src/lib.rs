@@ -11,6 +11,7 @@ pub mod conditional;
 pub mod context;
 pub mod contract;
 pub mod cursor;
+pub mod deprecation;
 pub mod docs;
 pub mod extract;
 pub mod fields;

@@ -61,6 +61,10 @@ pub fn install() -> PrometheusHandle {
 
 fn describe() {
     metrics::describe_counter!("http_requests_total", "HTTP requests answered, by method, route template and status.");
+    metrics::describe_counter!(
+        "http_deprecated_requests_total",
+        "Calls of deprecated operations, by route template (including those refused past their sunset)."
+    );
     metrics::describe_histogram!(
         "http_request_duration_seconds",
         metrics::Unit::Seconds,

@@ -89,6 +89,8 @@ problem_codes! {
         IdempotencyRequestInProgress = "idempotency_request_in_progress",
         /// Idempotency keys cannot be checked right now; retry after `Retry-After` seconds.
         IdempotencyUnavailable = "idempotency_unavailable",
+        /// The operation was deprecated and is past its sunset; its `Link` header says what replaces it.
+        Gone = "gone",
     }
 }
 

@@ -355,6 +355,19 @@ async fn limiter_upkeep(limiter: Arc<Limiter>) {
     }
 }
 
+/// Deprecated operations. To deprecate one, add its [`Deprecation`] here (method, route
+/// template, when, its sunset, a link to what replaces it): it then answers with `Deprecation`,
+/// `Sunset` and `Link`, is counted in `http_deprecated_requests_total{route}`, is
+/// `deprecated: true` in the OpenAPI document, and answers 410 `gone` from its sunset. None is,
+/// today; ARCHITECTURE.md says how to retire one.
+///
+/// [`Deprecation`]: orderly_kit::deprecation::Deprecation
+pub const DEPRECATED: &[orderly_kit::deprecation::Deprecation] = &[];
+
+fn deprecations() -> orderly_kit::deprecation::Deprecations {
+    orderly_kit::deprecation::Deprecations::new(DEPRECATED).expect("the deprecation table is checked by a test")
+}
+
 /// Every documented route, and the document that describes them as the API publishes it.
 fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (api, openapi) = OpenApiRouter::<AppState>::with_openapi(ops::api_doc())
@@ -371,6 +384,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(ops::router())
         .split_for_parts();
     let openapi = orderly_kit::docs::tighten(openapi);
+    let openapi = orderly_kit::deprecation::document(openapi, DEPRECATED);
     let openapi = orderly_kit::docs::document_idempotency(
         openapi,
         crate::idempotency::EXEMPT_PATHS,
@@ -402,6 +416,7 @@ fn router(state: AppState, api: Router<AppState>, openapi: utoipa::openapi::Open
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(idempotency, crate::idempotency::middleware))
         .layer(axum::middleware::from_fn_with_state(rate_limits, crate::limits::middleware))
+        .layer(axum::middleware::from_fn_with_state(deprecations(), orderly_kit::deprecation::middleware))
         .layer(axum::middleware::from_fn_with_state(envelope, middleware::envelope))
         .layer(CompressionLayer::new().compress_when(compress))
 }
@@ -441,5 +456,21 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = interrupt => {}
         () = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_deprecation_is_valid_and_names_a_documented_operation() {
+        assert!(orderly_kit::deprecation::Deprecations::new(DEPRECATED).is_ok());
+        let (_, openapi) = api();
+        let document = serde_json::to_value(&openapi).unwrap();
+        for entry in DEPRECATED {
+            let operation = &document["paths"][entry.route][entry.method.to_ascii_lowercase()];
+            assert_eq!(operation["deprecated"], true, "{} {} is documented as deprecated", entry.method, entry.route);
+        }
     }
 }
