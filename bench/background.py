@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Background-work benchmark: the relay's throughput to RabbitMQ, and report exports.
+"""Background-work benchmark: the relay's throughput to RabbitMQ, report exports, and webhook
+deliveries.
 
     python3 bench/background.py --pin                      # SQLite
     python3 bench/background.py --pin --postgres URL       # SQLite, then PostgreSQL
@@ -14,7 +15,12 @@ background work in-process) generates an admin's `orders_csv` report, which is t
 the figures are rows per second of generation, the download's throughput, and the server's RSS
 at rest against its peak (`VmHWM`) during generation and download.
 
-Needs cargo, RabbitMQ (`--amqp`), psql for PostgreSQL, and `pika` (installed on first use into a
+Webhooks: `--endpoints` endpoints registered through the API, all pointing at a local nginx that
+answers 204; then `--hooked-events` events are written to the outbox of a running `orderly serve`
+(background work in-process), whose relay offers each to every endpoint and whose runner sends
+them; the figures are deliveries per second until all have succeeded, and per CPU-second.
+
+Needs cargo, nginx for the webhooks, RabbitMQ (`--amqp`), psql for PostgreSQL, and `pika` (installed on first use into a
 virtualenv at ~/.cache/orderly-bench-venv).
 """
 
@@ -22,6 +28,7 @@ import argparse
 import datetime
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -60,7 +67,9 @@ def main():
     parser.add_argument("--orders", type=int, default=200_000, help="orders in the report (default 200000)")
     parser.add_argument("--pin", action="store_true", help="pin the Orderly process to CPU 0 (taskset)")
     parser.add_argument("--skip-build", action="store_true", help="use the release binary as it is")
-    parser.add_argument("--only", choices=["relay", "report"], help="run one of the two")
+    parser.add_argument("--only", choices=["relay", "report", "webhooks"], help="run one of the three")
+    parser.add_argument("--endpoints", type=int, default=4, help="webhook endpoints (default 4)")
+    parser.add_argument("--hooked-events", type=int, default=5_000, help="events offered to the endpoints (default 5000)")
     parser.add_argument("--json", metavar="FILE", help="also append the JSON lines to FILE")
     parser.add_argument("--server-env", metavar="KEY=VALUE", action="append", default=[],
                         help="extra environment for the Orderly process, e.g. ORDERLY_RELAY_BATCH=1000 (repeatable)")
@@ -75,10 +84,30 @@ def main():
         if args.only in (None, "report"):
             rows.append(bench_report(binary, backend, args))
             print(json.dumps(rows[-1]), flush=True)
+        if args.only in (None, "webhooks"):
+            rows.append(bench_webhooks(binary, backend, args))
+            print(json.dumps(rows[-1]), flush=True)
     if args.json:
         with open(args.json, "a") as out:
             for row in rows:
                 out.write(json.dumps(row) + "\n")
+
+
+AT_MS = 1_796_040_000_123  # 2026-11-30T12:00:00.123Z: the first bench event's `created_at`, one a millisecond
+
+
+def at_text(milliseconds):
+    """`created_at` as the app stores it on SQLite (whole milliseconds: three digits, none at .000)."""
+    at = datetime.datetime.fromtimestamp(milliseconds // 1000, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    fraction = f".{milliseconds % 1000:03d}" if milliseconds % 1000 else ""
+    return f"{at}{fraction}+00:00"
+
+
+def uuid_v7_at(milliseconds):
+    """A UUIDv7 whose timestamp is `milliseconds`, as the app mints event ids."""
+    value = (milliseconds << 80) | (0x7 << 76) | (uuid.uuid4().int & ((1 << 76) - 1))
+    value = (value & ~(0b11 << 62)) | (0b10 << 62)  # the RFC 4122 variant
+    return uuid.UUID(int=value)
 
 
 class Database:
@@ -116,18 +145,31 @@ class Database:
             with sqlite3.connect(self.path) as connection:
                 connection.execute(statement)
 
+    def count(self, query):
+        """The integer one query answers."""
+        if self.backend == "postgres":
+            out = subprocess.run(["psql", self.url, "-tA", "-c", query], check=True, capture_output=True, text=True, timeout=60)
+            return int(out.stdout.strip())
+        with sqlite3.connect(self.path, timeout=30) as connection:
+            return connection.execute(query).fetchone()[0]
+
     def insert_events(self, count):
         object_json = json.dumps({"id": "x", "status": "pending", "items": json.loads(ORDER_ITEMS), "currency": "USD", "total": 2500})
         if self.backend == "postgres":
+            # Ids as the app mints them: UUIDv7 whose timestamp is the event's `created_at` (its
+            # lookup by id reads the `created_at` index within the id's millisecond).
             self.sql("INSERT INTO events (id, type, aggregate_id, created_at, body) "
-                     "SELECT gen_random_uuid(), 'order.created', gen_random_uuid(), now(), "
+                     "SELECT encode(set_byte(overlay(uuid_send(gen_random_uuid()) placing "
+                     "substring(int8send((extract(epoch FROM t.at) * 1000)::bigint + g) FROM 3) FROM 1 FOR 6), 6, "
+                     "(get_byte(uuid_send(gen_random_uuid()), 6) & 15) | 112), 'hex')::uuid, "
+                     "'order.created', gen_random_uuid(), t.at + g * interval '1 millisecond', "
                      f"'{{\"id\":\"' || g || '\",\"type\":\"order.created\",\"data\":{{\"object\":{object_json}}}}}' "
-                     f"FROM generate_series(1, {count}) AS g")
+                     f"FROM generate_series(1, {count}) AS g, (SELECT date_trunc('milliseconds', now()) AS at) AS t")
         else:
             with sqlite3.connect(self.path) as connection:
                 connection.executemany(
                     "INSERT INTO events (id, type, aggregate_id, created_at, body) VALUES (?, 'order.created', ?, ?, ?)",
-                    ((uuid.uuid4().bytes, uuid.uuid4().bytes, "2026-11-30T12:00:00.123456+00:00",
+                    ((uuid_v7_at(AT_MS + n).bytes, uuid.uuid4().bytes, at_text(AT_MS + n),
                       json.dumps({"id": str(n), "type": "order.created", "data": {"object": json.loads(object_json)}}))
                      for n in range(count)),
                 )
@@ -290,6 +332,72 @@ def bench_report(binary, backend, args):
             "idle_rss_mib": round(idle_kib / 1024, 1), "peak_rss_mib": round(peak_kib / 1024, 1),
             "peak_over_idle_mib": round((peak_kib - idle_kib) / 1024, 1),
         }
+
+
+def bench_webhooks(binary, backend, args):
+    with Database(binary, backend, args.postgres) as db:
+        subprocess.run([binary, "admin", "create-user", "--email", ADMIN_EMAIL, "--role", "admin"],
+                       env={**db.env, "ORDERLY_ADMIN_PASSWORD": ADMIN_PASSWORD}, check=True, capture_output=True, timeout=60)
+        receiver_port, port = free_port(), free_port()
+        nginx = start_receiver(db.workdir, receiver_port)
+        env = {**db.env, "ORDERLY_LISTEN": f"127.0.0.1:{port}", "ORDERLY_WEBHOOK_ALLOWED_TARGETS": "127.0.0.1/32",
+               "ORDERLY_WEBHOOK_POLL_INTERVAL": "100ms", **extra_env(args)}
+        server = start(binary, "serve", env, args.pin)
+        try:
+            wait_ready(port, server)
+            bearer = token(port, ADMIN_EMAIL, ADMIN_PASSWORD)
+            for index in range(args.endpoints):
+                endpoint = {"url": f"http://127.0.0.1:{receiver_port}/hook/{index}", "events": ["*"]}
+                status, _, body = request(port, "POST", "/api/v1/webhooks", endpoint, bearer=bearer)
+                assert status == 201, (status, body)
+            cpu_before = cpu_seconds(server.pid)
+            db.insert_events(args.hooked_events)
+            started = time.monotonic()
+            expected = args.hooked_events * args.endpoints
+            while True:
+                done = db.count("SELECT COUNT(*) FROM webhook_deliveries WHERE status = 'succeeded'")
+                if done >= expected or time.monotonic() - started > 600:
+                    break
+                time.sleep(0.1)
+            elapsed = time.monotonic() - started
+            cpu = cpu_seconds(server.pid) - cpu_before
+        finally:
+            stop(server)
+            stop(nginx)
+        return {
+            "bench": "webhooks", "backend": backend, "endpoints": args.endpoints, "deliveries": expected, "succeeded": done,
+            "seconds": round(elapsed, 2), "deliveries_per_s": round(done / elapsed),
+            "server_cpu_s": round(cpu, 2), "deliveries_per_cpu_s": round(done / cpu) if cpu else None,
+        }
+
+
+def start_receiver(workdir, port):
+    """nginx on 127.0.0.1:`port` answering every request 204, as a fast webhook receiver would."""
+    temp = os.path.join(workdir, "nginx")
+    os.makedirs(temp)
+    conf = os.path.join(temp, "nginx.conf")
+    with open(conf, "w") as out:
+        out.write(f"""pid {temp}/nginx.pid;
+error_log {temp}/error.log warn;
+worker_processes 1;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {temp}/body;
+    proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fastcgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    scgi_temp_path {temp}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ return 204; }}
+    }}
+}}
+""")
+    nginx = subprocess.Popen(["taskset", "-c", "1", shutil.which("nginx") or "/usr/sbin/nginx", "-p", temp, "-c", conf,
+                              "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)
+    return nginx
 
 
 if __name__ == "__main__":

@@ -344,12 +344,16 @@ pub async fn recover(conn: &mut Conn<'_>, endpoint_id: Uuid, since: DateTime<Utc
     .await
 }
 
-/// Endpoints with deliveries due and unclaimed at `at`, enabled ones only.
+/// Endpoints with deliveries due and unclaimed at `at`, enabled ones only. One probe of
+/// `webhook_deliveries_endpoint_due` per enabled endpoint: the runner asks after every attempt,
+/// so this must not read the backlog (a scan of every due delivery made a backlog of N cost N²).
 pub async fn endpoints_due(conn: &mut Conn<'_>, at: DateTime<Utc>) -> Result<Vec<Uuid>, DbError> {
     conn.query(
-        "SELECT DISTINCT d.endpoint_id FROM webhook_deliveries d
-         JOIN webhook_endpoints w ON w.id = d.endpoint_id AND w.status = 'enabled'
-         WHERE d.status = 'pending' AND d.next_attempt_at <= $1 AND (d.claimed_until IS NULL OR d.claimed_until <= $1)",
+        "SELECT w.id FROM webhook_endpoints w
+         WHERE w.status = 'enabled' AND EXISTS (
+             SELECT 1 FROM webhook_deliveries d
+             WHERE d.endpoint_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= $1
+               AND (d.claimed_until IS NULL OR d.claimed_until <= $1))",
         &[&at],
         |row| row.get(0),
     )
@@ -419,9 +423,16 @@ pub async fn record_attempt(
 }
 
 /// Records a success of the endpoint: it is failing no longer.
+///
+/// A busy endpoint succeeds many times a second, and every attempt's transaction would wait for
+/// the one before it on the endpoint's row: the row is written only when it says something new
+/// (the endpoint was failing), or when `last_success_at` is more than a minute old.
 pub async fn endpoint_succeeded(conn: &mut Conn<'_>, id: Uuid) -> Result<(), DbError> {
-    let sql = "UPDATE webhook_endpoints SET last_success_at = $2, failing_since = NULL WHERE id = $1";
-    conn.execute(sql, &[&id, &now()]).await.map(drop)
+    let at = now();
+    let stale = at - chrono::TimeDelta::minutes(1);
+    let sql = "UPDATE webhook_endpoints SET last_success_at = $2, failing_since = NULL
+               WHERE id = $1 AND (failing_since IS NOT NULL OR last_success_at IS NULL OR last_success_at < $3)";
+    conn.execute(sql, &[&id, &at, &stale]).await.map(drop)
 }
 
 /// Records a failure of the endpoint; returns since when it has been failing.
