@@ -1,6 +1,7 @@
 //! Webhook endpoints (admin): register, list, change, delete, rotate the secret, and see and
 //! resend deliveries.
 
+use axum::Json;
 use axum::extract::{FromRef, OriginalUri, Path, State};
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
@@ -11,7 +12,7 @@ use orderly_kit::contract::{Body, Params};
 use orderly_kit::docs::{
     BadRequest, Forbidden, NotFound, PayloadTooLarge, Unauthorized, UnsupportedMediaType, ValidationFailed,
 };
-use orderly_kit::extract::Id;
+use orderly_kit::extract::{Id, parse_id};
 use orderly_kit::pagination::ListBody;
 use orderly_kit::problem::{FieldError, ProblemBody};
 use serde::{Deserialize, Serialize};
@@ -490,17 +491,15 @@ async fn retry_delivery(
     _admin: Admin,
     Path((id, delivery_id)): Path<(String, String)>,
 ) -> ApiResult {
-    let (Ok(id), Ok(delivery_id)) = (Uuid::parse_str(&id), Uuid::parse_str(&delivery_id)) else {
-        return Err(Problem::not_found().into());
-    };
+    // As `Id` reads one id: any spelling but the canonical one names nothing.
+    let (id, delivery_id) = (parse_id(&id)?, parse_id(&delivery_id)?);
     let delivery = webhooks
         .db
         .write()
         .run(async move |conn| store::retry_delivery(conn, id, delivery_id).await)
         .await?
         .ok_or_else(Problem::not_found)?;
-    let body = serde_json::to_vec(&delivery_body(&delivery)).expect("representations serialize");
-    Ok((StatusCode::ACCEPTED, [(http::header::CONTENT_TYPE, "application/json")], body).into_response())
+    Ok((StatusCode::ACCEPTED, Json(delivery_body(&delivery))).into_response())
 }
 
 /// Resend every failed delivery of an endpoint created since a time (admin), after an outage.
@@ -526,6 +525,5 @@ async fn recover(
     load(&webhooks, id).await?;
     let since = request.since;
     let recovered = webhooks.db.write().run(async move |conn| store::recover(conn, id, since).await).await?;
-    let body = serde_json::to_vec(&RecoveredBody { recovered }).expect("representations serialize");
-    Ok((StatusCode::ACCEPTED, [(http::header::CONTENT_TYPE, "application/json")], body).into_response())
+    Ok((StatusCode::ACCEPTED, Json(RecoveredBody { recovered })).into_response())
 }

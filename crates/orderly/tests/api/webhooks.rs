@@ -250,6 +250,9 @@ async fn a_failing_receiver_gets_every_event_once_it_is_back(backend: Backend) {
     // A manual resend sends it once more.
     let before = receiver.received().len();
     let retry = format!("/api/v1/webhooks/{}/deliveries/{}/retry", id(&endpoint), id(delivery));
+    let shouted = format!("/api/v1/webhooks/{}/deliveries/{}/retry", id(&endpoint), id(delivery).to_uppercase());
+    let refused = app.post_json(&shouted, Some(&admin.access_token), &json!({})).await;
+    assert_eq!(refused.status(), StatusCode::NOT_FOUND, "an id spelt any other way names nothing");
     let response = app.post_json(&retry, Some(&admin.access_token), &json!({})).await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let resent = eventually_within(Duration::from_secs(10), async || receiver.received().len() > before).await;
