@@ -39,7 +39,8 @@ impl RequestContext {
         let trace_id = headers
             .get("traceparent")
             .and_then(|value| value.to_str().ok())
-            .and_then(trace_id_from_traceparent)
+            .and_then(crate::trace::TraceParent::parse)
+            .map(|parent| parent.trace_id_hex())
             .unwrap_or_else(|| format!("{:032x}", random_u128()));
         Self { request_id, trace_id, path: path.to_owned(), user_id: OnceLock::new() }
     }
@@ -62,9 +63,12 @@ impl RequestContext {
     }
 }
 
-/// A W3C `traceparent` for an outgoing call made while handling the current request: its
-/// trace id, with a fresh parent id for the call.
+/// A W3C `traceparent` for an outgoing call: the current span's when spans are exported;
+/// else, while a request is being handled, its trace id with a fresh parent id for the call.
 pub fn outgoing_traceparent() -> Option<String> {
+    if let Some(span) = crate::trace::outgoing() {
+        return Some(span.to_string());
+    }
     let context = RequestContext::current()?;
     let span_id = random_u128() as u64;
     Some(format!("00-{}-{span_id:016x}-01", context.trace_id))
@@ -99,23 +103,6 @@ pub fn is_valid_request_id(id: &str) -> bool {
     (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// Extracts the trace id from a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
-fn trace_id_from_traceparent(value: &str) -> Option<String> {
-    let mut parts = value.trim().split('-');
-    let (version, trace_id, parent_id, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let lower_hex =
-        |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    let valid = lower_hex(version, 2)
-        && version != "ff"
-        && lower_hex(trace_id, 32)
-        && trace_id.bytes().any(|b| b != b'0')
-        && lower_hex(parent_id, 16)
-        && parent_id.bytes().any(|b| b != b'0')
-        && lower_hex(flags, 2)
-        && (version != "00" || parts.next().is_none());
-    valid.then(|| trace_id.to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,21 +116,5 @@ mod tests {
         assert!(!is_valid_request_id("has space"));
         assert!(!is_valid_request_id("new\nline"));
         assert!(!is_valid_request_id("ünï"));
-    }
-
-    #[test]
-    fn traceparent_is_parsed_only_when_well_formed() {
-        let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        assert_eq!(trace_id_from_traceparent(valid).as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
-        for invalid in [
-            "",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-        ] {
-            assert_eq!(trace_id_from_traceparent(invalid), None, "{invalid}");
-        }
     }
 }

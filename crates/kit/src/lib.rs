@@ -28,5 +28,6 @@ pub mod redis;
 pub mod resilience;
 pub mod telemetry;
 pub mod timestamp;
+pub mod trace;
 
 pub use problem::{FieldError, Problem};

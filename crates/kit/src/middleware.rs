@@ -22,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
 use http::{HeaderValue, StatusCode, header};
 use tokio::sync::Semaphore;
+use tracing::{Instrument, Span};
 
 use crate::context::{REQUEST_ID_HEADER, RequestContext};
 use crate::problem::{Code, Problem};
@@ -41,11 +42,14 @@ pub struct Envelope {
 /// The layer; see the module documentation. For `axum::middleware::from_fn_with_state`.
 pub async fn envelope(State(envelope): State<Arc<Envelope>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let context = Arc::new(RequestContext::from_headers(request.headers(), request.uri().path()));
+    let mut context = RequestContext::from_headers(request.headers(), request.uri().path());
     let method = request.method().clone();
     let route = request.extensions().get::<MatchedPath>().cloned();
+    let span = request_span(&request, route.as_ref(), &mut context);
+    let context = Arc::new(context);
     let in_flight = crate::metrics::InFlight::start();
-    let mut response = Arc::clone(&context).scope(async { finish(shed(&envelope, request, next).await) }).await;
+    let serving = Arc::clone(&context).scope(async { finish(shed(&envelope, request, next).await) });
+    let mut response = serving.instrument(span.clone()).await;
     drop(in_flight);
 
     let request_id = HeaderValue::from_str(&context.request_id).expect("request ids are validated header values");
@@ -54,6 +58,12 @@ pub async fn envelope(State(envelope): State<Arc<Envelope>>, request: Request, n
     let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     crate::metrics::record_request(&method, route, response.status(), elapsed);
     let status = response.status().as_u16();
+    if !span.is_none() {
+        span.record("http.response.status_code", status);
+        if response.status().is_server_error() {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
     let latency_ms = elapsed.as_secs_f64() * 1000.0;
     let user_id = context.user_id.get().map(String::as_str).unwrap_or("");
     tracing::info!(
@@ -68,6 +78,32 @@ pub async fn envelope(State(envelope): State<Arc<Envelope>>, request: Request, n
         "request handled"
     );
     response
+}
+
+/// The request's server span (HTTP semantic conventions), continuing the caller's trace; its
+/// trace id becomes the request's. `Span::none()` when spans are not exported.
+fn request_span(request: &Request, route: Option<&MatchedPath>, context: &mut RequestContext) -> Span {
+    if !crate::trace::enabled() {
+        return Span::none();
+    }
+    let route = route.map_or("unmatched", MatchedPath::as_str);
+    let method = request.method().as_str();
+    let span = crate::span!(
+        "request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = method,
+        http.route = route,
+        url.path = request.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+        http.request.id = %context.request_id,
+    );
+    crate::trace::continue_from(&span, request.headers().get("traceparent").and_then(|value| value.to_str().ok()));
+    if let Some(this) = crate::trace::traceparent_of(&span) {
+        context.trace_id = this.trace_id_hex();
+    }
+    span
 }
 
 /// Problems for bodiless errors; `no-store` unless the response set its own policy.

@@ -11,6 +11,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tracing::Instrument;
 
 use redis::RedisResult;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -71,7 +72,15 @@ impl SharedRedis {
     ) -> Result<T, Unavailable> {
         let attempt = self.breaker.attempt().map_err(|_| Unavailable("bypassed after recent failures".into()))?;
         let mut connection = self.connection.clone();
-        let outcome = match tokio::time::timeout(self.timeout, command(&mut connection)).await {
+        let span = crate::span!(
+            "redis",
+            otel.name = %format_args!("redis {operation}"),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            db.system.name = "redis",
+        );
+        let called = tokio::time::timeout(self.timeout, command(&mut connection)).instrument(span.clone()).await;
+        let outcome = match called {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(error.to_string()),
             Err(_) => Err(format!("no answer within {} ms", self.timeout.as_millis())),
@@ -85,6 +94,7 @@ impl SharedRedis {
                 Ok(value)
             }
             Err(reason) => {
+                span.record("otel.status_code", "ERROR");
                 attempt.failed();
                 metrics::counter!("redis_errors_total", "operation" => operation).increment(1);
                 if !self.degraded.swap(true, Ordering::Relaxed) {

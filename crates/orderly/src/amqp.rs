@@ -21,6 +21,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use orderly_kit::trace::TraceParent;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
@@ -109,15 +110,22 @@ impl Amqp {
         result
     }
 
-    /// Publishes `events` in order and waits for the broker to confirm every one.
-    pub async fn publish_events(&self, events: &[Claimed]) -> Result<(), AmqpError> {
+    /// Publishes `events` in order and waits for the broker to confirm every one. `traces`
+    /// holds each event's publication span, sent as the message's `traceparent` header (it is
+    /// empty when spans are not exported).
+    pub async fn publish_events(&self, events: &[Claimed], traces: &[Option<TraceParent>]) -> Result<(), AmqpError> {
         self.with_publisher(async |channel| {
             let mut confirms = Vec::with_capacity(events.len());
-            for event in events {
-                let properties = persistent(event.id)
+            for (index, event) in events.iter().enumerate() {
+                let mut properties = persistent(event.id)
                     .with_type(event.kind.as_str().into())
                     .with_content_type("application/json".into())
                     .with_timestamp(u64::try_from(event.created_at.timestamp()).unwrap_or_default());
+                if let Some(Some(trace)) = traces.get(index) {
+                    let mut headers = FieldTable::default();
+                    headers.insert("traceparent".into(), AMQPValue::LongString(trace.to_string().into()));
+                    properties = properties.with_headers(headers);
+                }
                 let confirm = channel
                     .basic_publish(
                         EVENTS_EXCHANGE.into(),

@@ -88,22 +88,20 @@ fn env_name_of(command: &clap::Command, long: &str) -> Option<String> {
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Serve(config) => {
-            let _flush_logs_on_exit = crate::telemetry::init(config.log_format);
+            let telemetry = crate::telemetry::init(config.log_format, &config.tracing, "api")?;
             let application = Application::build(*config).await?;
             tracing::info!(address = %application.local_addr(), "orderly is listening");
-            application
-                .run_until_stopped(shutdown_signal())
-                .await
-                .map_err(|e| CliError::Failed(format!("server error: {e}")))
+            let stopped = application.run_until_stopped(shutdown_signal()).await;
+            telemetry.shutdown().await;
+            stopped.map_err(|e| CliError::Failed(format!("server error: {e}")))
         }
         Command::Worker(config) => {
-            let _flush_logs_on_exit = crate::telemetry::init(config.log_format);
+            let telemetry = crate::telemetry::init(config.log_format, &config.tracing, "worker")?;
             let worker = Application::build_as(*config, Process::Worker).await?;
             tracing::info!(address = %worker.local_addr(), "orderly worker is running");
-            worker
-                .run_until_stopped(shutdown_signal())
-                .await
-                .map_err(|e| CliError::Failed(format!("worker error: {e}")))
+            let stopped = worker.run_until_stopped(shutdown_signal()).await;
+            telemetry.shutdown().await;
+            stopped.map_err(|e| CliError::Failed(format!("worker error: {e}")))
         }
         Command::Migrate(database) => {
             let db = Database::connect(&database).await?;

@@ -139,6 +139,37 @@ pub struct ServeConfig {
     /// Log format: `json` (one object per line), `text`, or `auto` (text on a terminal).
     #[arg(long, env = "ORDERLY_LOG_FORMAT", value_enum, default_value = "auto")]
     pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub tracing: TracingConfig,
+}
+
+/// Trace export (OpenTelemetry).
+#[derive(Debug, Clone, Args)]
+pub struct TracingConfig {
+    /// Base URL of an OTLP/HTTP receiver (a collector, Jaeger, Tempo): spans are sent, as
+    /// protobuf, to `<url>/v1/traces`. Unset: no spans are made.
+    #[arg(long, env = "ORDERLY_OTLP_ENDPOINT", hide_env_values = true, value_parser = parse_otlp_endpoint)]
+    pub otlp_endpoint: Option<String>,
+
+    /// Share of new traces kept, 0 to 1. A request's own `traceparent` decides for its trace.
+    #[arg(long, env = "ORDERLY_OTLP_SAMPLE_RATIO", default_value_t = 1.0, value_parser = parse_ratio)]
+    pub otlp_sample_ratio: f64,
+}
+
+fn parse_otlp_endpoint(raw: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(raw.trim()).map_err(|error| format!("`{raw}` is not a URL: {error}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("`{raw}` must be an http or https URL without query or fragment"));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+fn parse_ratio(raw: &str) -> Result<f64, String> {
+    match raw.trim().parse::<f64>() {
+        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+        _ => Err(format!("`{raw}` is not a number from 0 to 1")),
+    }
 }
 
 #[derive(Debug, Clone, Args)]

@@ -19,6 +19,7 @@ use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::amqp::Amqp;
@@ -203,10 +204,20 @@ impl Runner {
                 Ok(Some(job)) => {
                     failures = 0;
                     let (this, cancelled) = (Arc::clone(&this), cancelled.clone());
-                    running.spawn(async move {
-                        this.execute(job, cancelled).await;
-                        drop(permit);
-                    });
+                    let span = orderly_kit::span!(
+                        "job",
+                        otel.name = %format_args!("job {}", job.kind.as_str()),
+                        otel.kind = "consumer",
+                        job.id = %job.id,
+                        job.attempt = job.attempt,
+                    );
+                    running.spawn(
+                        async move {
+                            this.execute(job, cancelled).await;
+                            drop(permit);
+                        }
+                        .instrument(span),
+                    );
                     continue;
                 }
                 Ok(None) => {

@@ -14,6 +14,7 @@
 //! ([`Conn::ahead`]): several reads that do not depend on each other's rows cost one round
 //! trip.
 
+use orderly_kit::trace::TraceParent;
 use std::borrow::Cow;
 
 use bytes::{Bytes, BytesMut};
@@ -277,6 +278,9 @@ impl Row<'_> {
 /// A connection lent to one unit of work.
 pub struct Conn<'a> {
     inner: Inner<'a>,
+    /// The span that started the unit, when spans are exported: what the unit records for
+    /// later work to continue (an event's publication).
+    pub(super) trace: Option<TraceParent>,
 }
 
 enum Inner<'a> {
@@ -353,13 +357,20 @@ impl ToSql for Encoded {
 
 impl<'a> Conn<'a> {
     pub(super) fn sqlite(connection: &'a mut rusqlite::Connection) -> Self {
-        Self { inner: Inner::Sqlite(connection) }
+        Self { inner: Inner::Sqlite(connection), trace: None }
     }
 
     pub(super) fn postgres(client: &'a ClientWrapper, in_transaction: bool) -> Self {
         let (deferred, fetched) = (Vec::new(), Vec::new());
         let begin_pending = in_transaction;
-        Self { inner: Inner::Postgres { client, transaction: in_transaction, begin_pending, deferred, fetched } }
+        let inner = Inner::Postgres { client, transaction: in_transaction, begin_pending, deferred, fetched };
+        Self { inner, trace: None }
+    }
+
+    /// The span that started this unit of work, as a `traceparent`; `None` when spans are not
+    /// exported.
+    pub fn trace(&self) -> Option<TraceParent> {
+        self.trace
     }
 
     pub fn backend(&self) -> Backend {

@@ -49,6 +49,7 @@ pub const MIGRATIONS: &[Migration] = migrations![
     12 "0012_jobs_reports",
     13 "0013_lean_outbox",
     14 "0014_webhooks",
+    15 "0015_trace_context",
 ];
 
 /// Any key, held only while migrating; taken by every instance of every Orderly deployment

@@ -24,6 +24,7 @@ mod sqlite;
 use std::sync::Arc;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, RecyclingMethod, Runtime};
+use tracing::Instrument;
 
 pub use conn::{Ahead, Backend, Column, Conn, DbError, IntList, Param, Row};
 pub use migrate::MigrateError;
@@ -223,13 +224,32 @@ impl Pool<'_> {
         T: Send + 'static,
         E: From<DbError> + Send + 'static,
     {
+        // The caller's span, for the unit to record beside what it writes.
+        let caller = orderly_kit::trace::outgoing();
+        let work = async move |conn: &mut Conn<'_>| {
+            conn.trace = caller;
+            work(conn).await
+        };
+        let span = self.span("statements");
         // On the heap, as `transaction`'s.
-        Box::pin(async move {
-            match self.target {
-                Target::Sqlite(workers) => workers.run(sqlite::Unit::Statements, work).await,
-                Target::Postgres(_) => self.run_alone(work).await,
+        Box::pin(
+            async move {
+                match self.target {
+                    Target::Sqlite(workers) => workers.run(sqlite::Unit::Statements, work).await,
+                    Target::Postgres(_) => self.run_alone(work).await,
+                }
             }
-        })
+            .instrument(span),
+        )
+    }
+
+    /// The span of a unit of work (`Span::none()` when spans are not exported).
+    fn span(&self, unit: &'static str) -> tracing::Span {
+        let system = match self.target {
+            Target::Sqlite(_) => "sqlite",
+            Target::Postgres(_) => "postgresql",
+        };
+        orderly_kit::span!("db", otel.name = %format_args!("{system} {unit}"), otel.kind = "client", db.system.name = system)
     }
 
     /// As [`Pool::run`], for work that begins and ends transactions itself (migrations): on
@@ -260,24 +280,34 @@ impl Pool<'_> {
         T: Send + 'static,
         E: From<DbError> + Send + 'static,
     {
+        // The caller's span, for the unit to record beside what it writes.
+        let caller = orderly_kit::trace::outgoing();
+        let work = async move |conn: &mut Conn<'_>| {
+            conn.trace = caller;
+            work(conn).await
+        };
+        let span = self.span("transaction");
         // On the heap: the future holds the unit's, which holds every statement's, and kept
         // inline in its callers' futures it would be copied whole each time one of them moves.
-        Box::pin(async move {
-            match self.target {
-                Target::Sqlite(workers) => workers.run(sqlite::Unit::Transaction, work).await,
-                Target::Postgres(pool) => {
-                    let client = pool.get().await.map_err(pool_error)?;
-                    let mut checkout = Checkout { client: Some(client), finished: false };
-                    let client = checkout.client.as_ref().expect("checked out");
-                    let mut conn = Conn::postgres(client, true);
-                    let result = work(&mut conn).await;
-                    let end = conn.finish(result.is_ok()).await;
-                    checkout.finished = end.is_ok();
-                    end?;
-                    result
+        Box::pin(
+            async move {
+                match self.target {
+                    Target::Sqlite(workers) => workers.run(sqlite::Unit::Transaction, work).await,
+                    Target::Postgres(pool) => {
+                        let client = pool.get().await.map_err(pool_error)?;
+                        let mut checkout = Checkout { client: Some(client), finished: false };
+                        let client = checkout.client.as_ref().expect("checked out");
+                        let mut conn = Conn::postgres(client, true);
+                        let result = work(&mut conn).await;
+                        let end = conn.finish(result.is_ok()).await;
+                        checkout.finished = end.is_ok();
+                        end?;
+                        result
+                    }
                 }
             }
-        })
+            .instrument(span),
+        )
     }
 }
 

@@ -11,12 +11,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use orderly_kit::resilience::Backoff;
+use orderly_kit::trace::TraceParent;
 use tokio::sync::{Notify, broadcast, watch};
+use tracing::Span;
 
 use crate::db::{Database, DbError};
 
 use super::store::{self, Claimed};
 use crate::amqp::{Amqp, AmqpError};
+use crate::webhooks::store::Published;
 
 /// Where the relay publishes.
 #[derive(Clone)]
@@ -127,9 +130,22 @@ impl Relay {
             return Ok(0);
         }
         let started = Instant::now();
+        let spans = publication_spans(&claimed, &self.broker);
+        let traces: Vec<_> = spans.iter().map(orderly_kit::trace::traceparent_of).collect();
         let seqs: Vec<i64> = claimed.iter().map(|event| event.seq).collect();
-        let kinds: Vec<_> = claimed.iter().map(|event| (event.id, event.kind)).collect();
-        if let Err(error) = self.publish(claimed).await {
+        let published: Vec<_> = claimed
+            .iter()
+            .enumerate()
+            .map(|(index, event)| Published {
+                event_id: event.id,
+                kind: event.kind,
+                traceparent: traces.get(index).copied().flatten(),
+            })
+            .collect();
+        if let Err(error) = self.publish(claimed, &traces).await {
+            for span in &spans {
+                span.record("otel.status_code", "ERROR");
+            }
             // Released now, so they go out with the next pass rather than when the lease lapses.
             let _ = self.db.write().run(async move |conn| store::release(conn, seqs).await).await;
             return Err(error);
@@ -143,7 +159,7 @@ impl Relay {
             .write()
             .transaction(async move |conn| {
                 store::mark_published(conn, seqs).await?;
-                crate::webhooks::store::offer(conn, &kinds).await
+                crate::webhooks::store::offer(conn, &published).await
             })
             .await?;
         if offered > 0 {
@@ -154,11 +170,11 @@ impl Relay {
         Ok(count)
     }
 
-    async fn publish(&self, claimed: Vec<Claimed>) -> Result<(), RelayError> {
+    async fn publish(&self, claimed: Vec<Claimed>, traces: &[Option<TraceParent>]) -> Result<(), RelayError> {
         match &self.broker {
             Broker::Amqp(amqp) => {
                 let timeout = self.settings.publish_timeout();
-                tokio::time::timeout(timeout, amqp.publish_events(&claimed))
+                tokio::time::timeout(timeout, amqp.publish_events(&claimed, traces))
                     .await
                     .map_err(|_| AmqpError::Timeout(timeout))??;
             }
@@ -171,6 +187,35 @@ impl Relay {
         }
         Ok(())
     }
+}
+
+/// One producer span per event, each continuing the trace of the request that wrote the
+/// event, and ending once the event is marked published; none when spans are not exported.
+fn publication_spans(claimed: &[Claimed], broker: &Broker) -> Vec<Span> {
+    if !orderly_kit::trace::enabled() {
+        return Vec::new();
+    }
+    let system = match broker {
+        Broker::Amqp(_) => "rabbitmq",
+        Broker::InProcess(_) => "in-process",
+    };
+    claimed
+        .iter()
+        .map(|event| {
+            let span = orderly_kit::span!(
+                "publish",
+                otel.name = %format_args!("publish {}", event.kind.as_str()),
+                otel.kind = "producer",
+                otel.status_code = tracing::field::Empty,
+                messaging.system = system,
+                messaging.operation.type = "send",
+                messaging.destination.name = crate::amqp::EVENTS_EXCHANGE,
+                messaging.message.id = %event.id,
+            );
+            orderly_kit::trace::continue_from(&span, event.traceparent.as_deref());
+            span
+        })
+        .collect()
 }
 
 /// Deletes published events older than `retention` now and then, for as long as it runs.

@@ -52,9 +52,11 @@ pub async fn record(conn: &mut Conn<'_>, kind: EventType, aggregate_id: Uuid, ob
     let created_at = now();
     let id = id_at(&created_at);
     let body = body(id, kind, &created_at, object);
+    // The span that wrote it: its publication continues that trace.
+    let traceparent = conn.trace().map(|span| span.to_string());
     conn.defer(
-        "INSERT INTO events (id, type, aggregate_id, created_at, body) VALUES ($1, $2, $3, $4, $5)",
-        &[&id, &kind.as_str(), &aggregate_id, &created_at, &body],
+        "INSERT INTO events (id, type, aggregate_id, created_at, body, traceparent) VALUES ($1, $2, $3, $4, $5, $6)",
+        &[&id, &kind.as_str(), &aggregate_id, &created_at, &body, &traceparent],
     )
     .await
 }
@@ -141,6 +143,8 @@ pub struct Claimed {
     pub kind: EventType,
     pub created_at: DateTime<Utc>,
     pub body: String,
+    /// The span that wrote the event, when spans were exported.
+    pub traceparent: Option<String>,
 }
 
 impl Claimed {
@@ -149,7 +153,7 @@ impl Claimed {
         let kind: String = row.get(2)?;
         let kind = EventType::parse(&kind)
             .ok_or_else(|| DbError::corrupt(format!("event {id} has an unknown type {kind:?}")))?;
-        Ok(Self { seq: row.get(0)?, id, kind, created_at: row.get(3)?, body: row.get(4)? })
+        Ok(Self { seq: row.get(0)?, id, kind, created_at: row.get(3)?, body: row.get(4)?, traceparent: row.get(5)? })
     }
 }
 
@@ -175,7 +179,7 @@ pub async fn claim(conn: &mut Conn<'_>, limit: i64, lease_until: DateTime<Utc>) 
                AND NOT EXISTS (SELECT 1 FROM events p
                                WHERE p.aggregate_id = e.aggregate_id AND p.published_at IS NULL AND p.seq < e.seq)
              ORDER BY e.seq LIMIT $3 FOR UPDATE SKIP LOCKED)
-         RETURNING seq, id, type, created_at, body";
+         RETURNING seq, id, type, created_at, body, traceparent";
     const SQLITE: &str = "UPDATE events SET claimed_until = $1 WHERE seq IN (
              SELECT seq FROM (
                  SELECT seq, claimed_until, row_number() OVER (PARTITION BY aggregate_id ORDER BY seq) AS place
@@ -184,7 +188,7 @@ pub async fn claim(conn: &mut Conn<'_>, limit: i64, lease_until: DateTime<Utc>) 
                        ORDER BY seq LIMIT $3 * $4))
              WHERE place = 1 AND (claimed_until IS NULL OR claimed_until < $2)
              ORDER BY seq LIMIT $3)
-         RETURNING seq, id, type, created_at, body";
+         RETURNING seq, id, type, created_at, body, traceparent";
     /// How many batches of the oldest unpublished events a claim on SQLite looks through.
     const WINDOW: i64 = 4;
     let now = now();

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use orderly_kit::resilience::{Backoff, CircuitBreaker, CircuitState};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::config::PaymentsConfig;
@@ -389,16 +390,39 @@ impl HttpProvider {
         self.send(self.client.post(url).header("Idempotency-Key", key).json(body)).await
     }
 
-    async fn send(&self, mut request: reqwest::RequestBuilder) -> Result<reqwest::Response, Retryable> {
-        if let Some(traceparent) = orderly_kit::context::outgoing_traceparent() {
-            request = request.header("traceparent", traceparent);
-        }
-        let response = request.send().await.map_err(|_| Retryable("unreachable"))?;
-        let status = response.status();
-        if status.is_server_error() || matches!(status.as_u16(), 408 | 429) {
-            return Err(Retryable("provider error"));
-        }
-        Ok(response)
+    /// One call, in a client span of its own whose `traceparent` the provider receives.
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, Retryable> {
+        let mut request = request.build().map_err(|_| Retryable("unsendable"))?;
+        let span = orderly_kit::span!(
+            "payment provider",
+            otel.name = %format_args!("{} {}", request.method(), request.url().path()),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = %request.method(),
+            url.path = request.url().path(),
+            http.response.status_code = tracing::field::Empty,
+        );
+        let call = async {
+            if let Some(traceparent) = orderly_kit::context::outgoing_traceparent()
+                && let Ok(value) = http::HeaderValue::from_str(&traceparent)
+            {
+                request.headers_mut().insert("traceparent", value);
+            }
+            let response = self.client.execute(request).await;
+            let span = tracing::Span::current();
+            let Ok(response) = response else {
+                span.record("otel.status_code", "ERROR");
+                return Err(Retryable("unreachable"));
+            };
+            let status = response.status();
+            span.record("http.response.status_code", status.as_u16());
+            if status.is_server_error() || matches!(status.as_u16(), 408 | 429) {
+                span.record("otel.status_code", "ERROR");
+                return Err(Retryable("provider error"));
+            }
+            Ok(response)
+        };
+        call.instrument(span).await
     }
 
     async fn charge(&self, request: &ChargeRequest) -> Result<ChargeOutcome, Retryable> {

@@ -17,6 +17,7 @@ use http::StatusCode;
 use reqwest::Url;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::db::{Database, DbError, now, span};
@@ -168,7 +169,8 @@ impl Runner {
             for delivery in claimed {
                 *in_flight.entry(endpoint_id).or_default() += 1;
                 let this = Arc::clone(self);
-                let task = running.spawn(async move { this.attempt(delivery).await });
+                let span = attempt_span(&delivery);
+                let task = running.spawn(async move { this.attempt(delivery).await }.instrument(span));
                 endpoint_of.insert(task.id(), endpoint_id);
             }
             if running.len() >= self.settings.concurrency {
@@ -207,6 +209,13 @@ impl Runner {
             None => Sent::unsent("the event is no longer kept"),
         };
         let succeeded = sent.status.is_some_and(|status| status.is_success());
+        let attempt_span = tracing::Span::current();
+        if let Some(status) = sent.status {
+            attempt_span.record("http.response.status_code", status.as_u16());
+        }
+        if !succeeded {
+            attempt_span.record("otel.status_code", "ERROR");
+        }
         let gone = sent.status == Some(StatusCode::GONE);
         let next = if succeeded {
             Next::Succeeded
@@ -295,6 +304,10 @@ impl Runner {
             .header("Orderly-Event-Id", event.id.to_string())
             .header("Orderly-Event-Type", event.kind.as_str())
             .body(body);
+        let request = match orderly_kit::context::outgoing_traceparent() {
+            Some(traceparent) => request.header("traceparent", traceparent),
+            None => request,
+        };
         let mut response = match request.send().await {
             Ok(response) => response,
             Err(error) => {
@@ -338,6 +351,24 @@ impl Runner {
         let body = (!kept.is_empty()).then(|| String::from_utf8_lossy(&kept).into_owned());
         Sent { status: Some(status), error, body, retry_after, duration: started.elapsed() }
     }
+}
+
+/// An attempt's client span, continuing the trace of the event's publication.
+fn attempt_span(delivery: &Claimed) -> tracing::Span {
+    let span = orderly_kit::span!(
+        "webhook delivery",
+        otel.name = %format_args!("deliver {}", delivery.event_type),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = "POST",
+        http.response.status_code = tracing::field::Empty,
+        webhook.id = %delivery.endpoint_id,
+        webhook.delivery.id = %delivery.id,
+        webhook.event.id = %delivery.event_id,
+        webhook.attempt = delivery.attempt_count,
+    );
+    orderly_kit::trace::continue_from(&span, delivery.traceparent.as_deref());
+    span
 }
 
 impl Sent {

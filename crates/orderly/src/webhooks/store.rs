@@ -8,6 +8,7 @@
 //! its claim is still the latest.
 
 use chrono::{DateTime, Utc};
+use orderly_kit::trace::TraceParent;
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -189,9 +190,18 @@ pub async fn delete_endpoint(conn: &mut Conn<'_>, id: Uuid) -> Result<bool, DbEr
     Ok(conn.execute("DELETE FROM webhook_endpoints WHERE id = $1", &[&id]).await? > 0)
 }
 
+/// An event the relay has published, as deliveries are made of it.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub event_id: Uuid,
+    pub kind: EventType,
+    /// The span that published it, which its deliveries continue.
+    pub traceparent: Option<TraceParent>,
+}
+
 /// Creates a delivery of each of `events` to each enabled endpoint that wants it, due now;
 /// returns how many. Called in the transaction that marks the events published.
-pub async fn offer(conn: &mut Conn<'_>, events: &[(Uuid, EventType)]) -> Result<u64, DbError> {
+pub async fn offer(conn: &mut Conn<'_>, events: &[Published]) -> Result<u64, DbError> {
     const ENABLED_ENDPOINTS: &str =
         concat!("SELECT ", endpoint_columns!(), " FROM webhook_endpoints WHERE status = 'enabled'");
     let endpoints = conn.query(ENABLED_ENDPOINTS, &[], Endpoint::from_row).await?;
@@ -200,16 +210,17 @@ pub async fn offer(conn: &mut Conn<'_>, events: &[(Uuid, EventType)]) -> Result<
     }
     let at = now();
     let mut offered = 0;
-    for (event_id, kind) in events {
-        for endpoint in endpoints.iter().filter(|endpoint| endpoint.wants(*kind)) {
+    for event in events {
+        let traceparent = event.traceparent.map(|span| span.to_string());
+        for endpoint in endpoints.iter().filter(|endpoint| endpoint.wants(event.kind)) {
             offered += conn
                 .execute(
                     "INSERT INTO webhook_deliveries
                          (id, endpoint_id, event_id, event_type, status, attempt_count, next_attempt_at, attempts,
-                          created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, 'pending', 0, $5, '[]', $5, $5)
+                          created_at, updated_at, traceparent)
+                     VALUES ($1, $2, $3, $4, 'pending', 0, $5, '[]', $5, $5, $6)
                      ON CONFLICT (endpoint_id, event_id) DO NOTHING",
-                    &[&Uuid::now_v7(), &endpoint.id, event_id, &kind.as_str(), &at],
+                    &[&Uuid::now_v7(), &endpoint.id, &event.event_id, &event.kind.as_str(), &at, &traceparent],
                 )
                 .await?;
         }
@@ -244,6 +255,8 @@ pub struct Delivery {
     pub attempts: Vec<Attempt>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The span that published the event, which each attempt continues.
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -272,7 +285,8 @@ impl DeliveryStatus {
 
 macro_rules! delivery_columns {
     () => {
-        "id, endpoint_id, event_id, event_type, status, attempt_count, next_attempt_at, attempts, created_at, updated_at"
+        "id, endpoint_id, event_id, event_type, status, attempt_count, next_attempt_at, attempts, created_at, updated_at, \
+         traceparent"
     };
 }
 
@@ -296,6 +310,7 @@ impl Delivery {
             attempts,
             created_at: row.get(8)?,
             updated_at: row.get(9)?,
+            traceparent: row.get(10)?,
         })
     }
 }

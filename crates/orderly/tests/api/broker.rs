@@ -36,6 +36,8 @@ pub struct Received {
     pub persistent: bool,
     pub content_type: String,
     pub body: Value,
+    /// The `traceparent` header, when the message has one.
+    pub traceparent: Option<String>,
 }
 
 /// A queue bound to every routing key of `orderly.events`, consumed with manual acks into a
@@ -126,6 +128,10 @@ async fn consume_once(
             persistent: *properties.delivery_mode() == Some(2),
             content_type: properties.content_type().as_ref().map(|t| t.as_str().to_owned()).unwrap_or_default(),
             body: serde_json::from_slice(&delivery.data).expect("events are JSON"),
+            traceparent: properties.headers().as_ref().and_then(|headers| match headers.inner().get("traceparent") {
+                Some(AMQPValue::LongString(value)) => Some(value.to_string()),
+                _ => None,
+            }),
         };
         received.lock().unwrap().push(message);
         delivery.ack(BasicAckOptions::default()).await?;

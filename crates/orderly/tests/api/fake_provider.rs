@@ -34,6 +34,8 @@ struct Ledger {
     charges: HashMap<String, (String, i64)>,
     /// Refunds made: idempotency key → (refund id, amount).
     refunds: HashMap<String, (String, i64)>,
+    /// The `traceparent` of each charge call, in arrival order.
+    charge_traceparents: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -53,6 +55,11 @@ impl FakeProvider {
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
         Self { url, ledger }
+    }
+
+    /// The `traceparent` each charge call carried, in arrival order.
+    pub fn charge_traceparents(&self) -> Vec<String> {
+        self.ledger.lock().unwrap().charge_traceparents.clone()
     }
 
     pub fn fail_next(&self, calls: usize) {
@@ -128,6 +135,9 @@ fn key(headers: &HeaderMap) -> String {
 }
 
 async fn charge(State(ledger): State<Shared>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+    if let Some(traceparent) = headers.get("traceparent").and_then(|value| value.to_str().ok()) {
+        ledger.lock().unwrap().charge_traceparents.push(traceparent.to_owned());
+    }
     let declined = body["payment_method"] == "pm_card_declined";
     act(ledger, key(&headers), body["amount"].as_i64().unwrap(), declined, |ledger| &mut ledger.charges, "ch_fake")
         .await

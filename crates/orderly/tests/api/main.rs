@@ -22,4 +22,5 @@ mod rabbitmq;
 mod ratelimits;
 mod replica;
 mod reports;
+mod traces;
 mod webhooks;

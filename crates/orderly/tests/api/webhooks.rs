@@ -18,7 +18,7 @@ use crate::payments::id;
 
 /// What a receiver answers.
 #[derive(Clone)]
-enum Answer {
+pub(crate) enum Answer {
     Status(u16),
     /// 307 to this URL.
     Redirect(String),
@@ -28,13 +28,13 @@ enum Answer {
 
 /// A request a receiver got.
 #[derive(Clone)]
-struct Received {
-    headers: HeaderMap,
-    body: Bytes,
+pub(crate) struct Received {
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
 }
 
 /// A webhook receiver on 127.0.0.1: records every request and answers as told.
-struct Receiver {
+pub(crate) struct Receiver {
     address: SocketAddr,
     received: Arc<Mutex<Vec<Received>>>,
     /// The requests it answered with a 2xx (a request whose sender hung up first is not).
@@ -43,7 +43,7 @@ struct Receiver {
 }
 
 impl Receiver {
-    async fn start(answer: Answer) -> Self {
+    pub(crate) async fn start(answer: Answer) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         Self::serve(listener, answer)
     }
@@ -92,7 +92,7 @@ impl Receiver {
         Self { address, received, acknowledged, answer }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}/hook", self.address)
     }
 
@@ -100,7 +100,7 @@ impl Receiver {
         *self.answer.lock().unwrap() = answer;
     }
 
-    fn received(&self) -> Vec<Received> {
+    pub(crate) fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
 
@@ -113,7 +113,7 @@ impl Receiver {
     }
 }
 
-const ALLOW_LOOPBACK: &str = "--webhook-allowed-targets=127.0.0.0/8,::1";
+pub(crate) const ALLOW_LOOPBACK: &str = "--webhook-allowed-targets=127.0.0.0/8,::1";
 
 async fn spawn(backend: Backend, extra: &[&str]) -> Option<TestApp> {
     let mut args = vec![ALLOW_LOOPBACK, "--webhook-poll-interval=100ms"];
@@ -121,7 +121,7 @@ async fn spawn(backend: Backend, extra: &[&str]) -> Option<TestApp> {
     TestApp::spawn_with(backend, &args).await
 }
 
-async fn register(app: &TestApp, admin: &Credentials, url: &str, events: Value) -> Value {
+pub(crate) async fn register(app: &TestApp, admin: &Credentials, url: &str, events: Value) -> Value {
     let response =
         app.post_json("/api/v1/webhooks", Some(&admin.access_token), &json!({"url": url, "events": events})).await;
     assert_eq!(response.status(), StatusCode::CREATED, "{:?}", response.text().await);
