@@ -11,7 +11,7 @@ use crate::helpers::{Backend, TestApp, fresh_postgres_database, postgres_query_i
 
 const BINARY: &str = env!("CARGO_BIN_EXE_orderly");
 /// Migrations this release knows.
-const MIGRATIONS: i64 = 14;
+const MIGRATIONS: i64 = 15;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_migrating_one_database_at_once_apply_each_migration_once() {

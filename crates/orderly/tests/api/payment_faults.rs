@@ -102,12 +102,16 @@ async fn a_charge_made_before_the_process_is_killed_is_recorded_after_restart(ba
 
     let reconciled = r#"orderly_payment_attempts_reconciled_total{kind="charge",outcome="succeeded"}"#;
     assert_eq!(metric(&app, reconciled).await, 1.0);
-    let logged: Vec<String> = app
-        .process_log()
-        .iter()
-        .map(Value::to_string)
-        .filter(|line| line.contains("a payment attempt was reconciled"))
-        .collect();
+    let reconciled_lines = || -> Vec<String> {
+        app.process_log()
+            .iter()
+            .map(Value::to_string)
+            .filter(|line| line.contains("a payment attempt was reconciled"))
+            .collect()
+    };
+    // Log lines reach the file a few milliseconds after the metric moves.
+    eventually(async || !reconciled_lines().is_empty()).await;
+    let logged = reconciled_lines();
     assert_eq!(logged.len(), 1, "one log line per reconciled attempt: {logged:?}");
     for detail in [id(&order), format!("orderly-charge-{}-0", id(&order)), "succeeded".to_owned()] {
         assert!(logged[0].contains(&detail), "the line names {detail}: {}", logged[0]);
