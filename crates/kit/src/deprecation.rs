@@ -1,14 +1,23 @@
 //! Deprecated operations: announced on every response until their sunset, gone after it.
 //!
-//! An operation is deprecated by declaring a [`Deprecation`] next to its route (its module's
-//! `DEPRECATED` list, collected by the composition root). Then, from one table:
+//! An operation is deprecated where it is declared: its `#[utoipa::path]` carries an
+//! [`EXTENSION`] (`x-deprecation`) with when it was deprecated, its sunset and a link to what
+//! replaces it:
+//!
+//! ```text
+//! #[utoipa::path(get, path = "/stats", …, extensions(
+//!     ("x-deprecation" = json!({"since": "2026-12-01T00:00:00Z", "sunset": "2027-06-01T00:00:00Z",
+//!                               "link": "https://example.com/changelog#stats"}))
+//! ))]
+//! ```
+//!
+//! [`declared`] reads every such operation from the document. Then:
 //!
 //! - until its sunset it answers as before, with `Deprecation: @<unix time>` (RFC 9745),
 //!   `Sunset: <HTTP-date>` (RFC 8594) and `Link: <…>; rel="deprecation"`, and each call is
 //!   counted in `http_deprecated_requests_total{route}`, so operators see who still calls it;
 //! - from its sunset it answers 410 `gone`, whatever the request;
-//! - [`document`] marks it `deprecated: true` in the OpenAPI document and describes the headers
-//!   and the 410.
+//! - the document marks it `deprecated: true` and describes the headers and the 410.
 //!
 //! Nothing here knows which operations are deprecated or why.
 
@@ -22,36 +31,37 @@ use http::{HeaderValue, Method, StatusCode, header};
 
 use crate::problem::{Code, Problem};
 
+/// The operation extension that declares a deprecation: `{"since", "sunset", "link"}`, the two
+/// times in RFC 3339.
+pub const EXTENSION: &str = "x-deprecation";
+
 /// One deprecated operation, as declared beside its route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deprecation {
-    /// `GET`, `POST`, …
-    pub method: &'static str,
+    pub method: Method,
     /// The route template as the router matches it, e.g. `/api/v1/stats`.
-    pub route: &'static str,
-    /// When it was deprecated, in Unix seconds.
-    pub since: i64,
-    /// When it stops working, in Unix seconds; not before `since`.
-    pub sunset: i64,
+    pub route: String,
+    /// When it was deprecated.
+    pub since: DateTime<Utc>,
+    /// When it stops working; not before `since`.
+    pub sunset: DateTime<Utc>,
     /// Where its replacement and the migration are described.
-    pub link: &'static str,
+    pub link: String,
 }
 
-/// Why a table of deprecations cannot be used.
+/// Why a declared deprecation cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum InvalidDeprecation {
-    #[error("{method} {route}: its sunset comes before its deprecation")]
-    SunsetBeforeDeprecation { method: &'static str, route: &'static str },
-    #[error("{method} {route}: `{what}` is not a valid {field}")]
-    Invalid { method: &'static str, route: &'static str, field: &'static str, what: String },
-    #[error("{method} {route} is declared twice")]
-    Twice { method: &'static str, route: &'static str },
+    #[error("{operation}: its sunset comes before its deprecation")]
+    SunsetBeforeDeprecation { operation: String },
+    #[error("{operation}: `{what}` is not a valid {field}")]
+    Invalid { operation: String, field: &'static str, what: String },
 }
 
 /// The headers an operation answers with until its sunset, ready to copy.
 #[derive(Debug, Clone)]
 struct Announcement {
-    route: &'static str,
+    route: String,
     sunset: DateTime<Utc>,
     deprecation: HeaderValue,
     sunset_header: HeaderValue,
@@ -63,40 +73,26 @@ struct Announcement {
 pub struct Deprecations(Arc<Vec<(Method, Announcement)>>);
 
 impl Deprecations {
-    /// Checks the table: each operation once, a sunset not before its deprecation, times and
-    /// links that make valid headers.
-    pub fn new(table: &[Deprecation]) -> Result<Self, InvalidDeprecation> {
-        let mut operations: Vec<(Method, Announcement)> = Vec::with_capacity(table.len());
+    /// The operations' announcements; each entry must be valid (see [`declared`]).
+    fn new(table: &[Deprecation]) -> Result<Self, InvalidDeprecation> {
+        let mut operations = Vec::with_capacity(table.len());
         for entry in table {
-            let invalid = |field, what: String| InvalidDeprecation::Invalid {
-                method: entry.method,
-                route: entry.route,
-                field,
-                what,
-            };
-            let method =
-                Method::from_bytes(entry.method.as_bytes()).map_err(|_| invalid("method", entry.method.into()))?;
+            let operation = format!("{} {}", entry.method, entry.route);
             if entry.sunset < entry.since {
-                return Err(InvalidDeprecation::SunsetBeforeDeprecation { method: entry.method, route: entry.route });
+                return Err(InvalidDeprecation::SunsetBeforeDeprecation { operation });
             }
-            let sunset =
-                DateTime::from_timestamp(entry.sunset, 0).ok_or_else(|| invalid("sunset", entry.sunset.to_string()))?;
-            DateTime::from_timestamp(entry.since, 0)
-                .ok_or_else(|| invalid("deprecation time", entry.since.to_string()))?;
             let link = HeaderValue::from_str(&format!("<{}>; rel=\"deprecation\"", entry.link))
-                .map_err(|_| invalid("link", entry.link.into()))?;
+                .map_err(|_| InvalidDeprecation::Invalid { operation, field: "link", what: entry.link.clone() })?;
             let announcement = Announcement {
-                route: entry.route,
-                sunset,
-                deprecation: HeaderValue::from_str(&format!("@{}", entry.since)).expect("digits are a header value"),
-                sunset_header: HeaderValue::from_str(&sunset.format("%a, %d %b %Y %H:%M:%S GMT").to_string())
+                route: entry.route.clone(),
+                sunset: entry.sunset,
+                deprecation: HeaderValue::from_str(&format!("@{}", entry.since.timestamp()))
+                    .expect("digits are a header value"),
+                sunset_header: HeaderValue::from_str(&entry.sunset.format("%a, %d %b %Y %H:%M:%S GMT").to_string())
                     .expect("an HTTP-date is a header value"),
                 link,
             };
-            if operations.iter().any(|(m, known)| *m == method && known.route == entry.route) {
-                return Err(InvalidDeprecation::Twice { method: entry.method, route: entry.route });
-            }
-            operations.push((method, announcement));
+            operations.push((entry.method.clone(), announcement));
         }
         Ok(Self(Arc::new(operations)))
     }
@@ -104,6 +100,86 @@ impl Deprecations {
     /// A handful of operations at most: a scan is as fast as a map.
     fn find(&self, method: &Method, route: &str) -> Option<&Announcement> {
         self.0.iter().find(|(m, known)| m == method && known.route == route).map(|(_, announcement)| announcement)
+    }
+}
+
+/// The deprecations the document's operations declare, and the document with each of them
+/// marked `deprecated: true`, its headers and its 410 described.
+pub fn declared(
+    openapi: utoipa::openapi::OpenApi,
+) -> Result<(utoipa::openapi::OpenApi, Deprecations), InvalidDeprecation> {
+    let mut document = serde_json::to_value(&openapi).expect("an OpenAPI document serializes");
+    let mut table = Vec::new();
+    if let Some(paths) = document["paths"].as_object_mut() {
+        for (route, item) in paths.iter_mut() {
+            let Some(item) = item.as_object_mut() else { continue };
+            for (method, operation) in item.iter_mut() {
+                let Some(declaration) = operation.get(EXTENSION) else { continue };
+                let entry = parse(route, method, declaration)?;
+                mark(operation, &entry);
+                table.push(entry);
+            }
+        }
+    }
+    let deprecations = Deprecations::new(&table)?;
+    if !table.is_empty() {
+        document["components"]["responses"]["Gone"] = serde_json::json!({
+            "description": "`gone`: the operation was retired at its sunset.",
+            "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        });
+    }
+    let openapi = serde_json::from_value(document).expect("the document stays a valid OpenAPI document");
+    Ok((openapi, deprecations))
+}
+
+fn parse(route: &str, method: &str, declaration: &serde_json::Value) -> Result<Deprecation, InvalidDeprecation> {
+    let operation = format!("{} {route}", method.to_ascii_uppercase());
+    let text = |field: &'static str| {
+        declaration[field].as_str().map(str::to_owned).ok_or_else(|| InvalidDeprecation::Invalid {
+            operation: operation.clone(),
+            field,
+            what: declaration[field].to_string(),
+        })
+    };
+    let time = |field: &'static str| {
+        let raw = text(field)?;
+        DateTime::parse_from_rfc3339(&raw).map(|at| at.to_utc()).map_err(|_| InvalidDeprecation::Invalid {
+            operation: operation.clone(),
+            field,
+            what: raw,
+        })
+    };
+    let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes()).map_err(|_| {
+        InvalidDeprecation::Invalid { operation: operation.clone(), field: "method", what: method.to_owned() }
+    })?;
+    Ok(Deprecation {
+        method,
+        route: route.to_owned(),
+        since: time("since")?,
+        sunset: time("sunset")?,
+        link: text("link")?,
+    })
+}
+
+/// Marks one operation deprecated in the document: the flag, a note, its headers, its 410.
+fn mark(operation: &mut serde_json::Value, entry: &Deprecation) {
+    operation["deprecated"] = serde_json::Value::Bool(true);
+    let note = format!(
+        "\n\n**Deprecated**; retired at {}, after which it answers 410 `gone`. See {}.",
+        entry.sunset.to_rfc3339(),
+        entry.link
+    );
+    let description = operation["description"].as_str().unwrap_or_default().to_owned();
+    operation["description"] = serde_json::Value::String(description + &note);
+    operation["responses"]["410"] = serde_json::json!({"$ref": "#/components/responses/Gone"});
+    if let Some(responses) = operation["responses"].as_object_mut() {
+        for (status, response) in responses.iter_mut() {
+            if status.starts_with('2') && response.is_object() && response.get("$ref").is_none() {
+                response["headers"]["Deprecation"] = header_doc("`@<unix time>` of the deprecation (RFC 9745).");
+                response["headers"]["Sunset"] = header_doc("When the operation stops working (RFC 8594).");
+                response["headers"]["Link"] = header_doc("`<…>; rel=\"deprecation\"`: what replaces it.");
+            }
+        }
     }
 }
 
@@ -118,7 +194,7 @@ pub async fn middleware(State(deprecations): State<Deprecations>, request: Reque
     let Some(announcement) = deprecations.find(request.method(), &route).cloned() else {
         return next.run(request).await;
     };
-    metrics::counter!("http_deprecated_requests_total", "route" => announcement.route).increment(1);
+    metrics::counter!("http_deprecated_requests_total", "route" => announcement.route.clone()).increment(1);
     let mut response = if Utc::now() >= announcement.sunset {
         Problem::new(StatusCode::GONE, Code::Gone, "This operation was retired at its sunset; see the Link header.")
             .into_response()
@@ -130,43 +206,6 @@ pub async fn middleware(State(deprecations): State<Deprecations>, request: Reque
     headers.insert("sunset", announcement.sunset_header);
     headers.append(header::LINK, announcement.link);
     response
-}
-
-/// Marks every deprecated operation `deprecated: true` in the document, with its headers and
-/// its 410 after the sunset.
-pub fn document(openapi: utoipa::openapi::OpenApi, table: &[Deprecation]) -> utoipa::openapi::OpenApi {
-    if table.is_empty() {
-        return openapi;
-    }
-    let mut document = serde_json::to_value(&openapi).expect("an OpenAPI document serializes");
-    for entry in table {
-        // `/api/v1/stats/{id}` in the router is `/api/v1/stats/{id}` in the document too.
-        let operation = &mut document["paths"][entry.route][entry.method.to_ascii_lowercase()];
-        if !operation.is_object() {
-            continue;
-        }
-        let sunset = DateTime::from_timestamp(entry.sunset, 0).map(|at| at.to_rfc3339()).unwrap_or_default();
-        operation["deprecated"] = serde_json::Value::Bool(true);
-        let note =
-            format!("\n\n**Deprecated**; retired at {sunset}, after which it answers 410 `gone`. See {}.", entry.link);
-        let description = operation["description"].as_str().unwrap_or_default().to_owned();
-        operation["description"] = serde_json::Value::String(description + &note);
-        operation["responses"]["410"] = serde_json::json!({"$ref": "#/components/responses/Gone"});
-        if let Some(responses) = operation["responses"].as_object_mut() {
-            for (status, response) in responses.iter_mut() {
-                if status.starts_with('2') && response.is_object() && response.get("$ref").is_none() {
-                    response["headers"]["Deprecation"] = header_doc("`@<unix time>` of the deprecation (RFC 9745).");
-                    response["headers"]["Sunset"] = header_doc("When the operation stops working (RFC 8594).");
-                    response["headers"]["Link"] = header_doc("`<…>; rel=\"deprecation\"`: what replaces it.");
-                }
-            }
-        }
-    }
-    document["components"]["responses"]["Gone"] = serde_json::json!({
-        "description": "`gone`: the operation was retired at its sunset.",
-        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
-    });
-    serde_json::from_value(document).expect("the document stays a valid OpenAPI document")
 }
 
 fn header_doc(description: &str) -> serde_json::Value {
@@ -181,10 +220,21 @@ mod tests {
     use axum::routing::get;
     use tower::ServiceExt;
 
-    const SOON: i64 = 4_102_444_800; // 2100-01-01
+    /// A document whose `GET /old/{id}` declares `declaration`.
+    fn document_declaring(declaration: serde_json::Value) -> utoipa::openapi::OpenApi {
+        serde_json::from_value(serde_json::json!({
+            "openapi": "3.1.0",
+            "info": {"title": "t", "version": "1"},
+            "paths": {
+                "/old/{id}": {"get": {"responses": {"200": {"description": "ok"}}, "x-deprecation": declaration}},
+                "/new": {"get": {"responses": {"200": {"description": "ok"}}}},
+            },
+        }))
+        .unwrap()
+    }
 
-    fn app(table: &[Deprecation]) -> Router {
-        let deprecations = Deprecations::new(table).unwrap();
+    fn app(declaration: serde_json::Value) -> Router {
+        let (_, deprecations) = declared(document_declaring(declaration)).unwrap();
         Router::new()
             .route("/old/{id}", get(|| async { "old" }))
             .route("/new", get(|| async { "new" }))
@@ -197,32 +247,24 @@ mod tests {
 
     #[tokio::test]
     async fn a_deprecated_operation_answers_with_its_announcement_until_its_sunset() {
-        let table = [Deprecation {
-            method: "GET",
-            route: "/old/{id}",
-            since: 1_767_225_600,
-            sunset: SOON,
-            link: "https://example.com/migrate",
-        }];
-        let response = call(app(&table), "/old/7").await;
+        let declaration = serde_json::json!({
+            "since": "2026-01-01T00:00:00Z", "sunset": "2100-01-01T00:00:00Z", "link": "https://example.com/migrate",
+        });
+        let response = call(app(declaration.clone()), "/old/7").await;
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.headers()["deprecation"], "@1767225600");
         assert_eq!(response.headers()["sunset"], "Fri, 01 Jan 2100 00:00:00 GMT");
         assert_eq!(response.headers()["link"], "<https://example.com/migrate>; rel=\"deprecation\"");
-        let other = call(app(&table), "/new").await;
+        let other = call(app(declaration), "/new").await;
         assert!(other.headers().get("deprecation").is_none(), "other operations are untouched");
     }
 
     #[tokio::test]
     async fn past_its_sunset_an_operation_is_gone() {
-        let table = [Deprecation {
-            method: "GET",
-            route: "/old/{id}",
-            since: 1_600_000_000,
-            sunset: 1_700_000_000,
-            link: "https://example.com/migrate",
-        }];
-        let response = call(app(&table), "/old/7").await;
+        let declaration = serde_json::json!({
+            "since": "2020-09-13T12:26:40Z", "sunset": "2023-11-14T22:13:20Z", "link": "https://example.com/migrate",
+        });
+        let response = call(app(declaration), "/old/7").await;
         assert_eq!(response.status(), StatusCode::GONE);
         assert_eq!(response.headers()["sunset"], "Tue, 14 Nov 2023 22:13:20 GMT");
         let body = axum::body::to_bytes(response.into_body(), 4096).await.unwrap();
@@ -231,33 +273,74 @@ mod tests {
     }
 
     #[test]
-    fn a_table_is_checked_when_built() {
-        let entry = Deprecation { method: "GET", route: "/old", since: 20, sunset: 10, link: "https://example.com" };
+    fn a_declaration_is_checked() {
+        let declaring = |since: &str, sunset: &str, link: &str| {
+            declared(document_declaring(serde_json::json!({"since": since, "sunset": sunset, "link": link})))
+                .map(|_| ())
+        };
+        let early = "2026-01-01T00:00:00Z";
+        let late = "2027-01-01T00:00:00Z";
         assert_eq!(
-            Deprecations::new(&[entry]).unwrap_err(),
-            InvalidDeprecation::SunsetBeforeDeprecation { method: "GET", route: "/old" }
+            declaring(late, early, "https://example.com"),
+            Err(InvalidDeprecation::SunsetBeforeDeprecation { operation: "GET /old/{id}".into() })
         );
-        let fine = Deprecation { sunset: 30, ..entry };
-        assert!(matches!(Deprecations::new(&[fine, fine]), Err(InvalidDeprecation::Twice { .. })));
-        let bad_link = Deprecation { link: "https://example.com/\n", ..fine };
-        assert!(matches!(Deprecations::new(&[bad_link]), Err(InvalidDeprecation::Invalid { field: "link", .. })));
+        assert!(declaring(early, late, "https://example.com").is_ok());
+        let bad_link = declaring(early, late, "https://example.com/\n");
+        assert!(matches!(bad_link, Err(InvalidDeprecation::Invalid { field: "link", .. })));
+        let bad_time = declaring("next tuesday", late, "https://example.com");
+        assert!(matches!(bad_time, Err(InvalidDeprecation::Invalid { field: "since", .. })));
+        let missing = declared(document_declaring(serde_json::json!({"since": early, "link": "https://example.com"})));
+        assert!(matches!(missing, Err(InvalidDeprecation::Invalid { field: "sunset", .. })));
     }
 
     #[test]
     fn the_document_marks_the_operation_deprecated() {
-        let mut openapi: utoipa::openapi::OpenApi = serde_json::from_value(serde_json::json!({
-            "openapi": "3.1.0",
-            "info": {"title": "t", "version": "1"},
-            "paths": {"/old": {"get": {"responses": {"200": {"description": "ok"}}}}},
-        }))
-        .unwrap();
-        let table =
-            [Deprecation { method: "GET", route: "/old", since: 10, sunset: SOON, link: "https://example.com" }];
-        openapi = document(openapi, &table);
+        let declaration = serde_json::json!({
+            "since": "2026-01-01T00:00:00Z", "sunset": "2100-01-01T00:00:00Z", "link": "https://example.com",
+        });
+        let (openapi, _) = declared(document_declaring(declaration)).unwrap();
         let value = serde_json::to_value(&openapi).unwrap();
-        let operation = &value["paths"]["/old"]["get"];
+        let operation = &value["paths"]["/old/{id}"]["get"];
         assert_eq!(operation["deprecated"], true);
         assert!(operation["responses"]["410"].is_object());
         assert!(operation["responses"]["200"]["headers"]["Sunset"].is_object());
+        assert!(value["components"]["responses"]["Gone"].is_object());
+        assert!(value["paths"]["/new"]["get"].get("deprecated").is_none());
+    }
+
+    /// Declared as the module documentation shows, through utoipa's own macros.
+    #[utoipa::path(
+        get, path = "/old/{id}", params(("id" = u32, Path)), responses((status = 200, description = "ok")),
+        extensions(("x-deprecation" = json!({
+            "since": "2026-12-01T00:00:00Z", "sunset": "2100-01-01T00:00:00Z", "link": "https://example.com/m"
+        })))
+    )]
+    #[allow(dead_code)]
+    async fn old() {}
+
+    #[derive(utoipa::OpenApi)]
+    #[openapi(paths(old))]
+    struct Declaring;
+
+    #[test]
+    fn a_declaration_beside_a_route_is_read_from_its_operation() {
+        let (openapi, deprecations) = declared(<Declaring as utoipa::OpenApi>::openapi()).unwrap();
+        let announcement = deprecations.find(&Method::GET, "/old/{id}").expect("the declared operation");
+        assert_eq!(announcement.deprecation, "@1796083200");
+        assert_eq!(announcement.link, "<https://example.com/m>; rel=\"deprecation\"");
+        assert_eq!(serde_json::to_value(&openapi).unwrap()["paths"]["/old/{id}"]["get"]["deprecated"], true);
+    }
+
+    #[test]
+    fn a_document_without_declarations_is_unchanged() {
+        let openapi: utoipa::openapi::OpenApi = serde_json::from_value(serde_json::json!({
+            "openapi": "3.1.0", "info": {"title": "t", "version": "1"},
+            "paths": {"/new": {"get": {"responses": {"200": {"description": "ok"}}}}},
+        }))
+        .unwrap();
+        let before = serde_json::to_value(&openapi).unwrap();
+        let (after, deprecations) = declared(openapi).unwrap();
+        assert_eq!(serde_json::to_value(&after).unwrap(), before);
+        assert!(deprecations.0.is_empty());
     }
 }

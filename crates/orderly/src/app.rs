@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use orderly_kit::cursor::CursorCodec;
+use orderly_kit::deprecation::Deprecations;
 use orderly_kit::idempotency;
 use orderly_kit::middleware;
 use orderly_kit::ratelimit::Limiter;
@@ -129,7 +130,7 @@ impl Application {
                     .map_err(|error| ConfigError::new("ORDERLY_WEBHOOK_TIMEOUT", error))?,
             ),
         };
-        let (api, document) = api();
+        let (api, document, deprecations) = api();
         // Requests are checked against the document itself, so what it publishes is what is enforced.
         let contract = Arc::new(Contract::new(&document, crate::schemas::MEANINGS));
         let state = assemble(&config, db, keys, redis, amqp, jobs, process, metrics, embedded, contract)?;
@@ -141,7 +142,7 @@ impl Application {
             .await
             .map_err(|error| ConfigError::new(setting, format!("cannot listen on {address}: {error}")))?;
         let router = match process {
-            Process::Api => router(state.clone(), api, document, &config.http),
+            Process::Api => router(state.clone(), api, document, deprecations, &config.http),
             Process::Worker => worker_router(state.clone(), &config.http),
         };
         Ok(Self {
@@ -355,21 +356,10 @@ async fn limiter_upkeep(limiter: Arc<Limiter>) {
     }
 }
 
-/// Deprecated operations. To deprecate one, add its [`Deprecation`] here (method, route
-/// template, when, its sunset, a link to what replaces it): it then answers with `Deprecation`,
-/// `Sunset` and `Link`, is counted in `http_deprecated_requests_total{route}`, is
-/// `deprecated: true` in the OpenAPI document, and answers 410 `gone` from its sunset. None is,
-/// today; ARCHITECTURE.md says how to retire one.
-///
-/// [`Deprecation`]: orderly_kit::deprecation::Deprecation
-pub const DEPRECATED: &[orderly_kit::deprecation::Deprecation] = &[];
-
-fn deprecations() -> orderly_kit::deprecation::Deprecations {
-    orderly_kit::deprecation::Deprecations::new(DEPRECATED).expect("the deprecation table is checked by a test")
-}
-
-/// Every documented route, and the document that describes them as the API publishes it.
-fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+/// Every documented route, the document that describes them as the API publishes it, and the
+/// operations their declarations deprecate (`x-deprecation`, beside each route; see
+/// ARCHITECTURE.md on retiring an operation).
+fn api() -> (Router<AppState>, utoipa::openapi::OpenApi, Deprecations) {
     let (api, openapi) = OpenApiRouter::<AppState>::with_openapi(ops::api_doc())
         .nest(
             "/api/v1",
@@ -384,7 +374,8 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(ops::router())
         .split_for_parts();
     let openapi = orderly_kit::docs::tighten(openapi);
-    let openapi = orderly_kit::deprecation::document(openapi, DEPRECATED);
+    let (openapi, deprecations) =
+        orderly_kit::deprecation::declared(openapi).expect("every declared deprecation is checked by a test");
     let openapi = orderly_kit::docs::document_idempotency(
         openapi,
         crate::idempotency::EXEMPT_PATHS,
@@ -398,11 +389,17 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
             never_shed: ops::NEVER_SHED,
         },
     );
-    (api, openapi)
+    (api, openapi, deprecations)
 }
 
 /// The whole HTTP surface with its layers, outermost last.
-fn router(state: AppState, api: Router<AppState>, openapi: utoipa::openapi::OpenApi, http: &HttpConfig) -> Router {
+fn router(
+    state: AppState,
+    api: Router<AppState>,
+    openapi: utoipa::openapi::OpenApi,
+    deprecations: Deprecations,
+    http: &HttpConfig,
+) -> Router {
     // Shared, so each request clones one reference count, not every handle inside.
     let (idempotency, rate_limits) = (Arc::new(state.idempotency.clone()), Arc::new(state.rate_limits.clone()));
     let envelope = envelope(http);
@@ -416,7 +413,7 @@ fn router(state: AppState, api: Router<AppState>, openapi: utoipa::openapi::Open
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(idempotency, crate::idempotency::middleware))
         .layer(axum::middleware::from_fn_with_state(rate_limits, crate::limits::middleware))
-        .layer(axum::middleware::from_fn_with_state(deprecations(), orderly_kit::deprecation::middleware))
+        .layer(axum::middleware::from_fn_with_state(deprecations, orderly_kit::deprecation::middleware))
         .layer(axum::middleware::from_fn_with_state(envelope, middleware::envelope))
         .layer(CompressionLayer::new().compress_when(compress))
 }
@@ -464,13 +461,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_deprecation_is_valid_and_names_a_documented_operation() {
-        assert!(orderly_kit::deprecation::Deprecations::new(DEPRECATED).is_ok());
-        let (_, openapi) = api();
-        let document = serde_json::to_value(&openapi).unwrap();
-        for entry in DEPRECATED {
-            let operation = &document["paths"][entry.route][entry.method.to_ascii_lowercase()];
-            assert_eq!(operation["deprecated"], true, "{} {} is documented as deprecated", entry.method, entry.route);
+    fn every_declared_deprecation_is_valid() {
+        // Building the API reads and checks every route's declaration, as the server does.
+        let (_, document, _) = api();
+        let document = serde_json::to_value(&document).unwrap();
+        for (route, item) in document["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                let declared = operation.get(orderly_kit::deprecation::EXTENSION).is_some();
+                assert_eq!(operation["deprecated"] == true, declared, "{method} {route}: deprecated as declared");
+            }
         }
     }
 }
