@@ -12,6 +12,7 @@ replace it.
 
     python3 bench/instructions.py                                  # SQLite
     python3 bench/instructions.py --postgres postgres://postgres@127.0.0.1:5432/postgres
+    python3 bench/instructions.py --otlp        # with every span exported to a local OTLP sink
 
 Needs valgrind (with callgrind_control) and what run.py needs. Uses the release binary in
 $CARGO_TARGET_DIR (or target/), built by `run.py` or `cargo build --release -p orderly`.
@@ -41,6 +42,7 @@ def main():
     parser.add_argument("--requests", type=int, default=400, help="requests per scenario (default 400)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset of " + ", ".join(SCENARIOS))
     parser.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE", help="extra server environment")
+    parser.add_argument("--otlp", action="store_true", help="export every span to a local OTLP/HTTP sink (counted too)")
     args = parser.parse_args()
     scenarios = [name for name in args.scenarios.split(",") if name]
     unknown = set(scenarios) - set(SCENARIOS)
@@ -48,6 +50,8 @@ def main():
         sys.exit(f"unknown scenarios: {', '.join(sorted(unknown))}")
     binary = run.build(skip=True)
     extra_env = dict(pair.split("=", 1) for pair in args.server_env)
+    if args.otlp:
+        extra_env["ORDERLY_OTLP_ENDPOINT"] = otlp_sink()
     backends = [("sqlite", None)] + ([("postgres", args.postgres)] if args.postgres else [])
     print(f"{'backend':<9} {'scenario':<14} {'instructions/request':>22}")
     for backend, url in backends:
@@ -59,6 +63,27 @@ def main():
                 count = measure(server, outdir, scenario, data, args.requests)
                 print(f"{backend:<9} {scenario:<14} {count:>22,.0f}", flush=True)
                 print("JSON " + json.dumps({"backend": backend, "scenario": scenario, "instructions_per_request": count}))
+
+
+def otlp_sink():
+    """An OTLP/HTTP receiver on a free local port that accepts every batch and keeps nothing."""
+    import http.server
+    import threading
+
+    class Sink(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (the standard library's name)
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}"
 
 
 def seed(server):

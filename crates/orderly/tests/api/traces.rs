@@ -17,7 +17,7 @@ use serde_json::json;
 
 use crate::broker::{EventConsumer, amqp_url};
 use crate::fake_provider::FakeProvider;
-use crate::helpers::{Backend, TestApp, eventually_within};
+use crate::helpers::{Backend, TestApp, eventually_within, redis_flags, redis_url, unique_redis_prefix};
 use crate::payments::{id, pending_order};
 use crate::webhooks::{ALLOW_LOOPBACK, Answer, Receiver, register};
 
@@ -124,8 +124,10 @@ const CALLER_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const CALLER_SPAN: &str = "b7ad6b7169203331";
 
 async fn a_paid_order_is_one_trace_from_the_request_to_its_webhook_delivery(backend: Backend) {
-    // RabbitMQ carries the trace on PostgreSQL; the in-process bus on SQLite.
+    // RabbitMQ carries the trace, and Redis holds the shared state, on PostgreSQL; the
+    // in-process bus and per-instance state on SQLite.
     let amqp = if backend == Backend::Postgres { amqp_url() } else { None };
+    let redis = if backend == Backend::Postgres { redis_url() } else { None };
     let consumer = match &amqp {
         Some(url) => Some(EventConsumer::start(url).await),
         None => None,
@@ -134,11 +136,12 @@ async fn a_paid_order_is_one_trace_from_the_request_to_its_webhook_delivery(back
     let provider = FakeProvider::start().await;
     let otlp = format!("--otlp-endpoint={}", collector.url);
     let provider_url = format!("--payment-provider-url={}", provider.url);
-    let Some(mut api) =
-        TestApp::spawn_process(backend, &[&otlp, &provider_url, ALLOW_LOOPBACK, "--run-worker=false"]).await
-    else {
-        return;
-    };
+    let mut api_flags = vec![otlp.clone(), provider_url, ALLOW_LOOPBACK.to_owned(), "--run-worker=false".to_owned()];
+    if let Some(url) = &redis {
+        api_flags.extend(redis_flags(url, &unique_redis_prefix()));
+    }
+    let api_flags: Vec<&str> = api_flags.iter().map(String::as_str).collect();
+    let Some(mut api) = TestApp::spawn_process(backend, &api_flags).await else { return };
     let (admin, customer, order) = pending_order(&api, 1).await;
     let receiver = Receiver::start(Answer::Status(200)).await;
     register(&api, &admin, &receiver.url(), json!(["order.paid"])).await;
@@ -163,6 +166,16 @@ async fn a_paid_order_is_one_trace_from_the_request_to_its_webhook_delivery(back
     assert_eq!(response.status(), reqwest::StatusCode::CREATED, "{:?}", response.text().await);
     let delivered = eventually_within(Duration::from_secs(20), async || !receiver.received().is_empty()).await;
     assert!(delivered, "the order.paid event reaches the webhook receiver");
+    // A job, run by the worker.
+    let report = api.post_json("/api/v1/reports", Some(&admin.access_token), &json!({"kind": "orders_csv"})).await;
+    assert_eq!(report.status(), reqwest::StatusCode::ACCEPTED);
+    let report_path = report.headers()["location"].to_str().unwrap().to_owned();
+    let exported = eventually_within(Duration::from_secs(20), async || {
+        let report: serde_json::Value = api.get(&report_path, Some(&admin.access_token)).await.json().await.unwrap();
+        report["status"] == "succeeded"
+    })
+    .await;
+    assert!(exported, "the report job ran");
     // Spans are sent in batches; what is left goes out when the processes stop.
     assert!(api.terminate(Duration::from_secs(15)).await, "the API stops cleanly");
     assert!(worker.terminate(Duration::from_secs(15)).await, "the worker stops cleanly");
@@ -203,6 +216,14 @@ async fn a_paid_order_is_one_trace_from_the_request_to_its_webhook_delivery(back
         .collect();
     assert!(!units.is_empty(), "database units of work are traced");
     assert!(units.iter().all(|unit| unit.kind == SpanKind::Client && unit.parent_span_id == request.span_id));
+    if redis.is_some() {
+        let calls: Vec<&Span> = in_trace
+            .iter()
+            .filter(|span| span.attributes.get("db.system.name").map(String::as_str) == Some("redis"))
+            .collect();
+        assert!(!calls.is_empty(), "Redis calls are traced: {in_trace:#?}");
+        assert!(calls.iter().all(|call| call.kind == SpanKind::Client && call.parent_span_id == request.span_id));
+    }
 
     // The event's publication, in the worker, is a child of the request that wrote it.
     let publish = one("publish", in_trace.iter().filter(|span| span.name == "publish order.paid").collect());
@@ -228,6 +249,12 @@ async fn a_paid_order_is_one_trace_from_the_request_to_its_webhook_delivery(back
     assert_eq!(traceparent, format!("00-{CALLER_TRACE}-{}-01", delivery.span_id));
     let chain: Vec<&str> = ancestors(&in_trace, &delivery).iter().map(|span| span.name.as_str()).collect();
     assert_eq!(chain, ["deliver order.paid", "publish order.paid", "POST /api/v1/orders/{id}/payments"]);
+
+    // The job's run is a span of the worker's, with its units of work inside it.
+    let job = spans.iter().find(|span| span.name == "job report").expect("the job's span");
+    assert_eq!((job.kind, job.process.as_str()), (SpanKind::Consumer, "worker"));
+    let job_units = spans.iter().filter(|span| span.parent_span_id == job.span_id);
+    assert!(job_units.filter(|span| span.attributes.contains_key("db.system.name")).count() > 0);
 }
 
 async fn sampling_keeps_the_configured_share_and_follows_the_callers_decision(backend: Backend) {
