@@ -1,8 +1,9 @@
 //! What every request passes through, in one layer ([`envelope`]), outermost first:
 //!
 //! 1. its context: request id and trace id (in a task-local that log lines read), the
-//!    `X-Request-ID` response header, exactly one access-log line per request, and the HTTP
-//!    metrics of [`crate::metrics`];
+//!    `X-Request-ID` response header, exactly one access-log line per request, the HTTP
+//!    metrics of [`crate::metrics`], and its server span while spans are exported
+//!    ([`crate::trace`]);
 //! 2. finishing: bodiless error responses produced by the router (404, 405 with `Allow`, 413,
 //!    …) become problems, and anything without a cache policy is marked `no-store`;
 //! 3. shedding: past a cap on requests in flight, 503 `overloaded` at once;
