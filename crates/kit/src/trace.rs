@@ -137,7 +137,16 @@ pub fn traceparent_of(span: &Span) -> Option<TraceParent> {
 
 /// The current span as a `traceparent`: what an outgoing call made now should carry.
 pub fn outgoing() -> Option<TraceParent> {
+    if !enabled() {
+        return None;
+    }
     traceparent_of(&Span::current())
+}
+
+/// The current span, for work that leaves this task (a spawned task) to carry on; without
+/// asking the subscriber when spans are not exported.
+pub fn current() -> Span {
+    if enabled() { Span::current() } else { Span::none() }
 }
 
 /// What [`export`] needs.

@@ -409,7 +409,7 @@ impl HttpProvider {
                 request.headers_mut().insert("traceparent", value);
             }
             let response = self.client.execute(request).await;
-            let span = tracing::Span::current();
+            let span = orderly_kit::trace::current();
             let Ok(response) = response else {
                 span.record("otel.status_code", "ERROR");
                 return Err(Retryable("unreachable"));

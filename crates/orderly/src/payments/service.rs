@@ -185,7 +185,7 @@ pub async fn pay(
         }
         // A task of its own, so the charge is settled even if the client hangs up; still part of
         // the request's trace.
-        .instrument(tracing::Span::current()),
+        .instrument(orderly_kit::trace::current()),
     );
     task.await.map_err(|_| NotPaid { error: PaymentError::Internal("the payment task panicked"), key_claimed: true })?
 }
@@ -485,7 +485,7 @@ pub async fn refund(
                 .await?
                 .ok_or(PaymentError::Internal("a refund the provider made was not recorded"))
         }
-        .instrument(tracing::Span::current()),
+        .instrument(orderly_kit::trace::current()),
     );
     task.await.map_err(|_| PaymentError::Internal("the refund task panicked"))?
 }

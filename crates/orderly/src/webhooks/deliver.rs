@@ -209,7 +209,7 @@ impl Runner {
             None => Sent::unsent("the event is no longer kept"),
         };
         let succeeded = sent.status.is_some_and(|status| status.is_success());
-        let attempt_span = tracing::Span::current();
+        let attempt_span = orderly_kit::trace::current();
         if let Some(status) = sent.status {
             attempt_span.record("http.response.status_code", status.as_u16());
         }
