@@ -50,7 +50,8 @@ pub async fn envelope(State(envelope): State<Arc<Envelope>>, request: Request, n
     let context = Arc::new(context);
     let in_flight = crate::metrics::InFlight::start();
     let serving = Arc::clone(&context).scope(async { finish(shed(&envelope, request, next).await) });
-    let mut response = serving.instrument(span.clone()).await;
+    // Wrapped only when there is a span: wrapping moves the whole request's future once more.
+    let mut response = if span.is_none() { serving.await } else { serving.instrument(span.clone()).await };
     drop(in_flight);
 
     let request_id = HeaderValue::from_str(&context.request_id).expect("request ids are validated header values");

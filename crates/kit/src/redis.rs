@@ -79,7 +79,8 @@ impl SharedRedis {
             otel.status_code = tracing::field::Empty,
             db.system.name = "redis",
         );
-        let called = tokio::time::timeout(self.timeout, command(&mut connection)).instrument(span.clone()).await;
+        let call = tokio::time::timeout(self.timeout, command(&mut connection));
+        let called = if span.is_none() { call.await } else { call.instrument(span.clone()).await };
         let outcome = match called {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(error.to_string()),

@@ -232,15 +232,16 @@ impl Pool<'_> {
         };
         let span = self.span("statements");
         // On the heap, as `transaction`'s.
-        Box::pin(
-            async move {
+        Box::pin(async move {
+            let unit = async move {
                 match self.target {
                     Target::Sqlite(workers) => workers.run(sqlite::Unit::Statements, work).await,
                     Target::Postgres(_) => self.run_alone(work).await,
                 }
-            }
-            .instrument(span),
-        )
+            };
+            // Wrapped only when there is a span, as `transaction`'s.
+            if span.is_none() { unit.await } else { unit.instrument(span).await }
+        })
     }
 
     /// The span of a unit of work (`Span::none()` when spans are not exported).
@@ -289,8 +290,8 @@ impl Pool<'_> {
         let span = self.span("transaction");
         // On the heap: the future holds the unit's, which holds every statement's, and kept
         // inline in its callers' futures it would be copied whole each time one of them moves.
-        Box::pin(
-            async move {
+        Box::pin(async move {
+            let unit = async move {
                 match self.target {
                     Target::Sqlite(workers) => workers.run(sqlite::Unit::Transaction, work).await,
                     Target::Postgres(pool) => {
@@ -305,9 +306,10 @@ impl Pool<'_> {
                         result
                     }
                 }
-            }
-            .instrument(span),
-        )
+            };
+            // Wrapped only when there is a span: wrapping moves the unit's future once more.
+            if span.is_none() { unit.await } else { unit.instrument(span).await }
+        })
     }
 }
 
