@@ -49,9 +49,14 @@ pub async fn envelope(State(envelope): State<Arc<Envelope>>, request: Request, n
     let span = request_span(&request, route.as_ref(), &mut context);
     let context = Arc::new(context);
     let in_flight = crate::metrics::InFlight::start();
-    let serving = Arc::clone(&context).scope(async { finish(shed(&envelope, request, next).await) });
-    // Wrapped only when there is a span: wrapping moves the whole request's future once more.
-    let mut response = if span.is_none() { serving.await } else { serving.instrument(span.clone()).await };
+    // Built in each branch: a future first held in a variable is moved once more to be awaited,
+    // and this one holds the whole request's.
+    let mut response = if span.is_none() {
+        Arc::clone(&context).scope(async { finish(shed(&envelope, request, next).await) }).await
+    } else {
+        let serving = Arc::clone(&context).scope(async { finish(shed(&envelope, request, next).await) });
+        serving.instrument(span.clone()).await
+    };
     drop(in_flight);
 
     let request_id = HeaderValue::from_str(&context.request_id).expect("request ids are validated header values");

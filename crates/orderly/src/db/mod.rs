@@ -233,15 +233,12 @@ impl Pool<'_> {
         let span = self.span("statements");
         // On the heap, as `transaction`'s.
         Box::pin(async move {
-            let unit = async move {
-                match self.target {
-                    Target::Sqlite(workers) => workers.run(sqlite::Unit::Statements, work).await,
-                    Target::Postgres(_) => self.run_alone(work).await,
-                }
-            };
-            // Wrapped only when there is a span, as `transaction`'s.
-            if span.is_none() { unit.await } else { unit.instrument(span).await }
+            match self.target {
+                Target::Sqlite(workers) => workers.run(sqlite::Unit::Statements, work).await,
+                Target::Postgres(_) => self.run_alone(work).await,
+            }
         })
+        .instrument(span)
     }
 
     /// The span of a unit of work (`Span::none()` when spans are not exported).
@@ -291,25 +288,23 @@ impl Pool<'_> {
         // On the heap: the future holds the unit's, which holds every statement's, and kept
         // inline in its callers' futures it would be copied whole each time one of them moves.
         Box::pin(async move {
-            let unit = async move {
-                match self.target {
-                    Target::Sqlite(workers) => workers.run(sqlite::Unit::Transaction, work).await,
-                    Target::Postgres(pool) => {
-                        let client = pool.get().await.map_err(pool_error)?;
-                        let mut checkout = Checkout { client: Some(client), finished: false };
-                        let client = checkout.client.as_ref().expect("checked out");
-                        let mut conn = Conn::postgres(client, true);
-                        let result = work(&mut conn).await;
-                        let end = conn.finish(result.is_ok()).await;
-                        checkout.finished = end.is_ok();
-                        end?;
-                        result
-                    }
+            match self.target {
+                Target::Sqlite(workers) => workers.run(sqlite::Unit::Transaction, work).await,
+                Target::Postgres(pool) => {
+                    let client = pool.get().await.map_err(pool_error)?;
+                    let mut checkout = Checkout { client: Some(client), finished: false };
+                    let client = checkout.client.as_ref().expect("checked out");
+                    let mut conn = Conn::postgres(client, true);
+                    let result = work(&mut conn).await;
+                    let end = conn.finish(result.is_ok()).await;
+                    checkout.finished = end.is_ok();
+                    end?;
+                    result
                 }
-            };
-            // Wrapped only when there is a span: wrapping moves the unit's future once more.
-            if span.is_none() { unit.await } else { unit.instrument(span).await }
+            }
         })
+        // Around the box, so instrumenting moves a pointer, not the unit's future.
+        .instrument(span)
     }
 }
 
