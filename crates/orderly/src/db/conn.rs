@@ -280,7 +280,7 @@ pub struct Conn<'a> {
     inner: Inner<'a>,
     /// The span that started the unit, when spans are exported: what the unit records for
     /// later work to continue (an event's publication).
-    pub(super) trace: Option<TraceParent>,
+    trace: Option<TraceParent>,
 }
 
 enum Inner<'a> {
@@ -356,15 +356,15 @@ impl ToSql for Encoded {
 }
 
 impl<'a> Conn<'a> {
-    pub(super) fn sqlite(connection: &'a mut rusqlite::Connection) -> Self {
-        Self { inner: Inner::Sqlite(connection), trace: None }
+    pub(super) fn sqlite(connection: &'a mut rusqlite::Connection, trace: Option<TraceParent>) -> Self {
+        Self { inner: Inner::Sqlite(connection), trace }
     }
 
-    pub(super) fn postgres(client: &'a ClientWrapper, in_transaction: bool) -> Self {
+    pub(super) fn postgres(client: &'a ClientWrapper, in_transaction: bool, trace: Option<TraceParent>) -> Self {
         let (deferred, fetched) = (Vec::new(), Vec::new());
         let begin_pending = in_transaction;
         let inner = Inner::Postgres { client, transaction: in_transaction, begin_pending, deferred, fetched };
-        Self { inner, trace: None }
+        Self { inner, trace }
     }
 
     /// The span that started this unit of work, as a `traceparent`; `None` when spans are not

@@ -24,6 +24,7 @@ mod sqlite;
 use std::sync::Arc;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, RecyclingMethod, Runtime};
+use orderly_kit::trace::TraceParent;
 use tracing::Instrument;
 
 pub use conn::{Ahead, Backend, Column, Conn, DbError, IntList, Param, Row};
@@ -162,7 +163,7 @@ impl Database {
 
     /// Applies pending migrations up to `version` (all when `None`).
     pub async fn migrate_up_to(&self, version: Option<i64>) -> Result<(), MigrateError> {
-        self.write().run_alone(async move |conn| migrate::up(conn, version).await).await
+        self.write().run_alone(None, async move |conn| migrate::up(conn, version).await).await
     }
 
     /// Checks the replica, when there is one, for as long as the instance runs.
@@ -226,16 +227,12 @@ impl Pool<'_> {
     {
         // The caller's span, for the unit to record beside what it writes.
         let caller = orderly_kit::trace::outgoing();
-        let work = async move |conn: &mut Conn<'_>| {
-            conn.trace = caller;
-            work(conn).await
-        };
         let span = self.span("statements");
         // On the heap, as `transaction`'s.
         Box::pin(async move {
             match self.target {
-                Target::Sqlite(workers) => workers.run(sqlite::Unit::Statements, work).await,
-                Target::Postgres(_) => self.run_alone(work).await,
+                Target::Sqlite(workers) => workers.run(sqlite::Unit::Statements, caller, work).await,
+                Target::Postgres(_) => self.run_alone(caller, work).await,
             }
         })
         .instrument(span)
@@ -252,17 +249,17 @@ impl Pool<'_> {
 
     /// As [`Pool::run`], for work that begins and ends transactions itself (migrations): on
     /// SQLite it never shares a transaction with other work.
-    async fn run_alone<T, E, F>(&self, work: F) -> Result<T, E>
+    async fn run_alone<T, E, F>(&self, trace: Option<TraceParent>, work: F) -> Result<T, E>
     where
         F: AsyncFnOnce(&mut Conn<'_>) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
         E: From<DbError> + Send + 'static,
     {
         match self.target {
-            Target::Sqlite(workers) => workers.run(sqlite::Unit::Alone, work).await,
+            Target::Sqlite(workers) => workers.run(sqlite::Unit::Alone, trace, work).await,
             Target::Postgres(pool) => {
                 let client = pool.get().await.map_err(pool_error)?;
-                let mut conn = Conn::postgres(&client, false);
+                let mut conn = Conn::postgres(&client, false, trace);
                 let result = work(&mut conn).await;
                 conn.finish(result.is_ok()).await?;
                 result
@@ -280,21 +277,17 @@ impl Pool<'_> {
     {
         // The caller's span, for the unit to record beside what it writes.
         let caller = orderly_kit::trace::outgoing();
-        let work = async move |conn: &mut Conn<'_>| {
-            conn.trace = caller;
-            work(conn).await
-        };
         let span = self.span("transaction");
         // On the heap: the future holds the unit's, which holds every statement's, and kept
         // inline in its callers' futures it would be copied whole each time one of them moves.
         Box::pin(async move {
             match self.target {
-                Target::Sqlite(workers) => workers.run(sqlite::Unit::Transaction, work).await,
+                Target::Sqlite(workers) => workers.run(sqlite::Unit::Transaction, caller, work).await,
                 Target::Postgres(pool) => {
                     let client = pool.get().await.map_err(pool_error)?;
                     let mut checkout = Checkout { client: Some(client), finished: false };
                     let client = checkout.client.as_ref().expect("checked out");
-                    let mut conn = Conn::postgres(client, true);
+                    let mut conn = Conn::postgres(client, true, caller);
                     let result = work(&mut conn).await;
                     let end = conn.finish(result.is_ok()).await;
                     checkout.finished = end.is_ok();

@@ -21,6 +21,7 @@
 //! the pages it touched, the WAL index) is paid once per group instead of once per request;
 //! alone, a unit runs exactly as before.
 
+use orderly_kit::trace::TraceParent;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
@@ -150,8 +151,9 @@ impl Workers {
     }
 
     /// Runs `work` on one of the threads, as `kind` says (readers run every unit but a
-    /// transaction alone). Waits at most the acquire timeout for a thread to take it.
-    pub(super) async fn run<T, E, F>(&self, kind: Unit, work: F) -> Result<T, E>
+    /// transaction alone), its connection carrying the caller's `trace`. Waits at most the
+    /// acquire timeout for a thread to take it.
+    pub(super) async fn run<T, E, F>(&self, kind: Unit, trace: Option<TraceParent>, work: F) -> Result<T, E>
     where
         F: AsyncFnOnce(&mut Conn<'_>) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
@@ -169,6 +171,7 @@ impl Workers {
             Job::InTransaction(Box::new(Member {
                 state: Arc::clone(&state),
                 keeps_partial_work,
+                trace,
                 work: Some(work),
                 ran: None,
                 reply,
@@ -177,7 +180,7 @@ impl Workers {
             let job_state = Arc::clone(&state);
             Job::Alone(Box::new(move |connection: &mut Connection| {
                 if job_state.compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-                    let _ = reply.send(unit(connection, work));
+                    let _ = reply.send(unit(connection, trace, work));
                 }
             }))
         };
@@ -222,11 +225,11 @@ impl Drop for AbandonIfQueued<'_> {
     }
 }
 
-fn unit<T, E, F>(connection: &mut Connection, work: F) -> Result<T, E>
+fn unit<T, E, F>(connection: &mut Connection, trace: Option<TraceParent>, work: F) -> Result<T, E>
 where
     F: AsyncFnOnce(&mut Conn<'_>) -> Result<T, E>,
 {
-    let mut conn = Conn::sqlite(connection);
+    let mut conn = Conn::sqlite(connection, trace);
     block_on(work(&mut conn))
 }
 
@@ -350,6 +353,7 @@ fn statement(connection: &mut Connection, sql: &str) -> Result<(), DbError> {
 struct Member<T, E, F> {
     state: Arc<AtomicU8>,
     keeps_partial_work: bool,
+    trace: Option<TraceParent>,
     work: Option<F>,
     /// `None` until it ran; `Some(None)` when it panicked.
     ran: Option<Option<Result<T, E>>>,
@@ -372,7 +376,8 @@ where
 
     fn run(&mut self, connection: &mut Connection) -> bool {
         let Some(work) = self.work.take() else { return true };
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unit(connection, work))).ok();
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unit(connection, self.trace, work))).ok();
         let ok = outcome.as_ref().is_some_and(Result::is_ok);
         self.ran = Some(outcome);
         ok
