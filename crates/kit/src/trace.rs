@@ -21,7 +21,7 @@ use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, Tra
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::trace::{BatchSpanProcessor, Sampler, SdkTracerProvider};
-use tracing::{Level, Span, Subscriber};
+use tracing::{Instrument, Level, Span, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::filter_fn;
@@ -143,10 +143,19 @@ pub fn outgoing() -> Option<TraceParent> {
     traceparent_of(&Span::current())
 }
 
-/// The current span, for work that leaves this task (a spawned task) to carry on; without
-/// asking the subscriber when spans are not exported.
+/// The current span; without asking the subscriber when spans are not exported.
 pub fn current() -> Span {
     if enabled() { Span::current() } else { Span::none() }
+}
+
+/// `tokio::spawn`, the task continuing the current span when spans are exported. Without them
+/// the future is spawned as it is: wrapping it would move it once more for nothing.
+pub fn spawn<F>(future: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    if enabled() { tokio::spawn(future.instrument(Span::current())) } else { tokio::spawn(future) }
 }
 
 /// What [`export`] needs.

@@ -22,7 +22,6 @@
 //!   (a reversal, itself written ahead), never kept.
 
 use std::time::Duration;
-use tracing::Instrument;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -170,23 +169,20 @@ pub async fn pay(
         payment_method,
         reference: attempt.order_id,
     };
-    let task = tokio::spawn(
-        async move {
-            let outcome = match holding(&payments.db, &attempt, payments.gateway.charge(&request)).await {
-                Ok(outcome) => outcome,
-                Err(unavailable) => {
-                    let error = call_failed(&payments.db, &attempt, &unavailable).await;
-                    return Err(NotPaid { error, key_claimed: true });
-                }
-            };
-            let recorded = record_charge(&payments, &attempt, Some(outcome), Some(Answering { key, render })).await;
-            let (outcome, payment, written) = recorded.map_err(|error| NotPaid { error, key_claimed: true })?;
-            charge_answer(outcome, payment, written)
-        }
-        // A task of its own, so the charge is settled even if the client hangs up; still part of
-        // the request's trace.
-        .instrument(orderly_kit::trace::current()),
-    );
+    // A task of its own, so the charge is settled even if the client hangs up; still part of
+    // the request's trace.
+    let task = orderly_kit::trace::spawn(async move {
+        let outcome = match holding(&payments.db, &attempt, payments.gateway.charge(&request)).await {
+            Ok(outcome) => outcome,
+            Err(unavailable) => {
+                let error = call_failed(&payments.db, &attempt, &unavailable).await;
+                return Err(NotPaid { error, key_claimed: true });
+            }
+        };
+        let recorded = record_charge(&payments, &attempt, Some(outcome), Some(Answering { key, render })).await;
+        let (outcome, payment, written) = recorded.map_err(|error| NotPaid { error, key_claimed: true })?;
+        charge_answer(outcome, payment, written)
+    });
     task.await.map_err(|_| NotPaid { error: PaymentError::Internal("the payment task panicked"), key_claimed: true })?
 }
 
@@ -475,18 +471,15 @@ pub async fn refund(
     };
 
     let request = refund_request(&attempt);
-    let task = tokio::spawn(
-        async move {
-            let reference = match holding(&payments.db, &attempt, payments.gateway.refund(&request)).await {
-                Ok(reference) => reference,
-                Err(unavailable) => return Err(call_failed(&payments.db, &attempt, &unavailable).await),
-            };
-            record_refund(&payments.db, &attempt, Some(reference))
-                .await?
-                .ok_or(PaymentError::Internal("a refund the provider made was not recorded"))
-        }
-        .instrument(orderly_kit::trace::current()),
-    );
+    let task = orderly_kit::trace::spawn(async move {
+        let reference = match holding(&payments.db, &attempt, payments.gateway.refund(&request)).await {
+            Ok(reference) => reference,
+            Err(unavailable) => return Err(call_failed(&payments.db, &attempt, &unavailable).await),
+        };
+        record_refund(&payments.db, &attempt, Some(reference))
+            .await?
+            .ok_or(PaymentError::Internal("a refund the provider made was not recorded"))
+    });
     task.await.map_err(|_| PaymentError::Internal("the refund task panicked"))?
 }
 
