@@ -18,7 +18,8 @@ tokio::task_local! {
 pub struct RequestContext {
     /// The caller's `X-Request-ID` when well-formed, else a generated one. Echoed everywhere.
     pub request_id: String,
-    /// W3C trace id: from a valid incoming `traceparent`, else freshly generated.
+    /// W3C trace id: the request span's while spans are exported (which continues a valid
+    /// incoming `traceparent`); else from that `traceparent`, or freshly generated.
     pub trace_id: String,
     /// Request path without the query, used as the problem `instance`.
     pub path: String,
