@@ -108,6 +108,9 @@ impl Deprecations {
 pub fn declared(
     openapi: utoipa::openapi::OpenApi,
 ) -> Result<(utoipa::openapi::OpenApi, Deprecations), InvalidDeprecation> {
+    if !declares_any(&openapi) {
+        return Ok((openapi, Deprecations::default()));
+    }
     let mut document = serde_json::to_value(&openapi).expect("an OpenAPI document serializes");
     let mut table = Vec::new();
     if let Some(paths) = document["paths"].as_object_mut() {
@@ -122,14 +125,23 @@ pub fn declared(
         }
     }
     let deprecations = Deprecations::new(&table)?;
-    if !table.is_empty() {
-        document["components"]["responses"]["Gone"] = serde_json::json!({
-            "description": "`gone`: the operation was retired at its sunset.",
-            "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
-        });
-    }
+    document["components"]["responses"]["Gone"] = serde_json::json!({
+        "description": "`gone`: the operation was retired at its sunset.",
+        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    });
     let openapi = serde_json::from_value(document).expect("the document stays a valid OpenAPI document");
     Ok((openapi, deprecations))
+}
+
+/// Whether any operation carries a declaration: most documents have none, and then nothing
+/// is rewritten.
+fn declares_any(openapi: &utoipa::openapi::OpenApi) -> bool {
+    openapi.paths.paths.values().any(|item| {
+        [&item.get, &item.put, &item.post, &item.delete, &item.options, &item.head, &item.patch, &item.trace]
+            .into_iter()
+            .flatten()
+            .any(|operation| operation.extensions.as_ref().is_some_and(|extensions| extensions.contains_key(EXTENSION)))
+    })
 }
 
 fn parse(route: &str, method: &str, declaration: &serde_json::Value) -> Result<Deprecation, InvalidDeprecation> {

@@ -79,8 +79,12 @@ impl SharedRedis {
             otel.status_code = tracing::field::Empty,
             db.system.name = "redis",
         );
-        let call = tokio::time::timeout(self.timeout, command(&mut connection));
-        let called = if span.is_none() { call.await } else { call.instrument(span.clone()).await };
+        // Built in each branch: a future first held in a variable is moved once more to be awaited.
+        let called = if span.is_none() {
+            tokio::time::timeout(self.timeout, command(&mut connection)).await
+        } else {
+            tokio::time::timeout(self.timeout, command(&mut connection)).instrument(span.clone()).await
+        };
         let outcome = match called {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(error.to_string()),

@@ -119,8 +119,8 @@ impl fmt::Display for TraceParent {
 /// Makes `span` a child of the span `traceparent` names (from a request header or stored with
 /// the work). A missing or malformed value leaves `span` the root of a new trace.
 pub fn continue_from(span: &Span, traceparent: Option<&str>) {
-    if let Some(parent) = traceparent.and_then(TraceParent::parse)
-        && enabled()
+    if enabled()
+        && let Some(parent) = traceparent.and_then(TraceParent::parse)
     {
         let _ = span.set_parent(parent.context());
     }

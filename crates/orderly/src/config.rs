@@ -590,6 +590,20 @@ mod tests {
     use clap::CommandFactory;
 
     #[test]
+    fn trace_settings_take_only_a_base_url_and_a_ratio() {
+        assert_eq!(parse_otlp_endpoint("http://collector:4318/").as_deref(), Ok("http://collector:4318"));
+        assert_eq!(parse_otlp_endpoint("https://tempo.example/otlp").as_deref(), Ok("https://tempo.example/otlp"));
+        for refused in ["collector:4318", "ftp://collector", "http://collector/?token=1", "http://c/#x", ""] {
+            assert!(parse_otlp_endpoint(refused).is_err(), "{refused}");
+        }
+        assert_eq!(parse_ratio("0.25"), Ok(0.25));
+        assert_eq!((parse_ratio("0"), parse_ratio("1")), (Ok(0.0), Ok(1.0)));
+        for refused in ["-0.1", "1.5", "NaN", "half", ""] {
+            assert!(parse_ratio(refused).is_err(), "{refused}");
+        }
+    }
+
+    #[test]
     fn the_cli_definition_is_consistent() {
         Cli::command().debug_assert();
     }

@@ -392,7 +392,7 @@ impl HttpProvider {
 
     /// One call, in a client span of its own whose `traceparent` the provider receives.
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, Retryable> {
-        let mut request = request.build().map_err(|_| Retryable("unsendable"))?;
+        let mut request = request.build().map_err(|_| Retryable("unreachable"))?;
         let span = orderly_kit::span!(
             "payment provider",
             otel.name = %format_args!("{} {}", request.method(), request.url().path()),
@@ -409,7 +409,6 @@ impl HttpProvider {
                 request.headers_mut().insert("traceparent", value);
             }
             let response = self.client.execute(request).await;
-            let span = orderly_kit::trace::current();
             let Ok(response) = response else {
                 span.record("otel.status_code", "ERROR");
                 return Err(Retryable("unreachable"));
@@ -422,7 +421,7 @@ impl HttpProvider {
             }
             Ok(response)
         };
-        call.instrument(span).await
+        call.instrument(span.clone()).await
     }
 
     async fn charge(&self, request: &ChargeRequest) -> Result<ChargeOutcome, Retryable> {
